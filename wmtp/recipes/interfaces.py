@@ -1,0 +1,71 @@
+"""The seams between a recipe and whatever runs it (one process, or Ray Train workers).
+
+A recipe never imports ray or mlflow. It receives:
+- a `MetricLogger` (wmtp.tracking) — where metrics go;
+- a `CheckpointSink` — where checkpoints go and where a resumed run finds the last one;
+- an `ExperienceScorer` (verifiable / rho1 only) — turns raw batches into scored batches.
+
+The in-process implementations live in `wmtp/recipes/` and `wmtp/training/`; the Ray ones in
+`wmtp/orchestration/`. Both must give the same numbers for the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from torch import Tensor
+
+
+class CheckpointSink(Protocol):
+    """Where checkpoints go.
+
+    `save` is called by EVERY rank with the same cadence (Ray reports from all ranks); `write(dir)`
+    fills a fresh local directory (each rank writes its own DCP shards / files there), then the sink
+    publishes it (rename into place, or `ray.train.report(checkpoint=...)`).
+    """
+
+    def latest(self) -> Path | None:
+        """Local directory of the checkpoint to resume from, or None for a fresh run."""
+        ...
+
+    def save(self, step: int, write: Callable[[Path], None], metrics: Mapping[str, float]) -> None: ...
+
+
+@dataclass
+class ScoredBatch:
+    """A raw batch plus what the experience phase computed for it (all detached, CPU or device).
+
+    values_old: `[B, S]` critic snapshot values V_old (verifiable).
+    advantages / returns: `[B, S]` GAE advantages A_j and value targets G_j on response tokens.
+    ref_losses: `[B, S]` reference per-token losses ℓ^ref(j), target-indexed (rho1).
+    critic_version: version of the critic snapshot that scored this batch (staleness = learner's
+        version − this).
+    """
+
+    batch: Any  # wmtp.data.collator.Batch
+    values_old: Tensor | None = None
+    advantages: Tensor | None = None
+    returns: Tensor | None = None
+    ref_losses: Tensor | None = None
+    critic_version: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class ExperienceScorer(Protocol):
+    """Scores raw batches (no grad). `colocated` scores in the learner; `async` in Ray actors.
+
+    The learner owns the data order: it `submit`s batches in order and `get`s scored batches back
+    in the same order, up to `queue_depth` ahead. Weight normalisation that needs global batch
+    statistics (zscore over all ranks, Rho-1 top-k) happens in the learner, not here.
+    """
+
+    def submit(self, batch: Any) -> None: ...
+
+    def get(self) -> ScoredBatch: ...
+
+    def publish_critic(self, state_dict: Mapping[str, Tensor], version: int) -> None: ...
+
+    def close(self) -> None: ...
