@@ -178,10 +178,26 @@ class Transformer(nn.Module):
                 p.normal_(0.0, std / math.sqrt(2 * self.args.n_layers))
             else:
                 p.normal_(0.0, std)
-        cos, sin = rope_tables(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta,
-                               device=self.rope_cos.device)
-        self.rope_cos.copy_(cos)
-        self.rope_sin.copy_(sin)
+        self.init_rope()
+
+    @torch.no_grad()
+    def init_rope(self) -> None:
+        """(Re)compute the float32 RoPE tables in place (after `to_empty` or a dtype cast)."""
+        device = self.rope_cos.device
+        cos, sin = rope_tables(self.args.head_dim, self.args.max_seq_len, self.args.rope_theta, device=device)
+        # Assign rather than copy: a `model.to(bfloat16)` must not leave bf16 angle tables behind.
+        self.rope_cos, self.rope_sin = cos, sin
+
+    def _rope(self, start_pos: int, S: int) -> tuple[Tensor, Tensor]:
+        """cos, sin `[S, head_dim // 2]` float32 for positions start_pos..start_pos+S-1."""
+        cos, sin = self.rope_cos, self.rope_sin
+        if cos.dtype != torch.float32:
+            # The module was cast (e.g. `.to(torch.bfloat16)`); bf16 angles lose ~1e-2 at long
+            # positions, so recompute this slice in float32 instead of using the cast tables.
+            angles_cos, angles_sin = rope_tables(self.args.head_dim, start_pos + S, self.args.rope_theta,
+                                                 device=cos.device)
+            return angles_cos[start_pos:], angles_sin[start_pos:]
+        return cos[start_pos:start_pos + S], sin[start_pos:start_pos + S]
 
     def allocate_cache(self, batch_size: int, max_seq_len: int | None = None,
                        dtype: torch.dtype | None = None) -> KVCache:
@@ -221,8 +237,7 @@ class Transformer(nn.Module):
             raise ValueError(f"n_heads={n_heads} must be in [1, {self.n_heads}]")
         if start_pos + S > self.args.max_seq_len:
             raise ValueError(f"sequence end {start_pos + S} exceeds max_seq_len={self.args.max_seq_len}")
-        cos = self.rope_cos[start_pos:start_pos + S]
-        sin = self.rope_sin[start_pos:start_pos + S]
+        cos, sin = self._rope(start_pos, S)
         mask = self._attention_mask(B, S, start_pos, cache, key_padding_mask, tokens.device)
 
         def kv(i: int):
