@@ -7,9 +7,10 @@ documented interface and must not be renamed.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 RecipeName = Literal["baseline", "ref_tuning", "critic", "verifiable", "rho1_weighted"]
 
@@ -33,6 +34,36 @@ class ModelConfig(Section):
     tokenizer: str | None = Field(None, description="SentencePiece tokenizer.model; default: the one wmtp trains for the bundled data.")
     head_coefficients: list[float] | None = Field(None, description="Per-head loss coefficients c_k; default 1/H each.")
     meta_device_threshold: int = Field(1_000_000_000, description="Dry-run builds models above this many parameters on the meta device.")
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value: str) -> str:
+        from wmtp.model.args import PRESETS  # a plain dataclass module: no torch
+
+        if value not in PRESETS:
+            raise ValueError(f"unknown model preset {value!r}; allowed: {', '.join(PRESETS)}")
+        return value
+
+    @field_validator("params")
+    @classmethod
+    def _known_params(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from wmtp.model.args import ModelArgs
+
+        allowed = [f.name for f in dataclasses.fields(ModelArgs)]
+        unknown = sorted(set(value) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown params.json field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        return value
+
+    @model_validator(mode="after")
+    def _head_coefficients_match(self) -> ModelConfig:
+        from wmtp.model.args import PRESETS
+
+        heads = self.n_future_tokens or self.params.get("n_future_tokens") or PRESETS[self.preset].n_future_tokens
+        if self.head_coefficients is not None and len(self.head_coefficients) != heads:
+            raise ValueError(f"head_coefficients has {len(self.head_coefficients)} entries but the model has "
+                             f"{heads} head(s) (model.n_future_tokens / model.preset)")
+        return self
 
 
 class ValueModelConfig(Section):
