@@ -1,0 +1,18 @@
+"""Experiment tracking: one `MetricLogger` interface; stdout, JSONL and MLflow backends.
+
+Importing this package does not import mlflow (only `wmtp.tracking.mlflow_logger` does, lazily).
+"""
+
+from wmtp.tracking.base import MetricLogger, MultiLogger, NullLogger
+from wmtp.tracking.redaction import redact
+from wmtp.tracking.registry import LOGGER_BACKENDS, build_logger, register_backend
+
+__all__ = [
+    "LOGGER_BACKENDS",
+    "MetricLogger",
+    "MultiLogger",
+    "NullLogger",
+    "build_logger",
+    "redact",
+    "register_backend",
+]

@@ -1,0 +1,85 @@
+"""MLflow backend on a SQLite store, read back through MlflowClient."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from wmtp.tracking import build_logger
+from wmtp.tracking.mlflow_logger import MAX_PARAM_VAL_LENGTH, RUN_ID_FILE, MlflowLogger, default_tracking_uri
+
+
+def _history(client, run_id, key):
+    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
+
+
+def test_params_metrics_artifacts_and_resume(mlflow_sqlite, tmp_path):
+    run_dir = tmp_path / "runs" / "demo"
+    lg = MlflowLogger(run_dir, run_name="demo", experiment="exp-a", uri=mlflow_sqlite.uri,
+                      artifact_location=mlflow_sqlite.artifact_uri)
+    many = {f"p.{i:03d}": i for i in range(150)}  # > 100: several log_batch calls
+    lg.log_params({**many, "long": "x" * 7000, "model.params[dim]": 8, "AWS_SECRET_ACCESS_KEY": "s",
+                   "tracking.uri": "http://u:pw@host"})
+    lg.log_metrics({"train/loss": 2.5, "lr": 1e-3}, step=1)
+    lg.log_metrics({"train/loss": 2.0}, step=2)
+    art = tmp_path / "heatmap.html"
+    art.write_text("<html></html>")
+    lg.log_artifact(art, "heatmaps")
+    adir = tmp_path / "cfg"
+    adir.mkdir()
+    (adir / "resolved.yaml").write_text("a: 1\n")
+    lg.log_artifact(adir, "config")
+    run_id = lg.run_id
+    lg.close()
+
+    client = mlflow_sqlite.client()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.info.run_name == "demo"
+    params = run.data.params
+    assert params["p.149"] == "149" and len([k for k in params if k.startswith("p.")]) == 150
+    assert len(params["long"]) == MAX_PARAM_VAL_LENGTH and params["long"].endswith("[truncated]")
+    assert params["model.params_dim_"] == "8"
+    assert "AWS_SECRET_ACCESS_KEY" not in params and "tracking.uri" not in params
+    assert _history(client, run_id, "train/loss") == [(1, 2.5), (2, 2.0)]
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.name == "exp-a" and exp.artifact_location == mlflow_sqlite.artifact_uri
+    assert sorted(a.path for a in client.list_artifacts(run_id)) == ["config", "heatmaps"]
+    assert [a.path for a in client.list_artifacts(run_id, "heatmaps")] == ["heatmaps/heatmap.html"]
+    assert run.info.artifact_uri == f"{mlflow_sqlite.artifact_uri}/{run_id}/artifacts"
+    assert (mlflow_sqlite.artifact_dir / run_id / "artifacts" / "config" / "resolved.yaml").read_text() == "a: 1\n"
+
+    # Rerunning in the same run dir continues the same MLflow run.
+    assert json.loads((run_dir / RUN_ID_FILE).read_text())["run_id"] == run_id
+    lg2 = MlflowLogger(run_dir, run_name="demo", experiment="exp-a", uri=mlflow_sqlite.uri)
+    assert lg2.run_id == run_id and lg2.resumed
+    assert client.get_run(run_id).info.status == "RUNNING"
+    lg2.log_params({"p.000": 0, "p.001": "changed", "new.key": float("nan")})  # immutable params kept
+    lg2.log_metrics({"train/loss": 1.5, "nonfinite": math.inf}, step=3)
+    lg2.close()
+    run = client.get_run(run_id)
+    assert run.data.params["p.001"] == "1" and run.data.params["new.key"] == "nan"
+    assert _history(client, run_id, "train/loss") == [(1, 2.5), (2, 2.0), (3, 1.5)]
+    assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_embedded_default_and_nested_runs(tmp_path):
+    out = tmp_path / "runs"
+    parent = build_logger(["mlflow"], run_dir=out / "sweep", run_name="sweep", experiment="tune")
+    parent_id = parent.loggers[0].run_id
+    child = build_logger(["mlflow", "jsonl"], run_dir=out / "trial_0", run_name="trial_0",
+                         experiment="tune", parent_run_id=parent_id)
+    child.log_metrics({"valid/loss": 1.25}, step=10)
+    child_id = child.loggers[0].run_id
+    child.close()
+    parent.close()
+    assert (out / "mlflow.db").exists()
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=default_tracking_uri(out))
+    run = client.get_run(child_id)
+    assert run.data.tags["mlflow.parentRunId"] == parent_id
+    assert _history(client, child_id, "valid/loss") == [(10, 1.25)]
+    exp = client.get_experiment(run.info.experiment_id)
+    assert exp.artifact_location == (out.resolve() / "mlartifacts").as_uri()
+    assert Path(out / "trial_0" / "metrics.jsonl").exists()

@@ -1,0 +1,79 @@
+"""A self-contained HTML page that colours each token by its loss weight.
+
+Weights around 1 are neutral (white); above 1 red, below 1 blue, scaled by the page's extreme
+weights so that Rho-1's 0/1 masks and the critic's exp(Â/T) weights both read well. Hovering a
+token shows its text and exact weight. Every token string is HTML-escaped (code is full of `<`,
+`&` and quotes); whitespace is preserved.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+
+_PAGE = """<!DOCTYPE html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; }}
+.sample {{ font-family: monospace; white-space: pre-wrap; border: 1px solid #ccc; padding: .5em;
+          margin-bottom: 1em; line-height: 1.6; }}
+.tok {{ border-radius: 2px; }}
+.caption {{ font-size: .9em; color: #444; margin-bottom: .2em; }}
+.legend span {{ padding: 0 .6em; margin-right: .3em; font-family: monospace; }}
+</style></head><body>
+<h2>{title}</h2>
+<div class="legend">{legend}</div>
+{rows}
+</body></html>
+"""
+
+
+def _colour(w: float, lo: float, hi: float) -> str:
+    """rgb() for weight `w`: white at 1, red toward `hi`, blue toward `lo`, grey if non-finite."""
+    if not math.isfinite(w):
+        return "rgb(160,160,160)"
+    if w >= 1.0:
+        t = 0.0 if hi <= 1.0 else min(1.0, (w - 1.0) / (hi - 1.0))
+        g = round(255 * (1 - 0.75 * t))
+        return f"rgb(255,{g},{g})"
+    t = 0.0 if lo >= 1.0 else min(1.0, (1.0 - w) / (1.0 - lo))
+    r = round(255 * (1 - 0.75 * t))
+    return f"rgb({r},{r},255)"
+
+
+def token_weight_heatmap_html(
+    tokens: list[list[str]],
+    weights: list[list[float]],
+    title: str,
+    row_labels: list[str] | None = None,
+) -> str:
+    """HTML page: one block per sample, `tokens[i][j]` coloured by `weights[i][j]`.
+
+    tokens / weights: ragged lists, one row per sample, equal lengths row by row.
+    row_labels: optional caption per sample (problem id, correct/incorrect, ...).
+    """
+    if len(tokens) != len(weights):
+        raise ValueError(f"tokens has {len(tokens)} rows but weights has {len(weights)}")
+    if row_labels is not None and len(row_labels) != len(tokens):
+        raise ValueError(f"row_labels has {len(row_labels)} entries for {len(tokens)} rows")
+    finite = [float(w) for row in weights for w in row if math.isfinite(float(w))]
+    lo, hi = (min(finite), max(finite)) if finite else (1.0, 1.0)
+    rows = []
+    for i, (toks, ws) in enumerate(zip(tokens, weights)):
+        if len(toks) != len(ws):
+            raise ValueError(f"row {i}: {len(toks)} tokens but {len(ws)} weights")
+        spans = []
+        for tok, w in zip(toks, ws):
+            w = float(w)
+            tip = html.escape(f"{tok!r}  w={w:.4f}", quote=True)
+            spans.append(
+                f'<span class="tok" style="background:{_colour(w, lo, hi)}" title="{tip}">'
+                f"{html.escape(tok, quote=True)}</span>"
+            )
+        caption = html.escape(row_labels[i] if row_labels is not None else f"sample {i}", quote=True)
+        rows.append(f'<div class="caption">{caption}</div><div class="sample">{"".join(spans)}</div>')
+    legend = " ".join(
+        f'<span style="background:{_colour(v, lo, hi)}">{label} {v:.3g}</span>'
+        for label, v in (("min", lo), ("neutral", 1.0), ("max", hi))
+    )
+    return _PAGE.format(title=html.escape(title, quote=True), legend=legend, rows="\n".join(rows))

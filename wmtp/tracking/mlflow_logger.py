@@ -1,0 +1,206 @@
+"""MLflow backend: embedded SQLite store by default, a tracking server when `tracking.uri` is set.
+
+The only module of wmtp that imports mlflow, and only inside functions (importing mlflow costs
+seconds and pulls half of PyPI; `import wmtp.tracking` must stay light).
+
+Layout of the embedded default (MLflow ≥ 3.13 refuses plain `./mlruns` file stores):
+    <output_dir>/mlflow.db            the SQLite tracking store (all runs of this output dir)
+    <output_dir>/mlartifacts/<exp>/   artifact root of experiments created here (file:// URI)
+    <output_dir>/<run>/mlflow_run.json  the MLflow run id of this run dir (resume continues it)
+Run `mlflow ui --backend-store-uri sqlite:///<output_dir>/mlflow.db` to browse.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from wmtp.tracking.redaction import redact
+
+log = logging.getLogger(__name__)
+
+RUN_ID_FILE = "mlflow_run.json"
+# MLflow's server-side limits (mlflow.utils.validation); kept here so the module imports no mlflow.
+MAX_PARAM_VAL_LENGTH = 6000
+MAX_KEY_LENGTH = 250
+MAX_PARAMS_PER_BATCH = 100
+MAX_METRICS_PER_BATCH = 1000
+_BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
+
+
+def default_tracking_uri(output_dir: str | Path) -> str:
+    """`sqlite:////abs/<output_dir>/mlflow.db`."""
+    return f"sqlite:///{(Path(output_dir).resolve() / 'mlflow.db').as_posix()}"
+
+
+def default_artifact_location(output_dir: str | Path) -> str:
+    """`file:///abs/<output_dir>/mlartifacts` (experiments created by the embedded default)."""
+    return (Path(output_dir).resolve() / "mlartifacts").as_uri()
+
+
+def sanitize_key(key: str) -> str:
+    """MLflow accepts alphanumerics, `_-. :/` in keys, at most 250 characters."""
+    return _BAD_KEY_CHARS.sub("_", str(key))[:MAX_KEY_LENGTH]
+
+
+def prepare_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """Redact secrets, stringify, sanitize keys, truncate values to MLflow's 6000 characters."""
+    out: dict[str, str] = {}
+    for key, value in redact(params).items():
+        text = "" if value is None else str(value)
+        if len(text) > MAX_PARAM_VAL_LENGTH:
+            marker = "...[truncated]"
+            text = text[: MAX_PARAM_VAL_LENGTH - len(marker)] + marker
+        out[sanitize_key(key)] = text
+    return out
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class MlflowLogger:
+    """One MLflow run per run directory; reruns of the same run dir continue the same MLflow run.
+
+    run_dir: the run directory (`<output_dir>/<run_name>`); the embedded store lives in its parent.
+    uri: tracking URI (`http://host:5000`, `sqlite:///...`); None = the embedded default.
+    artifact_location: artifact root for the experiment when wmtp creates it (e.g. `s3://b/mlflow`);
+        None = `<output_dir>/mlartifacts` for the embedded default, the server's default otherwise.
+    parent_run_id: make this a nested (child) run of that run (Tune: one child per trial).
+    resume: reuse the run id recorded in `<run_dir>/mlflow_run.json` when it exists in the store.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        run_name: str,
+        experiment: str = "wmtp",
+        uri: str | None = None,
+        artifact_location: str | None = None,
+        parent_run_id: str | None = None,
+        resume: bool = True,
+        tags: Mapping[str, str] | None = None,
+    ):
+        from mlflow.tracking import MlflowClient
+
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        output_dir = self.run_dir.resolve().parent
+        self.tracking_uri = uri or default_tracking_uri(output_dir)
+        if artifact_location is None and uri is None:
+            artifact_location = default_artifact_location(output_dir)
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.experiment_id = self._experiment_id(experiment, artifact_location)
+        self.run_id = self._resume_run_id() if resume else None
+        self.resumed = self.run_id is not None
+        if self.run_id is None:
+            run_tags = dict(tags or {})
+            if parent_run_id:
+                run_tags["mlflow.parentRunId"] = parent_run_id
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=run_tags)
+            self.run_id = run.info.run_id
+            self._record_run_id()
+        else:
+            self.client.update_run(self.run_id, status="RUNNING")
+            log.info("continuing MLflow run %s (%s)", self.run_id, self.tracking_uri)
+        self._closed = False
+
+    # -- set-up -------------------------------------------------------------------------------
+
+    def _experiment_id(self, name: str, artifact_location: str | None) -> str:
+        from mlflow.exceptions import MlflowException
+
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            try:
+                return self.client.create_experiment(name, artifact_location=artifact_location)
+            except MlflowException:
+                # Another process (a Tune trial) created it between our lookup and create.
+                exp = self.client.get_experiment_by_name(name)
+                if exp is None:
+                    raise
+        if artifact_location and exp.artifact_location.rstrip("/") != artifact_location.rstrip("/"):
+            log.warning(
+                "MLflow experiment %r already exists with artifact root %s; tracking.artifact_location=%s "
+                "applies only to new experiments (choose another tracking.experiment to use it)",
+                name, exp.artifact_location, artifact_location,
+            )
+        return exp.experiment_id
+
+    def _resume_run_id(self) -> str | None:
+        from mlflow.exceptions import MlflowException
+
+        path = self.run_dir / RUN_ID_FILE
+        if not path.exists():
+            return None
+        record = json.loads(path.read_text())
+        if record.get("tracking_uri") != self.tracking_uri:
+            log.warning("run dir was tracked at %s, now %s: starting a new MLflow run",
+                        record.get("tracking_uri"), self.tracking_uri)
+            return None
+        try:
+            run = self.client.get_run(record["run_id"])
+        except MlflowException:
+            log.warning("MLflow run %s recorded in %s is gone: starting a new one", record["run_id"], path)
+            return None
+        if run.info.lifecycle_stage != "active":
+            return None
+        return run.info.run_id
+
+    def _record_run_id(self) -> None:
+        record = {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.tracking_uri}
+        tmp = self.run_dir / f".{RUN_ID_FILE}.tmp"
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, self.run_dir / RUN_ID_FILE)
+
+    # -- MetricLogger -------------------------------------------------------------------------
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        prepared = prepare_params(params)
+        if self.resumed:
+            # MLflow params are immutable: on resume log only new keys, and say which changed.
+            existing = self.client.get_run(self.run_id).data.params
+            changed = sorted(k for k, v in prepared.items() if k in existing and existing[k] != v)
+            if changed:
+                log.warning("resumed run %s: params changed since the first attempt, kept the "
+                            "original values for %s", self.run_id, ", ".join(changed))
+            prepared = {k: v for k, v in prepared.items() if k not in existing}
+        entries = [Param(k, v) for k, v in prepared.items()]
+        for chunk in _chunks(entries, MAX_PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=chunk, synchronous=True)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        entries = [Metric(sanitize_key(k), float(v), now, int(step)) for k, v in metrics.items()]
+        for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(local_path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in redact(tags).items():
+            self.client.set_tag(self.run_id, sanitize_key(key), str(value))
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End the run; `status` is FINISHED, FAILED or KILLED."""
+        if not self._closed:
+            self._closed = True
+            self.client.set_terminated(self.run_id, status=status)
+

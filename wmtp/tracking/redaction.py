@@ -1,0 +1,38 @@
+"""Keep secrets out of params, logs and artifacts.
+
+Credentials reach wmtp through the environment only (boto3 and MLflow read them there). Nothing in
+wmtp logs environment variables; `redact` is the last line of defence for a config that carries a
+secret-looking key or value anyway (e.g. an S3 URI with an embedded key, or `aws_secret=...`
+passed as a model param override).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+# Matched against each component of a dotted / slashed key, case-insensitive. "token" must be a
+# whole word (`hf_token`, `access_token`) so that `tokenizer` or `tokens_per_s` stay visible.
+_SECRET_COMPONENT = re.compile(
+    r"^aws_|secret|passw(or)?d|credential|api_?key|private_?key|(^|_)token($|_)|(^|_)auth($|_)",
+    re.IGNORECASE,
+)
+# Value patterns: AWS access key ids, URIs with user:password@, bearer tokens, private keys.
+_SECRET_VALUE = re.compile(
+    r"(\b(AKIA|ASIA)[A-Z0-9]{16}\b)|(://[^/\s:@]+:[^/\s@]+@)|(\bbearer\s+\S+)|(-----BEGIN [A-Z ]*PRIVATE KEY)",
+    re.IGNORECASE,
+)
+
+
+def is_secret(key: str, value: Any) -> bool:
+    """True when `key` names a credential or `value` looks like one."""
+    if any(_SECRET_COMPONENT.search(part) for part in re.split(r"[./]", key)):
+        return True
+    return isinstance(value, str) and bool(_SECRET_VALUE.search(value))
+
+
+def redact(params: Mapping[str, Any]) -> dict[str, Any]:
+    """`params` without the entries that look like secrets (dropped, not masked: a masked value
+    still tells an attacker which knob holds a credential and clutters run comparisons)."""
+    return {k: v for k, v in params.items() if not is_secret(str(k), v)}
