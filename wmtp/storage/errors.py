@@ -1,0 +1,5 @@
+"""Errors of the storage layer (user-facing: they name the URI or path)."""
+
+
+class StorageError(RuntimeError):
+    """A URI or path that cannot be read or written (missing bucket/key, checksum mismatch...)."""
