@@ -1,0 +1,90 @@
+"""Critic losses (DESIGN.md §3). Pure tensors; every mean is a masked mean whose denominator may
+be given explicitly (the global count of the optimizer step) so the loss does not change with
+world size or gradient accumulation.
+
+Indexing: pass values already aligned with their targets. For GAE/TD(λ) targets `G_j`, which live
+on response token j and belong to the state before it, pass
+`wmtp.losses.alignment.state_values(values)` with `response_mask` (that is V_{j−1} at j).
+Sign convention: values estimate P(correct), higher = better; advantages are `G − V`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def masked_mean(x: Tensor, mask: Tensor, denominator: float | Tensor | None = None) -> Tensor:
+    """`Σ x·mask / denominator` (default: local `Σ mask`, at least 1). x, mask: same shape."""
+    m = mask.to(x.dtype)
+    denom = m.sum() if denominator is None else torch.as_tensor(denominator, dtype=x.dtype, device=x.device)
+    return (x * m).sum() / denom.clamp_min(1.0)
+
+
+@dataclass
+class ValueLoss:
+    """loss: scalar with grad; clip_fraction, explained_variance: detached 0-dim tensors."""
+
+    loss: Tensor
+    clip_fraction: Tensor
+    explained_variance: Tensor
+
+
+def explained_variance(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """`1 − Var(target − pred) / Var(target)` over the mask (SB3's definition; NaN if Var(target)=0)."""
+    m = mask.bool()
+    p, t = pred.detach().double()[m], target.detach().double()[m]
+    var_t = t.var(unbiased=False) if t.numel() else torch.tensor(float("nan"), dtype=torch.float64)
+    if t.numel() == 0 or var_t == 0:
+        return torch.tensor(float("nan"), dtype=torch.float64)
+    return 1.0 - (t - p).var(unbiased=False) / var_t
+
+
+def clipped_value_loss(v_new: Tensor, v_old: Tensor, returns: Tensor, mask: Tensor, coef: float = 0.5,
+                       clip_range: float = 0.2, denominator: float | Tensor | None = None) -> ValueLoss:
+    """PPO/SB3 clipped value loss, `[B, S]` inputs:
+    `coef · mean(max((V_new − G)², (V_old + clip(V_new − V_old, −ε, ε) − G)²))`.
+    clip_fraction: share of valid entries with |V_new − V_old| > ε; explained variance of G by
+    V_old (the rollout values, as SB3 reports it)."""
+    v_old, returns = v_old.detach(), returns.detach()
+    clipped = v_old + (v_new - v_old).clamp(-clip_range, clip_range)
+    per = torch.maximum((v_new - returns) ** 2, (clipped - returns) ** 2)
+    loss = coef * masked_mean(per, mask, denominator)
+    frac = masked_mean(((v_new.detach() - v_old).abs() > clip_range).double(), mask)
+    return ValueLoss(loss, frac, explained_variance(v_old, returns, mask))
+
+
+def mc_mse_loss(values: Tensor, mask: Tensor, rewards: Tensor,
+                denominator: float | Tensor | None = None) -> Tensor:
+    """Monte-Carlo MSE: every masked state value → the sample's outcome R. values/mask `[B, S]`,
+    rewards `[B]`."""
+    return masked_mean((values - rewards.to(values.dtype)[:, None]) ** 2, mask, denominator)
+
+
+def lambda_return_loss(values: Tensor, returns: Tensor, mask: Tensor,
+                       denominator: float | Tensor | None = None) -> Tensor:
+    """MSE to detached TD(λ) targets (`wmtp.weighting.gae.lambda_returns`). `[B, S]` inputs."""
+    return masked_mean((values - returns.detach()) ** 2, mask, denominator)
+
+
+def mean_response_value(values: Tensor, mask: Tensor) -> Tensor:
+    """`[B, S]` → `[B]`: the mean of each row's masked values."""
+    m = mask.to(values.dtype)
+    return (values * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+
+def pairwise_loss(values_pos: Tensor, mask_pos: Tensor, values_neg: Tensor, mask_neg: Tensor,
+                  denominator: float | Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Bradley–Terry on mean response values of paired (correct, incorrect) solutions:
+    `mean_b −log σ(v̄⁺_b − v̄⁻_b)`. Inputs `[P, S]` (row b of pos and neg are one pair; the two may
+    have different S). Returns (loss, pairwise accuracy = share with v̄⁺ > v̄⁻, detached)."""
+    if values_pos.shape[0] != values_neg.shape[0]:
+        raise ValueError(f"pairwise_loss needs as many positives as negatives, got {values_pos.shape[0]} "
+                         f"and {values_neg.shape[0]}")
+    margin = mean_response_value(values_pos, mask_pos) - mean_response_value(values_neg, mask_neg)
+    ones = torch.ones_like(margin)
+    loss = masked_mean(F.softplus(-margin), ones, denominator)
+    return loss, (margin.detach() > 0).double().mean()
