@@ -1,0 +1,331 @@
+"""`wmtp ...` and `python -m wmtp ...`.
+
+    python -m wmtp --config configs/defaults.yaml --recipe configs/recipe.verifiable.yaml \\
+        --preset local-light --use-micro-model --dry-run [key.sub=value ...]
+
+No subcommand means `train`. `config show|validate` print or check the resolved config; `data`,
+`eval` and `tune` come from `register(subparsers)` in wmtp.data.commands, wmtp.evaluation.commands
+and wmtp.orchestration.commands (each sets `func=handler`, `handler(args) -> int`).
+User mistakes print one message on stderr and exit 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from wmtp.config.arguments import add_config_arguments, config_from_args
+from wmtp.config.loader import ConfigError, dump_config
+from wmtp.config.schema import WMTPConfig
+
+COMMAND_MODULES = ("wmtp.data.commands", "wmtp.evaluation.commands", "wmtp.orchestration.commands")
+
+# Exceptions that mean "the user gave bad input", matched by (module, class name) so that
+# reporting them never imports torch or the data stack.
+USER_ERROR_CLASSES = {("wmtp.data.errors", "DataError"), ("wmtp.data.records", "DataError"),
+                      ("wmtp.model.checkpoint", "CheckpointError")}
+
+# Recipes whose run trains (or at least loads) a critic next to, or instead of, the policy.
+CRITIC_RECIPES = {"verifiable": "trained (value loss)", "critic": "trained (pre-training)"}
+
+
+def is_user_error(exc: BaseException) -> bool:
+    if isinstance(exc, ConfigError) or getattr(exc, "user_error", False):
+        return True
+    return any((c.__module__, c.__name__) in USER_ERROR_CLASSES for c in type(exc).__mro__)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="wmtp", description="Weighted Multi-Token Prediction on Ray. Without a subcommand: train.",
+        epilog="example: python -m wmtp --config configs/defaults.yaml --recipe configs/recipe.verifiable.yaml "
+               "--preset local-light --use-micro-model --dry-run")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a recipe (the default command)")
+    add_train_arguments(train)
+    train.set_defaults(func=run_train)
+
+    config = sub.add_parser("config", help="show or validate the resolved configuration")
+    config_sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = config_sub.add_parser("show", help="print the resolved config as YAML")
+    add_config_arguments(show)
+    show.set_defaults(func=run_config_show)
+    validate = config_sub.add_parser("validate", help="validate the layered config; exit 2 naming bad keys")
+    add_config_arguments(validate)
+    validate.set_defaults(func=run_config_validate)
+
+    for name in COMMAND_MODULES:
+        module = import_optional(name)
+        if module is not None:
+            module.register(sub)
+    return parser
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+    parser.add_argument("--dry-run", action="store_true",
+                        help="resolve and print the config, build the model, print the plan; do not train")
+    parser.add_argument("--local", action="store_true",
+                        help="train in this process without Ray (sets orchestration.enabled=false)")
+
+
+def import_optional(name: str):
+    """Import a module another team provides; None while it does not exist yet."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        # Only the module itself (or its package) being absent counts; a missing dependency
+        # inside an existing module is a real bug and must surface.
+        if e.name is not None and (name == e.name or name.startswith(f"{e.name}.")):
+            return None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+def run_config_show(args: argparse.Namespace) -> int:
+    print(dump_config(config_from_args(args)), end="")
+    return 0
+
+
+def run_config_validate(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    print(f"ok: recipe={cfg.recipe} model={cfg.model.preset} preset={cfg.run.preset or '-'}")
+    return 0
+
+
+def run_train(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args, ["orchestration.enabled=false"] if args.local else [])
+    if args.dry_run:
+        print(dump_config(cfg), end="")
+        print(format_plan(build_plan(cfg)))
+        return 0
+    if cfg.orchestration.enabled:
+        target = ("wmtp.orchestration.launch", "run_training")
+    else:
+        target = ("wmtp.recipes", "run_recipe")
+    module = import_optional(target[0])
+    entry = getattr(module, target[1], None) if module is not None else None
+    if entry is None:
+        print(f"wmtp: error: training is not available in this installation: {target[0]}.{target[1]} "
+              f"does not exist yet (try --dry-run{'' if args.local else ', or --local'})", file=sys.stderr)
+        return 1
+    result = entry(cfg)
+    return result if isinstance(result, int) else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Dry-run plan: parameters, memory per GPU, FLOPs per token, tokens per step, Ray resources.
+@dataclass
+class Plan:
+    device: str
+    policy_params: int
+    trunk_params: int
+    head_params: list[int]
+    output_params: int
+    policy_trained: bool
+    critic_params: int | None
+    critic_role: str | None
+    memory_gib: dict[str, float]
+    flops_per_token: float
+    tokens_per_step: int
+    resources: dict[str, float | int | str]
+    notes: list[str] = field(default_factory=list)
+
+
+def model_args_for(cfg: WMTPConfig):
+    """The policy's `ModelArgs`: preset → model.params → model.n_future_tokens."""
+    from wmtp.model.args import get_preset
+
+    changes = dict(cfg.model.params)
+    if cfg.model.n_future_tokens is not None:
+        changes["n_future_tokens"] = cfg.model.n_future_tokens
+    try:
+        args = get_preset(cfg.model.preset).replace(**changes)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.params / model.n_future_tokens: {e}") from None
+    if cfg.data.max_seq_len > args.max_seq_len:
+        raise ConfigError(f"data.max_seq_len={cfg.data.max_seq_len} exceeds the model's max_seq_len="
+                          f"{args.max_seq_len}; lower it or set model.params.max_seq_len")
+    return args
+
+
+def critic_args_for(cfg: WMTPConfig, policy_args):
+    from wmtp.model.value import value_args_from_policy
+
+    args = value_args_from_policy(policy_args)
+    if cfg.value_model.n_layers is not None:
+        args = args.replace(n_layers=cfg.value_model.n_layers)
+    return args
+
+
+def check_local_paths(cfg: WMTPConfig) -> None:
+    """Every local file the run would read exists (s3:// URIs are checked when pulled)."""
+    for key, value in (("model.checkpoint", cfg.model.checkpoint), ("model.tokenizer", cfg.model.tokenizer),
+                       ("value_model.checkpoint", cfg.value_model.checkpoint), ("rho1.reference", cfg.rho1.reference),
+                       ("data.train", cfg.data.train), ("data.valid", cfg.data.valid), ("data.test", cfg.data.test),
+                       ("data.reference_losses", cfg.data.reference_losses)):
+        if value and "://" not in value and not Path(value).expanduser().exists():
+            raise ConfigError(f"{key}: {value!r} does not exist")
+
+
+def count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def build_plan(cfg: WMTPConfig) -> Plan:
+    """Build the model(s) (meta device above model.meta_device_threshold) and size the run."""
+    from wmtp.model.transformer import build_model
+    from wmtp.model.value import build_value_model
+
+    check_local_paths(cfg)
+    args = model_args_for(cfg)
+    shapes = build_model(args, device="meta")  # shapes only: decides where the real build goes
+    total = count(shapes)
+    device = "meta" if total > cfg.model.meta_device_threshold else "cpu"
+    policy = shapes if device == "meta" else build_model(args, device="cpu", seed=cfg.run.seed)
+    heads = [count(b) for b in policy.head_blocks()]
+    output = count(policy.output) + count(policy.norm)
+    trunk = total - sum(heads) - output
+
+    critic_params = critic_role = critic_args = None
+    if cfg.recipe in CRITIC_RECIPES:
+        critic_args = critic_args_for(cfg, args)
+        critic = build_value_model(critic_args, cfg.value_model.head, device=device, seed=cfg.run.seed)
+        critic_params, critic_role = count(critic), CRITIC_RECIPES[cfg.recipe]
+        if not critic_is_trained(cfg):
+            critic_role = "frozen (stage2.value_loss.enabled=false)"
+
+    policy_trained = cfg.recipe != "critic"  # the critic recipe reads the policy only to initialise
+    memory, flops = estimate_run(cfg, args, policy_trained, critic_args)
+    orch = cfg.orchestration
+    tokens = cfg.data.batch_size * cfg.data.max_seq_len * cfg.data.grad_accum * orch.num_workers
+    notes = []
+    if device == "meta":
+        notes.append(f"{total:,} parameters > model.meta_device_threshold={cfg.model.meta_device_threshold:,}: "
+                     "built on the meta device (shapes only)")
+    if not cfg.data.train:
+        notes.append(f"data: bundled synthetic task, {cfg.data.synth_problems} problems "
+                     f"(seed {cfg.data.synth_seed}), generated on first training run")
+    notes.append("memory excludes the CUDA context and allocator fragmentation (budget 1-3 GiB); "
+                 "formulas: docs/MEMORY.md")
+    return Plan(device, total, trunk, heads, output, policy_trained, critic_params, critic_role, memory, flops,
+                tokens, ray_resources(cfg), notes)
+
+
+def critic_is_trained(cfg: WMTPConfig) -> bool:
+    return cfg.recipe == "critic" or (cfg.recipe == "verifiable" and cfg.stage2.value_loss.enabled)
+
+
+def estimate_run(cfg: WMTPConfig, args, policy_trained: bool, critic_args) -> tuple[dict[str, float], float]:
+    """Per-GPU memory (GiB, by term) and training FLOPs per token of every model the recipe holds.
+
+    The per-model formulas live in wmtp.model.memory; this adds up the recipe's models: the
+    trained policy, a trained or frozen critic, and (verifiable, colocated) the critic snapshot
+    that scores V_old in compute precision.
+    """
+    from wmtp.model.memory import COMPUTE_BYTES, GIB, estimate_memory, flops_per_token
+
+    orch, train, data = cfg.orchestration, cfg.train, cfg.data
+    common = dict(world_size=orch.num_workers, precision=train.precision, fsdp=orch.fsdp,
+                  batch_size=data.batch_size, seq_len=data.max_seq_len,
+                  activation_checkpointing=train.activation_checkpointing)
+    terms = dict.fromkeys(("params", "grads", "optimizer", "activations", "transient"), 0)
+    flops = 0.0
+    if policy_trained:
+        est = estimate_memory(args, loss_chunk_size=train.loss_chunk_size, **common)
+        for k in terms:
+            terms[k] += getattr(est, k)
+        flops += flops_per_token(args, data.max_seq_len)
+    if critic_args is not None:
+        est = estimate_memory(critic_args, value_head=cfg.value_model.head, **common)
+        # The critic has a scalar head instead of the V-wide output projection.
+        no_output = 2 * critic_args.vocab_size * critic_args.dim
+        if critic_is_trained(cfg):
+            for k in terms:
+                terms[k] += getattr(est, k)
+            flops += flops_per_token(critic_args, data.max_seq_len) - 3 * no_output
+        else:
+            terms["params"] += est.params
+        if cfg.recipe == "verifiable":
+            flops += flops_per_token(critic_args, data.max_seq_len, training=False) - no_output
+            if orch.placement == "colocated":
+                shard = orch.num_workers if orch.fsdp else 1
+                terms["critic_snapshot"] = est.n_params * COMPUTE_BYTES[train.precision] // shard
+    memory = {k: v / GIB for k, v in terms.items()}
+    memory["total"] = sum(memory.values())
+    return memory, flops
+
+
+def ray_resources(cfg: WMTPConfig) -> dict[str, float | int | str]:
+    orch = cfg.orchestration
+    if not orch.enabled:
+        return {"mode": "in-process (orchestration.enabled=false): no Ray"}
+    gpus = 1 if orch.use_gpu else 0
+    actors = orch.num_experience_actors if cfg.recipe in ("verifiable", "rho1_weighted") and \
+        orch.placement == "async" else 0
+    return {
+        "address": orch.address or "local cluster",
+        "workers": orch.num_workers,
+        "cpus_per_worker": orch.cpus_per_worker,
+        "gpus_per_worker": gpus,
+        "experience_actors": actors,
+        # Experience actors take one CPU each, plus a GPU each when workers have GPUs.
+        "total_cpus": orch.num_workers * orch.cpus_per_worker + actors,
+        "total_gpus": (orch.num_workers + actors) * gpus,
+        "backend": "nccl" if orch.use_gpu else "gloo",
+        "sharding": "FSDP2" if orch.fsdp else "replicated (DDP)",
+    }
+
+
+def format_plan(plan: Plan) -> str:
+    lines = ["# --- dry-run plan (nothing trained, no Ray started, no data generated) ---",
+             f"# model built on: {plan.device}",
+             f"# policy parameters: {plan.policy_params:,}"
+             + ("" if plan.policy_trained else " (read only to initialise the critic)"),
+             f"#   trunk (embeddings + shared layers): {plan.trunk_params:,}"]
+    lines += [f"#   head {k}: {n:,}" for k, n in enumerate(plan.head_params, 1)]
+    lines.append(f"#   shared norm + output projection: {plan.output_params:,}")
+    if plan.critic_params is not None:
+        lines.append(f"# critic parameters: {plan.critic_params:,} ({plan.critic_role})")
+    lines.append("# estimated memory per GPU (GiB):")
+    lines += [f"#   {k}: {v:.2f}" for k, v in plan.memory_gib.items()]
+    lines.append(f"# training FLOPs per token: {plan.flops_per_token:.3e}")
+    lines.append(f"# tokens per optimizer step (at data.max_seq_len): {plan.tokens_per_step:,}")
+    lines.append("# ray resources:")
+    lines += [f"#   {k}: {v}" for k, v in plan.resources.items()]
+    lines += [f"# note: {n}" for n in plan.notes]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser()
+        commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+        if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
+            argv = ["train", *argv]  # the original system's form: flags only means train
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # argparse: usage errors exit 2, --help exits 0
+            return e.code if isinstance(e.code, int) else 2
+        if getattr(args, "func", None) is None:
+            parser.print_help(sys.stderr)
+            return 2
+        return args.func(args)
+    except Exception as e:
+        if not is_user_error(e):
+            raise
+        print(f"wmtp: error: {e}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["main", "build_parser", "build_plan", "format_plan", "model_args_for", "is_user_error"]
