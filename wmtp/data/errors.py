@@ -1,0 +1,7 @@
+"""The one exception type for bad data input (the CLI maps it to exit code 2)."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A user-facing data problem: a malformed file, a missing field, a bad argument."""
