@@ -1,0 +1,37 @@
+"""Training components shared by every recipe: optimizer, LR schedule, precision, seeding,
+checkpoint state, non-finite loss policy, throughput (no ray, no mlflow)."""
+
+from wmtp.training.checkpoint import (
+    CheckpointError,
+    LocalCheckpointSink,
+    checkpoint_step,
+    load_checkpoint,
+    save_checkpoint,
+)
+from wmtp.training.nonfinite import NonFiniteGuard, NonFiniteLossError
+from wmtp.training.optim import build_optimizer, param_groups
+from wmtp.training.precision import autocast_context
+from wmtp.training.schedule import WarmupCosine, build_scheduler
+from wmtp.training.seeding import rng_state, seed_everything, set_rng_state
+from wmtp.training.throughput import ThroughputMeter, flops_per_token, peak_flops
+
+__all__ = [
+    "CheckpointError",
+    "LocalCheckpointSink",
+    "NonFiniteGuard",
+    "NonFiniteLossError",
+    "ThroughputMeter",
+    "WarmupCosine",
+    "autocast_context",
+    "build_optimizer",
+    "build_scheduler",
+    "checkpoint_step",
+    "flops_per_token",
+    "load_checkpoint",
+    "param_groups",
+    "peak_flops",
+    "rng_state",
+    "save_checkpoint",
+    "seed_everything",
+    "set_rng_state",
+]

@@ -1,0 +1,222 @@
+"""Single-process checkpoint state and the local `CheckpointSink`.
+
+A checkpoint directory holds one `torch.save` file per component plus a manifest:
+    manifest.json            names of the saved models / optimizers / schedulers
+    model.<name>.pt          state_dict of each model ("policy", "critic", ...)
+    optim.<name>.pt          optimizer state_dict
+    sched.<name>.pt          LR scheduler state_dict
+    extra.pt                 step, sampler state, EMA statistics, RNG, tokens seen, skip counters
+Files load with `torch.load(weights_only=True)`: `extra` may hold tensors, numbers, strings,
+None and lists/tuples/dicts of them (`wmtp.training.seeding.rng_state()` already complies).
+
+Atomicity: a checkpoint is written into a hidden temporary sibling directory and renamed into
+place, and `LocalCheckpointSink` writes its `latest` marker only after that rename. A run killed
+at any moment (SIGKILL) leaves the previously marked checkpoint intact and still `latest`.
+(The sharded DCP path for Ray workers is wmtp.orchestration's; it keeps the same layout idea.)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+MANIFEST = "manifest.json"
+LATEST = "latest"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be loaded as asked (names the directory and what is missing)."""
+
+
+def _save_file(obj: Any, path: Path) -> None:
+    with open(path, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_names(kind: str, names) -> None:
+    for name in names:
+        if not _NAME.match(name):
+            raise ValueError(f"{kind} name {name!r} must match {_NAME.pattern} (it becomes a file name)")
+
+
+def save_checkpoint(
+    directory: str | Path,
+    *,
+    models: Mapping[str, torch.nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    schedulers: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write the state of `models`/`optimizers`/`schedulers` plus `extra` to `directory`, atomically.
+
+    `directory` may not exist yet, be empty (a sink's fresh directory), or hold an older checkpoint
+    (replaced). Returns `directory`.
+    """
+    optimizers, schedulers, extra = optimizers or {}, schedulers or {}, dict(extra or {})
+    for kind, group in (("model", models), ("optimizer", optimizers), ("scheduler", schedulers)):
+        _check_names(kind, group)
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    for name, model in models.items():
+        _save_file(model.state_dict(), tmp / f"model.{name}.pt")
+    for name, opt in optimizers.items():
+        _save_file(opt.state_dict(), tmp / f"optim.{name}.pt")
+    for name, sched in schedulers.items():
+        _save_file(sched.state_dict(), tmp / f"sched.{name}.pt")
+    _save_file(extra, tmp / "extra.pt")
+    manifest = {"format": 1, "models": sorted(models), "optimizers": sorted(optimizers),
+                "schedulers": sorted(schedulers), "torch": torch.__version__}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    _fsync_dir(tmp)
+    _publish(tmp, directory)
+    return directory
+
+
+def _publish(tmp: Path, directory: Path) -> None:
+    """Rename `tmp` to `directory` (replacing an empty or older one) and sync the parent."""
+    old = None
+    if directory.exists():
+        if directory.is_dir() and not any(directory.iterdir()):
+            directory.rmdir()
+        else:
+            old = directory.parent / f".{directory.name}.old-{os.getpid()}"
+            os.rename(directory, old)
+    os.rename(tmp, directory)
+    _fsync_dir(directory.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(
+    directory: str | Path,
+    models: Mapping[str, torch.nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
+    schedulers: Mapping[str, Any] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Load state into the given objects (strict for models); returns `extra`.
+
+    Only the components named here are loaded (a checkpoint may hold more).
+    """
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.exists():
+        raise CheckpointError(f"{directory} is not a wmtp checkpoint (no {MANIFEST})")
+    manifest = json.loads(manifest_path.read_text())
+    optimizers, schedulers = optimizers or {}, schedulers or {}
+    for kind, key, wanted in (("model", "models", models), ("optimizer", "optimizers", optimizers),
+                              ("scheduler", "schedulers", schedulers)):
+        missing = sorted(set(wanted) - set(manifest[key]))
+        if missing:
+            raise CheckpointError(f"checkpoint {directory} has no {kind} {missing}; it holds {manifest[key]}")
+
+    def read(name: str) -> Any:
+        return torch.load(directory / name, map_location=map_location, weights_only=True)
+
+    for name, model in models.items():
+        model.load_state_dict(read(f"model.{name}.pt"), strict=True)
+    for name, opt in optimizers.items():
+        opt.load_state_dict(read(f"optim.{name}.pt"))
+    for name, sched in schedulers.items():
+        sched.load_state_dict(read(f"sched.{name}.pt"))
+    return read("extra.pt")
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """Step number of a `step_000050` directory."""
+    match = _STEP_DIR.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path} is not a step_NNNNNN checkpoint directory")
+    return int(match.group(1))
+
+
+class LocalCheckpointSink:
+    """`CheckpointSink` on local disk: `<run_dir>/checkpoints/step_000050`, newest `keep` kept.
+
+    `latest` (a text file naming the checkpoint) is rewritten last, atomically, after the
+    checkpoint directory is complete; `latest()` follows it.
+    """
+
+    def __init__(self, run_dir: str | Path, keep: int = 2):
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.root = Path(run_dir) / "checkpoints"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+        # Leftovers of a save that was killed half-way: never valid, safe to drop (one process).
+        for entry in self.root.iterdir():
+            if entry.name.startswith(".") and (".tmp-" in entry.name or ".old-" in entry.name):
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+
+    def _complete(self) -> list[Path]:
+        dirs = [p for p in self.root.iterdir() if p.is_dir() and _STEP_DIR.match(p.name)]
+        return sorted(dirs, key=checkpoint_step)
+
+    def latest(self) -> Path | None:
+        marker = self.root / LATEST
+        if marker.exists():
+            target = self.root / marker.read_text().strip()
+            if target.is_dir():
+                return target
+            log.warning("%s names %s, which is gone: using the newest complete checkpoint", marker, target)
+        complete = self._complete()
+        # Without a usable marker any step_* directory is complete (it only appears by rename).
+        return complete[-1] if complete else None
+
+    def save(self, step: int, write: Callable[[Path], None], metrics: Mapping[str, float]) -> None:
+        name = f"step_{step:06d}"
+        tmp = self.root / f".{name}.tmp-{os.getpid()}-sink"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        write(tmp)
+        (tmp / "metrics.json").write_text(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}))
+        _publish(tmp, self.root / name)
+        self._mark(name)
+        self._prune()
+
+    def _mark(self, name: str) -> None:
+        tmp = self.root / f".{LATEST}.tmp-{os.getpid()}"
+        with open(tmp, "w") as fh:
+            fh.write(name + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.root / LATEST)
+        _fsync_dir(self.root)
+
+    def _prune(self) -> None:
+        latest = self.latest()
+        complete = self._complete()
+        keep = set(complete[-self.keep:]) | ({latest} if latest else set())
+        for path in complete:
+            if path not in keep:
+                shutil.rmtree(path, ignore_errors=True)
