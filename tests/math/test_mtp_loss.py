@@ -145,3 +145,25 @@ def test_bad_shapes_are_clear_errors():
         mtp_cross_entropy(hidden, w, labels, head_coefficients=[1.0])
     with pytest.raises(ValueError, match="denominators"):
         mtp_cross_entropy(hidden, w, labels, denominators=torch.ones(2))
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_padding_and_batch_permutation_change_nothing(side):
+    hidden, w, labels = make_case(B=3, S=9)
+    weights = torch.rand(*labels.shape, dtype=torch.float64) + 0.1
+    base = mtp_cross_entropy(hidden, w, labels, weights=weights)
+    pad = 4
+    B, _, D = hidden[0].shape
+
+    def padded(x, fill):
+        extra = torch.full((B, pad, *x.shape[2:]), fill, dtype=x.dtype)
+        return torch.cat([extra, x], 1) if side == "left" else torch.cat([x, extra], 1)
+
+    p_hidden = [padded(h.detach(), 7.0) for h in hidden]
+    p_labels = padded(labels, IGNORE_INDEX)
+    attn = padded(torch.ones(B, 9, dtype=torch.bool), False)
+    out = mtp_cross_entropy(p_hidden, w, p_labels, weights=padded(weights, 3.0), attention_mask=attn)
+    assert torch.allclose(out.loss, base.loss) and torch.equal(out.valid_counts, base.valid_counts)
+    perm = [2, 0, 1]
+    outp = mtp_cross_entropy([h[perm] for h in hidden], w, labels[perm], weights=weights[perm])
+    assert torch.allclose(outp.loss, base.loss) and torch.allclose(outp.ce_per_head, base.ce_per_head)
