@@ -71,7 +71,8 @@ def render_reference() -> str:
             out.append("|---|---|---|---|---|")
             for name, field in leaves:
                 cells = [f"`{prefix}{name}`", f"`{_type_text(field.annotation)}`", f"`{_default_text(field)}`",
-                         _bounds(field), (field.description or "").replace("|", "\\|")]
+                         _bounds(field), field.description or ""]
+                cells = [c.replace("|", "\\|") for c in cells]  # a bare | would split the table cell
                 out.append("| " + " | ".join(cells) + " |")
             out.append("")
         for name, field in cls.model_fields.items():
