@@ -1,0 +1,99 @@
+"""TorchTrainer orchestration with a toy recipe: parity across world sizes, resume, faults, S3."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.orchestration.helpers import by_step, read_losses, short_config
+from tests.orchestration.toy_recipe import ToyRecipeBuilder
+from wmtp.orchestration.launch import run_training
+
+pytestmark = pytest.mark.ray
+
+
+def test_two_workers_match_one_worker_for_the_same_global_batch(ray_cluster, tmp_path):
+    one = short_config(tmp_path, "one", steps=4, workers=1)
+    one.data.batch_size = 8
+    two = short_config(tmp_path, "two", steps=4, workers=2)  # 4 rows per rank: same global batch
+    m1 = run_training(one, recipe_builder=ToyRecipeBuilder(str(tmp_path / "r1")))
+    m2 = run_training(two, recipe_builder=ToyRecipeBuilder(str(tmp_path / "r2")))
+    l1, l2 = read_losses(tmp_path / "r1"), read_losses(tmp_path / "r2")
+    assert [s for s, _ in l1] == [1, 2, 3, 4]
+    assert by_step(l1) == pytest.approx(by_step(l2), rel=1e-12)
+    assert read_losses(tmp_path / "r2", rank=1) == l2  # both ranks see the globally reduced loss
+    assert m1["step"] == m2["step"] == 4
+    assert m1["valid/ce_head1"] == pytest.approx(m2["valid/ce_head1"], rel=1e-12)
+    # Rank 0 logged through the real tracking backend (JSONL) in <output_dir>/<run name>.
+    assert (Path(one.run.output_dir) / "one" / "metrics.jsonl").read_text().strip()
+
+
+def test_rerun_with_same_name_resumes_exactly(ray_cluster, tmp_path):
+    reference = short_config(tmp_path, "uninterrupted", steps=8)
+    run_training(reference, recipe_builder=ToyRecipeBuilder(str(tmp_path / "ref")))
+    expected = by_step(read_losses(tmp_path / "ref"))
+
+    crashing = short_config(tmp_path, "resumed", steps=8)
+    builder = ToyRecipeBuilder(str(tmp_path / "res"), crash_once_at_step=5)  # last checkpoint: step 4
+    with pytest.raises(Exception, match="planned crash"):
+        run_training(crashing, recipe_builder=builder)
+    metrics = run_training(crashing, recipe_builder=builder)  # same name + storage: resumes
+
+    steps = [s for s, _ in read_losses(tmp_path / "res")]
+    assert steps == [1, 2, 3, 4, 5, 5, 6, 7, 8]  # step 5 redone from the step-4 checkpoint
+    assert by_step(read_losses(tmp_path / "res")) == pytest.approx(expected, rel=1e-12)
+    assert metrics["step"] == 8
+    kept = sorted(p.name for p in (Path(crashing.run.output_dir) / "ray" / "resumed").glob("checkpoint_step*"))
+    assert len(kept) == crashing.orchestration.keep_checkpoints
+    assert "checkpoint_step00000008" in kept  # the latest is always kept
+
+
+def test_killed_worker_is_restarted_from_the_last_checkpoint(ray_cluster, tmp_path):
+    cfg = short_config(tmp_path, "killed", steps=12, max_failures=1)
+    record = tmp_path / "rec"
+    builder = ToyRecipeBuilder(str(record), step_sleep_s=0.25)
+    killed: list[int] = []
+
+    def kill_rank1_mid_run() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not killed:
+            pids = list(record.glob("pid-rank1-*"))
+            losses = record / "losses-rank1.jsonl"
+            if pids and losses.exists() and len(losses.read_text().splitlines()) >= 5:
+                pid = int(pids[0].name.rsplit("-", 1)[1])
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_rank1_mid_run, daemon=True)
+    killer.start()
+    metrics = run_training(cfg, recipe_builder=builder)
+    killer.join(timeout=5)
+    assert killed, "the test never found rank 1's pid"
+    assert metrics["step"] == 12
+    # The restarted group wrote new pid files whose content is the step it resumed from.
+    restarts = [p for p in record.glob("pid-rank*") if int(p.name.rsplit("-", 1)[1]) not in killed]
+    resumed_from = {int(p.read_text()) for p in restarts} - {0}
+    assert resumed_from and all(s % cfg.train.checkpoint_every == 0 and s >= 4 for s in resumed_from)
+    # Same losses as an uninterrupted run.
+    run_training(short_config(tmp_path, "clean", steps=12), recipe_builder=ToyRecipeBuilder(str(tmp_path / "c")))
+    assert by_step(read_losses(record)) == pytest.approx(by_step(read_losses(tmp_path / "c")), rel=1e-12)
+
+
+def test_s3_storage_on_moto_holds_checkpoints_and_resumes(ray_cluster, moto_s3, tmp_path):
+    bucket = moto_s3.create_bucket()
+    cfg = short_config(tmp_path, "s3run", steps=4, storage_path=f"s3://{bucket}/ray")
+    builder = ToyRecipeBuilder(str(tmp_path / "rec"))
+    run_training(cfg, recipe_builder=builder)
+    keys = [o["Key"] for o in moto_s3.client().list_objects_v2(Bucket=bucket)["Contents"]]
+    assert any(k.startswith("ray/s3run/checkpoint_step00000004/") and k.endswith("state.pt") for k in keys)
+
+    cfg.train.steps = 6  # same name and storage: continues from the step-4 checkpoint in S3
+    metrics = run_training(cfg, recipe_builder=builder)
+    assert [s for s, _ in read_losses(tmp_path / "rec")] == [1, 2, 3, 4, 5, 6]
+    assert metrics["step"] == 6

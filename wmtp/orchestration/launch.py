@@ -1,0 +1,152 @@
+"""`wmtp train` on Ray: one Ray Train V2 `TorchTrainer` whose workers run the recipe.
+
+    run_training(cfg) -> final metrics of rank 0
+
+Each worker builds the recipe with Ray-aware seams (wmtp/orchestration/reporting.py) and runs
+build → setup → train → close, exactly as the in-process path does. Ray Train creates the
+torch.distributed process group (gloo on CPU, NCCL on GPU) before the loop starts; the recipe
+detects it and shards models and data. Rerunning with the same run name and storage path resumes
+from the run's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ray.train
+from ray.train.torch import TorchConfig, TorchTrainer
+
+from wmtp.config.schema import WMTPConfig
+from wmtp.orchestration.dashboard import DashboardMetrics
+from wmtp.orchestration.ray_runtime import ensure_ray
+from wmtp.orchestration.reporting import RayCheckpointSink, RayMetricLogger, ReportState
+from wmtp.orchestration.storage import resolve_storage
+
+# The validation metric that ranks checkpoints (keep-N best, lower is better) and that Tune's ASHA
+# reads by default. Recipes log it at every evaluation.
+VALIDATION_METRIC = "valid/ce_head1"
+
+RecipeBuilder = Callable[..., Any]
+
+
+def run_name(cfg: WMTPConfig) -> str:
+    """The run's name: `run.name`, default `<recipe>-<model preset>`."""
+    return cfg.run.name or f"{cfg.recipe}-{cfg.model.preset}"
+
+
+def build_trainer(
+    cfg: WMTPConfig,
+    *,
+    recipe_builder: RecipeBuilder | None = None,
+    callbacks: list[Any] | None = None,
+    parent_run_id: str | None = None,
+) -> TorchTrainer:
+    """A TorchTrainer for `cfg` (does not start it). `recipe_builder` defaults to `build_recipe`."""
+    orch = cfg.orchestration
+    cfg = _with_absolute_paths(cfg)
+    storage = resolve_storage(orch.storage_path, cfg.run.output_dir)
+    resources: dict[str, float] = {"CPU": orch.cpus_per_worker}
+    if orch.use_gpu:
+        resources["GPU"] = 1
+    return TorchTrainer(
+        wmtp_learner_loop,
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "recipe_builder": recipe_builder,
+            "parent_run_id": parent_run_id,
+            "driver_cwd": os.getcwd(),
+        },
+        torch_config=TorchConfig(backend="nccl" if orch.use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=orch.num_workers, use_gpu=orch.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            name=run_name(cfg),
+            storage_path=storage.path,
+            storage_filesystem=storage.filesystem,
+            failure_config=ray.train.FailureConfig(max_failures=orch.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=orch.keep_checkpoints,
+                checkpoint_score_attribute=VALIDATION_METRIC,
+                checkpoint_score_order="min",
+            ),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None) -> dict[str, float]:
+    """Train `cfg` on Ray (joining `orchestration.address` or a local cluster); returns rank 0's final metrics."""
+    ensure_ray(cfg.orchestration.address)
+    result = build_trainer(cfg, recipe_builder=recipe_builder).fit()
+    return dict(result.metrics or {})
+
+
+def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
+    """One Ray Train worker: the recipe with Ray seams (named so the dashboard's task list reads well)."""
+    cfg = WMTPConfig.model_validate(loop_config["cfg"])
+    if Path(loop_config["driver_cwd"]).is_dir():
+        # Relative data/tokenizer paths in the config mean the driver's folder (same node or
+        # `ray job submit --working-dir`, where both are the unpacked working dir).
+        os.chdir(loop_config["driver_cwd"])
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    name = run_name(cfg)
+    state = ReportState(VALIDATION_METRIC)
+    logger = RayMetricLogger(
+        _tracking_logger(cfg, loop_config.get("parent_run_id")) if rank == 0 else None,
+        state,
+        report_every=cfg.orchestration.report_every,
+        dashboard=DashboardMetrics(name, rank),
+    )
+    sink = RayCheckpointSink(state)
+    scorer_factory = None
+    if cfg.orchestration.placement == "async":
+        from wmtp.orchestration.experience import async_scorer_factory
+
+        scorer_factory = async_scorer_factory(cfg, run=name, rank=rank)
+    builder = loop_config.get("recipe_builder") or _default_recipe_builder()
+    recipe = builder(cfg, logger=logger, checkpoint_sink=sink, scorer_factory=scorer_factory)
+    try:
+        recipe.setup()
+        final = recipe.train()
+        state.update(final or {}, int(state.latest.get("step", cfg.train.steps)))
+        # The last report every rank makes: the run's result metrics.
+        ray.train.report(state.payload(int(state.latest["step"])))
+    finally:
+        recipe.close()
+        logger.close()
+        sink.close()
+
+
+def _tracking_logger(cfg: WMTPConfig, parent_run_id: str | None) -> Any:
+    """Rank 0's real tracking backends (stdout, MLflow, JSONL) in `<output_dir>/<run name>`."""
+    from wmtp.tracking import build_logger
+
+    name = run_name(cfg)
+    return build_logger(
+        list(cfg.tracking.backends),
+        run_dir=Path(cfg.run.output_dir) / name,
+        run_name=name,
+        experiment=cfg.tracking.experiment,
+        uri=cfg.tracking.uri,
+        artifact_location=cfg.tracking.artifact_location,
+        parent_run_id=parent_run_id,
+        total_steps=cfg.train.steps,
+    )
+
+
+def _default_recipe_builder() -> RecipeBuilder:
+    from wmtp.recipes import build_recipe
+
+    return build_recipe
+
+
+def _with_absolute_paths(cfg: WMTPConfig) -> WMTPConfig:
+    """Workers may run in another folder: anchor the run's output folder to the driver's cwd."""
+    out = cfg.model_copy(deep=True)
+    out.run.output_dir = str(Path(cfg.run.output_dir).expanduser().resolve())
+    return out
