@@ -66,7 +66,7 @@ def _tok_fingerprint(tokenizer: Any) -> str | None:
 
 def read_index_meta(index_path: str | Path) -> dict[str, Any] | None:
     try:
-        md = pq.read_schema(index_path).metadata or {}
+        md = pq.read_metadata(index_path).metadata or {}  # the file footer's key-value metadata
     except (OSError, pa.ArrowInvalid):
         return None
     raw = md.get(_META_KEY)

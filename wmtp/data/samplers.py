@@ -191,7 +191,7 @@ class LengthBalancedSampler(_BalancedSampler):
     def groups(self) -> np.ndarray:
         sizes = self.index.sizes()[self.eligible]
         edges = np.unique(np.quantile(sizes, np.linspace(0, 1, self.n_bins + 1)[1:-1]))
-        return np.searchsorted(edges, sizes, side="right")
+        return np.searchsorted(edges, sizes, side="left")  # ties at an edge go to the lower bin
 
 
 class PairwiseSampler(Sampler):
