@@ -114,7 +114,7 @@ def guard():
                  "replace", "fchmod", "fchown", "chmod", "chown", "lchown", "chroot", "chdir",
                  "execv", "execve", "execvp", "execvpe", "execl", "execle", "execlp", "execlpe",
                  "spawnv", "spawnve", "spawnl", "spawnle", "posix_spawn", "posix_spawnp", "popen",
-                 "register_at_fork", "setsid", "setpgid"]:
+                 "setsid", "setpgid"]:
         if hasattr(os, name):
             setattr(os, name, disabled("os." + name))
     for name in ["rmtree", "move", "chown"]:

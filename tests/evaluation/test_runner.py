@@ -1,0 +1,117 @@
+"""evaluate_pass_at_k end to end (generation → sandbox → per-task pass@k) and the `wmtp eval` command."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+
+import pytest
+
+from tests.evaluation.chartok import CharTokenizer
+from wmtp.evaluation.benchmarks import EvalTask
+from wmtp.evaluation.commands import register
+from wmtp.evaluation.runner import evaluate_pass_at_k, log_eval_result
+from wmtp.model.transformer import build_model
+
+
+def _string_task(task_id: str, passes: bool) -> EvalTask:
+    # Whatever the model writes lands inside a triple-quoted string, so the verdict is the test's.
+    return EvalTask(task_id, 'x = """', "humaneval", test=f'"""\ndef check(c):\n    assert {passes}\n',
+                    entry_point="x", stop=("\n",))
+
+
+@pytest.fixture
+def char_model(tiny_args):
+    return build_model(tiny_args.replace(vocab_size=CharTokenizer.vocab_size + 1), seed=1).eval()
+
+
+class RecordingSink:
+    def __init__(self):
+        self.metrics, self.params = [], []
+
+    def log_params(self, params):
+        self.params.append(dict(params))
+
+    def log_metrics(self, metrics, step):
+        self.metrics.append((dict(metrics), step))
+
+
+def test_evaluate_pass_at_k_counts_per_task(char_model, tmp_path):
+    tasks = [_string_task("t/pass", True), _string_task("t/fail", False), _string_task("t/pass2", True)]
+    res = evaluate_pass_at_k(char_model, CharTokenizer(), tasks, n=4, k=[1, 2, 8], temperature=1.0,
+                             max_new_tokens=8, batch_size=5, n_bootstrap=200)
+    assert [(r["task_id"], r["n"], r["n_passed"]) for r in res.tasks] == [
+        ("t/pass", 4, 4), ("t/fail", 4, 0), ("t/pass2", 4, 4)]
+    assert res.tasks[1]["pass_at_1"] == 0.0 and res.tasks[0]["pass_at_8"] is None
+    assert res.metrics["pass_at_1"] == pytest.approx(2 / 3) and "pass_at_8" not in res.metrics
+    assert res.summary[2].n_tasks == 3 and len(res.samples) == 12
+    assert all("\n" not in s["completion"] for s in res.samples)  # the stop string cut them
+    paths = res.write(tmp_path)
+    rows = list(csv.DictReader(paths["tasks.csv"].open()))
+    assert [r["n_passed"] for r in rows] == ["4", "0", "4"]
+    assert len(paths["samples.jsonl"].read_text().splitlines()) == 12
+    sink = RecordingSink()
+    log_eval_result(sink, res, step=7, prefix="eval/")
+    (metrics, step), = sink.metrics
+    assert step == 7 and "eval/pass_at_1" in metrics and not any("@" in m for m in metrics)
+    assert "pass@1" in res.table()
+
+
+def test_greedy_generates_once_and_counts_n_times(char_model):
+    tasks = [_string_task("t/pass", True), _string_task("t/fail", False)]
+    res = evaluate_pass_at_k(char_model, CharTokenizer(), tasks, n=3, k=[1, 3], temperature=0.0,
+                             max_new_tokens=6, n_bootstrap=0)
+    assert [r["n_passed"] for r in res.tasks] == [3, 0]
+    first = [s["completion"] for s in res.samples if s["task_id"] == "t/pass"]
+    assert len(set(first)) == 1
+    assert res.metrics["pass_at_3"] == 0.5
+
+
+def _parser():
+    parser = argparse.ArgumentParser(prog="wmtp")
+    register(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def test_cli_usage_errors_exit_2(tmp_path, capsys):
+    parser = _parser()
+    args = parser.parse_args(["eval", "--checkpoint", str(tmp_path / "nope"), "--benchmark", "synthetic",
+                              "--n", "2", "--k", "1,5"])
+    assert args.func(args) == 2
+    assert "--k [5] exceed --n 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["eval", "--checkpoint", "x", "--benchmark", "mbpp"])
+    assert e.value.code == 2
+
+
+def test_cli_end_to_end_with_checkpoint_and_mlflow(tmp_path, tiny_args, capsys):
+    from wmtp.model.checkpoint import save_model
+    from wmtp.model.tokenizer import train_tokenizer
+
+    corpus = [f"def f{i}(x):\n    return x + {i}\n" for i in range(200)]
+    tok = train_tokenizer(corpus, tmp_path / "tok" / "tokenizer.model", vocab_size=320)
+    model = build_model(tiny_args.replace(vocab_size=tok.vocab_size, max_seq_len=128), seed=0)
+    ckpt = tmp_path / "ckpt"
+    save_model(model, ckpt)
+    data = tmp_path / "synth.jsonl"
+    rec = {"task_id": "s/0", "prompt": "### Response:\n", "entry_point": "f", "completion_is_program": True,
+           "test": "def check(c):\n    assert c(1) == 2\n"}
+    data.write_text(json.dumps(rec) + "\n" + json.dumps({**rec, "task_id": "s/1"}) + "\n")
+    out = tmp_path / "out"
+    args = _parser().parse_args([
+        "eval", "--checkpoint", str(ckpt), "--benchmark", "synthetic", "--data", str(data), "--n", "2",
+        "--k", "1,2", "--max-new-tokens", "12", "--out", str(out), "--tokenizer", str(tok.path),
+        "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+    ])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    assert "pass@1" in printed and "pass@2" in printed
+    assert {p.name for p in out.iterdir()} >= {"tasks.csv", "tasks.jsonl", "samples.jsonl", "metrics.json"}
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 4
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("wmtp-eval")
+    run, = client.search_runs([exp.experiment_id])
+    assert "pass_at_1" in run.data.metrics and run.data.params["benchmark"] == "synthetic"

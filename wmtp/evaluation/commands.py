@@ -1,0 +1,151 @@
+"""`wmtp eval`: pass@k of a checkpoint on HumanEval, the bundled synthetic task or a JSONL file.
+
+    wmtp eval --checkpoint runs/micro/final --benchmark synthetic --n 20 --k 1,5,10 --limit 50
+
+Writes tasks.csv / tasks.jsonl / samples.jsonl / metrics.json to --out, logs the metrics to MLflow
+(embedded SQLite store beside --out unless --tracking-uri is given; `--no-tracking` skips it) and
+prints a table. `register(subparsers)` is called by `wmtp/cli.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class UsageError(ValueError):
+    """A user mistake: printed without a traceback, exit code 2."""
+
+
+def _parse_ks(text: str) -> list[int]:
+    try:
+        ks = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--k expects comma-separated integers, got {text!r}") from None
+    if not ks or any(k < 1 for k in ks):
+        raise argparse.ArgumentTypeError(f"--k values must be >= 1, got {text!r}")
+    return ks
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add the `eval` sub-command to an argparse sub-parsers object."""
+    from wmtp.evaluation.benchmarks import BENCHMARKS
+
+    p = subparsers.add_parser("eval", help="pass@k of a checkpoint (generate, run in a sandbox, score)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="model folder (params.json + model.safetensors, or Meta)")
+    p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    p.add_argument("--data", default=None, help="benchmark file (synthetic: default the bundled test split)")
+    p.add_argument("--n", type=int, default=20, help="samples per task")
+    p.add_argument("--k", type=_parse_ks, default=[1, 5, 10], help="comma-separated k values (k <= n)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N tasks")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (one sample counted n times)")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds per program (wall clock)")
+    p.add_argument("--workers", type=int, default=2, help="programs executed in parallel")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=None, help="results folder (default runs/eval/<benchmark>-<time>)")
+    p.add_argument("--tokenizer", default=None,
+                   help="tokenizer.model (default: <checkpoint>/tokenizer.model, else the bundled one)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: SQLite beside --out)")
+    p.add_argument("--experiment", default="wmtp-eval")
+    p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=run_eval_command)
+    return p
+
+
+def _tokenizer_path(args: argparse.Namespace) -> Path:
+    if args.tokenizer:
+        return Path(args.tokenizer)
+    local = Path(args.checkpoint) / "tokenizer.model"
+    if local.is_file():
+        return local
+    from wmtp.data.bundled import ensure_bundled
+
+    return Path(ensure_bundled().tokenizer)
+
+
+def run_eval_command(args: argparse.Namespace) -> int:
+    """Entry of `wmtp eval`; returns the exit code (2 for usage errors)."""
+    try:
+        return _run(args)
+    except UsageError as e:
+        print(f"wmtp eval: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
+    from wmtp.evaluation.benchmarks import BenchmarkError, load_benchmark
+    from wmtp.evaluation.runner import evaluate_pass_at_k, log_eval_result
+    from wmtp.evaluation.sandbox import SandboxConfig
+
+    if args.n < 1:
+        raise UsageError(f"--n must be >= 1, got {args.n}")
+    too_big = [k for k in args.k if k > args.n]
+    if too_big:
+        raise UsageError(f"--k {too_big} exceed --n {args.n}: pass@k needs at least k samples per task")
+    if not 0 <= args.temperature or not 0 < args.top_p <= 1:
+        raise UsageError("need --temperature >= 0 and 0 < --top-p <= 1")
+    if not Path(args.checkpoint).exists():
+        raise UsageError(f"--checkpoint {args.checkpoint}: no such folder")
+    try:
+        tasks = load_benchmark(args.benchmark, args.data, args.limit)
+    except (BenchmarkError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+    tok_path = _tokenizer_path(args)
+    if not tok_path.is_file():
+        raise UsageError(f"tokenizer {tok_path} not found (pass --tokenizer)")
+
+    from wmtp.model.checkpoint import CheckpointError, load_model
+    from wmtp.model.tokenizer import Tokenizer
+
+    try:
+        model = load_model(args.checkpoint, device=args.device)
+    except CheckpointError as e:
+        raise UsageError(str(e)) from None
+    tokenizer = Tokenizer(tok_path)
+    if tokenizer.vocab_size > model.args.vocab_size:
+        raise UsageError(f"tokenizer {tok_path} has {tokenizer.vocab_size} pieces but the model only "
+                         f"{model.args.vocab_size} embeddings")
+
+    name = f"{args.benchmark}-{time.strftime('%Y%m%d-%H%M%S')}"
+    out = Path(args.out or Path("runs") / "eval" / name)
+    print(f"evaluating {len(tasks)} {args.benchmark} tasks, n={args.n}, k={args.k}, "
+          f"temperature={args.temperature} -> {out}")
+    result = evaluate_pass_at_k(
+        model, tokenizer, tasks, n=args.n, k=args.k, temperature=args.temperature, top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+        sandbox=SandboxConfig(timeout_s=args.timeout), workers=args.workers,
+    )
+    paths = result.write(out)
+    if not args.no_tracking:
+        from wmtp.tracking import build_logger
+
+        logger = build_logger(["mlflow"], run_dir=out, run_name=out.name, experiment=args.experiment,
+                              uri=args.tracking_uri)
+        try:
+            logger.log_params({
+                "checkpoint": str(args.checkpoint), "benchmark": args.benchmark, "n": args.n,
+                "k": ",".join(map(str, args.k)), "temperature": args.temperature, "top_p": args.top_p,
+                "max_new_tokens": args.max_new_tokens, "seed": args.seed, "limit": args.limit,
+            })
+            log_eval_result(logger, result, step=0)
+            for p in paths.values():
+                logger.log_artifact(p, "eval")
+        finally:
+            logger.close()
+    print(result.table())
+    print(f"generation {result.seconds['generation']:.1f}s, execution {result.seconds['execution']:.1f}s; "
+          f"results in {out}")
+    return 0
+
+
+__all__ = ["register", "run_eval_command"]
