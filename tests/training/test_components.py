@@ -17,7 +17,6 @@ from wmtp.training import (
     autocast_context,
     build_optimizer,
     build_scheduler,
-    flops_per_token,
     param_groups,
     peak_flops,
     rng_state,
@@ -150,4 +149,3 @@ def test_peak_flops_table():
     assert peak_flops("NVIDIA H200") == 989e12
     assert peak_flops("NVIDIA L4") == 121e12
     assert peak_flops("cpu") is None and peak_flops(None) is None
-    assert flops_per_token(1000, 2, 8, 16) == 6000 + 12 * 2 * 8 * 16

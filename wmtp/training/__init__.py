@@ -13,7 +13,7 @@ from wmtp.training.optim import build_optimizer, param_groups
 from wmtp.training.precision import autocast_context
 from wmtp.training.schedule import WarmupCosine, build_scheduler
 from wmtp.training.seeding import rng_state, seed_everything, set_rng_state
-from wmtp.training.throughput import ThroughputMeter, flops_per_token, peak_flops
+from wmtp.training.throughput import ThroughputMeter, peak_flops
 
 __all__ = [
     "CheckpointError",
@@ -26,7 +26,6 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "checkpoint_step",
-    "flops_per_token",
     "load_checkpoint",
     "param_groups",
     "peak_flops",

@@ -45,17 +45,12 @@ def current_device_peak_flops() -> float | None:
     return peak_flops(torch.cuda.get_device_name()) if torch.cuda.is_available() else None
 
 
-def flops_per_token(n_params: int, n_layers: int, dim: int, seq_len: int) -> float:
-    """Training FLOPs per token: 6 N (forward + backward matmuls) + 12 L D S (attention scores
-    and values), the PaLM appendix-B estimate; the causal mask's halving is not credited."""
-    return 6.0 * n_params + 12.0 * n_layers * dim * seq_len
-
-
 class ThroughputMeter:
     """EMA of tokens/s across steps, and MFU when FLOPs per token and the peak are known.
 
     tokens passed to `update` are those processed by all `n_devices` together (the global step),
-    so MFU = tokens_per_s * flops_per_token / (peak_flops * n_devices).
+    so MFU = tokens_per_s * flops_per_token / (peak_flops * n_devices); FLOPs per token come from
+    the model's shapes (`wmtp.model.memory.flops_per_token`).
     """
 
     def __init__(
