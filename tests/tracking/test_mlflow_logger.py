@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from wmtp.tracking import build_logger
+from wmtp.tracking import NullLogger, build_logger, mlflow_run_id
 from wmtp.tracking.mlflow_logger import MAX_PARAM_VAL_LENGTH, RUN_ID_FILE, MlflowLogger, default_tracking_uri
 
 
@@ -66,11 +66,12 @@ def test_params_metrics_artifacts_and_resume(mlflow_sqlite, tmp_path):
 def test_embedded_default_and_nested_runs(tmp_path):
     out = tmp_path / "runs"
     parent = build_logger(["mlflow"], run_dir=out / "sweep", run_name="sweep", experiment="tune")
-    parent_id = parent.loggers[0].run_id
+    parent_id = mlflow_run_id(parent)
+    assert parent_id == parent.loggers[0].run_id and mlflow_run_id(NullLogger()) is None
     child = build_logger(["mlflow", "jsonl"], run_dir=out / "trial_0", run_name="trial_0",
                          experiment="tune", parent_run_id=parent_id)
     child.log_metrics({"valid/loss": 1.25}, step=10)
-    child_id = child.loggers[0].run_id
+    child_id = mlflow_run_id(child)
     child.close()
     parent.close()
     assert (out / "mlflow.db").exists()

@@ -5,7 +5,7 @@ Importing this package does not import mlflow (only `wmtp.tracking.mlflow_logger
 
 from wmtp.tracking.base import MetricLogger, MultiLogger, NullLogger
 from wmtp.tracking.redaction import redact
-from wmtp.tracking.registry import LOGGER_BACKENDS, build_logger, register_backend
+from wmtp.tracking.registry import LOGGER_BACKENDS, build_logger, mlflow_run_id, register_backend
 
 __all__ = [
     "LOGGER_BACKENDS",
@@ -13,6 +13,7 @@ __all__ = [
     "MultiLogger",
     "NullLogger",
     "build_logger",
+    "mlflow_run_id",
     "redact",
     "register_backend",
 ]

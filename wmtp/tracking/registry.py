@@ -96,3 +96,19 @@ def build_logger(
             lg.close()
         raise
     return MultiLogger(loggers)
+
+
+def mlflow_run_id(logger: MetricLogger) -> str | None:
+    """The MLflow run id behind `logger` (a MultiLogger is searched), or None without MLflow.
+
+    Tune uses it to hang trial runs under a sweep's parent run (`parent_run_id=`).
+    """
+    if isinstance(logger, MultiLogger):
+        for inner in logger.loggers:
+            found = mlflow_run_id(inner)
+            if found is not None:
+                return found
+        return None
+    from wmtp.tracking.mlflow_logger import MlflowLogger  # mlflow itself stays unimported
+
+    return logger.run_id if isinstance(logger, MlflowLogger) else None
