@@ -167,3 +167,19 @@ def test_padding_and_batch_permutation_change_nothing(side):
     perm = [2, 0, 1]
     outp = mtp_cross_entropy([h[perm] for h in hidden], w, labels[perm], weights=weights[perm])
     assert torch.allclose(outp.loss, base.loss) and torch.allclose(outp.ce_per_head, base.ce_per_head)
+
+
+def test_autocast_bf16_and_mixed_dtypes_run_with_close_gradients():
+    hidden, w, labels = make_case(dtype=torch.float32, V=50, S=12)
+    ref_loss, _ = naive_mtp_ce(hidden, w, labels)
+    ref = torch.autograd.grad(ref_loss, [w])[0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mtp_cross_entropy(hidden, w, labels, chunk_size=5)
+    got = torch.autograd.grad(out.loss, [w])[0]
+    assert got.dtype == torch.float32 and torch.allclose(got, ref, atol=1e-5)
+    # bf16 hidden states (FSDP mixed precision) with an fp32 output weight.
+    hb = [h.detach().bfloat16().requires_grad_(True) for h in hidden]
+    out = mtp_cross_entropy(hb, w, labels, chunk_size=5)
+    gh = torch.autograd.grad(out.loss, hb)
+    assert gh[0].dtype == torch.bfloat16 and torch.isfinite(out.loss)
+    assert torch.allclose(out.loss, ref_loss, atol=0.05)

@@ -48,18 +48,23 @@ class _ChunkedWeightedCE(torch.autograd.Function):
     chunk_size. Outputs: scalar loss and per-row CE `[N]` (non-differentiable, for metrics).
     """
 
+    # Autocast is switched off inside: the forward's log-sum-exp and the backward's recomputed
+    # logits must come from the same matmul, in the dtype of `h` (bf16 under FSDP mixed precision).
     @staticmethod
     def forward(ctx, h: Tensor, w: Tensor, targets: Tensor, coef: Tensor, chunk_size: int):
         n = h.shape[0]
-        ce = torch.empty(n, device=h.device, dtype=_acc_dtype(h))
-        lse = torch.empty(n, device=h.device, dtype=_acc_dtype(h))
-        for i in range(0, n, chunk_size):
-            logits = _chunk_logits(h[i:i + chunk_size], w)
-            lse_c = torch.logsumexp(logits, dim=-1)
-            ce[i:i + chunk_size] = lse_c - logits.gather(1, targets[i:i + chunk_size, None]).squeeze(1)
-            lse[i:i + chunk_size] = lse_c
-            del logits
-        loss = (ce * coef).sum()
+        acc = _acc_dtype(h)
+        ce = torch.empty(n, device=h.device, dtype=acc)
+        lse = torch.empty(n, device=h.device, dtype=acc)
+        with torch.autocast(h.device.type, enabled=False):
+            wc = w.to(h.dtype)
+            for i in range(0, n, chunk_size):
+                logits = _chunk_logits(h[i:i + chunk_size], wc)
+                lse_c = torch.logsumexp(logits, dim=-1)
+                ce[i:i + chunk_size] = lse_c - logits.gather(1, targets[i:i + chunk_size, None]).squeeze(1)
+                lse[i:i + chunk_size] = lse_c
+                del logits
+            loss = (ce * coef.to(acc)).sum()
         ctx.save_for_backward(h, w, targets, coef, lse)
         ctx.chunk_size = chunk_size
         ctx.mark_non_differentiable(ce)
@@ -70,23 +75,24 @@ class _ChunkedWeightedCE(torch.autograd.Function):
         h, w, targets, coef, lse = ctx.saved_tensors
         chunk = ctx.chunk_size
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_h = torch.zeros_like(h) if need_h else None
         acc = _acc_dtype(h)
+        grad_h = torch.zeros_like(h) if need_h else None
         grad_w = torch.zeros(w.shape, device=w.device, dtype=acc) if need_w else None
         scale = coef.to(acc) * grad_loss.to(acc)
-        for i in range(0, h.shape[0], chunk):
-            hc = h[i:i + chunk]
-            # d CE / d logits = softmax − onehot, scaled by the row's coefficient.
-            g = torch.exp_(_chunk_logits(hc, w) - lse[i:i + chunk, None])
-            rows = torch.arange(g.shape[0], device=g.device)
-            g[rows, targets[i:i + chunk]] -= 1.0
-            g.mul_(scale[i:i + chunk, None])
-            g = g.to(h.dtype)
-            if need_h:
-                grad_h[i:i + chunk] = g @ w
-            if need_w:
-                grad_w.addmm_(g.t().to(acc), hc.to(acc))
-            del g
+        with torch.autocast(h.device.type, enabled=False):
+            wc = w.to(h.dtype)
+            for i in range(0, h.shape[0], chunk):
+                hc = h[i:i + chunk]
+                # d CE / d logits = softmax − onehot, scaled by the row's coefficient.
+                g = torch.exp_(_chunk_logits(hc, wc) - lse[i:i + chunk, None])
+                rows = torch.arange(g.shape[0], device=g.device)
+                g[rows, targets[i:i + chunk]] -= 1.0
+                g.mul_(scale[i:i + chunk, None])
+                if need_w:
+                    grad_w.addmm_(g.t(), hc.to(acc))
+                if need_h:
+                    grad_h[i:i + chunk] = g.to(h.dtype) @ wc
+                del g
         if grad_w is not None:
             grad_w = grad_w.to(w.dtype)
         return grad_h, grad_w, None, None, None
