@@ -41,6 +41,12 @@ def _chunk_logits(h: Tensor, w: Tensor) -> Tensor:
     return (h @ w.t()).to(_acc_dtype(h))
 
 
+def _logsumexp_(logits: Tensor) -> Tensor:
+    """Row-wise log-sum-exp of `[n, V]` that overwrites `logits` (no second `[n, V]` buffer)."""
+    m = logits.amax(dim=-1, keepdim=True).clamp_min(torch.finfo(logits.dtype).min)
+    return logits.sub_(m).exp_().sum(dim=-1).log_() + m.squeeze(-1)
+
+
 class _ChunkedWeightedCE(torch.autograd.Function):
     """`Σ_i coef_i · CE(h_i W^T, y_i)` over rows i, chunked, logits recomputed in backward.
 
@@ -60,8 +66,9 @@ class _ChunkedWeightedCE(torch.autograd.Function):
             wc = w.to(h.dtype)
             for i in range(0, n, chunk_size):
                 logits = _chunk_logits(h[i:i + chunk_size], wc)
-                lse_c = torch.logsumexp(logits, dim=-1)
-                ce[i:i + chunk_size] = lse_c - logits.gather(1, targets[i:i + chunk_size, None]).squeeze(1)
+                target_logit = logits.gather(1, targets[i:i + chunk_size, None]).squeeze(1)
+                lse_c = _logsumexp_(logits)
+                ce[i:i + chunk_size] = lse_c - target_logit
                 lse[i:i + chunk_size] = lse_c
                 del logits
             loss = (ce * coef.to(acc)).sum()
@@ -84,7 +91,7 @@ class _ChunkedWeightedCE(torch.autograd.Function):
             for i in range(0, h.shape[0], chunk):
                 hc = h[i:i + chunk]
                 # d CE / d logits = softmax − onehot, scaled by the row's coefficient.
-                g = torch.exp_(_chunk_logits(hc, wc) - lse[i:i + chunk, None])
+                g = _chunk_logits(hc, wc).sub_(lse[i:i + chunk, None]).exp_()  # in place: one [chunk, V]
                 rows = torch.arange(g.shape[0], device=g.device)
                 g[rows, targets[i:i + chunk]] -= 1.0
                 g.mul_(scale[i:i + chunk, None])
