@@ -39,11 +39,16 @@ class DashboardMetrics:
         self._steps = ray_metrics.Counter("wmtp_steps", description="Logged optimizer steps.", tag_keys=TAG_KEYS)
         self._last_step: int | None = None
 
-    def record(self, metrics: Mapping[str, float], step: int) -> None:
+    def set_values(self, metrics: Mapping[str, float]) -> None:
+        """Set the gauges found in `metrics` (experience actors' staleness and queue depth, too)."""
         for name, (_, suffixes) in GAUGES.items():
             value = _first_match(metrics, suffixes)
             if value is not None:
                 self._gauges[name].set(value, tags=self._tags)
+
+    def record(self, metrics: Mapping[str, float], step: int) -> None:
+        """Gauges from a step's metrics, and the step counter."""
+        self.set_values(metrics)
         if self._last_step is None or step > self._last_step:
             self._steps.inc(step - (self._last_step or 0), tags=self._tags)
             self._last_step = step

@@ -96,18 +96,19 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
     rank = context.get_world_rank()
     name = run_name(cfg)
     state = ReportState(VALIDATION_METRIC)
+    dashboard = DashboardMetrics(name, rank)
     logger = RayMetricLogger(
         _tracking_logger(cfg, loop_config.get("parent_run_id")) if rank == 0 else None,
         state,
         report_every=cfg.orchestration.report_every,
-        dashboard=DashboardMetrics(name, rank),
+        dashboard=dashboard,
     )
     sink = RayCheckpointSink(state)
     scorer_factory = None
     if cfg.orchestration.placement == "async":
         from wmtp.orchestration.experience import async_scorer_factory
 
-        scorer_factory = async_scorer_factory(cfg, run=name, rank=rank)
+        scorer_factory = async_scorer_factory(cfg, run=name, rank=rank, on_stats=dashboard.set_values)
     builder = loop_config.get("recipe_builder") or _default_recipe_builder()
     recipe = builder(cfg, logger=logger, checkpoint_sink=sink, scorer_factory=scorer_factory)
     try:

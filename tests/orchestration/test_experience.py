@@ -1,0 +1,149 @@
+"""Async experience actors against the colocated scorer (same scoring function, same numbers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+import ray
+import torch
+
+from wmtp.data.collator import Batch
+from wmtp.model.value import build_value_model, value_args_from_policy
+from wmtp.orchestration.experience import AsyncExperienceScorer
+from wmtp.recipes.experience import ColocatedScorer, ExperienceSpec
+
+pytestmark = pytest.mark.ray
+
+
+def make_batch(seed: int, vocab: int, b: int = 3, s: int = 12) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, vocab, (b, s), generator=g)
+    start = torch.tensor([4, 5, 3])[:b]
+    end = torch.tensor([s - 1, s - 3, s - 2])[:b]
+    pos = torch.arange(s)
+    resp = (pos >= start[:, None]) & (pos <= end[:, None])
+    return Batch(tokens=tokens, labels=torch.where(resp, tokens, -100), attention_mask=pos <= end[:, None],
+                 is_correct=torch.tensor([True, False, True])[:b], response_start=start, response_end=end,
+                 problem_id=[f"p{i}" for i in range(b)], row=torch.arange(b))
+
+
+def trained(state: dict[str, torch.Tensor], version: int) -> dict[str, torch.Tensor]:
+    """A stand-in for a learner update: a deterministic nudge of every weight."""
+    g = torch.Generator().manual_seed(version)
+    return {k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in state.items()}
+
+
+@pytest.fixture
+def critic_spec(tiny_args):
+    args = value_args_from_policy(tiny_args)
+    state = {k: v.clone() for k, v in build_value_model(args, "linear", seed=0).state_dict().items()}
+    return ExperienceSpec("verifiable", args, "linear", 0.99, 0.95, "outcome"), state
+
+
+def assert_same_scores(a, b) -> None:
+    assert a.critic_version == b.critic_version
+    for field in ("values_old", "advantages", "returns"):
+        torch.testing.assert_close(getattr(a, field), getattr(b, field), rtol=1e-6, atol=1e-6)
+
+
+def test_async_equals_colocated_with_sync_interval_1_and_queue_depth_0(ray_cluster, critic_spec, tiny_args):
+    spec, state = critic_spec
+    colocated = ColocatedScorer(spec, state, torch.device("cpu"))
+    pool = AsyncExperienceScorer(spec, state, name_prefix="wmtp-experience-t1-r0", num_actors=2,
+                                 queue_depth=0, max_staleness=0)
+    try:
+        for step in range(1, 5):
+            batch = make_batch(step, tiny_args.vocab_size)
+            colocated.submit(batch)
+            pool.submit(batch)
+            expected, got = colocated.get(), pool.get()
+            assert got.batch is batch  # the learner's own batch object comes back
+            assert_same_scores(got, expected)
+            assert got.stats["critic_staleness"] == 0
+            state = trained(state, step)
+            colocated.publish_critic(state, step)
+            pool.publish_critic(state, step)
+        assert ray.get_actor("wmtp-experience-t1-r0-1") is not None  # named, visible on the dashboard
+    finally:
+        pool.close()
+
+
+def test_queue_ahead_records_and_bounds_staleness(ray_cluster, critic_spec, tiny_args):
+    spec, state = critic_spec
+    pool = AsyncExperienceScorer(spec, state, name_prefix="wmtp-experience-t2-r0", num_actors=1,
+                                 queue_depth=2, max_staleness=1)
+    try:
+        batches = [make_batch(i, tiny_args.vocab_size) for i in range(4)]
+        for b in batches[:3]:
+            pool.submit(b)
+        with pytest.raises(RuntimeError, match="queue full"):
+            pool.submit(batches[3])
+        first = pool.get()  # scored with version 0, learner still at 0
+        assert first.critic_version == 0 and first.stats["critic_staleness"] == 0
+        assert first.stats["experience_queue_depth"] == 2
+        pool.publish_critic(trained(state, 1), 1)
+        second = pool.get()  # scored with version 0 before the publish: lags by 1 (allowed)
+        assert second.critic_version == 0 and second.stats["critic_staleness"] == 1
+        pool.publish_critic(trained(state, 2), 2)
+        third = pool.get()  # would lag by 2 > max_staleness=1: rescored with version 2
+        assert third.critic_version == 2 and third.stats["critic_staleness"] == 0
+        assert pool.rescored == 1
+        reference = ColocatedScorer(spec, trained(state, 2), torch.device("cpu"))
+        reference.version = 2
+        reference.submit(batches[2])
+        assert_same_scores(third, reference.get())
+    finally:
+        pool.close()
+
+
+def test_killed_actor_is_restarted_resynced_and_the_batch_rescored(ray_cluster, critic_spec, tiny_args):
+    spec, state = critic_spec
+    pool = AsyncExperienceScorer(spec, state, name_prefix="wmtp-experience-t3-r0", num_actors=1,
+                                 queue_depth=1, max_staleness=5)
+    try:
+        newest = trained(state, 1)
+        pool.publish_critic(newest, 1)
+        reference = ColocatedScorer(spec, newest, torch.device("cpu"))
+        reference.version = 1
+        actor = pool.actor_handles()[0]
+        for i, wait_for_restart in enumerate((True, False)):
+            pid = ray.get(actor.pid.remote())
+            os.kill(pid, signal.SIGKILL)
+            if wait_for_restart:  # the restarted actor answers, but has lost its weights
+                assert wait_for_new_pid(actor, pid) != pid
+            batch = make_batch(7 + i, tiny_args.vocab_size)
+            pool.submit(batch)
+            got = pool.get()
+            assert pool.recovered == i + 1
+            reference.submit(batch)
+            assert_same_scores(got, reference.get())
+    finally:
+        pool.close()
+
+
+def wait_for_new_pid(actor, old_pid: int, timeout_s: float = 60.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            pid = ray.get(actor.pid.remote(), timeout=10)
+            if pid != old_pid:
+                return pid
+        except ray.exceptions.RayActorError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError("experience actor did not restart")
+
+
+def test_scoring_without_weights_is_a_clear_error(ray_cluster, critic_spec, tiny_args):
+    spec, _ = critic_spec
+    pool = AsyncExperienceScorer(spec, None, name_prefix="wmtp-experience-t4-r0", num_actors=1,
+                                 queue_depth=0, max_staleness=0)
+    try:
+        pool.submit(make_batch(0, tiny_args.vocab_size))
+        with pytest.raises(RuntimeError, match="no weights"):
+            pool.get()
+    finally:
+        pool.close()

@@ -1,0 +1,257 @@
+"""`async` placement: experience actors score batches ahead of the learner (DESIGN.md §7).
+
+Each learner rank owns a pool of `orchestration.num_experience_actors` named Ray actors
+(`wmtp-experience-<run>-r<rank>-<i>`), each holding a replica of the scoring model (the critic
+snapshot for verifiable, the frozen reference for Rho-1) and running the SAME scoring function as
+the colocated path (`wmtp.recipes.experience.score_batch`).
+
+Why a pool per rank rather than one shared pool: Ray runs one caller's calls to an actor in
+submission order, so a rank's `publish_critic` always lands before the batches it submits next.
+With a shared pool, rank 1's batch could be scored before rank 0's publish arrives, and the critic
+version (hence the numbers) would depend on timing. Per-rank pools keep the async placement
+deterministic: with `critic_sync_interval=1` and `queue_depth=0` it equals `colocated` exactly.
+
+    submit(batch)        round-robin to the pool; at most queue_depth + 1 batches in flight
+    get()                the oldest result (data order); rescored with the newest critic when it
+                         lags the learner by more than `stage2.max_staleness` versions
+    publish_critic(sd,v) `ray.put` once, every actor of the pool loads it (in call order)
+Actor failures (process killed, node lost): actors restart (`max_restarts`); a call that failed is
+retried after the actor reloads the last published weights — the learner never sees the failure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+from torch import Tensor
+
+from wmtp.config.schema import WMTPConfig
+from wmtp.recipes.interfaces import ScoredBatch
+
+ACTOR_MAX_RESTARTS = 3
+# How long a failed call waits for its restarted actor before the learner gives up.
+ACTOR_RECOVERY_TIMEOUT_S = 120.0
+_SCORED_FIELDS = ("values_old", "advantages", "returns", "ref_losses")
+
+
+class ExperienceActor:
+    """One replica of the scoring model (wrapped by `ray.remote` in `AsyncExperienceScorer`)."""
+
+    def __init__(self, spec: Any, device: str) -> None:
+        self.spec, self.device = spec, torch.device(device)
+        self.model: torch.nn.Module | None = None
+        self.version = -1
+
+    def load(self, state_dict: Mapping[str, Tensor], version: int) -> int:
+        from wmtp.recipes.experience import build_scoring_model
+
+        if self.model is None:
+            self.model = build_scoring_model(self.spec, state_dict, self.device)
+        else:
+            self.model.load_state_dict(state_dict)
+        self.version = version
+        return version
+
+    def score(self, batch: Any) -> dict[str, Any]:
+        """The scored fields of `batch` (CPU tensors) and the critic version that produced them."""
+        from wmtp.recipes.experience import score_batch
+
+        if self.model is None:
+            # A restarted actor (or one created before any publish): the scorer reloads and retries.
+            return {"needs_weights": True}
+        scored = score_batch(self.spec, self.model, batch.to(self.device), self.version)
+        out: dict[str, Any] = {f: _to_cpu(getattr(scored, f)) for f in _SCORED_FIELDS}
+        out["critic_version"] = scored.critic_version
+        out["stats"] = dict(scored.stats)
+        return out
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+@dataclass
+class _Pending:
+    batch: Any  # the learner's batch, on its device (kept here: only a CPU copy travels)
+    actor_index: int
+    ref: ray.ObjectRef
+    submitted_version: int
+
+
+class AsyncExperienceScorer:
+    """`ExperienceScorer` over a pool of experience actors (module docstring)."""
+
+    def __init__(
+        self,
+        spec: Any,
+        state_dict: Mapping[str, Tensor] | None,
+        *,
+        name_prefix: str,
+        num_actors: int,
+        queue_depth: int,
+        max_staleness: int,
+        use_gpu: bool = False,
+        on_stats: Callable[[Mapping[str, float]], None] | None = None,
+    ) -> None:
+        self._spec = spec
+        self._names = [f"{name_prefix}-{i}" for i in range(num_actors)]
+        self._queue_depth, self._max_staleness = queue_depth, max_staleness
+        self._use_gpu = use_gpu
+        self._on_stats = on_stats
+        self._pending: deque[_Pending] = deque()
+        self._next_actor = 0
+        self._version = 0
+        self._weights_ref: ray.ObjectRef | None = None
+        self.rescored = 0
+        self.recovered = 0
+        self._actors = [self._create_actor(name) for name in self._names]
+        if state_dict is not None:
+            self.publish_critic(state_dict, 0)
+
+    # ----------------------------------------------------------------------------------- actors
+    def _create_actor(self, name: str) -> Any:
+        remote_cls = ray.remote(ExperienceActor)
+        return remote_cls.options(
+            name=name,
+            num_cpus=1,
+            num_gpus=1 if self._use_gpu else 0,
+            max_restarts=ACTOR_MAX_RESTARTS,
+            max_task_retries=0,  # the scorer retries itself, after reloading the weights
+            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
+        ).remote(self._spec, "cuda" if self._use_gpu else "cpu")
+
+    def _recover(self, index: int) -> None:
+        """Reload the last published weights on actor `index` (restarted, or re-created if gone)."""
+        deadline = time.monotonic() + ACTOR_RECOVERY_TIMEOUT_S
+        failures = 0
+        while True:
+            try:
+                if self._weights_ref is not None:
+                    ray.get(self._actors[index].load.remote(self._weights_ref, self._version))
+                else:
+                    ray.get(self._actors[index].pid.remote())
+                self.recovered += 1
+                return
+            except RayActorError:
+                failures += 1
+                if time.monotonic() > deadline:
+                    raise
+                if failures > ACTOR_MAX_RESTARTS:
+                    # Out of restarts (dead for good): a new actor under the same name, once the
+                    # dead one has released it.
+                    try:
+                        self._actors[index] = self._create_actor(self._names[index])
+                    except ValueError:
+                        pass
+                time.sleep(0.2)
+
+    def actor_handles(self) -> list[Any]:
+        return list(self._actors)
+
+    # ---------------------------------------------------------------------------- the protocol
+    def submit(self, batch: Any) -> None:
+        if len(self._pending) > self._queue_depth:
+            raise RuntimeError(
+                f"experience queue full: {len(self._pending)} batches in flight, queue_depth="
+                f"{self._queue_depth} allows {self._queue_depth + 1}; call get() before submitting more"
+            )
+        index = self._next_actor
+        self._next_actor = (index + 1) % len(self._actors)
+        ref = self._actors[index].score.remote(batch.to("cpu"))
+        self._pending.append(_Pending(batch, index, ref, self._version))
+
+    def get(self) -> ScoredBatch:
+        if not self._pending:
+            raise RuntimeError("get() without a submitted batch")
+        item = self._pending.popleft()
+        result = self._result(item)
+        staleness = self._version - result["critic_version"]
+        if staleness > self._max_staleness:
+            # Too old: score again with the newest critic (the actor has it: publishes precede).
+            self.rescored += 1
+            result = self._result(_Pending(item.batch, item.actor_index,
+                                           self._actors[item.actor_index].score.remote(item.batch.to("cpu")),
+                                           self._version))
+            staleness = self._version - result["critic_version"]
+        device = _device_of(item.batch)
+        scored = ScoredBatch(
+            item.batch,
+            **{f: (None if result[f] is None else result[f].to(device)) for f in _SCORED_FIELDS},
+            critic_version=result["critic_version"],
+            stats={**result["stats"], "critic_staleness": float(staleness),
+                   "experience_queue_depth": float(len(self._pending))},
+        )
+        if self._on_stats is not None:
+            self._on_stats(scored.stats)
+        return scored
+
+    def _result(self, item: _Pending) -> dict[str, Any]:
+        try:
+            result = ray.get(item.ref)
+            if not result.get("needs_weights"):
+                return result
+            if self._weights_ref is None:
+                raise RuntimeError("experience actors have no weights: pass a state dict or publish_critic first")
+            # Restarted before this call and not resynced yet: same path as a failed call.
+            raise _ActorLostWeights()
+        except (RayActorError, _ActorLostWeights):
+            # The actor died while (or before) scoring: bring it back with the last published
+            # weights and score the batch again. Later pending calls to it fail the same way and
+            # take this path in turn.
+            self._recover(item.actor_index)
+            retry = self._actors[item.actor_index].score.remote(item.batch.to("cpu"))
+            return self._result(_Pending(item.batch, item.actor_index, retry, item.submitted_version))
+
+    def publish_critic(self, state_dict: Mapping[str, Tensor], version: int) -> None:
+        # One copy in the object store, fetched by each actor (no per-actor serialisation).
+        self._weights_ref = ray.put({k: v.detach().cpu() for k, v in state_dict.items()})
+        self._version = version
+        for actor in self._actors:
+            actor.load.remote(self._weights_ref, version)
+
+    def close(self) -> None:
+        self._pending.clear()
+        for actor in self._actors:
+            ray.kill(actor, no_restart=True)
+        self._actors = []
+
+
+def async_scorer_factory(cfg: WMTPConfig, *, run: str, rank: int,
+                         on_stats: Callable[[Mapping[str, float]], None] | None = None):
+    """The `scorer_factory(spec, state_dict)` a recipe gets under `orchestration.placement=async`."""
+    orch = cfg.orchestration
+
+    def factory(spec: Any, state_dict: Mapping[str, Tensor] | None) -> AsyncExperienceScorer:
+        return AsyncExperienceScorer(
+            spec,
+            state_dict,
+            name_prefix=f"wmtp-experience-{run}-r{rank}",
+            num_actors=orch.num_experience_actors,
+            queue_depth=orch.queue_depth,
+            max_staleness=cfg.stage2.max_staleness,
+            use_gpu=orch.use_gpu,
+            on_stats=on_stats,
+        )
+
+    return factory
+
+
+class _ActorLostWeights(Exception):
+    """An experience actor answered without weights (it restarted since the last publish)."""
+
+
+def _device_of(batch: Any) -> torch.device:
+    return batch.tokens.device
+
+
+def _to_cpu(t: Tensor | None) -> Tensor | None:
+    return None if t is None else t.detach().cpu()
