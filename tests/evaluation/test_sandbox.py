@@ -124,6 +124,14 @@ def test_files_outside_the_sandbox_survive(tmp_path):
     assert _sandbox_dirs() == before
 
 
+@pytest.mark.skipif(not IS_ROOT, reason="private tmpfs mounts need root")
+def test_world_writable_folders_are_private(tmp_path):
+    name = f"wmtp-escape-{os.getpid()}"
+    r = run_program(f"for d in ('/tmp', '/dev/shm', '/var/tmp'):\n    open(d + '/{name}', 'w').write('x')")
+    assert r.passed, r
+    assert not any(os.path.exists(f"{d}/{name}") for d in ("/tmp", "/dev/shm", "/var/tmp"))
+
+
 def test_environment_secrets_are_not_visible(monkeypatch):
     monkeypatch.setenv("WMTP_FAKE_SECRET", "hunter2-secret")
     program = (

@@ -7,6 +7,7 @@ harness passed with `-c`), then executes the program:
 
 1. a new network namespace (`unshare(CLONE_NEWNET)` through libc; only loopback, which is down), so
    every socket connect fails — when the OS refuses, a warning is logged and the network stays;
+   a new mount namespace with private tmpfs over /tmp, /var/tmp, /dev/shm and /run/lock (root only);
 2. rlimits: CPU seconds, address space (RLIMIT_AS), file size (RLIMIT_FSIZE), process count
    (RLIMIT_NPROC), no core files;
 3. when started as root: switch to an unprivileged uid/gid of its own (one per concurrent slot, from
@@ -67,6 +68,21 @@ if cfg["isolate_network"]:
         if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
             warnings.append("network not isolated: unshare(CLONE_NEWNET) failed: "
                             + os.strerror(ctypes.get_errno()))
+
+if cfg["isolate_filesystem"]:
+    # A private mount namespace with fresh tmpfs over the world-writable folders: whatever the
+    # program writes there vanishes with it (root-owned folders are closed by the uid switch).
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    CLONE_NEWNS, MS_NOSUID, MS_NODEV, MS_REC, MS_PRIVATE = 0x00020000, 2, 4, 1 << 14, 1 << 18
+    if libc.unshare(CLONE_NEWNS) != 0 or libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None) != 0:
+        warnings.append("world-writable folders (/tmp, /dev/shm) are shared: no mount namespace: "
+                        + os.strerror(ctypes.get_errno()))
+    else:
+        for d in ("/tmp", "/var/tmp", "/dev/shm", "/run/lock"):
+            if os.path.isdir(d) and not os.path.islink(d):
+                if libc.mount(b"tmpfs", d.encode(), b"tmpfs", MS_NOSUID | MS_NODEV, b"size=64m,mode=1777") != 0:
+                    warnings.append(f"{d} is shared: tmpfs mount failed: " + os.strerror(ctypes.get_errno()))
 
 limits = {"RLIMIT_CPU": cfg["cpu_time_s"], "RLIMIT_AS": cfg["memory_bytes"],
           "RLIMIT_FSIZE": cfg["max_file_bytes"], "RLIMIT_NPROC": cfg["max_processes"], "RLIMIT_CORE": 0}
@@ -162,6 +178,7 @@ class SandboxConfig:
     max_file_bytes: int | None = 1 << 20
     max_processes: int | None = 8
     isolate_network: bool = True
+    isolate_filesystem: bool = True  # private /tmp, /var/tmp, /dev/shm, /run/lock (needs root)
     drop_privileges: bool = True  # only acts when running as root
     max_output_bytes: int = 1 << 20
 
@@ -259,7 +276,7 @@ def _interpreter(drop: bool) -> str:
     candidates = [sys.executable, shutil.which("python3", path="/usr/bin:/bin:/usr/local/bin")]
     for exe in dict.fromkeys(c for c in candidates if c):
         probe = _execute("import collections, json, math, re\n", None,
-                         SandboxConfig(timeout_s=20.0, isolate_network=False), exe, drop=True)
+                         SandboxConfig(timeout_s=20.0, isolate_network=False, isolate_filesystem=False), exe, drop=True)
         if probe.status == "passed":
             return exe
     _warn_once("no Python interpreter is usable by an unprivileged uid; programs run as root "
@@ -294,6 +311,7 @@ def _execute(program: str, stdin: str | None, config: SandboxConfig, exe: str, d
         read_fd, write_fd = os.pipe()
         cfg = {
             "result_fd": write_fd, "isolate_network": config.isolate_network,
+            "isolate_filesystem": config.isolate_filesystem,
             "cpu_time_s": config.cpu_time_s or int(config.timeout_s) + 1,
             "memory_bytes": config.memory_bytes, "max_file_bytes": config.max_file_bytes,
             "max_processes": config.max_processes, "uid": uid,
