@@ -207,18 +207,37 @@ class MetadataIndex:
 
     @classmethod
     def load(cls, index_path: str | Path, source: str | Path | None = None) -> MetadataIndex:
-        t = pq.read_table(index_path, columns=["offset", "length", "is_correct", "difficulty", "n_tokens", "problem_id"])
-        enc = pc.dictionary_encode(t.column("problem_id")).combine_chunks()
+        """Read the index row group by row group into preallocated arrays (a whole-table read
+        peaks at several times the columns' size)."""
+        pf = pq.ParquetFile(index_path, read_dictionary=["problem_id"], pre_buffer=False)
+        n = pf.metadata.num_rows
+        arrays = {"offset": np.empty(n, np.int64), "length": np.empty(n, np.int32), "is_correct": np.empty(n, bool),
+                  "difficulty": np.empty(n, np.int16), "n_tokens": np.empty(n, np.int32)}
+        local_codes = np.empty(n, np.int32)
+        dicts, dict_base, pos = [], [], 0
+        for g in range(pf.num_row_groups):
+            rg = pf.read_row_group(g, columns=[*arrays, "problem_id"], use_threads=False)
+            k = rg.num_rows
+            for name, arr in arrays.items():
+                arr[pos:pos + k] = rg.column(name).to_numpy(zero_copy_only=False)
+            pid = rg.column("problem_id").combine_chunks()
+            if not pa.types.is_dictionary(pid.type):
+                pid = pc.dictionary_encode(pid)
+            dict_base.append(sum(len(d) for d in dicts))
+            local_codes[pos:pos + k] = pid.indices.to_numpy(zero_copy_only=False) + dict_base[-1]
+            dicts.append(pid.dictionary)
+            pos += k
+        # Row groups have their own dictionaries (a problem may straddle two): unify them.
+        if dicts:
+            merged = pc.dictionary_encode(pa.concat_arrays(dicts))
+            remap = merged.indices.to_numpy(zero_copy_only=False).astype(np.int32)
+            codes, names = remap[local_codes], merged.dictionary
+        else:
+            codes, names = local_codes, pa.array([], pa.string())
         if source is None:
             meta = read_index_meta(index_path) or {}
             source = meta.get("source_path")
-        return cls(
-            offset=t.column("offset").to_numpy(), length=t.column("length").to_numpy().astype(np.int32, copy=False),
-            is_correct=t.column("is_correct").to_numpy(zero_copy_only=False),
-            difficulty=t.column("difficulty").to_numpy(), n_tokens=t.column("n_tokens").to_numpy(),
-            problem_code=enc.indices.to_numpy().astype(np.int32, copy=False), problem_names=enc.dictionary,
-            source=Path(source) if source else None,
-        )
+        return cls(**arrays, problem_code=codes, problem_names=names, source=Path(source) if source else None)
 
     def problem_id(self, row: int) -> str:
         return self.problem_names[int(self.problem_code[row])].as_py()
