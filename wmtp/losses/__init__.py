@@ -1,0 +1,2 @@
+"""Pure tensor math for losses (torch only): `alignment` (MTP head/label shifts), `mtp` (chunked weighted
+MTP cross-entropy), `value` (critic losses), `registry` (value losses by name). See docs/MATH.md."""
