@@ -1,0 +1,82 @@
+"""How models are parallelised: activation checkpointing, compile and FSDP2, applied from outside
+the model in this order (torchtitan's `parallelize`):
+
+1. `apply_activation_checkpointing(model)`: per block, composable (hooks), so parameter names and
+   state-dict keys do not change.
+2. `apply_compile(model)` (optional): `torch.compile` per block, in place (names unchanged).
+3. `apply_fsdp(model, ...)`: `fully_shard` per trunk block, per MTP head block (a value model: per
+   block and the value head), the root last.
+
+Gradient reduction is a **sum** over ranks (divide factor 1, SUM collectives): wmtp's losses
+divide by global token counts (DESIGN.md §3), so summing per-rank gradients gives the exact
+global gradient on any world size. Standard FSDP averaging would shrink it by the world size.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+
+from wmtp.model.transformer import Transformer
+from wmtp.model.value import ValueModel
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """Every transformer block of a policy (trunk layers, then extra heads) or a value backbone."""
+    if isinstance(model, ValueModel):
+        model = model.backbone
+    if not isinstance(model, Transformer):
+        raise TypeError(f"expected a Transformer or ValueModel, got {type(model).__name__}")
+    return [*model.layers, *model.extra_heads]
+
+
+def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
+    """Recompute each block's activations in backward (keeps only block inputs).
+
+    Uses the composable `checkpoint` (forward hooks around the block), not a wrapper module, so
+    parameter FQNs, optimizer state keys and checkpoints are the same with and without it.
+    """
+    from torch.distributed._composable import checkpoint
+
+    for block in transformer_blocks(model):
+        checkpoint(block)
+    return model
+
+
+def apply_compile(model: nn.Module, **compile_kwargs) -> nn.Module:
+    """`torch.compile` each block in place (`nn.Module.compile`: names unchanged). Blocks share one
+    graph, so compile time does not grow with depth."""
+    for block in transformer_blocks(model):
+        block.compile(**compile_kwargs)
+    return model
+
+
+def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh | None = None, mixed_precision: bool,
+               reshard_after_forward: bool = True) -> nn.Module:
+    """Shard with FSDP2: one unit per block (trunk and heads), value head, then the root.
+
+    mixed_precision: bf16 parameters for compute, fp32 gradient reduction; the sharded fp32
+        parameters stay the optimizer's master weights.
+    reshard_after_forward: free gathered block parameters after forward (re-gather in backward);
+        the root unit keeps its (embedding, norm, output) gathered, as FSDP2 does for roots.
+    The root's `output.weight` is therefore usable by the chunked loss right after forward.
+    """
+    mp_policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                 if mixed_precision else MixedPrecisionPolicy())
+    kwargs = dict(mesh=mesh, mp_policy=mp_policy)
+    for block in transformer_blocks(model):
+        fully_shard(block, reshard_after_forward=reshard_after_forward, **kwargs)
+    if isinstance(model, ValueModel):
+        fully_shard(model.value_head, reshard_after_forward=reshard_after_forward, **kwargs)
+    fully_shard(model, **kwargs)
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            # Factor 1 with plain SUM collectives (gloo has no PREMUL_SUM; NCCL's SUM is zero-copy).
+            module.set_gradient_divide_factor(1.0)
+            module.set_force_sum_reduction_for_comms(True)
+    return model
+
+
+__all__ = ["apply_activation_checkpointing", "apply_compile", "apply_fsdp", "transformer_blocks"]
