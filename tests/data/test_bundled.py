@@ -56,3 +56,13 @@ def test_concurrent_first_use_and_determinism(tmp_path):
     assert other.train.read_bytes() == results[0][1] and other.tokenizer.read_bytes() == results[0][2]
     meta = json.loads((other.root / "bundle.json").read_text())
     assert meta["n_problems"] == 30 and meta["seed"] == 2
+
+
+def test_older_generator_version_is_regenerated(tmp_path):
+    b = ensure_bundled(tmp_path, n_problems=20, seed=1)
+    meta = json.loads((b.root / "bundle.json").read_text())
+    (b.root / "bundle.json").write_text(json.dumps({**meta, "version": 0}))
+    b.train.write_text("stale\n")
+    again = ensure_bundled(tmp_path, n_problems=20, seed=1)
+    assert json.loads((again.root / "bundle.json").read_text())["version"] == meta["version"]
+    assert list(iter_records(again.train))  # the stale file was replaced

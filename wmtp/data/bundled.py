@@ -20,7 +20,7 @@ from wmtp.data.synth import generate
 from wmtp.data.template import format_prompt
 from wmtp.model.tokenizer import Tokenizer, train_tokenizer
 
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 1  # bump whenever the generator, template or tokenizer training changes the output
 _DONE = "bundle.json"
 
 
@@ -72,19 +72,27 @@ def write_synthetic(out_dir: str | Path, *, n_problems: int, seed: int, vocab_si
     return b
 
 
+def _is_current(done: Path) -> bool:
+    """The folder is complete and was made by this generator version (older ones are regenerated)."""
+    try:
+        return json.loads(done.read_text()).get("version") == BUNDLE_VERSION
+    except (OSError, ValueError):
+        return False
+
+
 def ensure_bundled(cache_dir: str | Path | None = None, *, n_problems: int = 2000, seed: int = 0) -> BundledData:
     """The bundled synthetic task for ``(n_problems, seed)``, generated deterministically on first use."""
     root = cache_root(cache_dir)
     final = root / f"bundled-{n_problems}-{seed}"
     done = final / _DONE
-    if not done.is_file():
+    if not _is_current(done):
         with file_lock(root / f"bundled-{n_problems}-{seed}.lock"):
-            if not done.is_file():  # another process may have finished while we waited
+            if not _is_current(done):  # another process may have finished while we waited
                 tmp = root / f".bundled-{n_problems}-{seed}.tmp-{os.getpid()}"
                 shutil.rmtree(tmp, ignore_errors=True)
                 try:
                     write_synthetic(tmp, n_problems=n_problems, seed=seed)
-                    if final.exists():  # a stale partial folder from an older layout
+                    if final.exists():  # made by an older generator version
                         shutil.rmtree(final)
                     tmp.rename(final)
                 finally:
