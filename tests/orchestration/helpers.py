@@ -19,6 +19,7 @@ def short_config(tmp_path: Path, name: str, *, steps: int = 8, workers: int = 2,
     cfg.train.eval_every = 2
     cfg.train.log_every = 1
     cfg.data.batch_size = 4
+    cfg.optim.lr = 0.05  # the toy recipe's SGD step size
     cfg.orchestration.num_workers = workers
     cfg.orchestration.report_every = 2
     cfg.orchestration.max_failures = 0

@@ -75,14 +75,14 @@ class ToyRecipe:
             err = x @ self.w - y
             loss = self._all_reduce((err**2).sum()) / global_rows
             grad = self._all_reduce(2 * x.T @ err) / global_rows
-            self.w = self.w - 0.05 * grad
+            self.w = self.w - self.cfg.optim.lr * grad
             self.step = step
             loss_value = float(loss)
             with self.record.open("a") as fh:
                 fh.write(json.dumps({"step": step, "loss": loss_value}) + "\n")
             metrics = {"train/loss": loss_value, "train/tokens_per_s": 100.0 + step}
             if step % cfg.train.eval_every == 0:
-                metrics["valid/ce_head1"] = self._validate()
+                metrics["val/ce"] = self._validate()
             if step % cfg.train.log_every == 0:
                 self.logger.log_metrics(metrics, step)
             if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps:
@@ -94,7 +94,7 @@ class ToyRecipe:
                 raise RuntimeError(f"toy recipe: planned crash after step {step}")
             if self.options.step_sleep_s:
                 time.sleep(self.options.step_sleep_s)
-        return {"train/loss": loss_value, "valid/ce_head1": self._validate()}
+        return {"train/loss": loss_value, "val/ce": self._validate()}
 
     def _validate(self) -> float:
         x, y = self._batch(0, 64, salt=1)

@@ -25,16 +25,25 @@ from wmtp.orchestration.ray_runtime import ensure_ray
 from wmtp.orchestration.reporting import RayCheckpointSink, RayMetricLogger, ReportState
 from wmtp.orchestration.storage import resolve_storage
 
-# The validation metric that ranks checkpoints (keep-N best, lower is better) and that Tune's ASHA
-# reads by default. Recipes log it at every evaluation.
-VALIDATION_METRIC = "valid/ce_head1"
+# The validation metric that ranks a recipe's checkpoints (keep-N best), as the recipe logs it at
+# every evaluation: unweighted validation CE of head 1 (comparable across weightings), or the
+# critic's AUC for critic pre-training.
+CHECKPOINT_SCORE: dict[str, tuple[str, str]] = {"critic": ("val/critic_auc", "max")}
+DEFAULT_CHECKPOINT_SCORE = ("val/ce", "min")
 
 RecipeBuilder = Callable[..., Any]
 
 
+def checkpoint_score(cfg: WMTPConfig) -> tuple[str, str]:
+    """(metric, "min"|"max") ranking the checkpoints of `cfg.recipe`."""
+    return CHECKPOINT_SCORE.get(cfg.recipe, DEFAULT_CHECKPOINT_SCORE)
+
+
 def run_name(cfg: WMTPConfig) -> str:
-    """The run's name: `run.name`, default `<recipe>-<model preset>`."""
-    return cfg.run.name or f"{cfg.recipe}-{cfg.model.preset}"
+    """The run's name, as the in-process path names it (`run.name`, default `<recipe>-<preset>`)."""
+    from wmtp.recipes.components import run_name as recipe_run_name
+
+    return recipe_run_name(cfg)
 
 
 def build_trainer(
@@ -47,6 +56,7 @@ def build_trainer(
     """A TorchTrainer for `cfg` (does not start it). `recipe_builder` defaults to `build_recipe`."""
     orch = cfg.orchestration
     cfg = _with_absolute_paths(cfg)
+    score_metric, score_mode = checkpoint_score(cfg)
     storage = resolve_storage(orch.storage_path, cfg.run.output_dir)
     resources: dict[str, float] = {"CPU": orch.cpus_per_worker}
     if orch.use_gpu:
@@ -70,8 +80,8 @@ def build_trainer(
             failure_config=ray.train.FailureConfig(max_failures=orch.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=orch.keep_checkpoints,
-                checkpoint_score_attribute=VALIDATION_METRIC,
-                checkpoint_score_order="min",
+                checkpoint_score_attribute=score_metric,
+                checkpoint_score_order=score_mode,
             ),
             callbacks=callbacks,
         ),
@@ -81,6 +91,13 @@ def build_trainer(
 def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None) -> dict[str, float]:
     """Train `cfg` on Ray (joining `orchestration.address` or a local cluster); returns rank 0's final metrics."""
     ensure_ray(cfg.orchestration.address)
+    cfg = _with_absolute_paths(cfg)
+    if recipe_builder is None:
+        from wmtp.recipes.chain import resolve_inputs
+
+        # A missing critic / reference is produced first (local presets), on Ray as well.
+        cfg = resolve_inputs(cfg, run_training)
+    _save_resolved_config(cfg)
     result = build_trainer(cfg, recipe_builder=recipe_builder).fit()
     return dict(result.metrics or {})
 
@@ -95,7 +112,7 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     name = run_name(cfg)
-    state = ReportState(VALIDATION_METRIC)
+    state = ReportState(*checkpoint_score(cfg))
     dashboard = DashboardMetrics(name, rank)
     logger = RayMetricLogger(
         _tracking_logger(cfg, loop_config.get("parent_run_id")) if rank == 0 else None,
@@ -125,19 +142,19 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
 
 def _tracking_logger(cfg: WMTPConfig, parent_run_id: str | None) -> Any:
     """Rank 0's real tracking backends (stdout, MLflow, JSONL) in `<output_dir>/<run name>`."""
-    from wmtp.tracking import build_logger
+    from wmtp.recipes.components import build_run_logger
 
-    name = run_name(cfg)
-    return build_logger(
-        list(cfg.tracking.backends),
-        run_dir=Path(cfg.run.output_dir) / name,
-        run_name=name,
-        experiment=cfg.tracking.experiment,
-        uri=cfg.tracking.uri,
-        artifact_location=cfg.tracking.artifact_location,
-        parent_run_id=parent_run_id,
-        total_steps=cfg.train.steps,
-    )
+    return build_run_logger(cfg, is_main=True, parent_run_id=parent_run_id)
+
+
+def _save_resolved_config(cfg: WMTPConfig) -> None:
+    """The resolved config beside the run's logs, as the in-process path saves it."""
+    from wmtp.config.loader import dump_config
+    from wmtp.recipes.components import run_dir
+
+    directory = run_dir(cfg)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
 
 
 def _default_recipe_builder() -> RecipeBuilder:

@@ -26,8 +26,10 @@ from wmtp.orchestration.dashboard import DashboardMetrics
 class ReportState:
     """Latest value of every metric logged on this rank, shared by the logger and the sink."""
 
-    def __init__(self, score_attribute: str) -> None:
+    def __init__(self, score_attribute: str, score_mode: str = "min") -> None:
         self.score_attribute = score_attribute
+        # Before the first validation a checkpoint still needs a score: the worst one.
+        self._worst = math.inf if score_mode == "min" else -math.inf
         self.latest: dict[str, float] = {}
         self.last_reported_step: int | None = None
 
@@ -38,10 +40,10 @@ class ReportState:
         self.latest["step"] = float(step)
 
     def payload(self, step: int) -> dict[str, float]:
-        """What one report carries; the score attribute is +inf (worst, mode min) before validation."""
+        """What one report carries (the score attribute is the worst value before validation)."""
         out = dict(self.latest)
         out["step"] = step
-        out.setdefault(self.score_attribute, math.inf)
+        out.setdefault(self.score_attribute, self._worst)
         return out
 
 

@@ -1,0 +1,85 @@
+"""`wmtp tune`: search-space conversion, trial configs, and a 2-trial sweep on the toy recipe."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+from tests.orchestration.helpers import short_config
+from tests.orchestration.toy_recipe import ToyRecipeBuilder
+from wmtp.config.loader import ConfigError
+from wmtp.config.schema import WMTPConfig
+from wmtp.config.tune import TuneSpace, load_tune_space
+from wmtp.orchestration import commands
+from wmtp.orchestration.tune import apply_dotted, build_scheduler, run_tune, to_search_space
+
+
+def test_shipped_space_converts_to_ray_tune_samplers():
+    space = load_tune_space("tune_spaces/verifiable.yaml")
+    converted = to_search_space(space)
+    assert set(converted) == set(space.space)
+    temp = converted["stage2.value_weighting.weight_temperature"]
+    assert isinstance(temp, tune.search.sample.Float)
+    assert (temp.lower, temp.upper) == (0.25, 4.0)
+    assert isinstance(temp.get_sampler(), tune.search.sample.LogUniform)
+    norm = converted["stage2.value_weighting.td_error_normalization"]
+    assert isinstance(norm, tune.search.sample.Categorical) and norm.categories == ["zscore", "ema"]
+    sched = build_scheduler(space)
+    assert isinstance(sched, ASHAScheduler)
+    assert (sched.metric, sched._metric_op, sched._max_t) == ("valid/ce_head1", -1.0, 150)
+    assert isinstance(build_scheduler(TuneSpace.model_validate(
+        {"metric": "m", "mode": "max", "num_samples": 1, "scheduler": {"type": "fifo"},
+         "space": {"optim.lr": {"type": "choice", "values": [0.1]}}})), FIFOScheduler)
+
+
+def test_trial_values_are_applied_and_validated():
+    cfg = apply_dotted(WMTPConfig(), {"stage2.value_weighting.weight_temperature": 0.5, "train.steps": 7})
+    assert cfg.stage2.value_weighting.weight_temperature == 0.5 and cfg.train.steps == 7
+    with pytest.raises(ConfigError, match="weight_temperature"):
+        apply_dotted(WMTPConfig(), {"stage2.value_weighting.weight_temperature": -1.0})
+    with pytest.raises(ConfigError, match="no section"):
+        apply_dotted(WMTPConfig(), {"nope.lr": 1.0})
+
+
+def test_tune_command_is_registered_with_config_flags():
+    parser = argparse.ArgumentParser()
+    commands.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["tune", "--space", "tune_spaces/verifiable.yaml", "--recipe", "verifiable",
+                              "--use-micro-model", "train.steps=3"])
+    assert args.func is commands.run_tune_command
+    assert args.space == "tune_spaces/verifiable.yaml" and args.overrides == ["train.steps=3"]
+
+
+def test_space_for_another_recipe_is_refused(tmp_path):
+    space = load_tune_space("tune_spaces/verifiable.yaml")
+    with pytest.raises(ConfigError, match="recipe"):
+        run_tune(WMTPConfig(recipe="baseline"), space)
+
+
+@pytest.mark.ray
+def test_two_trial_sweep_with_asha_and_nested_mlflow_runs(ray_cluster, mlflow_sqlite, tmp_path):
+    cfg = short_config(tmp_path, "sweep", steps=6, workers=1)
+    cfg.tracking.backends = ["mlflow"]
+    cfg.tracking.uri = mlflow_sqlite.uri
+    space = TuneSpace.model_validate({
+        "metric": "val/ce", "mode": "min", "num_samples": 2, "max_concurrent_trials": 2,
+        "scheduler": {"type": "asha", "max_t": 10, "grace_period": 2, "reduction_factor": 2},
+        "fixed": {"train.eval_every": 2},
+        "space": {"optim.lr": {"type": "choice", "values": [0.001, 0.1]}},
+    })
+    summary = run_tune(cfg, space, recipe_builder=ToyRecipeBuilder(str(tmp_path / "rec")), num_samples=2)
+    assert len(summary.trials) == 2 and all(t["error"] is None for t in summary.trials)
+    assert all(t["value"] is not None for t in summary.trials)
+    # With the same data, a larger step fits the linear model faster on this budget.
+    if {t["params"]["optim.lr"] for t in summary.trials} == {0.001, 0.1}:
+        assert summary.best_params == {"optim.lr": 0.1}
+    client = mlflow_sqlite.client()
+    runs = client.search_runs(client.get_experiment_by_name("wmtp").experiment_id)
+    parent = [r for r in runs if r.info.run_id == summary.parent_run_id]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == summary.parent_run_id]
+    assert len(parent) == 1 and len(children) == 2
+    assert all(r.data.metrics.get("val/ce") is not None for r in children)
+    assert "best/val/ce" in parent[0].data.metrics

@@ -1,0 +1,35 @@
+"""`wmtp tune`: registered on the CLI by `register(subparsers)` (ray is imported only when it runs)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from wmtp.config.arguments import add_config_arguments
+
+    tune = subparsers.add_parser(
+        "tune", help="sweep weighting hyperparameters with Ray Tune + ASHA (one TorchTrainer per trial)",
+        epilog="example: python -m wmtp tune --config configs/defaults.yaml --recipe configs/recipe.verifiable.yaml "
+               "--preset local-light --use-micro-model --space tune_spaces/verifiable.yaml")
+    tune.add_argument("--space", required=True, metavar="YAML", help="search space (tune_spaces/*.yaml)")
+    tune.add_argument("--num-samples", type=int, default=None, metavar="N",
+                      help="trials (default: the space's num_samples)")
+    add_config_arguments(tune)
+    tune.set_defaults(func=run_tune_command)
+
+
+def run_tune_command(args: argparse.Namespace) -> int:
+    from wmtp.config.arguments import config_from_args
+    from wmtp.config.loader import ConfigError
+    from wmtp.config.tune import load_tune_space
+
+    cfg = config_from_args(args)
+    space = load_tune_space(args.space)
+    if args.num_samples is not None and args.num_samples < 1:
+        raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
+    from wmtp.orchestration.tune import run_tune
+
+    summary = run_tune(cfg, space, num_samples=args.num_samples)
+    print(summary.format())
+    return 0
