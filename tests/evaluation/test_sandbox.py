@@ -43,6 +43,10 @@ def test_verdicts_pass_fail_error_message():
     syntax = run_program("def f(:\n")
     assert syntax.status == "failed" and "SyntaxError" in syntax.message
     assert run_program("import sys; sys.exit(3)").status == "failed"
+    # Exiting before the checks run must not count as passing (a test program's asserts come last).
+    for early in ("import sys; sys.exit(0)", "exit()", "quit(0)", "raise SystemExit"):
+        r = run_program(early + "\nassert False")
+        assert r.status == "failed" and "SystemExit" in r.message, early
     assert run_program("import math, collections, itertools\nprint(math.gcd(4, 6))").passed
 
 
@@ -186,6 +190,8 @@ def test_stdio_mode_compares_output():
     wrong = run_stdio(prog, "2 3\n", "6")
     assert wrong.status == "failed" and wrong.message == "wrong answer"
     assert run_stdio("import sys\nprint(sys.stdin.read().upper(), end='')\nsys.exit(0)", "ab", "AB").passed
+    assert run_stdio("print(input())\nexit()", "x\n", "x").passed
+    assert run_stdio("print(1)\nexit(1)", "", "1").status == "failed"
 
 
 def test_parallel_workers_keep_order():

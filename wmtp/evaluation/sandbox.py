@@ -138,7 +138,9 @@ def guard():
     subprocess.Popen = disabled("subprocess.Popen")
     for name in ["run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"]:
         setattr(subprocess, name, disabled("subprocess." + name))
-    builtins.exit = builtins.quit = None
+    def leave(code=None):
+        raise SystemExit(code)
+    builtins.exit = builtins.quit = leave  # never the site module's closer of sys.stdin
     builtins.help = None
     for name in ["ipdb", "joblib", "resource", "psutil", "tkinter"]:
         sys.modules[name] = None
@@ -154,8 +156,9 @@ try:
     exec(code, {"__name__": "__main__", "__builtins__": builtins})
     status, message = "passed", ""
 except SystemExit as e:
-    # A script ending with sys.exit(0) is a normal end; any other exit code is a failure.
-    status, message = ("passed", "") if e.code in (None, 0) else ("failed", f"SystemExit: {e.code}")
+    # stdin/stdout scripts may end with exit(0); in test mode any exit skips the checks: failed.
+    ok = cfg["exit_ok"] and e.code in (None, 0)
+    status, message = ("passed", "") if ok else ("failed", f"SystemExit: {e.code}")
 except BaseException as e:
     status, message = "failed", f"{type(e).__name__}: {e}"
 try:
@@ -284,18 +287,22 @@ def _interpreter(drop: bool) -> str:
     return ""
 
 
-def run_program(program: str, *, stdin: str | None = None, config: SandboxConfig = SandboxConfig()
-                ) -> ExecutionResult:
-    """Run one program in a sandbox; stdin text is fed to it, stdout captured (capped)."""
+def run_program(program: str, *, stdin: str | None = None, config: SandboxConfig = SandboxConfig(),
+                exit_ok: bool = False) -> ExecutionResult:
+    """Run one program in a sandbox; stdin text is fed to it, stdout captured (capped).
+
+    exit_ok: whether `sys.exit(0)` / `exit()` counts as a clean end (scripts) or as a failure
+    (test programs, where exiting early would skip the assertions).
+    """
     drop = _can_drop_privileges(config)
     exe = _interpreter(drop) if drop else sys.executable
     if drop and not exe:
         drop, exe = False, sys.executable
-    return _execute(program, stdin, config, exe, drop)
+    return _execute(program, stdin, config, exe, drop, exit_ok)
 
 
-def _execute(program: str, stdin: str | None, config: SandboxConfig, exe: str, drop: bool
-             ) -> ExecutionResult:
+def _execute(program: str, stdin: str | None, config: SandboxConfig, exe: str, drop: bool,
+             exit_ok: bool = False) -> ExecutionResult:
     workdir = tempfile.mkdtemp(prefix="wmtp-sandbox-")
     uid = _UIDS.acquire() if drop else None
     start = time.monotonic()
@@ -314,7 +321,7 @@ def _execute(program: str, stdin: str | None, config: SandboxConfig, exe: str, d
             "isolate_filesystem": config.isolate_filesystem,
             "cpu_time_s": config.cpu_time_s or int(config.timeout_s) + 1,
             "memory_bytes": config.memory_bytes, "max_file_bytes": config.max_file_bytes,
-            "max_processes": config.max_processes, "uid": uid,
+            "max_processes": config.max_processes, "uid": uid, "exit_ok": exit_ok,
         }
         env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
         with open(stdin_path, "rb") as fin, open(stdout_path, "wb") as fout:
@@ -382,7 +389,7 @@ def run_stdio(program: str, input: str, expected: str, *, config: SandboxConfig 
               ) -> ExecutionResult:
     """Run a stdin/stdout program on one test case; passed iff it ends cleanly with the expected
     output (whitespace at line ends and around the whole output ignored)."""
-    result = run_program(program, stdin=input, config=config)
+    result = run_program(program, stdin=input, config=config, exit_ok=True)
     if result.status == "passed" and not _same_output(result.stdout, expected):
         result.status, result.message = "failed", "wrong answer"
     return result
