@@ -117,7 +117,12 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"wmtp: error: training is not available in this installation: {target[0]}.{target[1]} "
               f"does not exist yet (try --dry-run{'' if args.local else ', or --local'})", file=sys.stderr)
         return 1
-    result = entry(cfg)
+    if target[0] == "wmtp.recipes":
+        from wmtp.tracking.registry import build_run_logger
+
+        result = entry(cfg, make_logger=build_run_logger)
+    else:
+        result = entry(cfg)
     return result if isinstance(result, int) else 0
 
 

@@ -1,0 +1,69 @@
+"""Recipes: one readable file per training method (build → setup → train → close).
+
+`build_recipe(cfg, logger=..., checkpoint_sink=..., scorer_factory=None)` picks a recipe by name;
+`run_recipe(cfg)` runs one in this process (tests, debugging: `wmtp train --local`). Ray workers
+call `build_recipe` with Ray's sink and logger (`wmtp.orchestration`); recipes never import ray.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from wmtp.config.schema import WMTPConfig
+
+
+class Recipe(Protocol):
+    def setup(self) -> None: ...
+
+    def train(self) -> dict[str, float]: ...
+
+    def close(self) -> None: ...
+
+
+def _registry() -> dict[str, Callable[..., Recipe]]:
+    from wmtp.recipes.baseline import BaselineRecipe
+    from wmtp.recipes.critic import CriticRecipe
+    from wmtp.recipes.ref_tuning import RefTuningRecipe
+    from wmtp.recipes.rho1_weighted import Rho1WeightedRecipe
+    from wmtp.recipes.verifiable import VerifiableRecipe
+
+    return {"baseline": BaselineRecipe, "ref_tuning": RefTuningRecipe, "critic": CriticRecipe,
+            "verifiable": VerifiableRecipe, "rho1_weighted": Rho1WeightedRecipe}
+
+
+def build_recipe(cfg: WMTPConfig, *, logger: Any, checkpoint_sink: Any, scorer_factory=None) -> Recipe:
+    recipes = _registry()
+    if cfg.recipe not in recipes:
+        raise ValueError(f"recipe: unknown recipe {cfg.recipe!r}; allowed: {sorted(recipes)}")
+    return recipes[cfg.recipe](cfg, logger=logger, checkpoint_sink=checkpoint_sink, scorer_factory=scorer_factory)
+
+
+def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[[WMTPConfig], Any]) -> dict[str, float]:
+    """Run `cfg.recipe` in this process (the debuggable path): local checkpoints (rerun the same
+    command to resume), a logger from `make_logger(cfg)` (the caller picks the backends: recipes
+    never import a tracking service), and the producing stages first when an input is missing."""
+    from wmtp.config.paths import run_dir as run_dir_of
+    from wmtp.recipes.chain import resolve_inputs
+    from wmtp.training.checkpoint import LocalCheckpointSink
+
+    cfg = resolve_inputs(cfg, lambda stage: run_recipe(stage, make_logger=make_logger))
+    run_dir = run_dir_of(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(_dump(cfg), encoding="utf-8")
+    logger = make_logger(cfg)
+    recipe = build_recipe(cfg, logger=logger,
+                          checkpoint_sink=LocalCheckpointSink(run_dir, keep=cfg.orchestration.keep_checkpoints))
+    try:
+        recipe.setup()
+        logger.log_artifact(run_dir / "config.yaml")
+        return recipe.train()
+    finally:
+        recipe.close()
+        logger.close()
+
+
+def _dump(cfg: WMTPConfig) -> str:
+    from wmtp.config.loader import dump_config
+
+    return dump_config(cfg)

@@ -112,3 +112,14 @@ def mlflow_run_id(logger: MetricLogger) -> str | None:
     from wmtp.tracking.mlflow_logger import MlflowLogger  # mlflow itself stays unimported
 
     return logger.run_id if isinstance(logger, MlflowLogger) else None
+
+
+def build_run_logger(cfg, *, is_main: bool = True, parent_run_id: str | None = None) -> MetricLogger:
+    """`build_logger` for a resolved `WMTPConfig`: its tracking backends, run name and run dir
+    (`<run.output_dir>/<run name>`; MLflow's embedded SQLite store under `run.output_dir`)."""
+    from wmtp.config.paths import run_dir, run_name
+
+    t = cfg.tracking
+    return build_logger(list(t.backends), run_dir=run_dir(cfg), run_name=run_name(cfg), experiment=t.experiment,
+                        uri=t.uri, artifact_location=t.artifact_location, is_main=is_main,
+                        parent_run_id=parent_run_id, total_steps=cfg.train.steps)

@@ -1,0 +1,533 @@
+"""Parts every recipe composes: run identity, models, data streams, optimisers, distributed sums,
+validation, and the checkpoint write/read pair. Recipes call these; they do not inherit.
+
+Distributed: when `torch.distributed` is initialised (Ray Train workers), models are sharded with
+FSDP2 (`orchestration.fsdp`) or replicated with summed gradients, data is sharded by rank, and
+every loss denominator is a global sum. Without a process group the same code runs one process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from wmtp.config.paths import export_dir
+from wmtp.config.schema import WMTPConfig
+from wmtp.data.collator import Batch
+from wmtp.data.dataset import TrainingData
+from wmtp.data.samplers import Sampler
+from wmtp.losses.alignment import count_valid_targets
+from wmtp.losses.mtp import mtp_cross_entropy
+from wmtp.model.args import ModelArgs, get_preset
+from wmtp.model.transformer import Transformer, build_model
+from wmtp.model.value import ValueModel, build_value_model, value_args_from_policy
+from wmtp.training.optim import build_optimizer
+from wmtp.training.schedule import build_scheduler
+
+# ---------------------------------------------------------------------------------------------
+# Run identity and process layout
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where this process sits: rank/world size from torch.distributed (1 process otherwise)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def process_layout(use_gpu: bool = False) -> Layout:
+    if dist.is_available() and dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    else:
+        rank, world = 0, 1
+    if use_gpu and torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return Layout(rank, world, device)
+
+
+def global_sum(x: Tensor, layout: Layout) -> Tensor:
+    """All-reduce SUM across ranks (identity in one process). Float64/long stay exact."""
+    if layout.distributed:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def reduce_fn(layout: Layout):
+    """The `reduce_fn` callback of the weighting math (None when there is nothing to reduce)."""
+    return (lambda t: global_sum(t, layout)) if layout.distributed else None
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+def policy_args(cfg: WMTPConfig, vocab_size: int | None, n_future_tokens: int | None = None) -> ModelArgs:
+    """The preset, then `model.params` overrides, the head count, and the tokenizer's vocab."""
+    args = get_preset(cfg.model.preset)
+    if cfg.model.params:
+        args = args.replace(**cfg.model.params)
+    heads = n_future_tokens or cfg.model.n_future_tokens
+    if heads:
+        args = args.replace(n_future_tokens=heads)
+    if vocab_size is not None and "vocab_size" not in cfg.model.params:
+        args = args.replace(vocab_size=vocab_size)
+    return args.replace(max_seq_len=max(args.max_seq_len, cfg.data.max_seq_len))
+
+
+def build_policy(cfg: WMTPConfig, vocab_size: int | None, device: torch.device,
+                 n_future_tokens: int | None = None) -> Transformer:
+    """From `model.checkpoint` when given (local folder or s3:// URI), else initialised from the seed."""
+    if cfg.model.checkpoint:
+        from wmtp.model.checkpoint import load_model
+
+        return load_model(materialize(cfg.model.checkpoint, cfg), device=device)
+    return build_model(policy_args(cfg, vocab_size, n_future_tokens), device=device, seed=cfg.run.seed)
+
+
+def build_critic(cfg: WMTPConfig, args: ModelArgs, device: torch.device,
+                 policy: Transformer | None = None) -> ValueModel:
+    """From `value_model.checkpoint`, else a backbone as deep as the policy trunk (optionally
+    initialised from it)."""
+    if cfg.value_model.checkpoint:
+        from wmtp.model.checkpoint import load_value_model
+
+        return load_value_model(materialize(cfg.value_model.checkpoint, cfg), device=device)
+    vargs = value_args_from_policy(args)
+    if cfg.value_model.n_layers:
+        vargs = vargs.replace(n_layers=cfg.value_model.n_layers)
+    critic = build_value_model(vargs, cfg.value_model.head, device=device, seed=cfg.run.seed + 1)
+    if policy is not None and cfg.value_model.init_from_policy:
+        critic.init_from_policy(policy)
+    return critic
+
+
+def materialize(uri: str, cfg: WMTPConfig) -> Path:
+    """Local path passthrough; `s3://` checkpoints are pulled into `<output_dir>/.assets`."""
+    from wmtp.storage.s3 import materialize as pull
+
+    return Path(pull(uri, Path(cfg.run.output_dir) / ".assets"))
+
+
+def shard_model(model: nn.Module, cfg: WMTPConfig, layout: Layout) -> nn.Module:
+    """Activation checkpointing, then FSDP2 (per block and head, root last) when distributed."""
+    from wmtp.parallel.fsdp import apply_activation_checkpointing, apply_fsdp
+
+    if cfg.train.activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if layout.distributed and cfg.orchestration.fsdp:
+        apply_fsdp(model, mixed_precision=cfg.train.precision == "bf16" and layout.device.type == "cuda")
+    return model
+
+
+def sync_gradients(model: nn.Module, layout: Layout) -> None:
+    """Replicated (non-FSDP) multi-rank training: SUM gradients across ranks in one flat bucket.
+
+    SUM, not mean: each rank's loss is already divided by the *global* denominator.
+    """
+    if not layout.distributed or cfg_is_fsdp(model):
+        return
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
+def cfg_is_fsdp(model: nn.Module) -> bool:
+    """True when `fully_shard` was applied (its gradients are reduced by FSDP itself)."""
+    return any(type(m).__name__.startswith("FSDP") for m in model.modules())
+
+
+def sync_parameters(model: nn.Module, layout: Layout) -> None:
+    """Replicated training: start every rank from rank 0's weights."""
+    if layout.distributed and not cfg_is_fsdp(model):
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t.data, src=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class RecipeData:
+    tokenizer: Any
+    train: TrainingData
+    valid: TrainingData
+
+
+def load_data(cfg: WMTPConfig) -> RecipeData:
+    """The configured JSONL files, or the bundled synthetic task (made on first use, then reused)."""
+    from wmtp.model.tokenizer import Tokenizer
+
+    train, valid, tok_path = cfg.data.train, cfg.data.valid, cfg.model.tokenizer
+    if train is None or valid is None or tok_path is None:
+        from wmtp.data.bundled import ensure_bundled
+
+        bundled = ensure_bundled(n_problems=cfg.data.synth_problems, seed=cfg.data.synth_seed)
+        train, valid = train or bundled.train, valid or bundled.valid
+        tok_path = tok_path or bundled.tokenizer
+    tokenizer = Tokenizer(str(tok_path))
+    kw = dict(tokenizer=tokenizer, max_seq_len=cfg.data.max_seq_len, on_bad_line=cfg.data.on_bad_line)
+    return RecipeData(tokenizer, TrainingData(train, **kw), TrainingData(valid, **kw))
+
+
+class BatchStream:
+    """Endless batches from a sampler; its position is the sampler's state (checkpointed)."""
+
+    def __init__(self, data: TrainingData, sampler: Sampler, batch_size: int, device: torch.device,
+                 pairs: bool = False):
+        self.data, self.sampler, self.batch_size, self.device = data, sampler, batch_size, device
+        self.pairs, self.last_tokens = pairs, 0
+        self._it: Iterator = (data.pair_batches if pairs else data.batches)(sampler, batch_size)
+
+    def next(self):
+        """The next batch on the device; `self.last_tokens` holds its real-token count (host int,
+        counted before the copy, so throughput logging costs no device sync)."""
+        batch = next(self._it)
+        mask = batch.chosen.attention_mask if self.pairs else batch.attention_mask
+        self.last_tokens = int(mask.sum()) * (2 if self.pairs else 1)
+        return batch.to(self.device)
+
+    def state_dict(self) -> dict:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.load_state_dict(state)
+
+
+def train_stream(data: TrainingData, cfg: WMTPConfig, layout: Layout, *, samples: str | None = None,
+                 sampler: str | None = None) -> BatchStream:
+    name = sampler or cfg.data.sampler
+    s = data.sampler(name, samples=samples or cfg.data.samples, seed=cfg.run.seed, rank=layout.rank,
+                     world_size=layout.world_size,
+                     length_bucketing=8 if cfg.data.length_bucketing else 0,
+                     batch_size=cfg.data.batch_size)
+    return BatchStream(data, s, cfg.data.batch_size, layout.device, pairs=name == "pairwise")
+
+
+def valid_batches(data: TrainingData, cfg: WMTPConfig, layout: Layout, *, samples: str = "all",
+                  n_batches: int | None = None) -> list[Batch]:
+    """A fixed validation set: the first `eval_batches` batches of a seeded order, per rank."""
+    s = data.sampler("random", samples=samples, seed=cfg.run.seed + 7919, rank=layout.rank,
+                     world_size=layout.world_size)
+    n = n_batches or cfg.train.eval_batches
+    return [data.collate(s.next(cfg.data.batch_size)).to(layout.device) for _ in range(n)]
+
+
+def policy_labels(batch: Batch, samples: str) -> Tensor:
+    """Targets the policy learns from: all responses, or only those of correct solutions."""
+    if samples == "all":
+        return batch.labels
+    return batch.labels.masked_fill(~batch.is_correct[:, None], -100)
+
+
+def response_mask(batch: Batch) -> Tensor:
+    """`[B, S]` bool: response tokens (solution body + EOS), whatever their correctness."""
+    return batch.labels != -100
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimisation
+
+
+@dataclass
+class Trainable:
+    """A model with its optimiser and LR schedule."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+
+
+def build_trainable(model: nn.Module, cfg: WMTPConfig, lr: float) -> Trainable:
+    opt = build_optimizer(model, lr=lr, weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
+    sched = build_scheduler(opt, warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.train.steps,
+                            min_lr_ratio=cfg.optim.min_lr_ratio)
+    return Trainable(model, opt, sched)
+
+
+def optimizer_step(parts: list[Trainable], loss: Tensor, cfg: WMTPConfig, layout: Layout, guard,
+                   step: int) -> list[Tensor] | None:
+    """Sum replicated gradients, clip each model's global norm, then step — unless the loss or a
+    norm is non-finite on any rank, where the guard stops the run or skips the batch (None).
+
+    One host sync per step: the guard's look at the (globally summed) loss and norms.
+    """
+    norms = []
+    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else float("inf")
+    for part in parts:
+        sync_gradients(part.model, layout)
+        params = [p for p in part.model.parameters() if p.grad is not None]
+        norms.append(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    check = global_sum(torch.stack([loss.detach().double(), *[n.detach().double() for n in norms]]), layout)
+    skip = guard.check(float(check.sum()), step)
+    for part in parts:
+        if not skip:
+            part.optimizer.step()
+            part.scheduler.step()
+        part.optimizer.zero_grad(set_to_none=True)
+    return None if skip else norms
+
+
+def step_denominators(labels: list[Tensor], n_heads: int, layout: Layout) -> Tensor:
+    """`N_k` of the whole optimizer step: every micro-batch of every rank. `[H]` long."""
+    local = torch.stack([count_valid_targets(lb, n_heads) for lb in labels]).sum(0)
+    return global_sum(local, layout)
+
+
+def n_heads_of(model: nn.Module) -> int:
+    return model.args.n_future_tokens
+
+
+def head_coefficients(cfg: WMTPConfig, n_heads: int) -> list[float] | None:
+    coefs = cfg.model.head_coefficients
+    if coefs is not None and len(coefs) != n_heads:
+        raise ValueError(f"model.head_coefficients has {len(coefs)} entries but the model has {n_heads} heads")
+    return coefs
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+@torch.no_grad()
+def validate_policy(model: Transformer, batches: list[Batch], cfg: WMTPConfig, layout: Layout,
+                    samples: str = "correct") -> dict[str, float]:
+    """Unweighted CE per head over the fixed validation batches (global token means)."""
+    model.eval()
+    H = n_heads_of(model)
+    labels = [policy_labels(b, samples) for b in batches]
+    denom = step_denominators(labels, H, layout)
+    total = torch.zeros(H, dtype=torch.float64, device=layout.device)
+    for b, lb in zip(batches, labels):
+        out = model(b.tokens)
+        res = mtp_cross_entropy(out.hidden, model.output.weight, lb, denominators=denom,
+                                chunk_size=cfg.train.loss_chunk_size)
+        total += res.ce_per_head.double()
+    total = global_sum(total, layout)
+    model.train()
+    metrics = {f"val/ce_head{k + 1}": v for k, v in enumerate(total.tolist())}
+    metrics["val/ce"] = metrics["val/ce_head1"]
+    return metrics
+
+
+def roc_auc(scores: Tensor, labels: Tensor) -> float:
+    """AUC of `scores` separating `labels` (bool), by the rank-sum statistic (ties get half)."""
+    scores, labels = scores.double().flatten(), labels.bool().flatten()
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    greater = (scores[labels][:, None] > scores[~labels][None, :]).double().sum()
+    ties = (scores[labels][:, None] == scores[~labels][None, :]).double().sum()
+    return float((greater + 0.5 * ties) / (n_pos * n_neg))
+
+
+def final_values(values: Tensor, batch: Batch) -> Tensor:
+    """`[B]` the critic's value at the last response token (the whole solution seen)."""
+    return values.gather(1, batch.response_end[:, None]).squeeze(1)
+
+
+def pairwise_accuracy(scores: Tensor, labels: Tensor) -> float:
+    """Share of (correct, incorrect) pairs ordered correctly by `scores` — the AUC without ties
+    credit; validation proxy of the pairwise objective over all cross pairs."""
+    pos, neg = scores[labels.bool()], scores[~labels.bool()]
+    if pos.numel() == 0 or neg.numel() == 0:
+        return float("nan")
+    return float((pos[:, None] > neg[None, :]).double().mean())
+
+
+def gather_cat(x: Tensor, layout: Layout) -> Tensor:
+    """Concatenate a 1-D tensor from every rank (validation statistics such as AUC)."""
+    if not layout.distributed:
+        return x
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(layout.world_size)]
+    dist.all_gather(sizes, torch.tensor([x.numel()], device=x.device))
+    n = max(int(s) for s in sizes)
+    padded = torch.zeros(n, dtype=x.dtype, device=x.device)
+    padded[:x.numel()] = x
+    parts = [torch.zeros_like(padded) for _ in range(layout.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:int(s)] for p, s in zip(parts, sizes)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: one format (torch DCP shards + per-rank extra state), 1 or N ranks.
+
+
+@dataclass
+class LoopState:
+    """Everything a resumed run needs besides the config: models + optimisers (DCP shards),
+    schedulers, sampler position, RNG, non-finite guard, throughput meter and any extra stateful
+    parts (e.g. the EMA normaliser). One checkpoint format for 1 or N ranks."""
+
+    stream: Any
+    guard: Any
+    meter: Any
+    trainables: dict[str, Trainable]
+    stateful: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def write(self, path: Path, step: int) -> None:
+        from wmtp.parallel.checkpointing import save_sharded
+        from wmtp.training.seeding import rng_state
+
+        extra = {"step": step, "sampler": self.stream.state_dict(), "rng": rng_state(),
+                 "guard": self.guard.state_dict(), "meter": self.meter.state_dict(),
+                 "schedulers": {n: t.scheduler.state_dict() for n, t in self.trainables.items()},
+                 "stateful": {n: obj.state_dict() for n, obj in self.stateful.items()}}
+        save_sharded(path, {n: t.model for n, t in self.trainables.items()},
+                     {n: t.optimizer for n, t in self.trainables.items()}, extra)
+
+    def restore(self, path: Path) -> int:
+        """Load a checkpoint written by `write`; returns its step."""
+        from wmtp.parallel.checkpointing import load_sharded
+        from wmtp.training.seeding import set_rng_state
+
+        extra = load_sharded(path, {n: t.model for n, t in self.trainables.items()},
+                             {n: t.optimizer for n, t in self.trainables.items()})
+        self.stream.load_state_dict(extra["sampler"])
+        self.guard.load_state_dict(extra["guard"])
+        self.meter.load_state_dict(extra["meter"])
+        for n, t in self.trainables.items():
+            t.scheduler.load_state_dict(extra["schedulers"][n])
+        for n, obj in self.stateful.items():
+            obj.load_state_dict(extra["stateful"][n])
+        set_rng_state(extra["rng"])
+        return int(extra["step"])
+
+
+def export_model(model: nn.Module, cfg: WMTPConfig, layout: Layout, value_head: str | None = None) -> Path:
+    """Write the trained model for the next stage (safetensors + params.json), rank 0 only.
+
+    Every rank takes part in gathering FSDP shards; the files appear atomically (tmp + rename)."""
+    import shutil
+
+    from wmtp.model.checkpoint import save_model, save_value_model
+
+    state = full_state_dict(model)
+    out = export_dir(cfg)
+    if layout.is_main:
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        replica = unwrap_replica(model, state)
+        if value_head is not None:
+            save_value_model(replica, tmp)
+        else:
+            save_model(replica, tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    if layout.distributed:
+        dist.barrier()
+    return out
+
+
+def unwrap_replica(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
+    """A plain (unsharded, CPU) copy of `model` holding `state`, for saving."""
+    from wmtp.model.value import ValueModel, build_value_model
+
+    if isinstance(model, ValueModel):
+        replica = build_value_model(model.args, model.value_head.kind, device="cpu", seed=None)
+    else:
+        replica = build_model(model.args, device="cpu", seed=None)
+    replica.load_state_dict(state)
+    return replica
+
+
+def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """Unsharded CPU state dict on every rank (FSDP2 gathers); for exports and critic publishing."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    if cfg_is_fsdp(model):
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def head_metrics(prefix: str, values: Tensor) -> dict[str, Tensor]:
+    """`[H]` tensor → {prefix_head1: 0-dim tensor, ...} (synced later, once, by the loop)."""
+    return {f"{prefix}_head{k + 1}": v for k, v in enumerate(values.unbind())}
+
+
+def lr_metrics(state: LoopState) -> dict[str, float]:
+    return {f"train/lr_{n}": t.scheduler.get_last_lr()[0] for n, t in state.trainables.items()}
+
+
+def throughput_meter(model: nn.Module, cfg: WMTPConfig, layout: Layout):
+    """tokens/s and MFU (FLOPs per token from the model's shapes, peak from the accelerator table)."""
+    from wmtp.model.memory import flops_per_token
+    from wmtp.training.throughput import ThroughputMeter, current_device_peak_flops
+
+    peak = current_device_peak_flops() if layout.device.type == "cuda" else None
+    return ThroughputMeter(flops_per_token=flops_per_token(model.args, cfg.data.max_seq_len), peak_flops=peak,
+                           n_devices=layout.world_size)
+
+
+def log_weight_heatmap(logger, tokenizer, batch: Batch, weights: Tensor, step: int, n_samples: int,
+                       title: str) -> None:
+    """HTML heatmap of the response tokens of the first `n_samples` rows, logged as an artifact.
+
+    weights: `[B, S]` target-indexed (the weight of token j) or `[B, S, H]` (head 1's, shifted to
+    the token it predicts)."""
+    import tempfile
+
+    from wmtp.tracking.heatmap import token_weight_heatmap_html
+
+    if weights.dim() == 3:
+        weights = torch.cat([torch.zeros_like(weights[:, :1, 0]), weights[:, :-1, 0]], dim=1)
+    rows, vals = [], []
+    for i in range(min(n_samples, batch.tokens.shape[0])):
+        s, e = int(batch.response_start[i]), int(batch.response_end[i])
+        ids = batch.tokens[i, s:e + 1].tolist()
+        rows.append([tokenizer.decode([t]) or tokenizer_piece(tokenizer, t) for t in ids])
+        vals.append(weights[i, s:e + 1].double().tolist())
+    html = token_weight_heatmap_html(rows, vals, title)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"token_weights_step{step:06d}.html"
+        path.write_text(html, encoding="utf-8")
+        logger.log_artifact(path, "heatmaps")
+
+
+def tokenizer_piece(tokenizer, token_id: int) -> str:
+    """Readable stand-in for tokens that decode to nothing (EOS, control pieces)."""
+    return "⟨eos⟩" if token_id == tokenizer.eos_id else f"⟨{token_id}⟩"
+
+
+def config_params(cfg: WMTPConfig) -> dict[str, str]:
+    from wmtp.config.loader import flatten_config
+
+    return flatten_config(cfg)
+
+
+def replace_config(cfg: WMTPConfig, **sections: dict) -> WMTPConfig:
+    """A copy of `cfg` with dotted-section updates, validated (used by stage chaining)."""
+    data = cfg.model_dump()
+    for section, updates in sections.items():
+        data[section] = {**data[section], **updates} if isinstance(updates, dict) else updates
+    return WMTPConfig.model_validate(data)
+
+

@@ -1,0 +1,128 @@
+"""Critic pre-training: a value model learns V_j ≈ P(correct | x_{≤j}) from execution outcomes
+(DESIGN.md §3), then is exported for the verifiable recipe (`<run_dir>/export`).
+
+Objectives (`critic.loss`, registry `wmtp.losses.registry.VALUE_LOSSES`), on the value of the state
+before each response token, `V_{j−1}`:
+  mc_mse         mean (V_{j−1} − R)²
+  lambda_return  mean (V_{j−1} − G^λ_j)²,  G^λ from detached values, terminal reward R
+  pairwise       −log σ(v̄⁺ − v̄⁻) over (correct, incorrect) solutions of one problem
+Validation: AUC of the final value vs R, pairwise accuracy, explained variance of R.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wmtp.config.schema import WMTPConfig
+from wmtp.losses.alignment import state_values
+from wmtp.losses.value import explained_variance, mean_response_value
+from wmtp.recipes import components as C
+from wmtp.recipes.interfaces import CheckpointSink
+from wmtp.recipes.loop import run_steps
+from wmtp.tracking.base import MetricLogger
+from wmtp.training.nonfinite import NonFiniteGuard
+from wmtp.training.precision import autocast_context
+from wmtp.training.seeding import seed_everything
+from wmtp.weighting.gae import lambda_returns
+
+
+class CriticRecipe:
+    def __init__(self, cfg: WMTPConfig, *, logger: MetricLogger, checkpoint_sink: CheckpointSink,
+                 scorer_factory=None) -> None:
+        self.cfg, self.logger, self.sink = cfg, logger, checkpoint_sink
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.layout = C.process_layout(cfg.orchestration.use_gpu)
+        self.data = C.load_data(cfg)
+        args = C.policy_args(cfg, self.data.tokenizer.vocab_size)
+        policy = C.build_policy(cfg, self.data.tokenizer.vocab_size, "cpu") if cfg.model.checkpoint else None
+        critic = C.build_critic(cfg, policy.args if policy is not None else args, self.layout.device, policy)
+        C.sync_parameters(critic, self.layout)
+        self.critic = C.build_trainable(C.shard_model(critic, cfg, self.layout), cfg, cfg.optim.critic_lr)
+        self.pairwise = cfg.critic.loss == "pairwise"
+        # The critic always sees correct and incorrect solutions.
+        self.stream = C.train_stream(self.data.train, cfg, self.layout, samples="all",
+                                     sampler="pairwise" if self.pairwise else None)
+        self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
+        self.meter = C.throughput_meter(critic.backbone, cfg, self.layout)
+        guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_batches, self.sink.latest)
+        self.state = C.LoopState(self.stream, guard, self.meter, {"critic": self.critic})
+        seed_everything(cfg.run.seed + self.layout.rank)
+        self.start = 0
+        if (ckpt := self.sink.latest()) is not None:
+            self.start = self.state.restore(ckpt)
+        else:
+            self.logger.log_params(C.config_params(cfg))
+
+    def objective(self, batch, n_global: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss share of this micro-batch, pairwise accuracy or NaN)."""
+        cfg, critic = self.cfg, self.critic.model
+        from wmtp.losses.registry import get_value_loss
+
+        loss_fn = get_value_loss(cfg.critic.loss)
+        if self.pairwise:
+            v_pos, v_neg = critic(batch.chosen.tokens), critic(batch.rejected.tokens)
+            return loss_fn(state_values(v_pos), C.response_mask(batch.chosen), state_values(v_neg),
+                           C.response_mask(batch.rejected), denominator=n_global)
+        values = critic(batch.tokens)
+        mask, rewards = C.response_mask(batch), batch.is_correct.to(values.dtype)
+        if cfg.critic.loss == "lambda_return":
+            targets = lambda_returns(values.detach(), mask, rewards, cfg.critic.gamma, cfg.critic.lam)
+            loss = loss_fn(state_values(values), targets, mask, denominator=n_global)
+        else:
+            loss = loss_fn(state_values(values), mask, rewards, denominator=n_global)
+        return loss, torch.tensor(float("nan"), device=values.device)
+
+    def step(self, step: int):
+        cfg = self.cfg
+        batches = [self.stream.next() for _ in range(cfg.data.grad_accum)]
+        tokens = self.stream.last_tokens * len(batches) * self.layout.world_size
+        # Global denominator: pairs (pairwise) or response states (regression) of the whole step.
+        local = sum((torch.tensor(float(len(b.chosen))) if self.pairwise else C.response_mask(b).sum().double())
+                    for b in batches)
+        n_global = C.global_sum(torch.as_tensor(local, dtype=torch.float64, device=self.layout.device), self.layout)
+        loss = torch.zeros((), device=self.layout.device)
+        acc = torch.zeros((), dtype=torch.float64, device=self.layout.device)
+        for batch in batches:
+            with autocast_context(self.layout.device.type, cfg.train.precision):
+                part, pacc = self.objective(batch, n_global)
+            part.backward()
+            loss += part.detach()
+            acc += pacc.double() / len(batches)
+        norms = C.optimizer_step([self.critic], loss, cfg, self.layout, self.state.guard, step)
+        if norms is None:
+            return None, tokens
+        stats = {"train/value_loss": C.global_sum(loss, self.layout), "train/grad_norm": norms[0],
+                 **C.lr_metrics(self.state)}
+        if self.pairwise:
+            stats["train/pairwise_accuracy"] = C.global_sum(acc, self.layout) / self.layout.world_size
+        return stats, tokens
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, float]:
+        critic = self.critic.model.eval()
+        finals, means, outcomes = [], [], []
+        for batch in self.valid:
+            values = critic(batch.tokens)
+            finals.append(C.final_values(values, batch))
+            means.append(mean_response_value(state_values(values), C.response_mask(batch)))
+            outcomes.append(batch.is_correct)
+        critic.train()
+        finals = C.gather_cat(torch.cat(finals).double(), self.layout)
+        means = C.gather_cat(torch.cat(means).double(), self.layout)
+        outcomes = C.gather_cat(torch.cat(outcomes).long(), self.layout).bool()
+        ones = torch.ones_like(finals, dtype=torch.bool)
+        return {"val/critic_auc": C.roc_auc(finals, outcomes),
+                "val/critic_mean_value_auc": C.roc_auc(means, outcomes),
+                "val/pairwise_accuracy": C.pairwise_accuracy(means, outcomes),
+                "val/explained_variance": float(explained_variance(finals, outcomes.double(), ones))}
+
+    def train(self) -> dict[str, float]:
+        metrics = run_steps(start=self.start, tcfg=self.cfg.train, step_fn=self.step, evaluate_fn=self.evaluate,
+                            write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter)
+        C.export_model(self.critic.model, self.cfg, self.layout, value_head=self.cfg.value_model.head)
+        return metrics
+
+    def close(self) -> None:
+        pass

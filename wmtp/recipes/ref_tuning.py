@@ -1,0 +1,32 @@
+"""Reference tuning for Rho-1: a next-token (one head) model trained on correct solutions with the
+baseline objective, exported to `<run_dir>/export` as the frozen reference of `rho1_weighted`.
+
+It *is* the baseline loop with one head and correct-only data; only the export differs.
+"""
+
+from __future__ import annotations
+
+from wmtp.config.schema import WMTPConfig
+from wmtp.recipes import components as C
+from wmtp.recipes.baseline import BaselineRecipe
+from wmtp.recipes.interfaces import CheckpointSink
+from wmtp.tracking.base import MetricLogger
+
+
+class RefTuningRecipe:
+    def __init__(self, cfg: WMTPConfig, *, logger: MetricLogger, checkpoint_sink: CheckpointSink,
+                 scorer_factory=None) -> None:
+        reference_cfg = C.replace_config(cfg, model={"n_future_tokens": 1}, data={"samples": "correct"})
+        self.cfg = reference_cfg
+        self.loop = BaselineRecipe(reference_cfg, logger=logger, checkpoint_sink=checkpoint_sink)
+
+    def setup(self) -> None:
+        self.loop.setup()
+
+    def train(self) -> dict[str, float]:
+        metrics = self.loop.train()
+        C.export_model(self.loop.policy.model, self.cfg, self.loop.layout)
+        return metrics
+
+    def close(self) -> None:
+        self.loop.close()

@@ -1,0 +1,158 @@
+"""Rho-1 Weighted MTP: token weights from the excess loss over a frozen reference (DESIGN.md §3).
+
+  e_k(t) = ℓ_k^policy(t) − ℓ^ref(t+k)
+  topk:        keep the top `ratio` of valid head-k targets of the global batch by e (mean weight 1)
+  continuous:  w = clip(exp(zscore_k(e) / T), min, max)
+  L = Σ_k c_k Σ_t W_k(t) ℓ_k(t) M_k(t) / N_k
+
+ℓ^ref comes precomputed (`wmtp data score-reference`, `data.reference_losses`) or from a live
+reference (`rho1.reference`, the ref_tuning export) in the experience phase. The policy's own
+per-token losses come from the same forward as the loss (no second policy forward).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wmtp.config.schema import WMTPConfig
+from wmtp.losses.mtp import mtp_cross_entropy, mtp_token_losses
+from wmtp.recipes import components as C
+from wmtp.recipes.experience import (
+    ColocatedScorer,
+    ExperienceFeed,
+    ExperienceSpec,
+    PrecomputedReferenceLosses,
+    reference_token_losses,
+)
+from wmtp.recipes.interfaces import CheckpointSink, ScoredBatch
+from wmtp.recipes.loop import run_steps
+from wmtp.tracking.base import MetricLogger
+from wmtp.training.nonfinite import NonFiniteGuard
+from wmtp.training.precision import autocast_context
+from wmtp.training.seeding import seed_everything
+from wmtp.weighting.rho1 import rho1_weights
+
+
+class PrecomputedScorer:
+    """`ExperienceScorer` over stored reference losses (a table lookup per batch)."""
+
+    def __init__(self, table: PrecomputedReferenceLosses):
+        self.table, self._ready = table, []
+
+    def submit(self, batch) -> None:
+        self._ready.append(ScoredBatch(batch, ref_losses=self.table.lookup(batch)))
+
+    def get(self) -> ScoredBatch:
+        return self._ready.pop(0)
+
+    def publish_critic(self, state_dict, version: int) -> None:
+        """The reference is frozen: nothing to publish."""
+
+    def close(self) -> None:
+        self._ready.clear()
+
+
+class Rho1WeightedRecipe:
+    def __init__(self, cfg: WMTPConfig, *, logger: MetricLogger, checkpoint_sink: CheckpointSink,
+                 scorer_factory=None) -> None:
+        self.cfg, self.logger, self.sink = cfg, logger, checkpoint_sink
+        self.scorer_factory = scorer_factory
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.layout = C.process_layout(cfg.orchestration.use_gpu)
+        self.data = C.load_data(cfg)
+        policy = C.build_policy(cfg, self.data.tokenizer.vocab_size, self.layout.device)
+        C.sync_parameters(policy, self.layout)
+        self.n_heads = C.n_heads_of(policy)
+        self.coefs = C.head_coefficients(cfg, self.n_heads)
+        self.policy = C.build_trainable(C.shard_model(policy, cfg, self.layout), cfg, cfg.optim.lr)
+        self.scorer = self.build_scorer()
+        stream = C.train_stream(self.data.train, cfg, self.layout)
+        depth = cfg.orchestration.queue_depth if self.scorer_factory is not None else 0
+        self.feed = ExperienceFeed(stream, self.scorer, depth)
+        self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
+        self.meter = C.throughput_meter(policy, cfg, self.layout)
+        guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_batches, self.sink.latest)
+        self.state = C.LoopState(self.feed, guard, self.meter, {"policy": self.policy})
+        seed_everything(cfg.run.seed + self.layout.rank)
+        self.start = 0
+        if (ckpt := self.sink.latest()) is not None:
+            self.start = self.state.restore(ckpt)
+        else:
+            self.logger.log_params(C.config_params(cfg))
+
+    def build_scorer(self):
+        """Precomputed losses when configured; else a live frozen reference (colocated or actors)."""
+        cfg = self.cfg
+        if cfg.data.reference_losses:
+            return PrecomputedScorer(PrecomputedReferenceLosses(cfg.data.reference_losses, cfg.data.max_seq_len))
+        from wmtp.model.checkpoint import load_model
+
+        reference = load_model(C.materialize(cfg.rho1.reference, cfg), device="cpu")
+        spec = ExperienceSpec("rho1", reference.args, chunk_size=cfg.train.loss_chunk_size)
+        state = reference.state_dict()
+        if self.scorer_factory is not None:
+            return self.scorer_factory(spec, state)
+        return ColocatedScorer(spec, state, self.layout.device)
+
+    def weights(self, policy_losses, ref_losses, labels, global_stats: bool = True):
+        r = self.cfg.rho1
+        dist_kw = ({"gather_fn": lambda x: C.gather_cat(x, self.layout), "reduce_fn": C.reduce_fn(self.layout)}
+                   if global_stats else {})
+        return rho1_weights(policy_losses, ref_losses, labels, mode=r.mode, ratio=r.ratio,
+                            keep_first_head=r.keep_first_head, temperature=r.temperature, clip_min=r.clip_min,
+                            clip_max=r.clip_max, **dist_kw)
+
+    def step(self, step: int):
+        cfg, policy, dev = self.cfg, self.policy.model, self.layout.device
+        fed = [self.feed.next() for _ in range(cfg.data.grad_accum)]
+        tokens = sum(t for _, t in fed) * self.layout.world_size
+        labels = [C.policy_labels(s.batch, cfg.data.samples) for s, _ in fed]
+        denom = C.step_denominators(labels, self.n_heads, self.layout)
+        loss = torch.zeros((), device=dev)
+        ce = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
+        wce = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
+        for (scored, _), lab in zip(fed, labels):
+            with autocast_context(dev.type, cfg.train.precision):
+                out = policy(scored.batch.tokens)
+                policy_losses = mtp_token_losses(out.hidden, policy.output.weight, lab, cfg.train.loss_chunk_size)
+                w, rstats = self.weights(policy_losses, scored.ref_losses, lab)
+                res = mtp_cross_entropy(out.hidden, policy.output.weight, lab, weights=w,
+                                        head_coefficients=self.coefs, denominators=denom,
+                                        chunk_size=cfg.train.loss_chunk_size)
+            res.loss.backward()
+            loss += res.loss.detach()
+            ce += res.ce_per_head.double()
+            wce += res.weighted_ce_per_head.double()
+        norms = C.optimizer_step([self.policy], loss, cfg, self.layout, self.state.guard, step)
+        if norms is None:
+            return None, tokens
+        return {"train/loss": C.global_sum(loss, self.layout),
+                **C.head_metrics("train/ce", C.global_sum(ce, self.layout)),
+                **C.head_metrics("train/weighted_ce", C.global_sum(wce, self.layout)),
+                "train/grad_norm": norms[0], **C.lr_metrics(self.state),
+                **{f"train/{k}": v for k, v in rstats.to_dict("rho1/").items()}}, tokens
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, float]:
+        cfg, policy = self.cfg, self.policy.model
+        metrics = C.validate_policy(policy, self.valid, cfg, self.layout, cfg.data.samples)
+        # Heatmap with the colocated live reference (stored losses cover training rows only).
+        if self.layout.is_main and cfg.train.heatmap_samples and isinstance(self.scorer, ColocatedScorer):
+            batch = self.valid[0]
+            ref = reference_token_losses(self.scorer.model, batch, cfg.train.loss_chunk_size)
+            out = policy(batch.tokens)
+            lab = C.policy_labels(batch, "all")
+            w, _ = self.weights(mtp_token_losses(out.hidden, policy.output.weight, lab), ref, lab,
+                                global_stats=False)
+            C.log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
+                                 f"rho1 token weights (head 1), step {step}")
+        return metrics
+
+    def train(self) -> dict[str, float]:
+        return run_steps(start=self.start, tcfg=self.cfg.train, step_fn=self.step, evaluate_fn=self.evaluate,
+                         write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter)
+
+    def close(self) -> None:
+        self.scorer.close()

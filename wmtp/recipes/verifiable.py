@@ -1,0 +1,167 @@
+"""Verifiable Critic WMTP: token weights from the critic's GAE advantages, and critic continual
+learning with the PPO clipped value loss (DESIGN.md §3, §7; the original system's stage 2).
+
+One optimizer step, per micro-batch:
+  experience (no grad, critic snapshot, `ExperienceScorer`):
+      V_old = critic_snapshot(x);  A, G = GAE(V_old, R = is_correct, γ, λ)
+  learner:
+      Â = norm(A) over the global batch;  w = clip(exp(Â / T), min, max) (→ mean 1)
+      L_policy = Σ_k c_k Σ_t w_{t+k} ℓ_k(t) M_k(t) / N_k            (weights detached)
+      L_V = coef · mean(max((V_new − G)², (V_old + clip(V_new − V_old, ±ε) − G)²))
+  the critic snapshot gets the learner's critic every `critic_sync_interval` steps.
+The policy learns from correct solutions only (`data.samples=correct`) or all of them; the critic
+always sees both.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from wmtp.config.schema import WMTPConfig
+from wmtp.losses.alignment import state_values
+from wmtp.losses.mtp import mtp_cross_entropy
+from wmtp.losses.value import clipped_value_loss
+from wmtp.recipes import components as C
+from wmtp.recipes.experience import ColocatedScorer, ExperienceFeed, ExperienceSpec, critic_experience
+from wmtp.recipes.interfaces import CheckpointSink
+from wmtp.recipes.loop import run_steps
+from wmtp.tracking.base import MetricLogger
+from wmtp.training.nonfinite import NonFiniteGuard
+from wmtp.training.precision import autocast_context
+from wmtp.training.seeding import seed_everything
+from wmtp.weighting.normalize import build_normalizer
+from wmtp.weighting.weights import advantage_weights
+
+
+class VerifiableRecipe:
+    def __init__(self, cfg: WMTPConfig, *, logger: MetricLogger, checkpoint_sink: CheckpointSink,
+                 scorer_factory=None) -> None:
+        self.cfg, self.logger, self.sink = cfg, logger, checkpoint_sink
+        self.scorer_factory = scorer_factory
+
+    def setup(self) -> None:
+        cfg, vw = self.cfg, self.cfg.stage2.value_weighting
+        self.layout = C.process_layout(cfg.orchestration.use_gpu)
+        self.data = C.load_data(cfg)
+        policy = C.build_policy(cfg, self.data.tokenizer.vocab_size, self.layout.device)
+        critic = C.build_critic(cfg, policy.args, self.layout.device, policy)
+        for model in (policy, critic):
+            C.sync_parameters(model, self.layout)
+        self.n_heads = C.n_heads_of(policy)
+        self.coefs = C.head_coefficients(cfg, self.n_heads)
+        self.spec = ExperienceSpec("verifiable", critic.args, cfg.value_model.head, vw.gae_gamma, vw.gae_lambda,
+                                   vw.reward, cfg.train.loss_chunk_size)
+        snapshot = C.full_state_dict(critic)
+        self.policy = C.build_trainable(C.shard_model(policy, cfg, self.layout), cfg, cfg.optim.lr)
+        self.critic = C.build_trainable(C.shard_model(critic, cfg, self.layout), cfg, cfg.optim.critic_lr)
+        self.learn_critic = cfg.stage2.value_loss.enabled
+        self.normalizer = build_normalizer(vw.td_error_normalization, momentum=vw.ema_momentum,
+                                           warmup_steps=vw.ema_warmup_steps)
+        # The critic sees correct and incorrect solutions; the policy mask picks what it learns from.
+        stream = C.train_stream(self.data.train, cfg, self.layout, samples="all")
+        self.scorer = (self.scorer_factory(self.spec, snapshot) if self.scorer_factory is not None
+                       else ColocatedScorer(self.spec, snapshot, self.layout.device))
+        self.feed = ExperienceFeed(stream, self.scorer, 0 if self.scorer_factory is None
+                                   else cfg.orchestration.queue_depth)
+        self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
+        self.meter = C.throughput_meter(policy, cfg, self.layout)
+        guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_batches, self.sink.latest)
+        stateful = {"normalizer": self.normalizer} if hasattr(self.normalizer, "state_dict") else {}
+        self.state = C.LoopState(self.feed, guard, self.meter, {"policy": self.policy, "critic": self.critic},
+                                 stateful)
+        seed_everything(cfg.run.seed + self.layout.rank)
+        self.start = 0
+        if (ckpt := self.sink.latest()) is not None:
+            self.start = self.state.restore(ckpt)
+            self.scorer.publish_critic(C.full_state_dict(self.critic.model), self.start)
+        else:
+            self.logger.log_params(C.config_params(cfg))
+
+    def weights(self, scored, mask: torch.Tensor, update: bool, global_stats: bool = True):
+        """Target-indexed token weights `[B, S]` from GAE advantages (statistics over all ranks)."""
+        vw = self.cfg.stage2.value_weighting
+        return advantage_weights(scored.advantages, mask, vw.weight_temperature, vw.weight_clip_min,
+                                 vw.weight_clip_max, vw.renormalize, self.normalizer, update=update,
+                                 reduce_fn=C.reduce_fn(self.layout) if global_stats else None)
+
+    def step(self, step: int):
+        cfg, vl = self.cfg, self.cfg.stage2.value_loss
+        policy, critic = self.policy.model, self.critic.model
+        fed = [self.feed.next() for _ in range(cfg.data.grad_accum)]
+        scored_batches = [s for s, _ in fed]
+        tokens = sum(t for _, t in fed) * self.layout.world_size
+        labels = [C.policy_labels(s.batch, cfg.data.samples) for s in scored_batches]
+        denom = C.step_denominators(labels, self.n_heads, self.layout)
+        resp = [C.response_mask(s.batch) for s in scored_batches]
+        value_denom = C.global_sum(sum(r.sum() for r in resp).double(), self.layout)
+        dev = self.layout.device
+        loss, ce, wce = (torch.zeros((), device=dev), torch.zeros(self.n_heads, dtype=torch.float64, device=dev),
+                         torch.zeros(self.n_heads, dtype=torch.float64, device=dev))
+        vstats = torch.zeros(3, dtype=torch.float64, device=dev)  # value loss, clip fraction, expl. var.
+        for scored, lab, rmask in zip(scored_batches, labels, resp):
+            batch = scored.batch
+            w, wstats = self.weights(scored, lab != -100, update=True)
+            with autocast_context(dev.type, cfg.train.precision):
+                out = policy(batch.tokens)
+                res = mtp_cross_entropy(out.hidden, policy.output.weight, lab, weights=w,
+                                        head_coefficients=self.coefs, denominators=denom,
+                                        chunk_size=cfg.train.loss_chunk_size)
+                total = res.loss
+                if self.learn_critic:
+                    v_new = critic(batch.tokens)
+                    vloss = clipped_value_loss(state_values(v_new), state_values(scored.values_old),
+                                               scored.returns, rmask, vl.coefficient, vl.clip_range,
+                                               denominator=value_denom)
+                    total = total + vloss.loss
+                    vstats += torch.stack([vloss.loss.detach().double(), vloss.clip_fraction.double(),
+                                           vloss.explained_variance.double().nan_to_num()]) / len(fed)
+            total.backward()
+            loss += total.detach()
+            ce += res.ce_per_head.double()
+            wce += res.weighted_ce_per_head.double()
+        parts = [self.policy, self.critic] if self.learn_critic else [self.policy]
+        norms = C.optimizer_step(parts, loss, cfg, self.layout, self.state.guard, step)
+        if self.learn_critic and step % cfg.stage2.critic_sync_interval == 0:
+            self.scorer.publish_critic(C.full_state_dict(critic), step)
+        if norms is None:
+            return None, tokens
+        stats = {"train/loss": C.global_sum(loss, self.layout),
+                 **C.head_metrics("train/ce", C.global_sum(ce, self.layout)),
+                 **C.head_metrics("train/weighted_ce", C.global_sum(wce, self.layout)),
+                 "train/grad_norm": norms[0], **C.lr_metrics(self.state),
+                 **{f"train/{k}": v for k, v in wstats.to_dict("weights/").items()},
+                 "train/critic_staleness": float(step - 1 - scored_batches[-1].critic_version)}
+        if self.learn_critic:
+            vstats = C.global_sum(vstats, self.layout) / self.layout.world_size
+            stats.update({"train/value_loss": vstats[0], "train/value_clip_fraction": vstats[1],
+                          "train/explained_variance": vstats[2], "train/critic_grad_norm": norms[1]})
+        return stats, tokens
+
+    @torch.no_grad()
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Unweighted CE per head, critic AUC (final value vs R), and a token-weight heatmap."""
+        cfg, vw = self.cfg, self.cfg.stage2.value_weighting
+        metrics = C.validate_policy(self.policy.model, self.valid, cfg, self.layout, cfg.data.samples)
+        critic = self.critic.model.eval()
+        finals, outcomes = [], []
+        for batch in self.valid:
+            scored = critic_experience(critic, batch, gamma=vw.gae_gamma, lam=vw.gae_lambda,
+                                       reward_mode=vw.reward, version=step)
+            finals.append(C.final_values(scored.values_old, batch))
+            outcomes.append(batch.is_correct)
+        critic.train()
+        finals = C.gather_cat(torch.cat(finals), self.layout)
+        outcomes = C.gather_cat(torch.cat(outcomes).long(), self.layout).bool()
+        metrics["val/critic_auc"] = C.roc_auc(finals, outcomes)
+        if self.layout.is_main and cfg.train.heatmap_samples:
+            w, _ = self.weights(scored, C.response_mask(batch), update=False, global_stats=False)
+            C.log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
+                                 f"verifiable token weights, step {step}")
+        return metrics
+
+    def train(self) -> dict[str, float]:
+        return run_steps(start=self.start, tcfg=self.cfg.train, step_fn=self.step, evaluate_fn=self.evaluate,
+                         write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter)
+
+    def close(self) -> None:
+        self.scorer.close()
