@@ -69,7 +69,7 @@ def test_tune_spaces_validate(path):
 
 
 def _space(**changes):
-    doc = {"metric": "valid/ce_head1", "mode": "min", "num_samples": 2,
+    doc = {"metric": "val/ce_head1", "mode": "min", "num_samples": 2,
            "scheduler": {"type": "asha", "max_t": 10, "grace_period": 1, "reduction_factor": 2},
            "space": {"rho1.ratio": {"type": "uniform", "lower": 0.2, "upper": 0.8}}}
     doc.update(changes)

@@ -3,7 +3,7 @@
 Format (every key documented in docs/CONFIG.md):
 
     recipe: verifiable                 # the recipe the space is meant for (checked by the tuner)
-    metric: valid/ce_head1             # a metric the recipe reports on validation
+    metric: val/ce_head1             # a metric the recipe reports on validation
     mode: min                          # min | max
     num_samples: 8                     # trials
     max_concurrent_trials: 2           # null: as many as resources allow
