@@ -285,7 +285,9 @@ def optimizer_step(parts: list[Trainable], loss: Tensor, cfg: WMTPConfig, layout
     for part in parts:
         sync_gradients(part.model, layout)
         params = [p for p in part.model.parameters() if p.grad is not None]
-        norms.append(torch.nn.utils.clip_grad_norm_(params, max_norm))
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        # FSDP2 parameters are DTensors: their norm is a replicated DTensor; keep a plain tensor.
+        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     check = global_sum(torch.stack([loss.detach().double(), *[n.detach().double() for n in norms]]), layout)
     skip = guard.check(float(check.sum()), step)
     for part in parts:
