@@ -364,14 +364,15 @@ def load_config_text(text: str, source: str = "<text>") -> WMTPConfig:
     return validate_config(data, {})
 
 
-# `token` but not `tokens` / `tokenizer`: `model.n_future_tokens` counts tokens, it is no secret.
-_SECRET = re.compile(r"secret|password|token(?!s|izer)|key_id|access_key|credential", re.I)
 REDACTED = "<redacted>"
 
 
-def is_secret_key(dotted_key: str) -> bool:
-    """True for keys whose values must never reach params, logs or artifacts."""
-    return _SECRET.search(dotted_key) is not None
+def is_secret_key(dotted_key: str, value: Any = None) -> bool:
+    """True for entries whose values must never reach params, logs or artifacts (one rule for
+    the whole project: `wmtp.tracking.redaction.is_secret`, by key and by value)."""
+    from wmtp.tracking.redaction import is_secret
+
+    return is_secret(dotted_key, value)
 
 
 def flatten_config(cfg: WMTPConfig | Mapping[str, Any]) -> dict[str, str]:
@@ -385,7 +386,7 @@ def flatten_config(cfg: WMTPConfig | Mapping[str, Any]) -> dict[str, str]:
                 walk(v, f"{prefix}{k}.")
             return
         key = prefix[:-1]
-        if is_secret_key(key):
+        if is_secret_key(key, node):
             out[key] = REDACTED
         elif isinstance(node, Mapping):
             out[key] = "{}"
