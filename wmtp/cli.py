@@ -145,32 +145,6 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
-def model_args_for(cfg: WMTPConfig):
-    """The policy's `ModelArgs`: preset → model.params → model.n_future_tokens."""
-    from wmtp.model.args import get_preset
-
-    changes = dict(cfg.model.params)
-    if cfg.model.n_future_tokens is not None:
-        changes["n_future_tokens"] = cfg.model.n_future_tokens
-    try:
-        args = get_preset(cfg.model.preset).replace(**changes)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model.params / model.n_future_tokens: {e}") from None
-    if cfg.data.max_seq_len > args.max_seq_len:
-        raise ConfigError(f"data.max_seq_len={cfg.data.max_seq_len} exceeds the model's max_seq_len="
-                          f"{args.max_seq_len}; lower it or set model.params.max_seq_len")
-    return args
-
-
-def critic_args_for(cfg: WMTPConfig, policy_args):
-    from wmtp.model.value import value_args_from_policy
-
-    args = value_args_from_policy(policy_args)
-    if cfg.value_model.n_layers is not None:
-        args = args.replace(n_layers=cfg.value_model.n_layers)
-    return args
-
-
 def check_local_paths(cfg: WMTPConfig) -> None:
     """Every local file the run would read exists (s3:// URIs are checked when pulled)."""
     for key, value in (("model.checkpoint", cfg.model.checkpoint), ("model.tokenizer", cfg.model.tokenizer),
@@ -189,9 +163,11 @@ def build_plan(cfg: WMTPConfig) -> Plan:
     """Build the model(s) (meta device above model.meta_device_threshold) and size the run."""
     from wmtp.model.transformer import build_model
     from wmtp.model.value import build_value_model
+    from wmtp.recipes.components import critic_args as critic_args_for
+    from wmtp.recipes.components import policy_args
 
     check_local_paths(cfg)
-    args = model_args_for(cfg)
+    args = policy_args(cfg)
     shapes = build_model(args, device="meta")  # shapes only: decides where the real build goes
     total = count(shapes)
     device = "meta" if total > cfg.model.meta_device_threshold else "cpu"
@@ -333,4 +309,4 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-__all__ = ["main", "build_parser", "build_plan", "format_plan", "model_args_for", "is_user_error"]
+__all__ = ["main", "build_parser", "build_plan", "format_plan", "is_user_error"]

@@ -83,17 +83,30 @@ def reduce_fn(layout: Layout):
 # Models
 
 
-def policy_args(cfg: WMTPConfig, vocab_size: int | None, n_future_tokens: int | None = None) -> ModelArgs:
-    """The preset, then `model.params` overrides, the head count, and the tokenizer's vocab."""
-    args = get_preset(cfg.model.preset)
-    if cfg.model.params:
-        args = args.replace(**cfg.model.params)
+def policy_args(cfg: WMTPConfig, vocab_size: int | None = None, n_future_tokens: int | None = None) -> ModelArgs:
+    """The policy's shapes: preset → `model.params` → head count → the tokenizer's vocab."""
+    from wmtp.config.loader import ConfigError
+
+    changes = dict(cfg.model.params)
     heads = n_future_tokens or cfg.model.n_future_tokens
     if heads:
-        args = args.replace(n_future_tokens=heads)
-    if vocab_size is not None and "vocab_size" not in cfg.model.params:
-        args = args.replace(vocab_size=vocab_size)
-    return args.replace(max_seq_len=max(args.max_seq_len, cfg.data.max_seq_len))
+        changes["n_future_tokens"] = heads
+    if vocab_size is not None and "vocab_size" not in changes:
+        changes["vocab_size"] = vocab_size
+    try:
+        args = get_preset(cfg.model.preset).replace(**changes)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model.params / model.n_future_tokens: {e}") from None
+    if cfg.data.max_seq_len > args.max_seq_len:
+        raise ConfigError(f"data.max_seq_len={cfg.data.max_seq_len} exceeds the model's max_seq_len="
+                          f"{args.max_seq_len}; lower it or set model.params.max_seq_len")
+    return args
+
+
+def critic_args(cfg: WMTPConfig, args: ModelArgs) -> ModelArgs:
+    """A critic backbone as deep as the policy trunk (or `value_model.n_layers`), one output."""
+    vargs = value_args_from_policy(args)
+    return vargs.replace(n_layers=cfg.value_model.n_layers) if cfg.value_model.n_layers else vargs
 
 
 def build_policy(cfg: WMTPConfig, vocab_size: int | None, device: torch.device,
@@ -114,10 +127,7 @@ def build_critic(cfg: WMTPConfig, args: ModelArgs, device: torch.device,
         from wmtp.model.checkpoint import load_value_model
 
         return load_value_model(materialize(cfg.value_model.checkpoint, cfg), device=device)
-    vargs = value_args_from_policy(args)
-    if cfg.value_model.n_layers:
-        vargs = vargs.replace(n_layers=cfg.value_model.n_layers)
-    critic = build_value_model(vargs, cfg.value_model.head, device=device, seed=cfg.run.seed + 1)
+    critic = build_value_model(critic_args(cfg, args), cfg.value_model.head, device=device, seed=cfg.run.seed + 1)
     if policy is not None and cfg.value_model.init_from_policy:
         critic.init_from_policy(policy)
     return critic
