@@ -37,6 +37,7 @@ class BaselineRecipe:
         self.stream = C.train_stream(self.data.train, cfg, self.layout)
         self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
         self.meter = C.throughput_meter(policy, cfg, self.layout)
+        self.gen_tasks = C.generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []
         self.state = C.LoopState(self.stream, NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_batches,
                                                              self.sink.latest),
                                  self.meter, {"policy": self.policy})
@@ -71,11 +72,14 @@ class BaselineRecipe:
                 "train/grad_norm": norms[0], **C.lr_metrics(self.state)}, tokens
 
     def evaluate(self, step: int) -> dict[str, float]:
+        C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, self.cfg, self.layout,
+                              self.logger, step)
         return C.validate_policy(self.policy.model, self.valid, self.cfg, self.layout, self.cfg.data.samples)
 
     def train(self) -> dict[str, float]:
         return run_steps(start=self.start, tcfg=self.cfg.train, step_fn=self.step, evaluate_fn=self.evaluate,
-                         write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter)
+                         write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter,
+                         extra_metrics=self.state.metrics)
 
     def close(self) -> None:
         pass

@@ -433,6 +433,10 @@ class LoopState:
         set_rng_state(extra["rng"])
         return int(extra["step"])
 
+    def metrics(self) -> dict[str, float]:
+        """Loop metrics logged every `log_every` steps, skipped steps included."""
+        return {"train/skipped_batches": float(self.guard.skipped)}
+
 
 def export_model(model: nn.Module, cfg: WMTPConfig, layout: Layout, value_head: str | None = None) -> Path:
     """Write the trained model for the next stage (safetensors + params.json), rank 0 only.
@@ -543,3 +547,41 @@ def replace_config(cfg: WMTPConfig, **sections: dict) -> WMTPConfig:
     return WMTPConfig.model_validate(data)
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation check during training (issue 6: "recipes can run a small evaluation every N steps")
+
+GENERATE_EVAL_TASKS = 8  # a cheap progress signal, not a benchmark (use `wmtp eval` for that)
+
+
+def generation_eval_tasks(cfg: WMTPConfig, n_tasks: int = GENERATE_EVAL_TASKS) -> list:
+    """The first `n_tasks` records of the bundled task's validation split (HumanEval format)."""
+    from wmtp.data.bundled import ensure_bundled
+    from wmtp.evaluation.benchmarks import load_jsonl_tasks
+
+    bundled = ensure_bundled(n_problems=cfg.data.synth_problems, seed=cfg.data.synth_seed)
+    return load_jsonl_tasks(bundled.valid_eval, limit=n_tasks)
+
+
+def evaluate_generation(model: Transformer, tokenizer, tasks: list, cfg: WMTPConfig, layout: Layout, logger,
+                        step: int) -> dict[str, float]:
+    """Greedy pass@1 of the policy on `tasks`, logged as `eval/pass_at_1` (…, `eval/n_tasks`) when
+    `train.eval_generate_every` divides `step`.
+
+    Replicated models generate on rank 0 only; FSDP-sharded ones on every rank in lockstep (their
+    forwards gather shards), with rank 0 logging. Returns the logged metrics ({} when not due)."""
+    every = cfg.train.eval_generate_every
+    if not every or step % every != 0 or not tasks:
+        return {}
+    if not layout.is_main and not cfg_is_fsdp(model):
+        return {}
+    from wmtp.evaluation.runner import evaluate_pass_at_k, log_eval_result
+
+    result = evaluate_pass_at_k(model, tokenizer, tasks, n=1, k=[1], temperature=0.0,
+                                max_new_tokens=cfg.data.max_seq_len, batch_size=len(tasks), seed=cfg.run.seed,
+                                workers=1, n_bootstrap=100)
+    if not layout.is_main:
+        return {}
+    log_eval_result(logger, result, step, prefix="eval/")
+    return {f"eval/{k}": v for k, v in result.metrics.items()}

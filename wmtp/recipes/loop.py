@@ -45,9 +45,12 @@ def run_steps(*, start: int, tcfg: TrainConfig, step_fn: StepFn, evaluate_fn: Ca
     for step in range(start + 1, tcfg.steps + 1):
         stats, tokens = step_fn(step)
         meter.update(tokens)
-        if stats is not None and due(step, tcfg.log_every, tcfg.steps):
-            last_train = to_floats(stats)
-            logger.log_metrics({**last_train, **meter.metrics(), **(extra_metrics() if extra_metrics else {})}, step)
+        if due(step, tcfg.log_every, tcfg.steps):
+            # A skipped (non-finite) step still logs the loop's own metrics, e.g. the skip count.
+            if stats is not None:
+                last_train = to_floats(stats)
+            logger.log_metrics({**(last_train if stats is not None else {}), **meter.metrics(),
+                                **(extra_metrics() if extra_metrics else {})}, step)
         if due(step, tcfg.eval_every, tcfg.steps):
             last_val = evaluate_fn(step)
             logger.log_metrics(last_val, step)

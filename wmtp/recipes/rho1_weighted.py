@@ -73,6 +73,7 @@ class Rho1WeightedRecipe:
         self.feed = ExperienceFeed(stream, self.scorer, depth)
         self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
         self.meter = C.throughput_meter(policy, cfg, self.layout)
+        self.gen_tasks = C.generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []
         guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_batches, self.sink.latest)
         self.state = C.LoopState(self.feed, guard, self.meter, {"policy": self.policy})
         seed_everything(cfg.run.seed + self.layout.rank)
@@ -137,6 +138,8 @@ class Rho1WeightedRecipe:
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
         cfg, policy = self.cfg, self.policy.model
+        C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg, self.layout,
+                              self.logger, step)
         metrics = C.validate_policy(policy, self.valid, cfg, self.layout, cfg.data.samples)
         # Heatmap with the colocated live reference (stored losses cover training rows only).
         if self.layout.is_main and cfg.train.heatmap_samples and isinstance(self.scorer, ColocatedScorer):
@@ -152,7 +155,8 @@ class Rho1WeightedRecipe:
 
     def train(self) -> dict[str, float]:
         return run_steps(start=self.start, tcfg=self.cfg.train, step_fn=self.step, evaluate_fn=self.evaluate,
-                         write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter)
+                         write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter,
+                         extra_metrics=self.state.metrics)
 
     def close(self) -> None:
         self.scorer.close()

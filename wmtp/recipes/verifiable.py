@@ -65,6 +65,7 @@ class VerifiableRecipe:
                                    else cfg.orchestration.queue_depth)
         self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
         self.meter = C.throughput_meter(policy, cfg, self.layout)
+        self.gen_tasks = C.generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []
         guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_batches, self.sink.latest)
         stateful = {"normalizer": self.normalizer} if hasattr(self.normalizer, "state_dict") else {}
         self.state = C.LoopState(self.feed, guard, self.meter, {"policy": self.policy, "critic": self.critic},
@@ -141,6 +142,8 @@ class VerifiableRecipe:
     def evaluate(self, step: int) -> dict[str, float]:
         """Unweighted CE per head, critic AUC (final value vs R), and a token-weight heatmap."""
         cfg, vw = self.cfg, self.cfg.stage2.value_weighting
+        C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg, self.layout,
+                              self.logger, step)
         metrics = C.validate_policy(self.policy.model, self.valid, cfg, self.layout, cfg.data.samples)
         critic = self.critic.model.eval()
         finals, outcomes = [], []
@@ -161,7 +164,8 @@ class VerifiableRecipe:
 
     def train(self) -> dict[str, float]:
         return run_steps(start=self.start, tcfg=self.cfg.train, step_fn=self.step, evaluate_fn=self.evaluate,
-                         write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter)
+                         write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter,
+                         extra_metrics=self.state.metrics)
 
     def close(self) -> None:
         self.scorer.close()

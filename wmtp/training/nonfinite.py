@@ -21,6 +21,8 @@ POLICIES = ("stop", "skip")
 class NonFiniteLossError(RuntimeError):
     """Training stopped on a non-finite loss (the message is meant for the user)."""
 
+    user_error = True  # the CLI prints the message (step, last checkpoint, what to change), no traceback
+
 
 class NonFiniteGuard:
     """`check(loss, step)` returns True when the batch must be skipped; raises to stop.
