@@ -1,0 +1,41 @@
+"""Non-finite loss: stop with a clear message naming the step (CLI: exit 2, no traceback), or skip
+and count the skipped batches."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.recipes.harness import TINY, recipe_config, run, series
+from wmtp.training.nonfinite import NonFiniteLossError
+
+# Step 1 is finite (fresh weights); its update with lr 1e30 makes every later loss non-finite.
+EXPLODE = ("optim.lr=1e30", "optim.warmup_steps=0", "optim.grad_clip=null")
+
+
+def test_stop_names_the_step_and_keeps_the_checkpoint(tmp_path):
+    cfg = recipe_config("baseline", tmp_path, *EXPLODE, "train.checkpoint_every=1", "train.nonfinite=stop")
+    with pytest.raises(NonFiniteLossError, match=r"at step 2; training stopped.*step_000001"):
+        run(cfg)
+    assert (tmp_path / "baseline-local-light" / "checkpoints" / "step_000001").is_dir()
+
+
+def test_cli_reports_a_clean_error(tmp_path, capsys):
+    from wmtp.cli import main
+
+    code = main(["train", "--local", "--recipe", "baseline", "--preset", "local-light", *TINY,
+                 f"run.output_dir={tmp_path}", *EXPLODE])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "wmtp: error: non-finite loss" in err and "at step 2" in err and "Traceback" not in err
+
+
+def test_skip_counts_skipped_batches(tmp_path):
+    out = run(recipe_config("baseline", tmp_path, *EXPLODE, "train.nonfinite=skip", "train.max_skipped_batches=5"))
+    assert series(out, "train/skipped_batches") == [0.0, 1.0, 2.0, 3.0]
+    assert len(series(out, "train/loss")) == 1  # only step 1 had a finite loss
+
+
+def test_skip_stops_past_the_limit(tmp_path):
+    cfg = recipe_config("baseline", tmp_path, *EXPLODE, "train.nonfinite=skip", "train.max_skipped_batches=1")
+    with pytest.raises(NonFiniteLossError, match=r"at step 3: 2 batches skipped"):
+        run(cfg)
