@@ -19,6 +19,7 @@ from typing import Any
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from wmtp.config.paths import run_dir, run_name
 from wmtp.config.schema import WMTPConfig
 from wmtp.orchestration.dashboard import DashboardMetrics
 from wmtp.orchestration.ray_runtime import ensure_ray
@@ -39,11 +40,6 @@ def checkpoint_score(cfg: WMTPConfig) -> tuple[str, str]:
     return CHECKPOINT_SCORE.get(cfg.recipe, DEFAULT_CHECKPOINT_SCORE)
 
 
-def run_name(cfg: WMTPConfig) -> str:
-    """The run's name, as the in-process path names it (`run.name`, default `<recipe>-<preset>`)."""
-    from wmtp.recipes.components import run_name as recipe_run_name
-
-    return recipe_run_name(cfg)
 
 
 def build_trainer(
@@ -142,7 +138,7 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
 
 def _tracking_logger(cfg: WMTPConfig, parent_run_id: str | None) -> Any:
     """Rank 0's real tracking backends (stdout, MLflow, JSONL) in `<output_dir>/<run name>`."""
-    from wmtp.recipes.components import build_run_logger
+    from wmtp.tracking.registry import build_run_logger
 
     return build_run_logger(cfg, is_main=True, parent_run_id=parent_run_id)
 
@@ -150,7 +146,6 @@ def _tracking_logger(cfg: WMTPConfig, parent_run_id: str | None) -> Any:
 def _save_resolved_config(cfg: WMTPConfig) -> None:
     """The resolved config beside the run's logs, as the in-process path saves it."""
     from wmtp.config.loader import dump_config
-    from wmtp.recipes.components import run_dir
 
     directory = run_dir(cfg)
     directory.mkdir(parents=True, exist_ok=True)

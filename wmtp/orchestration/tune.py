@@ -27,9 +27,10 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
 from wmtp.config.loader import ConfigError, validate_config
+from wmtp.config.paths import run_name
 from wmtp.config.schema import WMTPConfig
 from wmtp.config.tune import AshaScheduler, Choice, LogUniform, RandInt, TuneSpace, Uniform
-from wmtp.orchestration.launch import RecipeBuilder, build_trainer, run_name
+from wmtp.orchestration.launch import RecipeBuilder, build_trainer
 from wmtp.orchestration.ray_runtime import ensure_ray
 from wmtp.orchestration.storage import resolve_storage
 
@@ -170,11 +171,27 @@ def _parent_run(cfg: WMTPConfig, sweep: str, space: TuneSpace) -> Any | None:
     """The sweep's parent MLflow run (None when MLflow is not among the tracking backends)."""
     if "mlflow" not in cfg.tracking.backends:
         return None
-    from wmtp.tracking.mlflow_logger import MlflowLogger
+    from wmtp.tracking.registry import build_logger, mlflow_run_id
 
     t = cfg.tracking
-    return MlflowLogger(Path(cfg.run.output_dir) / sweep, run_name=sweep, experiment=t.experiment, uri=t.uri,
-                        artifact_location=t.artifact_location, resume=False)
+    logger = build_logger(["mlflow"], run_dir=Path(cfg.run.output_dir) / sweep, run_name=sweep,
+                          experiment=t.experiment, uri=t.uri, artifact_location=t.artifact_location)
+    return _ParentRun(logger, mlflow_run_id(logger))
+
+
+@dataclass
+class _ParentRun:
+    logger: Any
+    run_id: str | None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        self.logger.log_params(params)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        self.logger.log_metrics(metrics, step)
+
+    def close(self) -> None:
+        self.logger.close()
 
 
 __all__ = ["run_tune", "to_search_space", "build_scheduler", "apply_dotted", "TuneSummary"]
