@@ -54,4 +54,6 @@ def test_gauges_read_training_metrics_by_suffix_not_validation():
     assert _first_match({"valid/loss": 9.0}, ("train/loss", "loss")) is None
     assert _first_match(metrics, ("weight_mean", "weights/mean")) == 1.1
     assert _first_match(metrics, ("critic_staleness",)) == 1.0
+    assert _first_match({"train/value_clip_fraction": 0.25}, ("value_clip_fraction", "clip_fraction")) == 0.25
+    assert _first_match({"train/weights/mean_before_renorm": 3.0}, ("weights/mean",)) is None
     assert _first_match({"train/loss": float("nan")}, ("loss",)) is None

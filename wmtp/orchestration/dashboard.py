@@ -21,7 +21,7 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "loss": ("Training loss (globally reduced).", ("train/loss", "loss")),
     "weight_mean": ("Mean token weight over valid tokens.", ("weight_mean", "weights/mean", "weight/mean")),
     "weight_std": ("Std of token weights over valid tokens.", ("weight_std", "weights/std", "weight/std")),
-    "value_clip_fraction": ("Fraction of value-loss terms clipped.", ("clip_fraction", "clip_frac")),
+    "value_clip_fraction": ("Fraction of value-loss terms clipped.", ("value_clip_fraction", "clip_fraction")),
     "critic_staleness": ("Critic versions the scored batch lags the learner.", ("critic_staleness",)),
     "experience_queue_depth": ("Scored batches waiting for the learner.", ("experience_queue_depth",)),
 }
