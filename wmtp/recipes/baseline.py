@@ -15,9 +15,7 @@ from wmtp.recipes import components as C
 from wmtp.recipes.interfaces import CheckpointSink
 from wmtp.recipes.loop import run_steps
 from wmtp.tracking.base import MetricLogger
-from wmtp.training.nonfinite import NonFiniteGuard
 from wmtp.training.precision import autocast_context
-from wmtp.training.seeding import seed_everything
 
 
 class BaselineRecipe:
@@ -38,15 +36,8 @@ class BaselineRecipe:
         self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
         self.meter = C.throughput_meter(policy, cfg, self.layout)
         self.gen_tasks = C.generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []
-        self.state = C.LoopState(self.stream, NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_batches,
-                                                             self.sink.latest),
-                                 self.meter, {"policy": self.policy})
-        seed_everything(cfg.run.seed + self.layout.rank)
-        self.start = 0
-        if (ckpt := self.sink.latest()) is not None:
-            self.start = self.state.restore(ckpt)
-        else:
-            self.logger.log_params(C.config_params(cfg))
+        self.state = C.LoopState(self.stream, C.nonfinite_guard(cfg, self.sink), self.meter, {"policy": self.policy})
+        self.start = C.resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
 
     def step(self, step: int):
         cfg, policy = self.cfg, self.policy.model

@@ -393,6 +393,25 @@ def gather_cat(x: Tensor, layout: Layout) -> Tensor:
 # Checkpoints: one format (torch DCP shards + per-rank extra state), 1 or N ranks.
 
 
+def nonfinite_guard(cfg: WMTPConfig, sink):
+    """The non-finite loss policy (`train.nonfinite`), naming the sink's last checkpoint."""
+    from wmtp.training.nonfinite import NonFiniteGuard
+
+    return NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_batches, sink.latest)
+
+
+def resume_or_start(state: LoopState, cfg: WMTPConfig, sink, logger, layout: Layout) -> int:
+    """Seed this rank, then restore the sink's latest checkpoint (returns its step) or, for a
+    fresh run, log the resolved config as params (returns 0)."""
+    from wmtp.training.seeding import seed_everything
+
+    seed_everything(cfg.run.seed + layout.rank)
+    if (ckpt := sink.latest()) is not None:
+        return state.restore(ckpt)
+    logger.log_params(config_params(cfg))
+    return 0
+
+
 @dataclass
 class LoopState:
     """Everything a resumed run needs besides the config: models + optimisers (DCP shards),

@@ -20,9 +20,7 @@ from wmtp.recipes import components as C
 from wmtp.recipes.interfaces import CheckpointSink
 from wmtp.recipes.loop import run_steps
 from wmtp.tracking.base import MetricLogger
-from wmtp.training.nonfinite import NonFiniteGuard
 from wmtp.training.precision import autocast_context
-from wmtp.training.seeding import seed_everything
 from wmtp.weighting.gae import lambda_returns
 
 
@@ -46,14 +44,8 @@ class CriticRecipe:
                                      sampler="pairwise" if self.pairwise else None)
         self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
         self.meter = C.throughput_meter(critic.backbone, cfg, self.layout)
-        guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_batches, self.sink.latest)
-        self.state = C.LoopState(self.stream, guard, self.meter, {"critic": self.critic})
-        seed_everything(cfg.run.seed + self.layout.rank)
-        self.start = 0
-        if (ckpt := self.sink.latest()) is not None:
-            self.start = self.state.restore(ckpt)
-        else:
-            self.logger.log_params(C.config_params(cfg))
+        self.state = C.LoopState(self.stream, C.nonfinite_guard(cfg, self.sink), self.meter, {"critic": self.critic})
+        self.start = C.resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
 
     def objective(self, batch, n_global: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss share of this micro-batch, pairwise accuracy or NaN)."""

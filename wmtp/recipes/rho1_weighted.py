@@ -27,9 +27,7 @@ from wmtp.recipes.experience import (
 from wmtp.recipes.interfaces import CheckpointSink, ScoredBatch
 from wmtp.recipes.loop import run_steps
 from wmtp.tracking.base import MetricLogger
-from wmtp.training.nonfinite import NonFiniteGuard
 from wmtp.training.precision import autocast_context
-from wmtp.training.seeding import seed_everything
 from wmtp.weighting.rho1 import rho1_weights
 
 
@@ -74,14 +72,8 @@ class Rho1WeightedRecipe:
         self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
         self.meter = C.throughput_meter(policy, cfg, self.layout)
         self.gen_tasks = C.generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []
-        guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_batches, self.sink.latest)
-        self.state = C.LoopState(self.feed, guard, self.meter, {"policy": self.policy})
-        seed_everything(cfg.run.seed + self.layout.rank)
-        self.start = 0
-        if (ckpt := self.sink.latest()) is not None:
-            self.start = self.state.restore(ckpt)
-        else:
-            self.logger.log_params(C.config_params(cfg))
+        self.state = C.LoopState(self.feed, C.nonfinite_guard(cfg, self.sink), self.meter, {"policy": self.policy})
+        self.start = C.resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
 
     def build_scorer(self):
         """Precomputed losses when configured; else a live frozen reference (colocated or actors)."""

@@ -26,9 +26,7 @@ from wmtp.recipes.experience import ColocatedScorer, ExperienceFeed, ExperienceS
 from wmtp.recipes.interfaces import CheckpointSink
 from wmtp.recipes.loop import run_steps
 from wmtp.tracking.base import MetricLogger
-from wmtp.training.nonfinite import NonFiniteGuard
 from wmtp.training.precision import autocast_context
-from wmtp.training.seeding import seed_everything
 from wmtp.weighting.normalize import build_normalizer
 from wmtp.weighting.weights import advantage_weights
 
@@ -66,17 +64,12 @@ class VerifiableRecipe:
         self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
         self.meter = C.throughput_meter(policy, cfg, self.layout)
         self.gen_tasks = C.generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []
-        guard = NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_batches, self.sink.latest)
         stateful = {"normalizer": self.normalizer} if hasattr(self.normalizer, "state_dict") else {}
-        self.state = C.LoopState(self.feed, guard, self.meter, {"policy": self.policy, "critic": self.critic},
-                                 stateful)
-        seed_everything(cfg.run.seed + self.layout.rank)
-        self.start = 0
-        if (ckpt := self.sink.latest()) is not None:
-            self.start = self.state.restore(ckpt)
+        self.state = C.LoopState(self.feed, C.nonfinite_guard(cfg, self.sink), self.meter,
+                                 {"policy": self.policy, "critic": self.critic}, stateful)
+        self.start = C.resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
+        if self.start:  # the experience side scores with the restored critic
             self.scorer.publish_critic(C.full_state_dict(self.critic.model), self.start)
-        else:
-            self.logger.log_params(C.config_params(cfg))
 
     def weights(self, scored, mask: torch.Tensor, update: bool, global_stats: bool = True):
         """Target-indexed token weights `[B, S]` from GAE advantages (statistics over all ranks)."""
