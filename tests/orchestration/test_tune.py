@@ -29,7 +29,8 @@ def test_shipped_space_converts_to_ray_tune_samplers():
     assert isinstance(norm, tune.search.sample.Categorical) and norm.categories == ["zscore", "ema"]
     sched = build_scheduler(space)
     assert isinstance(sched, ASHAScheduler)
-    assert (sched.metric, sched._metric_op, sched._max_t) == ("valid/ce_head1", -1.0, 150)
+    assert (sched.metric, sched._metric_op, sched._max_t) == (space.metric, -1.0 if space.mode == "min" else 1.0,
+                                                             space.scheduler.max_t)
     assert isinstance(build_scheduler(TuneSpace.model_validate(
         {"metric": "m", "mode": "max", "num_samples": 1, "scheduler": {"type": "fifo"},
          "space": {"optim.lr": {"type": "choice", "values": [0.1]}}})), FIFOScheduler)
