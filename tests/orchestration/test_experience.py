@@ -147,3 +147,24 @@ def test_scoring_without_weights_is_a_clear_error(ray_cluster, critic_spec, tiny
             pool.get()
     finally:
         pool.close()
+
+
+def test_unschedulable_actors_fail_with_the_reason(ray_cluster, critic_spec, monkeypatch):
+    from wmtp.orchestration import experience
+
+    monkeypatch.setattr(experience, "ACTOR_START_TIMEOUT_S", 2.0)
+    spec, state = critic_spec
+    with pytest.raises(RuntimeError, match="not scheduled.*GPU.*placement=colocated"):
+        AsyncExperienceScorer(spec, state, name_prefix="wmtp-experience-t5-r0", num_actors=1, queue_depth=0,
+                              max_staleness=0, use_gpu=True)  # the test cluster has no GPU
+
+
+def test_cpus_needed_counts_workers_and_experience_actors():
+    from wmtp.config.schema import WMTPConfig
+    from wmtp.orchestration.ray_runtime import cpus_needed
+
+    cfg = WMTPConfig()
+    cfg.orchestration.num_workers, cfg.orchestration.cpus_per_worker = 2, 1.5
+    assert cpus_needed(cfg) == 3
+    cfg.orchestration.placement, cfg.orchestration.num_experience_actors = "async", 2
+    assert cpus_needed(cfg) == 3 + 2 * 2

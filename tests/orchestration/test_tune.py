@@ -84,3 +84,17 @@ def test_two_trial_sweep_with_asha_and_nested_mlflow_runs(ray_cluster, mlflow_sq
     assert len(parent) == 1 and len(children) == 2
     assert all(r.data.metrics.get("val/ce") is not None for r in children)
     assert "best/val/ce" in parent[0].data.metrics
+
+
+def test_cli_tune_user_errors_exit_2_without_starting_ray(tmp_path, capsys):
+    from wmtp.cli import main
+
+    assert main(["tune", "--space", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("metric: val/ce\nmode: min\nnum_samples: 2\nspace:\n  optim.lrr: {type: choice, values: [0.1]}\n")
+    assert main(["tune", "--space", str(bad)]) == 2
+    assert "optim.lrr" in capsys.readouterr().err
+    # The verifiable space on the baseline recipe: refused before any trial starts.
+    assert main(["tune", "--space", "tune_spaces/verifiable.yaml", "--recipe", "baseline"]) == 2
+    assert "recipe" in capsys.readouterr().err

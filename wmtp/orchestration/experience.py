@@ -34,9 +34,12 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from torch import Tensor
 
 from wmtp.config.schema import WMTPConfig
+from wmtp.orchestration.ray_runtime import EXPERIENCE_ACTOR_CPUS
 from wmtp.recipes.interfaces import ScoredBatch
 
 ACTOR_MAX_RESTARTS = 3
+# How long the learner waits for its experience actors to be scheduled before saying why not.
+ACTOR_START_TIMEOUT_S = 180.0
 # How long a failed call waits for its restarted actor before the learner gives up.
 ACTOR_RECOVERY_TIMEOUT_S = 120.0
 _SCORED_FIELDS = ("values_old", "advantages", "returns", "ref_losses")
@@ -114,6 +117,7 @@ class AsyncExperienceScorer:
         self.rescored = 0
         self.recovered = 0
         self._actors = [self._create_actor(name) for name in self._names]
+        self._wait_until_scheduled()
         if state_dict is not None:
             self.publish_critic(state_dict, 0)
 
@@ -122,12 +126,26 @@ class AsyncExperienceScorer:
         remote_cls = ray.remote(ExperienceActor)
         return remote_cls.options(
             name=name,
-            num_cpus=1,
+            num_cpus=EXPERIENCE_ACTOR_CPUS,
             num_gpus=1 if self._use_gpu else 0,
             max_restarts=ACTOR_MAX_RESTARTS,
             max_task_retries=0,  # the scorer retries itself, after reloading the weights
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
         ).remote(self._spec, "cuda" if self._use_gpu else "cpu")
+
+    def _wait_until_scheduled(self) -> None:
+        """Fail with the reason, not a silent hang, when the cluster cannot place the actors."""
+        pending = [actor.pid.remote() for actor in self._actors]
+        ready, _ = ray.wait(pending, num_returns=len(pending), timeout=ACTOR_START_TIMEOUT_S)
+        if len(ready) < len(pending):
+            need = {"CPU": EXPERIENCE_ACTOR_CPUS, **({"GPU": 1} if self._use_gpu else {})}
+            for actor in self._actors:  # do not leave pending actors holding their names
+                ray.kill(actor, no_restart=True)
+            raise RuntimeError(
+                f"{len(pending) - len(ready)} of {len(pending)} experience actors ({self._names[0]}...) were not "
+                f"scheduled within {ACTOR_START_TIMEOUT_S:.0f}s: each needs {need}, the cluster has "
+                f"{ray.available_resources()} free. Lower orchestration.num_experience_actors or "
+                f"num_workers, add nodes, or use orchestration.placement=colocated.")
 
     def _recover(self, index: int) -> None:
         """Reload the last published weights on actor `index` (restarted, or re-created if gone)."""

@@ -22,7 +22,7 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from wmtp.config.paths import run_dir, run_name
 from wmtp.config.schema import WMTPConfig
 from wmtp.orchestration.dashboard import DashboardMetrics
-from wmtp.orchestration.ray_runtime import ensure_ray
+from wmtp.orchestration.ray_runtime import cpus_needed, ensure_ray
 from wmtp.orchestration.reporting import RayCheckpointSink, RayMetricLogger, ReportState
 from wmtp.orchestration.storage import resolve_storage
 
@@ -86,7 +86,7 @@ def build_trainer(
 
 def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None) -> dict[str, float]:
     """Train `cfg` on Ray (joining `orchestration.address` or a local cluster); returns rank 0's final metrics."""
-    ensure_ray(cfg.orchestration.address)
+    ensure_ray(cfg.orchestration.address, local_cpus=cpus_needed(cfg))
     cfg = _with_absolute_paths(cfg)
     if recipe_builder is None:
         from wmtp.recipes.chain import resolve_inputs

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import ray
+
+from wmtp.config.schema import WMTPConfig
+
+# CPUs each experience actor reserves (one critic forward at a time).
+EXPERIENCE_ACTOR_CPUS = 1
 
 # Ray Train V2 polls its workers on this interval, and `ray.train.report` waits for the next poll:
 # the 2 s default would add up to 2 s per report. The controller and workers inherit these from the
@@ -21,15 +27,33 @@ def apply_train_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def ensure_ray(address: str | None = None) -> None:
-    """Join `address` (or `RAY_ADDRESS`, or start a local cluster) unless Ray is already initialised.
+def ensure_ray(address: str | None = None, *, local_cpus: float | None = None) -> None:
+    """Join `address` (or `RAY_ADDRESS`, or start a fresh local cluster) unless Ray is initialised.
 
-    Tests start their own local cluster first; `ray job submit` sets `RAY_ADDRESS` for the driver.
+    `ray job submit` sets `RAY_ADDRESS` for the driver; `address="auto"` joins a cluster started
+    with `ray start` on this machine. Without either, a fresh local cluster (`address="local"`):
+    a bare `ray.init()` would look for a running cluster first and hang on a stale
+    `ray_current_cluster` file left by `ray stop`. Tests start their own cluster first.
+    local_cpus: logical CPUs of a fresh local cluster, at least this machine's cores; a run asks
+    for what its workers and experience actors reserve, so a 2-core laptop still schedules them.
     """
     apply_train_env()
     if ray.is_initialized():
         return
-    ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": dict(_propagated_env())})
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    kwargs = {}
+    if address == "local" and local_cpus is not None:
+        kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(local_cpus))
+    ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": dict(_propagated_env())}, **kwargs)
+
+
+def cpus_needed(cfg: WMTPConfig) -> float:
+    """Logical CPUs a run reserves: its learner workers, plus experience actors under async."""
+    orch = cfg.orchestration
+    needed = orch.num_workers * orch.cpus_per_worker
+    if orch.placement == "async":
+        needed += orch.num_workers * orch.num_experience_actors * EXPERIENCE_ACTOR_CPUS
+    return needed
 
 
 def _propagated_env() -> dict[str, str]:

@@ -31,7 +31,7 @@ from wmtp.config.paths import run_name
 from wmtp.config.schema import WMTPConfig
 from wmtp.config.tune import AshaScheduler, Choice, LogUniform, RandInt, TuneSpace, Uniform
 from wmtp.orchestration.launch import RecipeBuilder, build_trainer
-from wmtp.orchestration.ray_runtime import ensure_ray
+from wmtp.orchestration.ray_runtime import cpus_needed, ensure_ray
 from wmtp.orchestration.storage import resolve_storage
 
 TRIAL_DRIVER_CPUS = 0.01
@@ -107,7 +107,8 @@ def run_tune(cfg: WMTPConfig, space: TuneSpace, *, recipe_builder: RecipeBuilder
     """Run the sweep `space` over `cfg`; returns the trials' final metric values and the best one."""
     if space.recipe is not None and space.recipe != cfg.recipe:
         raise ConfigError(f"tune space is for recipe {space.recipe!r} but the config's recipe is {cfg.recipe!r}")
-    ensure_ray(cfg.orchestration.address)
+    trials = space.max_concurrent_trials or 1
+    ensure_ray(cfg.orchestration.address, local_cpus=trials * (cpus_needed(cfg) + TRIAL_DRIVER_CPUS))
     # Reports before the first validation lack the metric; ASHA skips those (strict checking would
     # fail the trial instead).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
