@@ -63,10 +63,9 @@ def micro_critic(tmp_path_factory) -> str:
 
 
 def test_verifiable_async_experience_equals_colocated(ray_cluster, micro_critic, tmp_path):
-    # orchestration.fsdp=false: under FSDP2 the recipes' `full_state_dict` (cpu_offload=True) gives
-    # the critic's weights to rank 0 only, so rank 1 cannot publish them (reported to the recipes).
+    # FSDP2 on: every rank gathers the full critic to publish it to its own experience side.
     common = ("orchestration.num_workers=2", f"value_model.checkpoint={micro_critic}",
-              "stage2.critic_sync_interval=1", "orchestration.queue_depth=0", "orchestration.fsdp=false")
+              "stage2.critic_sync_interval=1", "orchestration.queue_depth=0", "orchestration.fsdp=true")
     colocated = micro_config(tmp_path, "verifiable", "colocated", *common, "orchestration.placement=colocated")
     run_training(colocated)
     asynchronous = micro_config(tmp_path, "verifiable", "async", *common, "orchestration.placement=async",

@@ -499,7 +499,10 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     if cfg_is_fsdp(model):
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        # cpu_offload=True would leave the gathered tensors on rank 0 only; every rank needs them
+        # (each publishes the critic to its own experience side).
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
+        return {k: v.detach().cpu() for k, v in full.items()}
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
