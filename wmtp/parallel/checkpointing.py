@@ -11,6 +11,7 @@ by name: `optimizers["policy"]` belongs to `models["policy"]`.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -45,13 +46,22 @@ def _state(models: dict[str, nn.Module], optimizers: dict[str, Optimizer]) -> di
     return state
 
 
+@contextlib.contextmanager
+def _single_process_quiet():
+    """DCP warns that it assumes one process when no process group exists: here that is intended."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
+
+
 def save_sharded(path: str | Path, models: dict[str, nn.Module], optimizers: dict[str, Optimizer],
                  extra_state: dict[str, Any]) -> Path:
     """Every rank calls it (a collective). Returns the folder once all ranks have written."""
     _check_names(models, optimizers)
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
-    dcp.save(_state(models, optimizers), checkpoint_id=str(folder))
+    with _single_process_quiet():
+        dcp.save(_state(models, optimizers), checkpoint_id=str(folder))
     torch.save(extra_state, folder / f"extra_rank{rank()}.pt")
     barrier()  # the folder is complete on every rank before anyone reports it
     return folder
@@ -68,7 +78,8 @@ def load_sharded(path: str | Path, models: dict[str, nn.Module], optimizers: dic
     if not (folder / ".metadata").is_file():
         raise FileNotFoundError(f"no DCP checkpoint at {folder} (missing {folder / '.metadata'})")
     state = _state(models, optimizers)
-    dcp.load(state, checkpoint_id=str(folder))
+    with _single_process_quiet():
+        dcp.load(state, checkpoint_id=str(folder))
     for name, model in models.items():
         set_model_state_dict(model, state[f"model.{name}"], options=StateDictOptions(strict=True))
     for name, optimizer in optimizers.items():
