@@ -19,3 +19,14 @@ def run_dir(cfg: WMTPConfig) -> Path:
 def export_dir(cfg: WMTPConfig) -> Path:
     """Where a producing recipe (ref_tuning, critic) leaves its model for the next stage."""
     return run_dir(cfg) / "export"
+
+
+def write_resolved_config(cfg: WMTPConfig) -> Path:
+    """Save the resolved config as `<run_dir>/config.yaml` (saved with every run; logged as an
+    artifact by whoever runs it)."""
+    from wmtp.config.loader import dump_config
+
+    path = run_dir(cfg) / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_config(cfg), encoding="utf-8")
+    return path

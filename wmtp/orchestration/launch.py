@@ -19,7 +19,7 @@ from typing import Any
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from wmtp.config.paths import run_dir, run_name
+from wmtp.config.paths import run_name, write_resolved_config
 from wmtp.config.schema import WMTPConfig
 from wmtp.orchestration.dashboard import DashboardMetrics
 from wmtp.orchestration.ray_runtime import cpus_needed, ensure_ray
@@ -38,8 +38,6 @@ RecipeBuilder = Callable[..., Any]
 def checkpoint_score(cfg: WMTPConfig) -> tuple[str, str]:
     """(metric, "min"|"max") ranking the checkpoints of `cfg.recipe`."""
     return CHECKPOINT_SCORE.get(cfg.recipe, DEFAULT_CHECKPOINT_SCORE)
-
-
 
 
 def build_trainer(
@@ -93,7 +91,7 @@ def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None
 
         # A missing critic / reference is produced first (local presets), on Ray as well.
         cfg = resolve_inputs(cfg, run_training)
-    _save_resolved_config(cfg)
+    write_resolved_config(cfg)
     result = build_trainer(cfg, recipe_builder=recipe_builder).fit()
     return dict(result.metrics or {})
 
@@ -126,6 +124,8 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
     recipe = builder(cfg, logger=logger, checkpoint_sink=sink, scorer_factory=scorer_factory)
     try:
         recipe.setup()
+        if rank == 0:  # the resolved config as an artifact (written on this node: it may be another)
+            logger.log_artifact(write_resolved_config(cfg))
         final = recipe.train()
         state.update(final or {}, int(state.latest.get("step", cfg.train.steps)))
         # The last report every rank makes: the run's result metrics.
@@ -141,15 +141,6 @@ def _tracking_logger(cfg: WMTPConfig, parent_run_id: str | None) -> Any:
     from wmtp.tracking.registry import build_run_logger
 
     return build_run_logger(cfg, is_main=True, parent_run_id=parent_run_id)
-
-
-def _save_resolved_config(cfg: WMTPConfig) -> None:
-    """The resolved config beside the run's logs, as the in-process path saves it."""
-    from wmtp.config.loader import dump_config
-
-    directory = run_dir(cfg)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
 
 
 def _default_recipe_builder() -> RecipeBuilder:

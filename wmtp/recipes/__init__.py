@@ -43,27 +43,19 @@ def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[[WMTPConfig], Any]) -> 
     """Run `cfg.recipe` in this process (the debuggable path): local checkpoints (rerun the same
     command to resume), a logger from `make_logger(cfg)` (the caller picks the backends: recipes
     never import a tracking service), and the producing stages first when an input is missing."""
-    from wmtp.config.paths import run_dir as run_dir_of
+    from wmtp.config.paths import run_dir, write_resolved_config
     from wmtp.recipes.chain import resolve_inputs
     from wmtp.training.checkpoint import LocalCheckpointSink
 
     cfg = resolve_inputs(cfg, lambda stage: run_recipe(stage, make_logger=make_logger))
-    run_dir = run_dir_of(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(_dump(cfg), encoding="utf-8")
+    config_path = write_resolved_config(cfg)
     logger = make_logger(cfg)
     recipe = build_recipe(cfg, logger=logger,
-                          checkpoint_sink=LocalCheckpointSink(run_dir, keep=cfg.orchestration.keep_checkpoints))
+                          checkpoint_sink=LocalCheckpointSink(run_dir(cfg), keep=cfg.orchestration.keep_checkpoints))
     try:
         recipe.setup()
-        logger.log_artifact(run_dir / "config.yaml")
+        logger.log_artifact(config_path)
         return recipe.train()
     finally:
         recipe.close()
         logger.close()
-
-
-def _dump(cfg: WMTPConfig) -> str:
-    from wmtp.config.loader import dump_config
-
-    return dump_config(cfg)
