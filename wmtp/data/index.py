@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 
 from wmtp.data.errors import DataError
 from wmtp.data.locking import file_lock
-from wmtp.data.records import ReadStats, Record, check_policy, decode_line, iter_jsonl_lines, parse_record
+from wmtp.data.records import ReadStats, Record, check_policy, iter_lines_decoded, parse_record
 from wmtp.data.template import format_prompt
 
 INDEX_VERSION = 1
@@ -135,17 +135,7 @@ def build_index(jsonl_path: str | Path, index_path: str | Path | None = None, to
         with tqdm(total=sig["size"], unit="B", unit_scale=True, desc=f"index {src.name}", disable=not progress,
                   mininterval=0.5) as bar:
             last = 0
-            for lineno, offset, raw in iter_jsonl_lines(src):
-                stats.lines += 1
-                try:
-                    rec = decode_line(raw, src, lineno)
-                except DataError as e:
-                    if on_bad_line == "error":
-                        raise
-                    stats.skipped += 1
-                    if len(stats.skipped_at) < 20:
-                        stats.skipped_at.append(str(e))
-                    continue
+            for lineno, offset, raw, rec in iter_lines_decoded(src, on_bad_line, stats):
                 cols["row"].append(stats.records)
                 cols["line"].append(lineno)
                 cols["offset"].append(offset)

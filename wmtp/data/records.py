@@ -121,12 +121,13 @@ def iter_jsonl_lines(path: str | Path) -> Iterator[tuple[int, int, bytes]]:
             offset += n
 
 
-def iter_records(path: str | Path, on_bad_line: str = "error",
-                 stats: ReadStats | None = None) -> Iterator[Record]:
-    """Stream validated records from a JSONL file under a bad-line policy."""
+def iter_lines_decoded(path: str | Path, on_bad_line: str = "error",
+                       stats: ReadStats | None = None) -> Iterator[tuple[int, int, bytes, Record]]:
+    """`(line number, byte offset, raw line, record)` for each valid line, under a bad-line
+    policy: "error" raises `DataError` naming file:line; "skip" counts it in `stats`."""
     check_policy(on_bad_line)
     stats = stats if stats is not None else ReadStats()
-    for lineno, _, raw in iter_jsonl_lines(path):
+    for lineno, offset, raw in iter_jsonl_lines(path):
         stats.lines += 1
         try:
             rec = decode_line(raw, path, lineno)
@@ -137,6 +138,14 @@ def iter_records(path: str | Path, on_bad_line: str = "error",
             if len(stats.skipped_at) < 20:
                 stats.skipped_at.append(str(e))
             continue
+        yield lineno, offset, raw, rec
+
+
+def iter_records(path: str | Path, on_bad_line: str = "error",
+                 stats: ReadStats | None = None) -> Iterator[Record]:
+    """Stream validated records from a JSONL file under a bad-line policy."""
+    stats = stats if stats is not None else ReadStats()
+    for _, _, _, rec in iter_lines_decoded(path, on_bad_line, stats):
         stats.records += 1
         yield rec
 
