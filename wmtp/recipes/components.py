@@ -511,6 +511,19 @@ def head_metrics(prefix: str, values: Tensor) -> dict[str, Tensor]:
     return {f"{prefix}_head{k + 1}": v for k, v in enumerate(values.unbind())}
 
 
+def stat_tensors(prefix: str, stats: Any) -> dict[str, Tensor]:
+    """A stats dataclass (WeightStats, Rho1Stats) as unsynced tensors for the loop to log:
+    0-dim fields as `prefix/name`, `[H]` fields as `prefix/name/head<k>`."""
+    out: dict[str, Tensor] = {}
+    for f in dataclasses.fields(stats):
+        value = getattr(stats, f.name)
+        if value.dim() == 0:
+            out[f"{prefix}/{f.name}"] = value
+        else:
+            out.update({f"{prefix}/{f.name}/head{k + 1}": v for k, v in enumerate(value.unbind())})
+    return out
+
+
 def lr_metrics(state: LoopState) -> dict[str, float]:
     return {f"train/lr_{n}": t.scheduler.get_last_lr()[0] for n, t in state.trainables.items()}
 

@@ -125,7 +125,7 @@ class Rho1WeightedRecipe:
                 **C.head_metrics("train/ce", C.global_sum(ce, self.layout)),
                 **C.head_metrics("train/weighted_ce", C.global_sum(wce, self.layout)),
                 "train/grad_norm": norms[0], **C.lr_metrics(self.state),
-                **{f"train/{k}": v for k, v in rstats.to_dict("rho1/").items()}}, tokens
+                **C.stat_tensors("train/rho1", rstats)}, tokens
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:

@@ -123,7 +123,7 @@ class VerifiableRecipe:
                  **C.head_metrics("train/ce", C.global_sum(ce, self.layout)),
                  **C.head_metrics("train/weighted_ce", C.global_sum(wce, self.layout)),
                  "train/grad_norm": norms[0], **C.lr_metrics(self.state),
-                 **{f"train/{k}": v for k, v in wstats.to_dict("weights/").items()},
+                 **C.stat_tensors("train/weights", wstats),
                  "train/critic_staleness": float(step - 1 - scored_batches[-1].critic_version)}
         if self.learn_critic:
             vstats = C.global_sum(vstats, self.layout) / self.layout.world_size
