@@ -91,7 +91,9 @@ class VerifiableRecipe:
         dev = self.layout.device
         loss, ce, wce = (torch.zeros((), device=dev), torch.zeros(self.n_heads, dtype=torch.float64, device=dev),
                          torch.zeros(self.n_heads, dtype=torch.float64, device=dev))
-        vstats = torch.zeros(3, dtype=torch.float64, device=dev)  # value loss, clip fraction, expl. var.
+        # value loss (a sum of global-denominator shares), clip fraction and explained variance
+        # (means over micro-batches and ranks)
+        vstats = torch.zeros(3, dtype=torch.float64, device=dev)
         for scored, lab, rmask in zip(scored_batches, labels, resp):
             batch = scored.batch
             w, wstats = self.weights(scored, lab != -100, update=True)
@@ -107,8 +109,9 @@ class VerifiableRecipe:
                                                scored.returns, rmask, vl.coefficient, vl.clip_range,
                                                denominator=value_denom)
                     total = total + vloss.loss
-                    vstats += torch.stack([vloss.loss.detach().double(), vloss.clip_fraction.double(),
-                                           vloss.explained_variance.double().nan_to_num()]) / len(fed)
+                    vstats += torch.stack([vloss.loss.detach().double(),
+                                           vloss.clip_fraction.double() / len(fed),
+                                           vloss.explained_variance.double().nan_to_num() / len(fed)])
             total.backward()
             loss += total.detach()
             ce += res.ce_per_head.double()
@@ -126,7 +129,8 @@ class VerifiableRecipe:
                  **C.stat_tensors("train/weights", wstats),
                  "train/critic_staleness": float(step - 1 - scored_batches[-1].critic_version)}
         if self.learn_critic:
-            vstats = C.global_sum(vstats, self.layout) / self.layout.world_size
+            vstats = C.global_sum(vstats, self.layout)
+            vstats[1:] /= self.layout.world_size
             stats.update({"train/value_loss": vstats[0], "train/value_clip_fraction": vstats[1],
                           "train/explained_variance": vstats[2], "train/critic_grad_norm": norms[1]})
         return stats, tokens
