@@ -251,6 +251,22 @@ def valid_batches(data: TrainingData, cfg: WMTPConfig, layout: Layout, *, sample
     return [data.collate(s.next(cfg.data.batch_size)).to(layout.device) for _ in range(n)]
 
 
+def stack_padded(tensors: list[Tensor]) -> Tensor:
+    """Micro-batches `[B_i, S_i]` → one `[ΣB_i, max S_i]` (right-padded with zeros/False), so a
+    statistic over the whole step is one call."""
+    width = max(t.shape[1] for t in tensors)
+    return torch.cat([torch.nn.functional.pad(t, (0, width - t.shape[1])) for t in tensors])
+
+
+def split_padded(x: Tensor, shapes: list[torch.Size]) -> list[Tensor]:
+    """Inverse of `stack_padded`: rows back to each micro-batch, cropped to its length."""
+    out, row = [], 0
+    for b, s in shapes:
+        out.append(x[row:row + b, :s])
+        row += b
+    return out
+
+
 def policy_labels(batch: Batch, samples: str) -> Tensor:
     """Targets the policy learns from: all responses, or only those of correct solutions."""
     if samples == "all":

@@ -71,12 +71,22 @@ class VerifiableRecipe:
         if self.start:  # the experience side scores with the restored critic
             self.scorer.publish_critic(C.full_state_dict(self.critic.model), self.start)
 
-    def weights(self, scored, mask: torch.Tensor, update: bool, global_stats: bool = True):
-        """Target-indexed token weights `[B, S]` from GAE advantages (statistics over all ranks)."""
+    def weights(self, advantages: torch.Tensor, mask: torch.Tensor, update: bool, global_stats: bool = True):
+        """Target-indexed token weights `[B, S]` from GAE advantages `[B, S]` (normaliser and
+        renormalisation statistics over all ranks unless `global_stats=False`)."""
         vw = self.cfg.stage2.value_weighting
-        return advantage_weights(scored.advantages, mask, vw.weight_temperature, vw.weight_clip_min,
+        return advantage_weights(advantages, mask, vw.weight_temperature, vw.weight_clip_min,
                                  vw.weight_clip_max, vw.renormalize, self.normalizer, update=update,
                                  reduce_fn=C.reduce_fn(self.layout) if global_stats else None)
+
+    def step_weights(self, scored_batches, labels):
+        """Weights of every micro-batch of the step from ONE normalisation over the global batch
+        (all micro-batches, all ranks), so grad accumulation does not change them; the EMA
+        normaliser is updated once per step."""
+        adv = C.stack_padded([s.advantages for s in scored_batches])
+        mask = C.stack_padded([lab != -100 for lab in labels])
+        w, wstats = self.weights(adv, mask, update=True)
+        return C.split_padded(w, [lab.shape for lab in labels]), wstats
 
     def step(self, step: int):
         cfg, vl = self.cfg, self.cfg.stage2.value_loss
@@ -94,9 +104,9 @@ class VerifiableRecipe:
         # value loss (a sum of global-denominator shares), clip fraction and explained variance
         # (means over micro-batches and ranks)
         vstats = torch.zeros(3, dtype=torch.float64, device=dev)
-        for scored, lab, rmask in zip(scored_batches, labels, resp):
+        step_weights, wstats = self.step_weights(scored_batches, labels)
+        for scored, lab, rmask, w in zip(scored_batches, labels, resp, step_weights):
             batch = scored.batch
-            w, wstats = self.weights(scored, lab != -100, update=True)
             with autocast_context(dev.type, cfg.train.precision):
                 out = policy(batch.tokens)
                 res = mtp_cross_entropy(out.hidden, policy.output.weight, lab, weights=w,
@@ -154,7 +164,7 @@ class VerifiableRecipe:
         outcomes = C.gather_cat(torch.cat(outcomes).long(), self.layout).bool()
         metrics["val/critic_auc"] = C.roc_auc(finals, outcomes)
         if self.layout.is_main and cfg.train.heatmap_samples:
-            w, _ = self.weights(scored, C.response_mask(batch), update=False, global_stats=False)
+            w, _ = self.weights(scored.advantages, C.response_mask(batch), update=False, global_stats=False)
             C.log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
                                  f"verifiable token weights, step {step}")
         return metrics
