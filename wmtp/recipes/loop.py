@@ -51,7 +51,8 @@ def run_steps(*, start: int, tcfg: TrainConfig, step_fn: StepFn, evaluate_fn: Ca
                 last_train = to_floats(stats)
             logger.log_metrics({**(last_train if stats is not None else {}), **meter.metrics(),
                                 **(extra_metrics() if extra_metrics else {})}, step)
-        if due(step, tcfg.eval_every, tcfg.steps):
+        # Validation at its cadence, and at the pass@1 cadence (`train.eval_generate_every`).
+        if due(step, tcfg.eval_every, tcfg.steps) or (tcfg.eval_generate_every and step % tcfg.eval_generate_every == 0):
             last_val = evaluate_fn(step)
             logger.log_metrics(last_val, step)
         if due(step, tcfg.checkpoint_every, tcfg.steps):
