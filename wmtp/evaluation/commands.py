@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 class UsageError(ValueError):
     """A user mistake: printed without a traceback, exit code 2."""
 
+    user_error = True
+
 
 def _parse_ks(text: str) -> list[int]:
     try:
@@ -46,7 +48,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="only the first N tasks")
     p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy (one sample counted n times)")
     p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens generated per sample (default: 256, at most half the model's context)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per program (wall clock)")
@@ -111,6 +114,10 @@ def _run(args: argparse.Namespace) -> int:
         model = load_model(args.checkpoint, device=args.device)
     except CheckpointError as e:
         raise UsageError(str(e)) from None
+    max_new_tokens = args.max_new_tokens or min(256, model.args.max_seq_len // 2)
+    if not 0 < max_new_tokens < model.args.max_seq_len:
+        raise UsageError(f"--max-new-tokens {max_new_tokens} must be in [1, {model.args.max_seq_len}) "
+                         f"(the model's max_seq_len)")
     tokenizer = Tokenizer(tok_path)
     if tokenizer.vocab_size > model.args.vocab_size:
         raise UsageError(f"tokenizer {tok_path} has {tokenizer.vocab_size} pieces but the model only "
@@ -122,7 +129,7 @@ def _run(args: argparse.Namespace) -> int:
           f"temperature={args.temperature} -> {out}")
     result = evaluate_pass_at_k(
         model, tokenizer, tasks, n=args.n, k=args.k, temperature=args.temperature, top_p=args.top_p,
-        max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, seed=args.seed,
+        max_new_tokens=max_new_tokens, batch_size=args.batch_size, seed=args.seed,
         sandbox=SandboxConfig(timeout_s=args.timeout), workers=args.workers,
     )
     paths = result.write(out)
@@ -135,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
             logger.log_params({
                 "checkpoint": str(args.checkpoint), "benchmark": args.benchmark, "n": args.n,
                 "k": ",".join(map(str, args.k)), "temperature": args.temperature, "top_p": args.top_p,
-                "max_new_tokens": args.max_new_tokens, "seed": args.seed, "limit": args.limit,
+                "max_new_tokens": max_new_tokens, "seed": args.seed, "limit": args.limit,
             })
             log_eval_result(logger, result, step=0)
             for p in paths.values():

@@ -68,9 +68,11 @@ class BaselineRecipe:
         return C.validate_policy(self.policy.model, self.valid, self.cfg, self.layout, self.cfg.data.samples)
 
     def train(self) -> dict[str, float]:
-        return run_steps(start=self.start, tcfg=self.cfg.train, step_fn=self.step, evaluate_fn=self.evaluate,
-                         write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter,
-                         extra_metrics=self.state.metrics)
+        metrics = run_steps(start=self.start, tcfg=self.cfg.train, step_fn=self.step, evaluate_fn=self.evaluate,
+                            write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter,
+                            extra_metrics=self.state.metrics)
+        C.export_model(self.policy.model, self.cfg, self.layout, self.data.tokenizer)
+        return metrics
 
     def close(self) -> None:
         pass

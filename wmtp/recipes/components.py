@@ -473,8 +473,11 @@ class LoopState:
         return {"train/skipped_batches": float(self.guard.skipped)}
 
 
-def export_model(model: nn.Module, cfg: WMTPConfig, layout: Layout, value_head: str | None = None) -> Path:
-    """Write the trained model for the next stage (safetensors + params.json), rank 0 only.
+def export_model(model: nn.Module, cfg: WMTPConfig, layout: Layout, tokenizer=None,
+                 value_head: str | None = None) -> Path:
+    """Write the trained model to `<run_dir>/export` (safetensors + params.json, plus the
+    tokenizer.model it was trained with, so `wmtp eval --checkpoint <export>` and the next stage
+    need nothing else), rank 0 only.
 
     Every rank takes part in gathering FSDP shards; the files appear atomically (tmp + rename)."""
     import shutil
@@ -491,6 +494,8 @@ def export_model(model: nn.Module, cfg: WMTPConfig, layout: Layout, value_head: 
             save_value_model(replica, tmp)
         else:
             save_model(replica, tmp)
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer.path, tmp / "tokenizer.model")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     if layout.distributed:

@@ -113,8 +113,9 @@ class CriticRecipe:
     def train(self) -> dict[str, float]:
         metrics = run_steps(start=self.start, tcfg=self.cfg.train, step_fn=self.step, evaluate_fn=self.evaluate,
                             write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter,
-                         extra_metrics=self.state.metrics)
-        C.export_model(self.critic.model, self.cfg, self.layout, value_head=self.cfg.value_model.head)
+                            extra_metrics=self.state.metrics)
+        C.export_model(self.critic.model, self.cfg, self.layout, self.data.tokenizer,
+                       value_head=self.cfg.value_model.head)
         return metrics
 
     def close(self) -> None:

@@ -1,7 +1,7 @@
 """Reference tuning for Rho-1: a next-token (one head) model trained on correct solutions with the
-baseline objective, exported to `<run_dir>/export` as the frozen reference of `rho1_weighted`.
+baseline objective; its export (`<run_dir>/export`) is the frozen reference of `rho1_weighted`.
 
-It *is* the baseline loop with one head and correct-only data; only the export differs.
+It *is* the baseline recipe with one head and correct-only data.
 """
 
 from __future__ import annotations
@@ -24,9 +24,7 @@ class RefTuningRecipe:
         self.loop.setup()
 
     def train(self) -> dict[str, float]:
-        metrics = self.loop.train()
-        C.export_model(self.loop.policy.model, self.cfg, self.loop.layout)
-        return metrics
+        return self.loop.train()
 
     def close(self) -> None:
         self.loop.close()
