@@ -95,8 +95,10 @@ class MlflowLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         output_dir = self.run_dir.resolve().parent
         self.tracking_uri = uri or default_tracking_uri(output_dir)
-        if artifact_location is None and uri is None:
-            artifact_location = default_artifact_location(output_dir)
+        if artifact_location is None and self.tracking_uri.startswith("sqlite:"):
+            # A local store keeps its artifacts beside it (the embedded default), never in a
+            # `./mlruns` of whatever folder the process happens to run in. A server decides itself.
+            artifact_location = default_artifact_location(Path(self.tracking_uri.removeprefix("sqlite:///")).parent)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.experiment_id = self._experiment_id(experiment, artifact_location)
         self.run_id = self._resume_run_id() if resume else None
