@@ -33,7 +33,7 @@ from wmtp.training.optim import build_optimizer
 from wmtp.training.schedule import build_scheduler
 
 # ---------------------------------------------------------------------------------------------
-# Run identity and process layout
+# Process layout and global sums
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,13 @@ def reduce_fn(layout: Layout):
 # Models
 
 
-def policy_args(cfg: WMTPConfig, vocab_size: int | None = None, n_future_tokens: int | None = None) -> ModelArgs:
+def policy_args(cfg: WMTPConfig, vocab_size: int | None = None) -> ModelArgs:
     """The policy's shapes: preset → `model.params` → head count → the tokenizer's vocab."""
     from wmtp.config.loader import ConfigError
 
     changes = dict(cfg.model.params)
-    heads = n_future_tokens or cfg.model.n_future_tokens
-    if heads:
-        changes["n_future_tokens"] = heads
+    if cfg.model.n_future_tokens:
+        changes["n_future_tokens"] = cfg.model.n_future_tokens
     if vocab_size is not None and "vocab_size" not in changes:
         changes["vocab_size"] = vocab_size
     try:
@@ -109,14 +108,13 @@ def critic_args(cfg: WMTPConfig, args: ModelArgs) -> ModelArgs:
     return vargs.replace(n_layers=cfg.value_model.n_layers) if cfg.value_model.n_layers else vargs
 
 
-def build_policy(cfg: WMTPConfig, vocab_size: int | None, device: torch.device,
-                 n_future_tokens: int | None = None) -> Transformer:
+def build_policy(cfg: WMTPConfig, vocab_size: int | None, device: torch.device) -> Transformer:
     """From `model.checkpoint` when given (local folder or s3:// URI), else initialised from the seed."""
     if cfg.model.checkpoint:
         from wmtp.model.checkpoint import load_model
 
         return load_model(materialize(cfg.model.checkpoint, cfg), device=device)
-    return build_model(policy_args(cfg, vocab_size, n_future_tokens), device=device, seed=cfg.run.seed)
+    return build_model(policy_args(cfg, vocab_size), device=device, seed=cfg.run.seed)
 
 
 def build_critic(cfg: WMTPConfig, args: ModelArgs, device: torch.device,
@@ -156,7 +154,7 @@ def sync_gradients(model: nn.Module, layout: Layout) -> None:
 
     SUM, not mean: each rank's loss is already divided by the *global* denominator.
     """
-    if not layout.distributed or cfg_is_fsdp(model):
+    if not layout.distributed or is_fsdp_sharded(model):
         return
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
@@ -169,14 +167,14 @@ def sync_gradients(model: nn.Module, layout: Layout) -> None:
         offset += g.numel()
 
 
-def cfg_is_fsdp(model: nn.Module) -> bool:
+def is_fsdp_sharded(model: nn.Module) -> bool:
     """True when `fully_shard` was applied (its gradients are reduced by FSDP itself)."""
     return any(type(m).__name__.startswith("FSDP") for m in model.modules())
 
 
 def sync_parameters(model: nn.Module, layout: Layout) -> None:
     """Replicated training: start every rank from rank 0's weights."""
-    if layout.distributed and not cfg_is_fsdp(model):
+    if layout.distributed and not is_fsdp_sharded(model):
         for t in [*model.parameters(), *model.buffers()]:
             dist.broadcast(t.data, src=0)
 
@@ -519,7 +517,7 @@ def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """Unsharded CPU state dict on every rank (FSDP2 gathers); for exports and critic publishing."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    if cfg_is_fsdp(model):
+    if is_fsdp_sharded(model):
         # cpu_offload=True would leave the gathered tensors on rank 0 only; every rank needs them
         # (each publishes the critic to its own experience side).
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
@@ -630,7 +628,7 @@ def evaluate_generation(model: Transformer, tokenizer, tasks: list, cfg: WMTPCon
     every = cfg.train.eval_generate_every
     if not every or step % every != 0 or not tasks:
         return {}
-    if not layout.is_main and not cfg_is_fsdp(model):
+    if not layout.is_main and not is_fsdp_sharded(model):
         return {}
     from wmtp.evaluation.runner import evaluate_pass_at_k, log_eval_result
 
