@@ -13,7 +13,7 @@ from wmtp.config.schema import WMTPConfig
 from wmtp.losses.mtp import mtp_cross_entropy
 from wmtp.recipes import components as C
 from wmtp.recipes.interfaces import CheckpointSink
-from wmtp.recipes.loop import run_steps
+from wmtp.recipes.loop import train_and_export
 from wmtp.tracking.base import MetricLogger
 from wmtp.training.precision import autocast_context
 
@@ -68,11 +68,7 @@ class BaselineRecipe:
         return C.validate_policy(self.policy.model, self.valid, self.cfg, self.layout, self.cfg.data.samples)
 
     def train(self) -> dict[str, float]:
-        metrics = run_steps(start=self.start, tcfg=self.cfg.train, step_fn=self.step, evaluate_fn=self.evaluate,
-                            write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter,
-                            extra_metrics=self.state.metrics)
-        C.export_model(self.policy.model, self.cfg, self.layout, self.data.tokenizer)
-        return metrics
+        return train_and_export(self, self.policy.model)
 
     def close(self) -> None:
         pass

@@ -18,7 +18,7 @@ from wmtp.losses.alignment import state_values
 from wmtp.losses.value import explained_variance, mean_response_value
 from wmtp.recipes import components as C
 from wmtp.recipes.interfaces import CheckpointSink
-from wmtp.recipes.loop import run_steps
+from wmtp.recipes.loop import train_and_export
 from wmtp.tracking.base import MetricLogger
 from wmtp.training.precision import autocast_context
 from wmtp.weighting.gae import lambda_returns
@@ -111,12 +111,7 @@ class CriticRecipe:
                 "val/explained_variance": float(explained_variance(finals, outcomes.double(), ones))}
 
     def train(self) -> dict[str, float]:
-        metrics = run_steps(start=self.start, tcfg=self.cfg.train, step_fn=self.step, evaluate_fn=self.evaluate,
-                            write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter,
-                            extra_metrics=self.state.metrics)
-        C.export_model(self.critic.model, self.cfg, self.layout, self.data.tokenizer,
-                       value_head=self.cfg.value_model.head)
-        return metrics
+        return train_and_export(self, self.critic.model, value_head=self.cfg.value_model.head)
 
     def close(self) -> None:
         pass

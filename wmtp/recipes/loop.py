@@ -58,3 +58,15 @@ def run_steps(*, start: int, tcfg: TrainConfig, step_fn: StepFn, evaluate_fn: Ca
         if due(step, tcfg.checkpoint_every, tcfg.steps):
             sink.save(step, lambda path, step=step: write_fn(path, step), {**last_train, **last_val, "step": float(step)})
     return {**last_train, **last_val}
+
+
+def train_and_export(recipe, model, value_head: str | None = None) -> dict[str, float]:
+    """A recipe's `train()`: the step loop over its `step`/`evaluate`/`state`, then the export of
+    `model` (with the recipe's tokenizer) to `<run_dir>/export`."""
+    from wmtp.recipes.components import export_model
+
+    metrics = run_steps(start=recipe.start, tcfg=recipe.cfg.train, step_fn=recipe.step,
+                        evaluate_fn=recipe.evaluate, write_fn=recipe.state.write, sink=recipe.sink,
+                        logger=recipe.logger, meter=recipe.meter, extra_metrics=recipe.state.metrics)
+    export_model(model, recipe.cfg, recipe.layout, recipe.data.tokenizer, value_head=value_head)
+    return metrics

@@ -25,7 +25,7 @@ from wmtp.recipes.experience import (
     reference_token_losses,
 )
 from wmtp.recipes.interfaces import CheckpointSink, ScoredBatch
-from wmtp.recipes.loop import run_steps
+from wmtp.recipes.loop import train_and_export
 from wmtp.tracking.base import MetricLogger
 from wmtp.training.precision import autocast_context
 from wmtp.weighting.rho1 import rho1_weights
@@ -146,11 +146,7 @@ class Rho1WeightedRecipe:
         return metrics
 
     def train(self) -> dict[str, float]:
-        metrics = run_steps(start=self.start, tcfg=self.cfg.train, step_fn=self.step, evaluate_fn=self.evaluate,
-                            write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter,
-                            extra_metrics=self.state.metrics)
-        C.export_model(self.policy.model, self.cfg, self.layout, self.data.tokenizer)
-        return metrics
+        return train_and_export(self, self.policy.model)
 
     def close(self) -> None:
         self.scorer.close()

@@ -24,7 +24,7 @@ from wmtp.losses.value import clipped_value_loss
 from wmtp.recipes import components as C
 from wmtp.recipes.experience import ColocatedScorer, ExperienceFeed, ExperienceSpec, critic_experience
 from wmtp.recipes.interfaces import CheckpointSink
-from wmtp.recipes.loop import run_steps
+from wmtp.recipes.loop import train_and_export
 from wmtp.tracking.base import MetricLogger
 from wmtp.training.precision import autocast_context
 from wmtp.weighting.normalize import build_normalizer
@@ -170,11 +170,7 @@ class VerifiableRecipe:
         return metrics
 
     def train(self) -> dict[str, float]:
-        metrics = run_steps(start=self.start, tcfg=self.cfg.train, step_fn=self.step, evaluate_fn=self.evaluate,
-                            write_fn=self.state.write, sink=self.sink, logger=self.logger, meter=self.meter,
-                            extra_metrics=self.state.metrics)
-        C.export_model(self.policy.model, self.cfg, self.layout, self.data.tokenizer)
-        return metrics
+        return train_and_export(self, self.policy.model)
 
     def close(self) -> None:
         self.scorer.close()
