@@ -134,15 +134,17 @@ class Rho1WeightedRecipe:
                               self.logger, step)
         metrics = C.validate_policy(policy, self.valid, cfg, self.layout, cfg.data.samples)
         # Heatmap with the colocated live reference (stored losses cover training rows only).
-        if self.layout.is_main and cfg.train.heatmap_samples and isinstance(self.scorer, ColocatedScorer):
+        # Every rank runs the forward (a sharded policy needs all ranks); rank 0 logs.
+        if cfg.train.heatmap_samples and isinstance(self.scorer, ColocatedScorer):
             batch = self.valid[0]
             ref = reference_token_losses(self.scorer.model, batch, cfg.train.loss_chunk_size)
             out = policy(batch.tokens)
             lab = C.policy_labels(batch, "all")
             w, _ = self.weights(mtp_token_losses(out.hidden, policy.output.weight, lab), ref, lab,
                                 global_stats=False)
-            C.log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
-                                 f"rho1 token weights (head 1), step {step}")
+            if self.layout.is_main:
+                C.log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
+                                     f"rho1 token weights (head 1), step {step}")
         return metrics
 
     def train(self) -> dict[str, float]:
