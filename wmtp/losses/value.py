@@ -34,13 +34,20 @@ class ValueLoss:
 
 
 def explained_variance(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
-    """`1 − Var(target − pred) / Var(target)` over the mask (SB3's definition; NaN if Var(target)=0)."""
-    m = mask.bool()
-    p, t = pred.detach().double()[m], target.detach().double()[m]
-    var_t = t.var(unbiased=False) if t.numel() else torch.tensor(float("nan"), dtype=torch.float64)
-    if t.numel() == 0 or var_t == 0:
-        return torch.tensor(float("nan"), dtype=torch.float64)
-    return 1.0 - (t - p).var(unbiased=False) / var_t
+    """`1 − Var(target − pred) / Var(target)` over the mask (SB3's definition; NaN if Var(target)=0).
+
+    Masked moments on the inputs' device: no compaction, no host sync."""
+    m = mask.to(torch.float64)
+    n = m.sum()
+    t, r = target.detach().double(), (target - pred).detach().double()
+
+    def var(x: Tensor) -> Tensor:
+        mean = (x * m).sum() / n.clamp_min(1.0)
+        return (((x - mean) ** 2) * m).sum() / n.clamp_min(1.0)
+
+    var_t = var(t)
+    nan = torch.full_like(var_t, float("nan"))
+    return torch.where((n > 0) & (var_t > 0), 1.0 - var(r) / var_t.clamp_min(1e-300), nan)
 
 
 def clipped_value_loss(v_new: Tensor, v_old: Tensor, returns: Tensor, mask: Tensor, coef: float = 0.5,

@@ -133,10 +133,11 @@ class EMANormalizer:
         self.warmup_steps = int(state.get("warmup_steps", self.warmup_steps))
 
 
+# Factories take the normaliser options; the stateless ones have none to use.
 NORMALIZERS: dict[str, Callable[..., Normalizer]] = {
-    "zscore": ZScoreNormalizer,
+    "zscore": lambda **_: ZScoreNormalizer(),
     "ema": EMANormalizer,
-    "none": IdentityNormalizer,
+    "none": lambda **_: IdentityNormalizer(),
 }
 
 
@@ -144,4 +145,4 @@ def build_normalizer(name: str, **kwargs) -> Normalizer:
     """`zscore` | `ema` (kwargs: momentum, warmup_steps) | `none`."""
     if name not in NORMALIZERS:
         raise ValueError(f"unknown normalizer {name!r}; allowed: {sorted(NORMALIZERS)}")
-    return NORMALIZERS[name](**kwargs) if name == "ema" else NORMALIZERS[name]()
+    return NORMALIZERS[name](**kwargs)

@@ -77,8 +77,8 @@ def exp_clip_weights(scores: Tensor, mask: Tensor, temperature: float, clip_min:
     frac, _ = _global_mean(clipped.double(), m, reduce_fn)
     w = torch.where(m, w, torch.zeros_like(w))
     mean_before, _ = _global_mean(w, m, reduce_fn)
-    if renormalize and mean_before > 0:
-        w = w / mean_before
+    if renormalize:  # no host sync: a zero mean (no valid token) leaves w as it is
+        w = w / torch.where(mean_before > 0, mean_before, torch.ones_like(mean_before))
     return w.to(scores.dtype), weight_stats(w, m, mean_before, frac)
 
 
