@@ -32,6 +32,10 @@ class DistEnv:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
     @classmethod
     def from_env(cls, device_type: str | None = None) -> DistEnv:
         """From the initialised process group, else `RANK`/`WORLD_SIZE`/`LOCAL_RANK` (torchrun, Ray

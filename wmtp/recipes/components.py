@@ -9,7 +9,6 @@ every loss denominator is a global sum. Without a process group the same code ru
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,8 @@ from wmtp.losses.mtp import mtp_cross_entropy
 from wmtp.model.args import ModelArgs, get_preset
 from wmtp.model.transformer import Transformer, build_model
 from wmtp.model.value import ValueModel, build_value_model, value_args_from_policy
+from wmtp.parallel.reduce import DistEnv
+from wmtp.parallel.reduce import global_sum as reduce_global_sum
 from wmtp.training.optim import build_optimizer
 from wmtp.training.schedule import build_scheduler
 
@@ -36,45 +37,21 @@ from wmtp.training.schedule import build_scheduler
 # Process layout and global sums
 
 
-@dataclass(frozen=True)
-class Layout:
-    """Where this process sits: rank/world size from torch.distributed (1 process otherwise)."""
-
-    rank: int
-    world_size: int
-    device: torch.device
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
+def process_layout(use_gpu: bool = False) -> DistEnv:
+    """This process's rank, world size and device (`wmtp.parallel.reduce.DistEnv`): the GPU of
+    `LOCAL_RANK` when asked for and present, else the CPU."""
+    env = DistEnv.from_env("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+    return env
 
 
-def process_layout(use_gpu: bool = False) -> Layout:
-    if dist.is_available() and dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    else:
-        rank, world = 0, 1
-    if use_gpu and torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    return Layout(rank, world, device)
+def global_sum(x: Tensor, layout: DistEnv) -> Tensor:
+    """All-reduce SUM across ranks of a copy (`x` itself in one process). Float64/long stay exact."""
+    return reduce_global_sum(x) if layout.distributed else x
 
 
-def global_sum(x: Tensor, layout: Layout) -> Tensor:
-    """All-reduce SUM across ranks (identity in one process). Float64/long stay exact."""
-    if layout.distributed:
-        x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
-
-
-def reduce_fn(layout: Layout):
+def reduce_fn(layout: DistEnv):
     """The `reduce_fn` callback of the weighting math (None when there is nothing to reduce)."""
     return (lambda t: global_sum(t, layout)) if layout.distributed else None
 
@@ -138,7 +115,7 @@ def materialize(uri: str, cfg: WMTPConfig) -> Path:
     return Path(pull(uri, Path(cfg.run.output_dir) / ".assets"))
 
 
-def shard_model(model: nn.Module, cfg: WMTPConfig, layout: Layout) -> nn.Module:
+def shard_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv) -> nn.Module:
     """Activation checkpointing, then FSDP2 (per block and head, root last) when distributed."""
     from wmtp.parallel.fsdp import apply_activation_checkpointing, apply_fsdp
 
@@ -149,7 +126,7 @@ def shard_model(model: nn.Module, cfg: WMTPConfig, layout: Layout) -> nn.Module:
     return model
 
 
-def sync_gradients(model: nn.Module, layout: Layout) -> None:
+def sync_gradients(model: nn.Module, layout: DistEnv) -> None:
     """Replicated (non-FSDP) multi-rank training: SUM gradients across ranks in one flat bucket.
 
     SUM, not mean: each rank's loss is already divided by the *global* denominator.
@@ -172,7 +149,7 @@ def is_fsdp_sharded(model: nn.Module) -> bool:
     return any(type(m).__name__.startswith("FSDP") for m in model.modules())
 
 
-def sync_parameters(model: nn.Module, layout: Layout) -> None:
+def sync_parameters(model: nn.Module, layout: DistEnv) -> None:
     """Replicated training: start every rank from rank 0's weights."""
     if layout.distributed and not is_fsdp_sharded(model):
         for t in [*model.parameters(), *model.buffers()]:
@@ -230,7 +207,7 @@ class BatchStream:
         self.sampler.load_state_dict(state)
 
 
-def train_stream(data: TrainingData, cfg: WMTPConfig, layout: Layout, *, samples: str | None = None,
+def train_stream(data: TrainingData, cfg: WMTPConfig, layout: DistEnv, *, samples: str | None = None,
                  sampler: str | None = None) -> BatchStream:
     name = sampler or cfg.data.sampler
     s = data.sampler(name, samples=samples or cfg.data.samples, seed=cfg.run.seed, rank=layout.rank,
@@ -240,7 +217,7 @@ def train_stream(data: TrainingData, cfg: WMTPConfig, layout: Layout, *, samples
     return BatchStream(data, s, cfg.data.batch_size, layout.device, pairs=name == "pairwise")
 
 
-def valid_batches(data: TrainingData, cfg: WMTPConfig, layout: Layout, *, samples: str = "all",
+def valid_batches(data: TrainingData, cfg: WMTPConfig, layout: DistEnv, *, samples: str = "all",
                   n_batches: int | None = None) -> list[Batch]:
     """A fixed validation set: the first `eval_batches` batches of a seeded order, per rank."""
     s = data.sampler("random", samples=samples, seed=cfg.run.seed + 7919, rank=layout.rank,
@@ -297,7 +274,7 @@ def build_trainable(model: nn.Module, cfg: WMTPConfig, lr: float) -> Trainable:
     return Trainable(model, opt, sched)
 
 
-def optimizer_step(parts: list[Trainable], loss: Tensor, cfg: WMTPConfig, layout: Layout, guard,
+def optimizer_step(parts: list[Trainable], loss: Tensor, cfg: WMTPConfig, layout: DistEnv, guard,
                    step: int) -> list[Tensor] | None:
     """Sum replicated gradients, clip each model's global norm, then step — unless the loss or a
     norm is non-finite on any rank, where the guard stops the run or skips the batch (None).
@@ -322,7 +299,7 @@ def optimizer_step(parts: list[Trainable], loss: Tensor, cfg: WMTPConfig, layout
     return None if skip else norms
 
 
-def step_denominators(labels: list[Tensor], n_heads: int, layout: Layout) -> Tensor:
+def step_denominators(labels: list[Tensor], n_heads: int, layout: DistEnv) -> Tensor:
     """`N_k` of the whole optimizer step: every micro-batch of every rank. `[H]` long."""
     local = torch.stack([count_valid_targets(lb, n_heads) for lb in labels]).sum(0)
     return global_sum(local, layout)
@@ -344,7 +321,7 @@ def head_coefficients(cfg: WMTPConfig, n_heads: int) -> list[float] | None:
 
 
 @torch.no_grad()
-def validate_policy(model: Transformer, batches: list[Batch], cfg: WMTPConfig, layout: Layout,
+def validate_policy(model: Transformer, batches: list[Batch], cfg: WMTPConfig, layout: DistEnv,
                     samples: str = "correct") -> dict[str, float]:
     """Unweighted CE per head over the fixed validation batches (global token means)."""
     model.eval()
@@ -389,7 +366,7 @@ def pairwise_accuracy(scores: Tensor, labels: Tensor) -> float:
     return float((pos[:, None] > neg[None, :]).double().mean())
 
 
-def gather_cat(x: Tensor, layout: Layout) -> Tensor:
+def gather_cat(x: Tensor, layout: DistEnv) -> Tensor:
     """Concatenate a 1-D tensor from every rank (validation statistics such as AUC)."""
     if not layout.distributed:
         return x
@@ -414,7 +391,7 @@ def nonfinite_guard(cfg: WMTPConfig, sink):
     return NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_batches, sink.latest)
 
 
-def resume_or_start(state: LoopState, cfg: WMTPConfig, sink, logger, layout: Layout) -> int:
+def resume_or_start(state: LoopState, cfg: WMTPConfig, sink, logger, layout: DistEnv) -> int:
     """Seed this rank, then restore the sink's latest checkpoint (returns its step) or, for a
     fresh run, log the resolved config as params (returns 0)."""
     from wmtp.training.seeding import seed_everything
@@ -471,7 +448,7 @@ class LoopState:
         return {"train/skipped_batches": float(self.guard.skipped)}
 
 
-def export_model(model: nn.Module, cfg: WMTPConfig, layout: Layout, tokenizer=None,
+def export_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv, tokenizer=None,
                  value_head: str | None = None) -> Path:
     """Write the trained model to `<run_dir>/export` (safetensors + params.json, plus the
     tokenizer.model it was trained with, so `wmtp eval --checkpoint <export>` and the next stage
@@ -547,7 +524,7 @@ def lr_metrics(state: LoopState) -> dict[str, float]:
     return {f"train/lr_{n}": t.scheduler.get_last_lr()[0] for n, t in state.trainables.items()}
 
 
-def throughput_meter(model: nn.Module, cfg: WMTPConfig, layout: Layout):
+def throughput_meter(model: nn.Module, cfg: WMTPConfig, layout: DistEnv):
     """tokens/s and MFU (FLOPs per token from the model's shapes, peak from the accelerator table)."""
     from wmtp.model.memory import flops_per_token
     from wmtp.training.throughput import ThroughputMeter, current_device_peak_flops
@@ -618,7 +595,7 @@ def generation_eval_tasks(cfg: WMTPConfig, n_tasks: int = GENERATE_EVAL_TASKS) -
     return load_jsonl_tasks(bundled.valid_eval, limit=n_tasks)
 
 
-def evaluate_generation(model: Transformer, tokenizer, tasks: list, cfg: WMTPConfig, layout: Layout, logger,
+def evaluate_generation(model: Transformer, tokenizer, tasks: list, cfg: WMTPConfig, layout: DistEnv, logger,
                         step: int) -> dict[str, float]:
     """Greedy pass@1 of the policy on `tasks`, logged as `eval/pass_at_1` (…, `eval/n_tasks`) when
     `train.eval_generate_every` divides `step`.
