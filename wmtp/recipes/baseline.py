@@ -63,9 +63,10 @@ class BaselineRecipe:
                 "train/grad_norm": norms[0], **C.lr_metrics(self.state)}, tokens
 
     def evaluate(self, step: int) -> dict[str, float]:
-        C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, self.cfg, self.layout,
-                              self.logger, step)
-        return C.validate_policy(self.policy.model, self.valid, self.cfg, self.layout, self.cfg.data.samples)
+        generated = C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, self.cfg,
+                                          self.layout, step)
+        return {**C.validate_policy(self.policy.model, self.valid, self.cfg, self.layout, self.cfg.data.samples),
+                **generated}
 
     def train(self) -> dict[str, float]:
         return train_and_export(self, self.policy.model)

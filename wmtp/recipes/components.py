@@ -595,24 +595,24 @@ def generation_eval_tasks(cfg: WMTPConfig, n_tasks: int = GENERATE_EVAL_TASKS) -
     return load_jsonl_tasks(bundled.valid_eval, limit=n_tasks)
 
 
-def evaluate_generation(model: Transformer, tokenizer, tasks: list, cfg: WMTPConfig, layout: DistEnv, logger,
+def evaluate_generation(model: Transformer, tokenizer, tasks: list, cfg: WMTPConfig, layout: DistEnv,
                         step: int) -> dict[str, float]:
-    """Greedy pass@1 of the policy on `tasks`, logged as `eval/pass_at_1` (…, `eval/n_tasks`) when
-    `train.eval_generate_every` divides `step`.
+    """Greedy pass@1 of the policy on `tasks` as `eval/pass_at_1` (…, `eval/n_tasks`) when
+    `train.eval_generate_every` divides `step`; {} otherwise.
 
     Replicated models generate on rank 0 only; FSDP-sharded ones on every rank in lockstep (their
-    forwards gather shards), with rank 0 logging. Returns the logged metrics ({} when not due)."""
+    forwards gather shards). Only rank 0 returns the metrics; the recipe's `evaluate` returns them
+    with its validation metrics, so every rank logs (and reports to Ray) the same number of times."""
     every = cfg.train.eval_generate_every
     if not every or step % every != 0 or not tasks:
         return {}
     if not layout.is_main and not is_fsdp_sharded(model):
         return {}
-    from wmtp.evaluation.runner import evaluate_pass_at_k, log_eval_result
+    from wmtp.evaluation.runner import evaluate_pass_at_k
 
     result = evaluate_pass_at_k(model, tokenizer, tasks, n=1, k=[1], temperature=0.0,
                                 max_new_tokens=cfg.data.max_seq_len, batch_size=len(tasks), seed=cfg.run.seed,
                                 workers=1, n_bootstrap=100)
     if not layout.is_main:
         return {}
-    log_eval_result(logger, result, step, prefix="eval/")
     return {f"eval/{k}": v for k, v in result.metrics.items()}

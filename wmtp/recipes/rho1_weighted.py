@@ -130,9 +130,9 @@ class Rho1WeightedRecipe:
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
         cfg, policy = self.cfg, self.policy.model
-        C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg, self.layout,
-                              self.logger, step)
-        metrics = C.validate_policy(policy, self.valid, cfg, self.layout, cfg.data.samples)
+        generated = C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
+                                          self.layout, step)
+        metrics = generated | C.validate_policy(policy, self.valid, cfg, self.layout, cfg.data.samples)
         # Heatmap with the colocated live reference (stored losses cover training rows only).
         # Every rank runs the forward (a sharded policy needs all ranks); rank 0 logs.
         if cfg.train.heatmap_samples and isinstance(self.scorer, ColocatedScorer):

@@ -149,9 +149,9 @@ class VerifiableRecipe:
     def evaluate(self, step: int) -> dict[str, float]:
         """Unweighted CE per head, critic AUC (final value vs R), and a token-weight heatmap."""
         cfg, vw = self.cfg, self.cfg.stage2.value_weighting
-        C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg, self.layout,
-                              self.logger, step)
-        metrics = C.validate_policy(self.policy.model, self.valid, cfg, self.layout, cfg.data.samples)
+        generated = C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
+                                          self.layout, step)
+        metrics = generated | C.validate_policy(self.policy.model, self.valid, cfg, self.layout, cfg.data.samples)
         critic = self.critic.model.eval()
         finals, outcomes = [], []
         for batch in self.valid:
