@@ -49,7 +49,7 @@ def build_trainer(
 ) -> TorchTrainer:
     """A TorchTrainer for `cfg` (does not start it). `recipe_builder` defaults to `build_recipe`."""
     orch = cfg.orchestration
-    cfg = _with_absolute_paths(cfg)
+    cfg = with_absolute_paths(cfg)
     score_metric, score_mode = checkpoint_score(cfg)
     storage = resolve_storage(orch.storage_path, cfg.run.output_dir)
     resources: dict[str, float] = {"CPU": orch.cpus_per_worker}
@@ -85,7 +85,7 @@ def build_trainer(
 def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None) -> dict[str, float]:
     """Train `cfg` on Ray (joining `orchestration.address` or a local cluster); returns rank 0's final metrics."""
     ensure_ray(cfg.orchestration.address, local_cpus=cpus_needed(cfg))
-    cfg = _with_absolute_paths(cfg)
+    cfg = with_absolute_paths(cfg)
     if recipe_builder is None:
         from wmtp.recipes.chain import resolve_inputs
 
@@ -149,7 +149,7 @@ def _default_recipe_builder() -> RecipeBuilder:
     return build_recipe
 
 
-def _with_absolute_paths(cfg: WMTPConfig) -> WMTPConfig:
+def with_absolute_paths(cfg: WMTPConfig) -> WMTPConfig:
     """Workers may run in another folder: anchor the run's output folder to the driver's cwd."""
     out = cfg.model_copy(deep=True)
     out.run.output_dir = str(Path(cfg.run.output_dir).expanduser().resolve())

@@ -30,7 +30,7 @@ from wmtp.config.loader import ConfigError, validate_config
 from wmtp.config.paths import run_name
 from wmtp.config.schema import WMTPConfig
 from wmtp.config.tune import AshaScheduler, Choice, LogUniform, RandInt, TuneSpace, Uniform
-from wmtp.orchestration.launch import RecipeBuilder, build_trainer
+from wmtp.orchestration.launch import RecipeBuilder, build_trainer, run_training, with_absolute_paths
 from wmtp.orchestration.ray_runtime import cpus_needed, ensure_ray
 from wmtp.orchestration.storage import resolve_storage
 
@@ -112,8 +112,12 @@ def run_tune(cfg: WMTPConfig, space: TuneSpace, *, recipe_builder: RecipeBuilder
     # Reports before the first validation lack the metric; ASHA skips those (strict checking would
     # fail the trial instead).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    cfg = cfg.model_copy(deep=True)
-    cfg.run.output_dir = str(Path(cfg.run.output_dir).expanduser().resolve())
+    cfg = with_absolute_paths(cfg)
+    if recipe_builder is None:
+        from wmtp.recipes.chain import resolve_inputs
+
+        # A missing critic / reference is produced once, before the trials (as `wmtp train` does).
+        cfg = resolve_inputs(cfg, run_training)
     sweep = f"tune-{run_name(cfg)}"
     parent = _parent_run(cfg, sweep, space)
     storage = resolve_storage(cfg.orchestration.storage_path, cfg.run.output_dir)
