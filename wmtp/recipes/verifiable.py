@@ -69,7 +69,13 @@ class VerifiableRecipe:
                                  {"policy": self.policy, "critic": self.critic}, stateful)
         self.start = C.resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
         if self.start:  # the experience side scores with the restored critic
-            self.scorer.publish_critic(C.full_state_dict(self.critic.model), self.start)
+            self.scorer.publish_critic(C.full_state_dict(self.critic.model), self.critic_version(self.start))
+
+    def critic_version(self, step: int) -> int:
+        """Critic versions are publishes: after `step` steps the experience side holds version
+        `step // critic_sync_interval`; staleness (logged, bounded by `stage2.max_staleness`) counts
+        versions a scored batch lags behind the learner's last publish."""
+        return step // self.cfg.stage2.critic_sync_interval if self.learn_critic else 0
 
     def weights(self, advantages: torch.Tensor, mask: torch.Tensor, update: bool, global_stats: bool = True):
         """Target-indexed token weights `[B, S]` from GAE advantages `[B, S]` (normaliser and
@@ -129,7 +135,7 @@ class VerifiableRecipe:
         parts = [self.policy, self.critic] if self.learn_critic else [self.policy]
         norms = C.optimizer_step(parts, loss, cfg, self.layout, self.state.guard, step)
         if self.learn_critic and step % cfg.stage2.critic_sync_interval == 0:
-            self.scorer.publish_critic(C.full_state_dict(critic), step)
+            self.scorer.publish_critic(C.full_state_dict(critic), self.critic_version(step))
         if norms is None:
             return None, tokens
         stats = {"train/loss": C.global_sum(loss, self.layout),
@@ -137,7 +143,7 @@ class VerifiableRecipe:
                  **C.head_metrics("train/weighted_ce", C.global_sum(wce, self.layout)),
                  "train/grad_norm": norms[0], **C.lr_metrics(self.state),
                  **C.stat_tensors("train/weights", wstats),
-                 "train/critic_staleness": float(step - 1 - scored_batches[-1].critic_version)}
+                 "train/critic_staleness": float(self.critic_version(step - 1) - scored_batches[-1].critic_version)}
         if self.learn_critic:
             vstats = C.global_sum(vstats, self.layout)
             vstats[1:] /= self.layout.world_size
