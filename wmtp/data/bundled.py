@@ -18,7 +18,7 @@ from wmtp.data.locking import file_lock
 from wmtp.data.records import write_jsonl
 from wmtp.data.synth import generate
 from wmtp.data.template import format_prompt
-from wmtp.model.tokenizer import Tokenizer, train_tokenizer
+from wmtp.model.tokenizer import train_tokenizer
 
 BUNDLE_VERSION = 1  # bump whenever the generator, template or tokenizer training changes the output
 _DONE = "bundle.json"
@@ -98,9 +98,6 @@ def ensure_bundled(cache_dir: str | Path | None = None, *, n_problems: int = 200
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
     meta = json.loads(done.read_text())
-    b = _paths(final, meta.get("stats", {}))
-    # The indexes record the source path/mtime; the rename keeps mtimes, so they stay fresh.
-    tok = Tokenizer(b.tokenizer)
-    ensure_index(b.train, b.train_index, tok, progress=False)
-    ensure_index(b.valid, b.valid_index, tok, progress=False)
-    return b
+    # The indexes were built with the bundle; `TrainingData` checks them against the tokenizer and
+    # bad-line policy it actually uses (checking here too would rebuild them twice under another policy).
+    return _paths(final, meta.get("stats", {}))

@@ -21,6 +21,7 @@ retried after the actor reloads the last published weights — the learner never
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -123,8 +124,7 @@ class AsyncExperienceScorer:
 
     # ----------------------------------------------------------------------------------- actors
     def _create_actor(self, name: str) -> Any:
-        remote_cls = ray.remote(ExperienceActor)
-        return remote_cls.options(
+        return _remote_actor_class().options(
             name=name,
             num_cpus=EXPERIENCE_ACTOR_CPUS,
             num_gpus=1 if self._use_gpu else 0,
@@ -273,3 +273,9 @@ def _device_of(batch: Any) -> torch.device:
 
 def _to_cpu(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach().cpu()
+
+
+@functools.cache
+def _remote_actor_class() -> Any:
+    """`ray.remote(ExperienceActor)`, made once per process (not once per actor or restart)."""
+    return ray.remote(ExperienceActor)
