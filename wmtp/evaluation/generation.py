@@ -148,8 +148,14 @@ def generate(model, tokenizer: TextTokenizer, prompts: list[str], *, max_new_tok
     encoded = [tokenizer.encode(p, bos=True) for p in prompts]
     stop = tuple(stop)
 
+    # Called after every token: a new stop string ends at the last token, so decoding a tail that
+    # can hold the longest one (a character may take up to 4 byte-fallback tokens) suffices —
+    # decoding the whole completion each time would be quadratic in its length.
+    window = 4 * max((len(s) for s in stop), default=0) + 4
+
     def should_stop(_: int, ids: list[int]) -> bool:
-        return bool(stop) and any(s in tokenizer.decode(ids) for s in stop)
+        tail = tokenizer.decode(ids[-window:])
+        return any(s in tail for s in stop)
 
     ids = generate_tokens(model, encoded, max_new_tokens=max_new_tokens, temperature=temperature,
                           top_p=top_p, eos_id=tokenizer.eos_id, pad_id=max(tokenizer.pad_id, 0),
