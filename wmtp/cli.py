@@ -189,6 +189,12 @@ def build_plan(cfg: WMTPConfig) -> Plan:
     orch = cfg.orchestration
     tokens = cfg.data.batch_size * cfg.data.max_seq_len * cfg.data.grad_accum * orch.num_workers
     notes = []
+    if cfg.model.checkpoint:
+        from wmtp.model.checkpoint import describe_args
+
+        source = ("params.json of " if "://" not in cfg.model.checkpoint else
+                  "the preset (an s3:// checkpoint is read when the run pulls it, not by the dry run): ")
+        notes.append(f"policy shapes from {source}{cfg.model.checkpoint}: {describe_args(args)}")
     if device == "meta":
         notes.append(f"{total:,} parameters > model.meta_device_threshold={cfg.model.meta_device_threshold:,}: "
                      "built on the meta device (shapes only)")

@@ -57,16 +57,28 @@ class CheckpointError(ValueError):
 # ---------------------------------------------------------------- public API
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> Transformer:
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+               args: ModelArgs | None = None) -> Transformer:
     """Load a policy from a wmtp, Meta or HF LLaMA folder.
 
     dtype: parameter dtype; None means float32 (master weights for training). Pass
-    `torch.bfloat16` for inference.
+        `torch.bfloat16` for inference.
+    args: the shapes to build, from `reconcile_args` (default: the checkpoint's own). Heads are
+        dropped or added from the last trunk block as `adapt_heads` says; any other difference
+        is a `ModelIdentityError`.
     """
     folder = _folder(path)
     if (folder / VALUE_FILE).is_file():
         raise CheckpointError(f"{folder} holds a value model ({VALUE_FILE}); load it with load_value_model")
-    args, state = read_checkpoint(folder)
+    ckpt_args, state = read_checkpoint(folder)
+    if args is None:
+        args = ckpt_args
+    else:
+        expected = reconcile_args(ckpt_args, {k: getattr(args, k) for k in _IDENTITY_KEYS}, folder)
+        if expected != args.replace(max_seq_len=expected.max_seq_len):
+            raise ModelIdentityError(f"{folder}: requested shapes {args} do not follow from the checkpoint's "
+                                     f"{ckpt_args}")
+        state = adapt_heads(state, ckpt_args, args)
     with torch.device("meta"):
         model = Transformer(args)
     return _materialise(model, device, dtype, state, folder)
@@ -159,6 +171,99 @@ def save_meta_checkpoint(model: nn.Module, path: str | Path, n_shards: int = 1,
     params = {k: v for k, v in model.args.to_params_json().items() if k != "max_seq_len"}
     (folder / PARAMS_FILE).write_text(json.dumps(params, indent=2) + "\n")
     return folder
+
+
+# ---------------------------------------------------------------- model identity (docs/MODEL.md)
+
+
+class ModelIdentityError(CheckpointError):
+    """The config asks for shapes the checkpoint's weights cannot have: names both values."""
+
+
+# params.json keys that shape no weight: a config may set them over the checkpoint's.
+_FREE_KEYS = frozenset({"max_seq_len"})
+# Keys compared by `load_model(args=...)` (everything that shapes or changes the weights' meaning).
+_IDENTITY_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
+                  "norm_eps", "rope_theta", "n_future_tokens")
+
+
+def read_checkpoint_args(path: str | Path) -> ModelArgs:
+    """The shapes a checkpoint folder holds, without reading its weights (the dry run's view).
+
+    Meta's `"vocab_size": -1` is resolved from the shape of `output.weight` (memory-mapped)."""
+    folder = _folder(path)
+    if (folder / PARAMS_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+        return _read_params(folder)
+    shards = sorted(folder.glob("consolidated*.pth"))
+    if (folder / PARAMS_FILE).is_file() and shards:
+        vocab = _read_json(folder / PARAMS_FILE).get("vocab_size")
+        if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 0:
+            return _read_params(folder)
+        heads = [_torch_load(f).get("output.weight") for f in shards]
+        return _read_params(folder, vocab_size=sum(h.shape[0] for h in heads if h is not None) or None)
+    if (folder / "config.json").is_file() and list(folder.glob("*.safetensors")):
+        return _hf_args(_read_json(folder / "config.json"), folder / "config.json")
+    return read_checkpoint(folder)[0]  # raises the "no checkpoint" error
+
+
+def reconcile_args(ckpt: ModelArgs, requested: dict, source: str | Path, what: str = "model.params") -> ModelArgs:
+    """The shapes a run builds from a checkpoint whose params are `ckpt`, given the config's
+    explicit settings `requested` (`model.params` plus `model.n_future_tokens`).
+
+    Rule (docs/MODEL.md "Checkpoint and config"): the checkpoint's trunk is kept as it is.
+      - `n_future_tokens` may differ: fewer heads drop the extra heads past the new count; more
+        heads add blocks initialised from the last trunk block (head 1). `n_layers` follows
+        (trunk blocks + heads − 1); a `model.params.n_layers` that contradicts it is a conflict.
+      - `max_seq_len` (no weights) is taken from the config.
+      - any other key that differs is a `ModelIdentityError` listing every conflict, both values.
+    """
+    heads = requested.get("n_future_tokens", ckpt.n_future_tokens)
+    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+        raise ModelIdentityError(f"{what}.n_future_tokens must be an integer >= 1, got {heads!r}")
+    n_layers = ckpt.n_trunk_layers + heads - 1
+    conflicts = []
+    for key, value in requested.items():
+        if key in ("n_future_tokens", *_FREE_KEYS):
+            continue
+        if key == "n_layers":
+            if value != n_layers:
+                conflicts.append(f"n_layers: config {value!r}, checkpoint {ckpt.n_layers} ({ckpt.n_trunk_layers} "
+                                 f"trunk blocks + {heads - 1} extra heads = {n_layers})")
+            continue
+        if not hasattr(ckpt, key):
+            conflicts.append(f"{key}: not a params.json field")
+        elif getattr(ckpt, key) != value and not (key == "n_kv_heads" and (value or ckpt.n_heads) == ckpt.kv_heads):
+            conflicts.append(f"{key}: config {value!r}, checkpoint {getattr(ckpt, key)!r}")
+    if conflicts:
+        raise ModelIdentityError(
+            f"{what} conflicts with the checkpoint {source}: " + "; ".join(conflicts)
+            + ". A checkpoint's shapes are fixed (only n_future_tokens and max_seq_len may change, docs/MODEL.md); "
+              "remove the setting or use a checkpoint with those shapes")
+    free = {k: requested[k] for k in _FREE_KEYS if k in requested}
+    return ckpt.replace(n_future_tokens=heads, n_layers=n_layers, **free)
+
+
+def adapt_heads(state: dict[str, Tensor], ckpt: ModelArgs, args: ModelArgs) -> dict[str, Tensor]:
+    """A Meta-layout state dict of `ckpt`'s heads rewritten for `args.n_future_tokens` heads:
+    extra heads past the new count dropped; new extra heads copied from the last trunk block."""
+    old, new = ckpt.n_future_tokens, args.n_future_tokens
+    if old == new:
+        return state
+    out = {k: v for k, v in state.items()
+           if not (k.startswith("extra_heads.") and int(k.split(".")[1]) >= new - 1)}
+    last = f"layers.{ckpt.n_trunk_layers - 1}."
+    for j in range(old - 1, new - 1):
+        for key, tensor in state.items():
+            if key.startswith(last):
+                out[f"extra_heads.{j}.{key[len(last):]}"] = tensor.clone()
+    return out
+
+
+def describe_args(args: ModelArgs) -> str:
+    """One line of the shapes a run builds (logged when a run starts from a checkpoint)."""
+    return (f"dim={args.dim} n_layers={args.n_layers} (trunk {args.n_trunk_layers - 1} + {args.n_future_tokens} "
+            f"head(s)) n_heads={args.n_heads} n_kv_heads={args.kv_heads} vocab_size={args.vocab_size} "
+            f"ffn_hidden_dim={args.ffn_hidden_dim} rope_theta={args.rope_theta} max_seq_len={args.max_seq_len}")
 
 
 # ---------------------------------------------------------------- readers
@@ -289,9 +394,8 @@ def hf_unpermute(w: Tensor, n_heads: int) -> Tensor:
     return w.view(n_heads, 2, out_dim // n_heads // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
-def _read_hf_llama(folder: Path) -> tuple[ModelArgs, dict[str, Tensor]]:
-    cfg_file = folder / "config.json"
-    cfg = _read_json(cfg_file)
+def _hf_args(cfg: dict, cfg_file: Path) -> ModelArgs:
+    """ModelArgs from an HF LLaMA `config.json` (NTP: one head)."""
     try:
         dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
         hidden = int(2 * 4 * dim / 3)
@@ -310,6 +414,13 @@ def _read_hf_llama(folder: Path) -> tuple[ModelArgs, dict[str, Tensor]]:
         raise CheckpointError(f"{cfg_file}: rope_scaling={cfg['rope_scaling']} is not supported")
     if args.ffn_hidden_dim != inter:
         raise CheckpointError(f"{cfg_file}: intermediate_size={inter} is not expressible in Meta's FFN rule")
+    return args
+
+
+def _read_hf_llama(folder: Path) -> tuple[ModelArgs, dict[str, Tensor]]:
+    cfg_file = folder / "config.json"
+    cfg = _read_json(cfg_file)
+    args = _hf_args(cfg, cfg_file)
     raw: dict[str, Tensor] = {}
     for f in sorted(folder.glob("*.safetensors")):
         raw.update(_read_safetensors(f))
@@ -409,6 +520,7 @@ def _write(path: str | Path, args: ModelArgs, state: dict[str, Tensor], extra: d
 
 
 __all__ = [
-    "CheckpointError", "check_state_dict", "hf_unpermute", "load_model", "load_value_model", "read_checkpoint",
+    "CheckpointError", "ModelIdentityError", "adapt_heads", "describe_args", "read_checkpoint_args",
+    "reconcile_args", "check_state_dict", "hf_unpermute", "load_model", "load_value_model", "read_checkpoint",
     "save_meta_checkpoint", "save_model", "save_value_model",
 ]

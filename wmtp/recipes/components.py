@@ -60,19 +60,32 @@ def reduce_fn(layout: DistEnv):
 # Models
 
 
-def policy_args(cfg: WMTPConfig, vocab_size: int | None = None) -> ModelArgs:
-    """The policy's shapes: preset → `model.params` → head count → the tokenizer's vocab."""
+def policy_args(cfg: WMTPConfig, vocab_size: int | None = None, checkpoint: str | Path | None = None) -> ModelArgs:
+    """The policy's shapes. Without a checkpoint: preset → `model.params` → head count → the
+    tokenizer's vocab. With one (`checkpoint`, or a local `model.checkpoint`): the checkpoint's
+    params.json reconciled with `model.params`/`model.n_future_tokens` (docs/MODEL.md rule)."""
     from wmtp.config.loader import ConfigError
 
     changes = dict(cfg.model.params)
     if cfg.model.n_future_tokens:
         changes["n_future_tokens"] = cfg.model.n_future_tokens
-    if vocab_size is not None and "vocab_size" not in changes:
-        changes["vocab_size"] = vocab_size
-    try:
-        args = get_preset(cfg.model.preset).replace(**changes)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"model.params / model.n_future_tokens: {e}") from None
+    if checkpoint is None and cfg.model.checkpoint and "://" not in cfg.model.checkpoint:
+        checkpoint = Path(cfg.model.checkpoint).expanduser()
+    if checkpoint is not None:
+        from wmtp.model.checkpoint import read_checkpoint_args, reconcile_args
+
+        args = reconcile_args(read_checkpoint_args(checkpoint), changes, checkpoint,
+                              what="model.params / model.n_future_tokens")
+        if vocab_size is not None and vocab_size > args.vocab_size:
+            raise ConfigError(f"model.tokenizer has {vocab_size} pieces but the checkpoint {checkpoint} has "
+                              f"vocab_size={args.vocab_size}; use the tokenizer it was trained with")
+    else:
+        if vocab_size is not None and "vocab_size" not in changes:
+            changes["vocab_size"] = vocab_size
+        try:
+            args = get_preset(cfg.model.preset).replace(**changes)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.params / model.n_future_tokens: {e}") from None
     if cfg.data.max_seq_len > args.max_seq_len:
         raise ConfigError(f"data.max_seq_len={cfg.data.max_seq_len} exceeds the model's max_seq_len="
                           f"{args.max_seq_len}; lower it or set model.params.max_seq_len")
@@ -86,11 +99,17 @@ def critic_args(cfg: WMTPConfig, args: ModelArgs) -> ModelArgs:
 
 
 def build_policy(cfg: WMTPConfig, vocab_size: int | None, device: torch.device) -> Transformer:
-    """From `model.checkpoint` when given (local folder or s3:// URI), else initialised from the seed."""
+    """From `model.checkpoint` when given (local folder or s3:// URI), reconciled with the config
+    (`policy_args`), else initialised from the seed. Logs the shapes it built from a checkpoint."""
     if cfg.model.checkpoint:
-        from wmtp.model.checkpoint import load_model
+        from wmtp.model.checkpoint import describe_args, load_model
 
-        return load_model(materialize(cfg.model.checkpoint, cfg), device=device)
+        folder = materialize(cfg.model.checkpoint, cfg)
+        args = policy_args(cfg, vocab_size, checkpoint=folder)
+        model = load_model(folder, device=device, args=args)
+        if DistEnv.from_env("cpu").is_main:
+            print(f"[wmtp] policy from {cfg.model.checkpoint}: {describe_args(args)}", flush=True)
+        return model
     return build_model(policy_args(cfg, vocab_size), device=device, seed=cfg.run.seed)
 
 
