@@ -61,6 +61,17 @@ def test_truncation_keeps_response_start(small_tokenizer):
     assert 40 - s >= 10 and (b.labels[0, s:] != IGNORE_INDEX).all()
 
 
+def test_truncated_responses_are_flagged(small_tokenizer):
+    """A response cut before its EOS is flagged (no terminal reward at its last token: docs/MATH.md)."""
+    whole = Record("p", "add", "", "x = 1\n", True)
+    cut = Record("p", "add", "", "x = 1\n" * 100, True)
+    b = Collator(small_tokenizer, max_seq_len=40)([whole, cut])
+    assert b.truncated.tolist() == [False, True]
+    assert b.tokens[0, int(b.response_end[0])] == small_tokenizer.eos_id
+    assert b.tokens[1, int(b.response_end[1])] != small_tokenizer.eos_id
+    assert b.to("cpu").truncated.tolist() == [False, True]
+
+
 def test_pair_batches(small_bundle, small_tokenizer):
     data = TrainingData(small_bundle.train, small_bundle.train_index, small_tokenizer, max_seq_len=256)
     sampler = data.sampler("pairwise", seed=0)
@@ -81,3 +92,13 @@ def test_batches_follow_sampler_and_resume(small_bundle, small_tokenizer):
     got = next(data.batches(s2, 4))
     assert torch.equal(got.tokens, want.tokens) and got.row.tolist() == want.row.tolist()
     assert got.is_correct.all()
+
+
+def test_truncated_samples_are_counted(small_tokenizer):
+    from wmtp.parallel.reduce import DistEnv
+    from wmtp.recipes.components import truncated_samples
+
+    col = Collator(small_tokenizer, max_seq_len=40)
+    batches = [col([Record("p", "add", "", "x = 1\n" * n, True) for n in (1, 100, 100)]),
+               col([Record("p", "add", "", "x = 1\n" * n, True) for n in (100, 2)])]
+    assert float(truncated_samples(batches, DistEnv.from_env("cpu"))) == 3.0

@@ -47,6 +47,27 @@ def test_lambda_one_gamma_one_is_monte_carlo_and_lambda_zero_is_td0():
     assert torch.allclose(g, torch.tensor([[0.0, 0.0, 0.45, 1.0]], dtype=torch.float64))
 
 
+def test_truncated_response_gets_no_terminal_reward():
+    """A hand-built batch: row 0 ended (EOS at e), row 1 was cut at max_seq_len. The cut row's last
+    step bootstraps from V_e and gets no reward; the ended row is unchanged."""
+    values, mask, _ = hand_case()
+    values, mask = values.repeat(2, 1), mask.repeat(2, 1)
+    R = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    truncated = torch.tensor([False, True])
+    adv, ret = compute_gae(values, mask, R, gamma=0.9, lam=0.5, truncated=truncated)
+    # row 1, j=3 (cut): δ = γ V_3 − V_2 = 0.72 − 0.5 = 0.22 (no R); j=2: δ = 0.25, A_2 = 0.25 + 0.45·0.22
+    assert torch.allclose(adv, torch.tensor([[0.0, 0.0, 0.475, 0.5], [0.0, 0.0, 0.349, 0.22]], dtype=torch.float64))
+    assert torch.allclose(ret[1], torch.tensor([0.0, 0.0, 0.549, 0.72], dtype=torch.float64))
+    # the reward is really gone: R = 0 and R = 1 give the same cut row
+    adv0, _ = compute_gae(values, mask, torch.tensor([1.0, 0.0], dtype=torch.float64), 0.9, 0.5, truncated=truncated)
+    assert torch.equal(adv0[1], adv[1])
+    ref_adv, ref_ret = compute_gae_reference(values, mask, R, 0.9, 0.5, truncated=truncated)
+    assert torch.allclose(adv, ref_adv) and torch.allclose(ret, ref_ret)
+    # λ-returns of the critic recipe follow: λ=0, γ=0.9 → G_3 = γ V_3 = 0.72 for the cut row
+    g = lambda_returns(values, mask, R, 0.9, 0.0, truncated=truncated)
+    assert torch.allclose(g[:, 3], torch.tensor([1.0, 0.72], dtype=torch.float64))
+
+
 def test_discounted_cumsum_blocks_match_direct():
     x = torch.randn(3, 1000, dtype=torch.float64)
     for d in (0.0, 0.3, 0.97, 1.0):

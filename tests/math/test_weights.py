@@ -122,9 +122,12 @@ def test_ema_warmup_momentum_frozen_and_state_dict():
     a = torch.tensor([[0.0, 2.0]])  # mean 1, E[x²] 2
     b = torch.tensor([[4.0, 6.0]])  # mean 5, E[x²] 26
     za = ema(a, m)  # step 1 ≤ warmup: batch stats → ±1
+    assert ema.steps == 0  # staged, not applied until the step is accepted
+    ema.commit()
     assert torch.allclose(za, torch.tensor([[-1.0, 1.0]]))
     assert (ema.mean, ema.sq_mean, ema.steps) == (1.0, 2.0, 1)
-    zb = ema(b, m)  # step 2: mean = .5·1 + .5·5 = 3, E[x²] = .5·2 + .5·26 = 14, var = 5
+    zb = ema(b, m)
+    ema.commit()  # step 2: mean = .5·1 + .5·5 = 3, E[x²] = .5·2 + .5·26 = 14, var = 5
     assert ema.mean == pytest.approx(3.0) and ema.sq_mean == pytest.approx(14.0)
     assert torch.allclose(zb, (b - 3.0) / math.sqrt(5.0), atol=1e-6)
     state = ema.state_dict()

@@ -37,13 +37,14 @@ GOLDEN = {
         'train/pairwise_accuracy': [0.5, 0.5],
     },
     'verifiable': {
-        'train/loss': [7.3645029, 6.8804412, 5.9747367, 6.2877727],
-        'train/value_loss': [0.1959384, 0.2209523, 0.0372471, 0.0956398],
+        # steps 2-4 hold 1, 2, 2 responses cut at max_seq_len (no terminal reward: docs/MATH.md)
+        'train/loss': [7.3645029, 6.765481, 6.1060319, 6.2996297],
+        'train/value_loss': [0.1959384, 0.0733521, 0.0062269, 0.0072356],
         'train/weights/mean': [1.0, 1.0, 1.0, 1.0],
     },
     'verifiable_mtp4': {
-        'train/loss': [7.1339331, 6.9172902, 6.4349399, 6.1047487],
-        'train/weighted_ce_head4': [6.990871, 6.7983842, 6.4694042, 6.0687389],
+        'train/loss': [7.1339331, 6.8427138, 6.3697653, 5.9265213],
+        'train/weighted_ce_head4': [6.990871, 6.73667, 6.4655523, 5.9682732],
     },
     'rho1_live': {
         'train/loss': [7.1509256, 6.4295454, 6.1824012, 5.8228035],

@@ -39,3 +39,18 @@ def test_skip_stops_past_the_limit(tmp_path):
     cfg = recipe_config("baseline", tmp_path, *EXPLODE, "train.nonfinite=skip", "train.max_skipped_batches=1")
     with pytest.raises(NonFiniteLossError, match=r"at step 3: 2 batches skipped"):
         run(cfg)
+
+
+def test_skipped_steps_do_not_move_the_ema_normaliser(tmp_path):
+    """The EMA normaliser's update is staged and committed only when the guard accepts the step:
+    steps 2-4 are skipped, so the checkpointed EMA has seen step 1 alone."""
+    import torch
+
+    out = run(recipe_config("verifiable", tmp_path, *EXPLODE, "train.nonfinite=skip", "train.max_skipped_batches=5",
+                            "stage2.value_weighting.td_error_normalization=ema", "train.checkpoint_every=1"))
+    assert series(out, "train/skipped_batches")[-1] == 3.0
+    states = {}
+    for step in (3, 4):  # the two checkpoints kept
+        extra = torch.load(out / "checkpoints" / f"step_{step:06d}" / "extra_rank0.pt", weights_only=False)
+        states[step] = extra["stateful"]["normalizer"]
+    assert states[4]["steps"] == 1 and states[3] == states[4]

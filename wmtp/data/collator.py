@@ -36,6 +36,9 @@ class Batch:
     response_end: torch.Tensor  # [B] long, last response position (EOS included), inclusive
     problem_id: list[str]
     row: torch.Tensor  # [B] long, index row of each sample
+    # [B] bool, True where max_seq_len cut the response before its EOS (its last token is no
+    # terminal state: docs/MATH.md "Truncated responses"); None = not known (hand-built batches).
+    truncated: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -67,7 +70,8 @@ class Collator:
         self.min_response = min_response if min_response is not None else max_seq_len // 4
 
     def encode(self, rec: Record) -> tuple[list[int], int]:
-        """Token ids ``[BOS] prompt response [EOS]`` (truncated) and the response start position."""
+        """Token ids ``[BOS] prompt response [EOS]`` (truncated) and the response start position
+        (a cut response does not end with EOS: ``ids[-1] != eos_id``)."""
         prompt = self.tok.encode(format_prompt(rec.instruction, rec.input))
         response = self.tok.encode(rec.output) + [self.tok.eos_id]
         room = self.max_seq_len - 1  # after BOS
@@ -96,4 +100,5 @@ class Collator:
             is_correct=torch.tensor([r.is_correct for r in records], dtype=torch.bool),
             response_start=start, response_end=end, problem_id=[r.problem_id for r in records],
             row=torch.tensor(list(rows) if rows is not None else [-1] * b, dtype=torch.long),
+            truncated=torch.tensor([ids[-1] != self.tok.eos_id for ids, _ in enc], dtype=torch.bool),
         )

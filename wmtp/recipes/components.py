@@ -268,6 +268,13 @@ def policy_labels(batch: Batch, samples: str) -> Tensor:
     return batch.labels.masked_fill(~batch.is_correct[:, None], -100)
 
 
+def truncated_samples(batches: list[Batch], layout: DistEnv) -> Tensor:
+    """How many of the step's responses (all micro-batches, all ranks) `data.max_seq_len` cut before
+    their EOS; their last token gets no terminal reward (docs/MATH.md "Truncated responses")."""
+    local = sum(int(b.truncated.sum()) for b in batches if b.truncated is not None)
+    return global_sum(torch.tensor(float(local), dtype=torch.float64, device=layout.device), layout)
+
+
 def response_mask(batch: Batch) -> Tensor:
     """`[B, S]` bool: response tokens (solution body + EOS), whatever their correctness."""
     return batch.labels != -100
@@ -461,6 +468,15 @@ class LoopState:
             obj.load_state_dict(extra["stateful"][n])
         set_rng_state(extra["rng"])
         return int(extra["step"])
+
+    def settle(self, accepted: bool) -> None:
+        """After `optimizer_step`: commit the staged updates of stateful parts (the EMA
+        normaliser) when the step was accepted, discard them when the guard skipped it."""
+        for obj in self.stateful.values():
+            if accepted and hasattr(obj, "commit"):
+                obj.commit()
+            elif not accepted and hasattr(obj, "discard"):
+                obj.discard()
 
     def metrics(self) -> dict[str, float]:
         """Loop metrics logged every `log_every` steps, skipped steps included."""

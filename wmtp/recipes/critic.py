@@ -60,7 +60,8 @@ class CriticRecipe:
         values = critic(batch.tokens)
         mask, rewards = C.response_mask(batch), batch.is_correct.to(values.dtype)
         if cfg.critic.loss == "lambda_return":
-            targets = lambda_returns(values.detach(), mask, rewards, cfg.critic.gamma, cfg.critic.lam)
+            targets = lambda_returns(values.detach(), mask, rewards, cfg.critic.gamma, cfg.critic.lam,
+                                     truncated=batch.truncated)
             loss = loss_fn(state_values(values), targets, mask, denominator=n_global)
         else:
             loss = loss_fn(state_values(values), mask, rewards, denominator=n_global)
@@ -87,6 +88,8 @@ class CriticRecipe:
             return None, tokens
         stats = {"train/value_loss": C.global_sum(loss, self.layout), "train/grad_norm": norms[0],
                  **C.lr_metrics(self.state)}
+        if not self.pairwise:
+            stats["train/truncated_samples"] = C.truncated_samples(batches, self.layout)
         if self.pairwise:
             stats["train/pairwise_accuracy"] = C.global_sum(acc, self.layout) / self.layout.world_size
         return stats, tokens

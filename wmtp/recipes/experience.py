@@ -59,7 +59,8 @@ def critic_experience(critic: ValueModel, batch: Batch, *, gamma: float, lam: fl
     """V_old `[B, S]` and GAE (advantages, returns) `[B, S]` on response tokens, R = is_correct."""
     values = critic(batch.tokens)
     resp = batch.labels != -100
-    adv, ret = compute_gae(values, resp, batch.is_correct.to(values.dtype), gamma, lam, reward_mode)
+    adv, ret = compute_gae(values, resp, batch.is_correct.to(values.dtype), gamma, lam, reward_mode,
+                           truncated=batch.truncated)
     return ScoredBatch(batch, values_old=values, advantages=adv, returns=ret, critic_version=version)
 
 

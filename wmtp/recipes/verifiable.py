@@ -134,6 +134,7 @@ class VerifiableRecipe:
             wce += res.weighted_ce_per_head.double()
         parts = [self.policy, self.critic] if self.learn_critic else [self.policy]
         norms = C.optimizer_step(parts, loss, cfg, self.layout, self.state.guard, step)
+        self.state.settle(accepted=norms is not None)  # the EMA moves only on an accepted step
         if self.learn_critic and step % cfg.stage2.critic_sync_interval == 0:
             self.scorer.publish_critic(C.full_state_dict(critic), self.critic_version(step))
         if norms is None:
@@ -143,7 +144,8 @@ class VerifiableRecipe:
                  **C.head_metrics("train/weighted_ce", C.global_sum(wce, self.layout)),
                  "train/grad_norm": norms[0], **C.lr_metrics(self.state),
                  **C.stat_tensors("train/weights", wstats),
-                 "train/critic_staleness": float(self.critic_version(step - 1) - scored_batches[-1].critic_version)}
+                 "train/critic_staleness": float(self.critic_version(step - 1) - scored_batches[-1].critic_version),
+                 "train/truncated_samples": C.truncated_samples([s.batch for s in scored_batches], self.layout)}
         if self.learn_critic:
             vstats = C.global_sum(vstats, self.layout)
             vstats[1:] /= self.layout.world_size

@@ -4,11 +4,14 @@ Indexing: everything is `[B, S]` and indexed on response tokens j ∈ [s, e] (`r
 contiguous span per row, EOS included, padding on either side); entries outside are 0. `values[:, j]`
 is the critic's `V_j ≈ P(correct | x_{≤j})`, so the state *before* token j has value `V_{j−1}`:
 
-    r_j = R·[j = e]                                   (reward_mode="outcome")
-    δ_j = r_j + γ·V_j·[j < e] − V_{j−1}               (outcome)
+    r_j = R·[j = e]·[not cut]                         (reward_mode="outcome")
+    δ_j = r_j + γ·V_j·[j < e or cut] − V_{j−1}        (outcome)
     δ_j = γ·V_j − V_{j−1}                             (reward_mode="none", marginal value)
     A_j = δ_j + γλ·A_{j+1},  A_{e+1} = 0
     G_j = A_j + V_{j−1}                               (value target of the state before j)
+
+A response cut at `data.max_seq_len` (`truncated`, "cut") has no terminal state at e: no reward
+there, and its last step bootstraps from `V_e` like any other (docs/MATH.md "Truncated responses").
 
 `A_j = Σ_{i=j}^{e} (γλ)^{i−j} δ_i` is a discounted reverse cumulative sum, computed with
 triangular matmuls of powers `(γλ)^{i−j}, i ≥ j` (exponents ≥ 0, so nothing overflows and γλ = 0
@@ -72,14 +75,25 @@ def discounted_reverse_cumsum(x: Tensor, discount: float, block: int = _BLOCK) -
     return out.view(B, -1)[:, :S]
 
 
-def _deltas(values: Tensor, mask: Tensor, rewards: Tensor, gamma: float, reward_mode: str) -> Tensor:
-    """δ_j on response tokens (0 elsewhere), float64. values `[B, S]`, mask `[B, S]` bool, rewards `[B]`."""
+def _terminal(is_last: Tensor, truncated: Tensor | None) -> Tensor:
+    """`[B, S]` bool: j = e of a response that really ended (not cut at max_seq_len)."""
+    if truncated is None:
+        return is_last
+    if truncated.shape != is_last.shape[:1]:
+        raise ValueError(f"truncated must be [B]={is_last.shape[0]}, got {list(truncated.shape)}")
+    return is_last & ~truncated.bool().to(is_last.device)[:, None]
+
+
+def _deltas(values: Tensor, mask: Tensor, rewards: Tensor, gamma: float, reward_mode: str,
+            truncated: Tensor | None = None) -> Tensor:
+    """δ_j on response tokens (0 elsewhere), float64. values `[B, S]`, mask `[B, S]` bool, rewards `[B]`,
+    truncated `[B]` bool or None."""
     if reward_mode not in REWARD_MODES:
         raise ValueError(f"reward_mode must be one of {list(REWARD_MODES)}, got {reward_mode!r}")
     v = values.detach().double()
     v_prev = torch.nn.functional.pad(v[:, :-1], (1, 0))  # V_{j−1}
     nxt = torch.nn.functional.pad(mask[:, 1:], (0, 1), value=False)
-    is_last = mask & ~nxt  # j = e
+    is_last = _terminal(mask & ~nxt, truncated)  # j = e of a response that ended
     if reward_mode == "outcome":
         delta = rewards.double()[:, None] * is_last + gamma * v * (~is_last) - v_prev
     else:
@@ -88,13 +102,14 @@ def _deltas(values: Tensor, mask: Tensor, rewards: Tensor, gamma: float, reward_
 
 
 def compute_gae(values: Tensor, response_mask: Tensor, rewards: Tensor, gamma: float, lam: float,
-                reward_mode: str = "outcome") -> tuple[Tensor, Tensor]:
+                reward_mode: str = "outcome", truncated: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """GAE. values `[B, S]` (critic, detached here), response_mask `[B, S]` bool, rewards `[B]`
-    (R per sample; ignored by reward_mode="none"). Returns (advantages `[B, S]`, returns `[B, S]`)
-    in values' dtype, 0 outside the response."""
+    (R per sample; ignored by reward_mode="none"), truncated `[B]` bool (responses cut before
+    their EOS: no terminal reward, bootstrap from V_e; None = none cut). Returns (advantages
+    `[B, S]`, returns `[B, S]`) in values' dtype, 0 outside the response."""
     _check_inputs(values, response_mask, rewards, gamma, lam)
     mask = response_mask.bool()
-    delta, v_prev = _deltas(values, mask, rewards, gamma, reward_mode)
+    delta, v_prev = _deltas(values, mask, rewards, gamma, reward_mode, truncated)
     # Outside the span δ = 0, and the span is contiguous, so the sum stops at e by itself.
     adv = discounted_reverse_cumsum(delta, gamma * lam) * mask
     ret = (adv + v_prev) * mask
@@ -102,16 +117,17 @@ def compute_gae(values: Tensor, response_mask: Tensor, rewards: Tensor, gamma: f
 
 
 def lambda_returns(values: Tensor, response_mask: Tensor, rewards: Tensor, gamma: float,
-                   lam: float) -> Tensor:
+                   lam: float, truncated: Tensor | None = None) -> Tensor:
     """TD(λ) targets with terminal reward R (critic pre-training): `G_j = A_j + V_{j−1}` of the
     outcome GAE with detached values. `[B, S]`; `G_j` is the target of the state before token j
     (`wmtp.losses.alignment.state_values(values)[:, j]`). λ=1 gives γ^{e−j}·R (Monte-Carlo),
-    λ=0 gives the one-step target `r_j + γ V_j [j<e]`."""
-    return compute_gae(values, response_mask, rewards, gamma, lam, "outcome")[1]
+    λ=0 gives the one-step target `r_j + γ V_j [j<e]`. Cut responses (`truncated`) bootstrap at e."""
+    return compute_gae(values, response_mask, rewards, gamma, lam, "outcome", truncated)[1]
 
 
 def compute_gae_reference(values: Tensor, response_mask: Tensor, rewards: Tensor, gamma: float,
-                          lam: float, reward_mode: str = "outcome") -> tuple[Tensor, Tensor]:
+                          lam: float, reward_mode: str = "outcome",
+                          truncated: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Slow, obviously-correct reverse loop over positions (batch-vectorised), for tests and
     benchmarks. Same contract as `compute_gae`."""
     _check_inputs(values, response_mask, rewards, gamma, lam)
@@ -124,11 +140,13 @@ def compute_gae_reference(values: Tensor, response_mask: Tensor, rewards: Tensor
     adv = torch.zeros(B, S, dtype=torch.float64, device=values.device)
     ret = torch.zeros_like(adv)
     next_adv = torch.zeros(B, dtype=torch.float64, device=values.device)
+    cut = torch.zeros(B, dtype=torch.bool) if truncated is None else truncated.bool()
     for j in reversed(range(1, S)):
         in_resp = m[:, j]
         last = in_resp & ~(m[:, j + 1] if j + 1 < S else torch.zeros_like(in_resp))
         if reward_mode == "outcome":
-            delta = torch.where(last, R, gamma * v[:, j]) - v[:, j - 1]
+            # a cut response's last token is an ordinary step: no reward, bootstrap from V_j
+            delta = torch.where(last & ~cut, R, gamma * v[:, j]) - v[:, j - 1]
         else:
             delta = gamma * v[:, j] - v[:, j - 1]
         a = delta + gamma * lam * torch.where(last, torch.zeros_like(next_adv), next_adv)

@@ -85,6 +85,11 @@ class EMANormalizer:
     normalised with its own batch statistics; afterwards with the running ones. `update=False`
     (validation, evaluation) never changes the state. State is plain floats: `state_dict()` /
     `load_state_dict()` go into the training checkpoint.
+
+    Staged updates: `update=True` normalises with the updated statistics but only *stages* the new
+    state; `commit()` applies it once the step is accepted, `discard()` drops it (the non-finite
+    guard skipped the step, so a skipped batch — NaN advantages included — never moves the EMA).
+    A later `update=True` call replaces an uncommitted stage. `state_dict()` holds committed state.
     """
 
     def __init__(self, momentum: float = 0.99, warmup_steps: int = 10) -> None:
@@ -97,6 +102,7 @@ class EMANormalizer:
         self.mean = 0.0
         self.sq_mean = 0.0
         self.steps = 0
+        self.staged: tuple[float, float, int] | None = None
 
     @property
     def std(self) -> float:
@@ -106,19 +112,31 @@ class EMANormalizer:
                  reduce_fn: ReduceFn | None = None) -> Tensor:
         moments = masked_moments(x, mask, stats, reduce_fn)
         b_mean, b_std = mean_std(moments)
+        mean, sq_mean, steps = self.mean, self.sq_mean, self.steps
         if update and moments[2].item() > 0:
             bm, bsq = b_mean.item(), (b_std * b_std + b_mean * b_mean).item()
-            if self.steps == 0:
-                self.mean, self.sq_mean = bm, bsq
+            if steps == 0:
+                mean, sq_mean = bm, bsq
             else:
                 a = self.momentum
-                self.mean = a * self.mean + (1 - a) * bm
-                self.sq_mean = a * self.sq_mean + (1 - a) * bsq
-            self.steps += 1
-        if self.steps == 0 or self.steps <= self.warmup_steps:
+                mean, sq_mean = a * mean + (1 - a) * bm, a * sq_mean + (1 - a) * bsq
+            steps += 1
+            self.staged = (mean, sq_mean, steps)
+        if steps == 0 or steps <= self.warmup_steps:
             return _apply(x, mask, b_mean, b_std)
-        return _apply(x, mask, torch.tensor(self.mean, dtype=torch.float64, device=x.device),
-                      torch.tensor(self.std, dtype=torch.float64, device=x.device))
+        std = max(sq_mean - mean * mean, 0.0) ** 0.5
+        return _apply(x, mask, torch.tensor(mean, dtype=torch.float64, device=x.device),
+                      torch.tensor(std, dtype=torch.float64, device=x.device))
+
+    def commit(self) -> None:
+        """Apply the staged update (the step that computed it was accepted)."""
+        if self.staged is not None:
+            self.mean, self.sq_mean, self.steps = self.staged
+            self.staged = None
+
+    def discard(self) -> None:
+        """Drop the staged update (the step was skipped)."""
+        self.staged = None
 
     def state_dict(self) -> dict[str, float | int]:
         return {"mean": self.mean, "sq_mean": self.sq_mean, "steps": self.steps,
@@ -129,6 +147,7 @@ class EMANormalizer:
         if missing:
             raise KeyError(f"EMANormalizer state is missing {sorted(missing)}")
         self.mean, self.sq_mean, self.steps = float(state["mean"]), float(state["sq_mean"]), int(state["steps"])
+        self.staged = None
         self.momentum = float(state.get("momentum", self.momentum))
         self.warmup_steps = int(state.get("warmup_steps", self.warmup_steps))
 
