@@ -394,10 +394,49 @@ def hf_unpermute(w: Tensor, n_heads: int) -> Tensor:
     return w.view(n_heads, 2, out_dim // n_heads // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
+def _hf_rope_theta(cfg: dict, cfg_file: Path) -> float:
+    """RoPE base of an HF config: `rope_parameters.rope_theta` (transformers ≥ 4.5x/5 write it
+    there), else the legacy top-level `rope_theta`. Only `rope_type: default` is supported:
+    scaled variants (`llama3`, `linear`, `dynamic`, `yarn`, ...) change the frequencies, and
+    loading them unscaled would silently give wrong logits, so they are refused by name."""
+    rope = cfg.get("rope_parameters")
+    legacy = cfg.get("rope_scaling")
+    if rope is not None and not isinstance(rope, dict):
+        raise CheckpointError(f"{cfg_file}: rope_parameters must be an object, got {type(rope).__name__}")
+    if legacy is not None and not isinstance(legacy, dict):
+        raise CheckpointError(f"{cfg_file}: rope_scaling must be an object or null, got {type(legacy).__name__}")
+    for key, section in (("rope_parameters", rope), ("rope_scaling", legacy)):
+        if not section:
+            continue
+        kind = section.get("rope_type", section.get("type", "default"))
+        if kind != "default":
+            raise CheckpointError(
+                f"{cfg_file}: {key}.rope_type={kind!r} is not supported: wmtp's RoPE has no {kind!r} frequency "
+                f"scaling and loading it unscaled would give wrong logits (only 'default' is imported)")
+        unknown = sorted(set(section) - {"rope_type", "type", "rope_theta"})
+        if unknown:
+            raise CheckpointError(f"{cfg_file}: {key} has fields wmtp does not implement: {unknown}")
+    top = cfg.get("rope_theta")
+    inner = (rope or {}).get("rope_theta")
+    if top is not None and inner is not None and float(top) != float(inner):
+        raise CheckpointError(f"{cfg_file}: rope_theta={top} disagrees with rope_parameters.rope_theta={inner}")
+    theta = inner if inner is not None else top if top is not None else 10000.0
+    if isinstance(theta, bool) or not isinstance(theta, int | float) or not theta > 0:
+        raise CheckpointError(f"{cfg_file}: rope_theta must be a positive number, got {theta!r}")
+    return float(theta)
+
+
 def _hf_args(cfg: dict, cfg_file: Path) -> ModelArgs:
-    """ModelArgs from an HF LLaMA `config.json` (NTP: one head)."""
+    """ModelArgs from an HF LLaMA `config.json` (NTP: one head). Fields that would change the
+    model's function and that wmtp does not implement are refused by name."""
+    for key, allowed in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
+        if key in cfg and cfg[key] != allowed:
+            raise CheckpointError(f"{cfg_file}: {key}={cfg[key]!r} is not supported (wmtp's LLaMA has {allowed!r})")
     try:
         dim, n_heads = cfg["hidden_size"], cfg["num_attention_heads"]
+        if cfg.get("head_dim") not in (None, dim // n_heads):
+            raise CheckpointError(f"{cfg_file}: head_dim={cfg['head_dim']} != hidden_size / num_attention_heads = "
+                                  f"{dim // n_heads} is not supported")
         hidden = int(2 * 4 * dim / 3)
         inter = cfg["intermediate_size"]
         args = ModelArgs(
@@ -405,13 +444,15 @@ def _hf_args(cfg: dict, cfg_file: Path) -> ModelArgs:
             n_kv_heads=cfg.get("num_key_value_heads") or None, vocab_size=cfg["vocab_size"],
             # multiple_of = intermediate_size reproduces it exactly (with a multiplier below 1 when smaller).
             multiple_of=inter, ffn_dim_multiplier=None if inter >= hidden else inter / hidden,
-            norm_eps=cfg.get("rms_norm_eps", 1e-5), rope_theta=cfg.get("rope_theta", 10000.0),
+            norm_eps=cfg.get("rms_norm_eps", 1e-5), rope_theta=_hf_rope_theta(cfg, cfg_file),
             n_future_tokens=1, max_seq_len=cfg.get("max_position_embeddings", 2048),
         )
     except KeyError as e:
         raise CheckpointError(f"{cfg_file}: missing key {e.args[0]!r}") from None
-    if cfg.get("rope_scaling"):
-        raise CheckpointError(f"{cfg_file}: rope_scaling={cfg['rope_scaling']} is not supported")
+    except (TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{cfg_file}: {e}") from None
     if args.ffn_hidden_dim != inter:
         raise CheckpointError(f"{cfg_file}: intermediate_size={inter} is not expressible in Meta's FFN rule")
     return args

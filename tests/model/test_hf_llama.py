@@ -1,0 +1,78 @@
+"""HF LLaMA import (and export) against `transformers` itself: a tiny LlamaForCausalLM written by
+`save_pretrained` loads with the same logits; `rope_parameters` (where current transformers keep
+`rope_theta`) is read; scaled RoPE variants are refused by name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from wmtp.model.checkpoint import CheckpointError, load_model
+
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(hidden_size=32, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+            vocab_size=64, max_position_embeddings=64, rms_norm_eps=1e-5)
+TOKENS = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+
+
+def hf_model(folder, **config):
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**TINY, **config})).eval()
+    with torch.no_grad():  # norms at 1 hide permutation bugs less well: randomise them too
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    model.save_pretrained(folder, safe_serialization=True)
+    return model
+
+
+def hf_logits(model, tokens):
+    with torch.no_grad():
+        return model(tokens).logits.float()
+
+
+@pytest.mark.parametrize("theta", [10000.0, 500000.0])
+def test_hf_llama_with_rope_parameters_gives_transformers_logits(tmp_path, theta):
+    model = hf_model(tmp_path / "hf", rope_parameters={"rope_type": "default", "rope_theta": theta})
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert cfg["rope_parameters"]["rope_theta"] == theta and "rope_theta" not in cfg  # where transformers put it
+    loaded = load_model(tmp_path / "hf")
+    assert loaded.args.rope_theta == theta
+    ours = loaded(TOKENS, return_logits=True).logits[:, :, 0]
+    torch.testing.assert_close(ours, hf_logits(model, TOKENS), atol=2e-5, rtol=1e-5)
+
+
+def test_legacy_top_level_rope_theta_still_reads(tmp_path):
+    model = hf_model(tmp_path / "hf", rope_parameters={"rope_type": "default", "rope_theta": 500000.0})
+    path = tmp_path / "hf" / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["rope_theta"] = cfg.pop("rope_parameters")["rope_theta"]  # transformers < 4.5x wrote it here
+    path.write_text(json.dumps(cfg))
+    ours = load_model(tmp_path / "hf")(TOKENS, return_logits=True).logits[:, :, 0]
+    torch.testing.assert_close(ours, hf_logits(model, TOKENS), atol=2e-5, rtol=1e-5)
+    cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 10000.0}
+    path.write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"rope_theta=500000.0 disagrees with rope_parameters.rope_theta=10000.0"):
+        load_model(tmp_path / "hf")
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 32}},
+     r"rope_parameters.rope_type='llama3' is not supported"),
+    ({"rope_scaling": {"type": "linear", "factor": 2.0}}, r"rope_scaling.rope_type='linear' is not supported"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.5}},
+     r"rope_parameters has fields wmtp does not implement: \['partial_rotary_factor'\]"),
+    ({"hidden_act": "gelu"}, r"hidden_act='gelu' is not supported"),
+    ({"attention_bias": True}, r"attention_bias=True is not supported"),
+    ({"head_dim": 16}, r"head_dim=16 != hidden_size / num_attention_heads = 8"),
+])
+def test_unsupported_hf_configs_are_refused_by_name(tmp_path, edit, message):
+    hf_model(tmp_path / "hf")
+    path = tmp_path / "hf" / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
+    with pytest.raises(CheckpointError, match=message):
+        load_model(tmp_path / "hf")
