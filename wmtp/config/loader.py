@@ -68,10 +68,18 @@ def parse_yaml(text: str, source: str) -> Any:
 def read_yaml_file(path: str | Path) -> dict[str, Any]:
     """A YAML file holding a mapping (an empty file is `{}`)."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{path}: not a regular file (a directory?); expected a YAML config file")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); expected a YAML config file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    if "\x00" in text:
+        raise ConfigError(f"{path}: not a text file (it holds NUL bytes); expected a YAML config file")
     data = parse_yaml(text, str(path))
     if data is None:
         return {}

@@ -16,7 +16,9 @@ RecipeName = Literal["baseline", "ref_tuning", "critic", "verifiable", "rho1_wei
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: no meaning-changing coercions (a boolean is not a number of steps, "3" is not 3);
+    # an int is still accepted where a float is asked. allow_inf_nan=False: no NaN/inf anywhere.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True, allow_inf_nan=False)
 
 
 class RunConfig(Section):
@@ -53,6 +55,9 @@ class ModelConfig(Section):
         unknown = sorted(set(value) - set(allowed))
         if unknown:
             raise ValueError(f"unknown params.json field(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}")
+        from wmtp.model.args import check_param_types
+
+        check_param_types(value)
         return value
 
     @model_validator(mode="after")
@@ -97,7 +102,13 @@ class OptimConfig(Section):
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
     warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps before cosine decay.")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine floor as a fraction of the peak LR.")
-    grad_clip: float | None = Field(1.0, description="Clip the global gradient norm to this value (null: no clipping).")
+    grad_clip: float | None = Field(1.0, gt=0, description="Clip the global gradient norm to this value (null: no clipping).")
+
+    @field_validator("betas", mode="before")
+    @classmethod
+    def _betas_from_list(cls, value: Any) -> Any:
+        # YAML and JSON have lists, not tuples; the two numbers are still validated strictly.
+        return tuple(value) if isinstance(value, list) else value
 
 
 class TrainConfig(Section):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 
@@ -28,6 +29,7 @@ class ModelArgs:
     max_seq_len: int = 2048
 
     def __post_init__(self) -> None:
+        check_param_types({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
         if self.dim % self.n_heads:
             raise ValueError(f"dim={self.dim} is not divisible by n_heads={self.n_heads}")
         if self.n_heads % self.kv_heads:
@@ -71,6 +73,33 @@ class ModelArgs:
 
     def replace(self, **changes) -> ModelArgs:
         return dataclasses.replace(self, **changes)
+
+
+# The type of every params.json field: ints are never bools or floats, floats are finite numbers.
+_INT_FIELDS = ("dim", "n_layers", "n_heads", "vocab_size", "multiple_of", "n_future_tokens", "max_seq_len")
+_OPTIONAL_INT_FIELDS = ("n_kv_heads",)
+_POSITIVE_FLOAT_FIELDS = ("norm_eps", "rope_theta")
+_OPTIONAL_POSITIVE_FLOAT_FIELDS = ("ffn_dim_multiplier",)
+
+
+def check_param_types(params: dict) -> None:
+    """Raise `ValueError` naming the first params.json field whose value has the wrong type
+    (`dim: expected an integer, got '32'`); unknown keys are left to the caller."""
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    def is_positive_number(v) -> bool:
+        return (is_int(v) or isinstance(v, float)) and math.isfinite(v) and v > 0
+
+    for key, value in params.items():
+        if key in _INT_FIELDS or (key in _OPTIONAL_INT_FIELDS and value is not None):
+            if not is_int(value):
+                raise ValueError(f"{key}: expected an integer, got {value!r}")
+            if value < 1 and not (key == "vocab_size" and value == -1):
+                raise ValueError(f"{key}: expected an integer >= 1, got {value!r}")
+        elif key in _POSITIVE_FLOAT_FIELDS or (key in _OPTIONAL_POSITIVE_FLOAT_FIELDS and value is not None):
+            if not is_positive_number(value):
+                raise ValueError(f"{key}: expected a finite number > 0, got {value!r}")
 
 
 # Meta's released `7B_1T_4/params.json` (multi-token-prediction repo), plus a context length.

@@ -295,6 +295,12 @@ def _read_json(file: Path) -> dict:
 def _read_params(folder: Path, vocab_size: int | None = None) -> ModelArgs:
     file = folder / PARAMS_FILE
     params = {k: v for k, v in _read_json(file).items() if k not in _META_RUNTIME_KEYS}
+    from wmtp.model.args import check_param_types
+
+    try:  # a field of the wrong type is named before any arithmetic trips over it
+        check_param_types(params)
+    except ValueError as e:
+        raise CheckpointError(f"{file}: {e}") from None
     # LLaMA 1/2 ship `"vocab_size": -1` (taken from the tokenizer at run time): use the weights'.
     if "vocab_size" not in params or params["vocab_size"] <= 0:
         if vocab_size is not None:

@@ -91,8 +91,10 @@ def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None
 
         # A missing critic / reference is produced first (local presets), on Ray as well.
         cfg = resolve_inputs(cfg, run_training)
-    write_resolved_config(cfg)
     result = build_trainer(cfg, recipe_builder=recipe_builder).fit()
+    # After training (rank 0 wrote it once setup succeeded, maybe on another node): a run that
+    # fails before training leaves an earlier run's config.yaml alone.
+    write_resolved_config(cfg)
     return dict(result.metrics or {})
 
 
@@ -122,6 +124,9 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
         scorer_factory = async_scorer_factory(cfg, run=name, rank=rank, on_stats=dashboard.set_values)
     builder = loop_config.get("recipe_builder") or _default_recipe_builder()
     recipe = builder(cfg, logger=logger, checkpoint_sink=sink, scorer_factory=scorer_factory)
+    from wmtp.recipes import close_all
+
+    failed = True
     try:
         recipe.setup()
         if rank == 0:  # the resolved config as an artifact (written on this node: it may be another)
@@ -130,10 +135,9 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
         state.update(final or {}, int(state.latest.get("step", cfg.train.steps)))
         # The last report every rank makes: the run's result metrics.
         ray.train.report(state.payload(int(state.latest["step"])))
+        failed = False
     finally:
-        recipe.close()
-        logger.close()
-        sink.close()
+        close_all([recipe.close, logger.close, sink.close], failed)
 
 
 def _tracking_logger(cfg: WMTPConfig, parent_run_id: str | None) -> Any:

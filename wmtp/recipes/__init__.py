@@ -48,14 +48,35 @@ def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[[WMTPConfig], Any]) -> 
     from wmtp.training.checkpoint import LocalCheckpointSink
 
     cfg = resolve_inputs(cfg, lambda stage: run_recipe(stage, make_logger=make_logger))
-    config_path = write_resolved_config(cfg)
     logger = make_logger(cfg)
     recipe = build_recipe(cfg, logger=logger,
                           checkpoint_sink=LocalCheckpointSink(run_dir(cfg), keep=cfg.orchestration.keep_checkpoints))
+    failed = True
     try:
         recipe.setup()
-        logger.log_artifact(config_path)
-        return recipe.train()
+        # Written once training starts: a run that fails before leaves an earlier run's config.yaml.
+        logger.log_artifact(write_resolved_config(cfg))
+        result = recipe.train()
+        failed = False
+        return result
     finally:
-        recipe.close()
-        logger.close()
+        close_all([recipe.close, logger.close], failed)
+
+
+def close_all(closers: list[Callable[[], Any]], failed: bool) -> None:
+    """Call every closer. After a failure an error while closing is logged, not raised, so the
+    error that ended the run is the one the user sees (not e.g. an AttributeError of a part that
+    setup() never built)."""
+    import logging
+
+    first: BaseException | None = None
+    for close in closers:
+        try:
+            close()
+        except Exception as e:  # noqa: BLE001 - reported below
+            if failed:
+                logging.getLogger(__name__).warning("while closing after a failure: %s: %s", type(e).__name__, e)
+            elif first is None:
+                first = e
+    if first is not None:
+        raise first

@@ -181,4 +181,6 @@ class VerifiableRecipe:
         return train_and_export(self, self.policy.model)
 
     def close(self) -> None:
-        self.scorer.close()
+        # A setup() that failed part-way leaves no scorer: close what exists, hide nothing.
+        if getattr(self, "scorer", None) is not None:
+            self.scorer.close()
