@@ -68,7 +68,8 @@ def apply_dotted(cfg: WMTPConfig, values: Mapping[str, Any]) -> WMTPConfig:
             if not isinstance(node.get(part), dict):
                 raise ConfigError(f"tune: {key} does not name a config field (no section {part!r})")
             node = node[part]
-        node[leaf] = value
+        # numpy scalars from a search algorithm → Python values (the schema is strict about types)
+        node[leaf] = value.item() if type(value).__module__ == "numpy" and hasattr(value, "item") else value
     return validate_config(tree)
 
 
