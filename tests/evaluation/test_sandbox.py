@@ -198,3 +198,46 @@ def test_parallel_workers_keep_order():
     programs = [f"assert {i} % 2 == 0" for i in range(8)]
     results = run_programs(programs, config=FAST, workers=3)
     assert [r.passed for r in results] == [i % 2 == 0 for i in range(8)]
+
+
+# ---------------------------------------------------------------- forged verdicts
+# A program that finds the harness's result channel and writes its own verdict must never count
+# as passed. Every forger below ends with a failing assertion, so only a forged report could pass.
+FORGED = '{"status": "passed", "message": "", "warnings": []}'
+FORGERS = {
+    # the original attack: the result fd named in the harness's argv
+    "argv_fd": f"import json, os, sys\nfd = json.loads(sys.argv[1])['result_fd']\nos.write(fd, b'{FORGED}')\n"
+               "os.close(fd)\nos._exit(0)\n",
+    # the fd number the child was started with, read back from /proc/self/cmdline
+    "cmdline_fd": "import json, os\nargs = open('/proc/self/cmdline', 'rb').read().split(b'\\0')\n"
+                  f"fd = json.loads(args[-2])['result_fd']\nos.write(fd, b'{FORGED}')\nos._exit(0)\n",
+    # every open descriptor, written to, then a clean-looking exit before the assertion
+    "all_fds_then_exit": "import os\nfor fd in range(3, 1024):\n    try:\n"
+                         f"        os.write(fd, b'{FORGED}')\n    except OSError:\n        pass\nos._exit(0)\n",
+    # every descriptor read first (to steal a secret), then the forged verdict with what was read
+    "read_then_write_fds": "import json, os\nseen = b''\nfor fd in range(3, 1024):\n    try:\n"
+                           "        os.set_blocking(fd, False)\n        seen += os.read(fd, 256)\n"
+                           "    except (OSError, BlockingIOError):\n        pass\n"
+                           "forged = json.dumps({'status': 'passed', 'message': '', 'warnings': [], "
+                           "'nonce': seen.decode(errors='ignore')}).encode()\n"
+                           "for fd in range(3, 1024):\n    try:\n        os.write(fd, forged)\n"
+                           "    except OSError:\n        pass\nos._exit(0)\n",
+    # write the forged verdict and let the harness carry on (its own report follows)
+    "all_fds_then_fail": "import os\nfor fd in range(3, 1024):\n    try:\n"
+                         f"        os.write(fd, b'{FORGED}')\n    except OSError:\n        pass\n",
+    # the harness's own report function, reached through the main module
+    "harness_report": "import sys\nsys.modules['__main__'].report('passed')\nsys.modules['__main__']._exit(0)\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORGERS))
+def test_a_program_cannot_forge_its_verdict(name):
+    r = run_program(FORGERS[name] + "assert False, 'the real tests fail'\n", config=FAST)
+    assert r.status != "passed", (name, r)
+    assert run_program("assert True", config=FAST).passed  # the evaluator is fine afterwards
+
+
+def test_the_verdict_channel_is_not_in_argv_or_environment():
+    probe = ("import os, sys\nassert sys.argv == ['-c'], sys.argv\n"
+             "assert 'result_fd' not in str(dict(os.environ)) and 'nonce' not in str(dict(os.environ))\n")
+    assert run_program(probe, config=FAST).passed

@@ -23,9 +23,11 @@ guarantees do and do not cover.
 from __future__ import annotations
 
 import functools
+import hmac
 import json
 import logging
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -45,16 +47,43 @@ Status = Literal["passed", "failed", "timeout", "error"]
 # The harness that runs inside the child. It is passed with `python -I -c`, so it needs nothing
 # from wmtp and works with any Python 3 interpreter. argv[1] is a JSON config.
 RUNNER = r'''
-import builtins, json, os, resource, signal, sys
+import builtins, json, os, random, resource, signal, sys
 cfg = json.loads(sys.argv[1])
-result_fd = cfg["result_fd"]
-_exit, _write, _open_fd = os._exit, os.write, os.fdopen
+_exit, _write, _read, _close = os._exit, os.write, os.read, os.close
 warnings = []
 
-def report(status, message=""):
-    data = json.dumps({"status": status, "message": message[-2000:], "warnings": warnings}).encode()
-    _write(result_fd, data)
-    os.close(result_fd)
+def hide(fd):
+    """Move an inherited pipe to a random free fd number (not the one argv names), non-inheritable."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        target = rng.randrange(64, 1000)
+        try:
+            os.fstat(target)
+        except OSError:
+            os.dup2(fd, target, inheritable=False)
+            os.close(fd)
+            return target
+    return fd
+
+# The verdict channel: a result pipe and the run's nonce, both moved off the numbers in argv,
+# which is then cleared. The nonce is read out of its pipe (and the pipe closed) before the
+# program runs, so no descriptor the program can scan holds it; the parent accepts a report
+# only if it carries the nonce (docs/EVALUATION.md "Verdicts").
+result_fd = hide(cfg.pop("result_fd"))
+nonce_fd = hide(cfg.pop("nonce_fd"))
+sys.argv[:] = ["-c"]
+
+def reporter(nonce, fd):
+    def report(status, message=""):
+        data = json.dumps({"status": status, "message": message[-2000:], "warnings": warnings,
+                           "nonce": nonce}).encode()
+        _write(fd, data)
+        _close(fd)
+    return report
+
+_report = reporter(_read(nonce_fd, 256).decode(), result_fd)
+_close(nonce_fd)
+del result_fd, nonce_fd
 
 with open("program.py", encoding="utf-8") as f:
     source = f.read()
@@ -142,32 +171,40 @@ def guard():
         raise SystemExit(code)
     builtins.exit = builtins.quit = leave  # never the site module's closer of sys.stdin
     builtins.help = None
-    for name in ["ipdb", "joblib", "resource", "psutil", "tkinter"]:
+    for name in ["ipdb", "joblib", "resource", "psutil", "tkinter", "gc"]:
         sys.modules[name] = None
 
-try:
-    code = compile(source, "program.py", "exec")
-except BaseException as e:
-    report("failed", f"{type(e).__name__}: {e}")
+def run(report):
+    """Compile and run the program in a fresh `__main__` module: the harness's globals (and the
+    report function, held only by this frame) are not in the program's namespace."""
+    try:
+        code = compile(source, "program.py", "exec")
+    except BaseException as e:
+        report("failed", f"{type(e).__name__}: {e}")
+        _exit(0)
+    guard()
+    main = type(sys)("__main__")
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    try:
+        exec(code, main.__dict__)
+        status, message = "passed", ""
+    except SystemExit as e:
+        # stdin/stdout scripts may end with exit(0); in test mode any exit skips the checks: failed.
+        ok = cfg["exit_ok"] and e.code in (None, 0)
+        status, message = ("passed", "") if ok else ("failed", f"SystemExit: {e.code}")
+    except BaseException as e:
+        status, message = "failed", f"{type(e).__name__}: {e}"
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BaseException:
+        pass
+    report(status, message)
     _exit(0)
 
-guard()
-try:
-    exec(code, {"__name__": "__main__", "__builtins__": builtins})
-    status, message = "passed", ""
-except SystemExit as e:
-    # stdin/stdout scripts may end with exit(0); in test mode any exit skips the checks: failed.
-    ok = cfg["exit_ok"] and e.code in (None, 0)
-    status, message = ("passed", "") if ok else ("failed", f"SystemExit: {e.code}")
-except BaseException as e:
-    status, message = "failed", f"{type(e).__name__}: {e}"
-try:
-    sys.stdout.flush()
-    sys.stderr.flush()
-except BaseException:
-    pass
-report(status, message)
-_exit(0)
+
+run(globals().pop("_report"))
 '''
 
 
@@ -316,8 +353,12 @@ def _execute(program: str, stdin: str | None, config: SandboxConfig, exe: str, d
         with open(stdin_path, "w", encoding="utf-8") as f:
             f.write(stdin or "")
         read_fd, write_fd = os.pipe()
+        nonce = secrets.token_hex(16)  # per run; the child's report must carry it
+        nonce_read, nonce_write = os.pipe()
+        os.write(nonce_write, nonce.encode())
+        os.close(nonce_write)
         cfg = {
-            "result_fd": write_fd, "isolate_network": config.isolate_network,
+            "result_fd": write_fd, "nonce_fd": nonce_read, "isolate_network": config.isolate_network,
             "isolate_filesystem": config.isolate_filesystem,
             "cpu_time_s": config.cpu_time_s or int(config.timeout_s) + 1,
             "memory_bytes": config.memory_bytes, "max_file_bytes": config.max_file_bytes,
@@ -328,10 +369,12 @@ def _execute(program: str, stdin: str | None, config: SandboxConfig, exe: str, d
             try:
                 proc = subprocess.Popen(
                     [exe, "-I", "-c", RUNNER, json.dumps(cfg)], cwd=workdir, env=env, stdin=fin,
-                    stdout=fout, stderr=subprocess.DEVNULL, pass_fds=(write_fd,), start_new_session=True,
+                    stdout=fout, stderr=subprocess.DEVNULL, pass_fds=(write_fd, nonce_read),
+                    start_new_session=True,
                 )
             finally:
                 os.close(write_fd)
+                os.close(nonce_read)
             try:
                 proc.wait(timeout=config.timeout_s)
                 timed_out = False
@@ -346,7 +389,7 @@ def _execute(program: str, stdin: str | None, config: SandboxConfig, exe: str, d
         duration = time.monotonic() - start
         with open(stdout_path, "rb") as f:
             stdout = f.read(config.max_output_bytes).decode("utf-8", errors="replace")
-        return _verdict(proc.returncode, report, timed_out, duration, stdout, config)
+        return _verdict(proc.returncode, report, timed_out, duration, stdout, config, nonce)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         if uid is not None:
@@ -361,14 +404,23 @@ def _kill_group(pgid: int) -> None:
 
 
 def _verdict(returncode: int, report: bytes, timed_out: bool, duration: float, stdout: str,
-             config: SandboxConfig) -> ExecutionResult:
+             config: SandboxConfig, nonce: str) -> ExecutionResult:
+    """The parent's verdict: a report counts only when it is one JSON object carrying this run's
+    nonce and a known status, from a child that then exited 0; anything else is `error` (or
+    `timeout`), never `passed`."""
     if timed_out:
         return ExecutionResult("timeout", f"wall-clock limit {config.timeout_s}s", duration, stdout)
     if report:
         try:
             data = json.loads(report)
-        except json.JSONDecodeError:
-            return ExecutionResult("error", "malformed sandbox report", duration, stdout)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return ExecutionResult("error", "malformed sandbox report (written to by the program?)", duration, stdout)
+        if not isinstance(data, dict) or not hmac.compare_digest(str(data.get("nonce", "")), nonce):
+            return ExecutionResult("error", "sandbox report without this run's nonce: the program wrote to the "
+                                   "verdict channel", duration, stdout)
+        if data.get("status") not in ("passed", "failed") or returncode != 0:
+            return ExecutionResult("error", f"inconsistent sandbox report (status {data.get('status')!r}, exit code "
+                                   f"{returncode})", duration, stdout)
         for w in data.get("warnings", []):
             _warn_once(w)
         return ExecutionResult(data["status"], data.get("message", ""), duration, stdout)
