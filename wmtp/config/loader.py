@@ -206,7 +206,7 @@ def parse_override(text: str) -> dict[str, Any]:
     key = key.strip()
     if not sep or not _KEY.match(key):
         raise ConfigError(f"bad override {text!r}: expected key.sub=value (e.g. optim.lr=1e-3)")
-    value = parse_yaml(raw, f"override {text!r}") if raw.strip() else None
+    value = parse_yaml(raw, override_label(text)) if raw.strip() else None
     tree: Any = value
     for part in reversed(key.split(".")):
         tree = {part: tree}
@@ -311,6 +311,8 @@ def format_validation_error(err: ValidationError, origins: Mapping[str, str] | N
                 allowed.append(bounds)
         got = item.get("input")
         got_text = "" if isinstance(got, dict) and item["type"] != "model_type" else f" (got {got!r})"
+        if got_text and is_secret_key(path, got):
+            got_text = f" (got {REDACTED})"  # never echo a credential back
         allowed_text = f"; allowed: {'; '.join(allowed)}" if allowed else ""
         msg = item["msg"].removeprefix("Value error, ")
         lines.append(f"{path}: {msg}{got_text}{allowed_text}{where}")
@@ -319,7 +321,7 @@ def format_validation_error(err: ValidationError, origins: Mapping[str, str] | N
 
 def validate_config(tree: Mapping[str, Any], origins: Mapping[str, str] | None = None) -> WMTPConfig:
     try:
-        return WMTPConfig.model_validate(tree)
+        return WMTPConfig.model_validate(move_tracking_credentials(tree))
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, origins)) from None
 
@@ -355,13 +357,55 @@ def load_config(config_path: str | Path | None = "configs/defaults.yaml", recipe
     if use_micro_model:
         tree = deep_merge(tree, {"model": {"preset": "micro"}}, origins, "--use-micro-model")
     for text in overrides:
-        tree = deep_merge(tree, parse_override(text), origins, f"override {text!r}")
+        tree = deep_merge(tree, parse_override(text), origins, override_label(text))
     return validate_config(tree, origins)
 
 
+def override_label(text: str) -> str:
+    """How an override is named in messages: its text, or `key=<redacted>` when the key or the
+    value looks like a credential (error messages must not echo secrets)."""
+    from wmtp.tracking.redaction import is_secret
+
+    key, _, raw = text.partition("=")
+    return f"override '{key.strip()}={REDACTED}'" if is_secret(key.strip(), raw) else f"override {text!r}"
+
+
+def move_tracking_credentials(tree: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`tracking.uri` with `user:password@` → the URI without them; the credentials go to
+    MLflow's own variables `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD` of this process
+    (inherited by the local Ray cluster it starts). So the config — config.yaml, its artifact,
+    params, mlflow_run.json, console lines — never holds them (docs/TRACKING.md "Credentials")."""
+    import os
+
+    from wmtp.tracking.redaction import split_uri_credentials
+
+    tracking = tree.get("tracking") if isinstance(tree, Mapping) else None
+    uri = tracking.get("uri") if isinstance(tracking, Mapping) else None
+    if not isinstance(uri, str):
+        return tree
+    clean, user, password = split_uri_credentials(uri)
+    if clean == uri:
+        return tree
+    if user:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+    if password:
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password
+    return {**tree, "tracking": {**tracking, "uri": clean}}
+
+
 def dump_config(cfg: WMTPConfig) -> str:
-    """The resolved config as YAML (field order of the schema); `load_config` of it gives `cfg`."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, default_flow_style=None, width=100)
+    """The resolved config as YAML (field order of the schema); `load_config` of it gives `cfg`.
+    Secret-looking values (by key or value, e.g. an s3:// URI with a key in it) are written as
+    `<redacted>`: config.yaml and its artifact copy never hold a credential."""
+    def scrub(node: Any, prefix: str) -> Any:
+        if isinstance(node, Mapping):
+            return {k: scrub(v, f"{prefix}{k}.") for k, v in node.items()}
+        if isinstance(node, list):
+            return [scrub(v, prefix) for v in node]
+        return REDACTED if isinstance(node, str) and is_secret_key(prefix[:-1], node) else node
+
+    return yaml.safe_dump(scrub(cfg.model_dump(mode="json"), ""), sort_keys=False, default_flow_style=None,
+                          width=100)
 
 
 def load_config_text(text: str, source: str = "<text>") -> WMTPConfig:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from wmtp.tracking.redaction import redact
+from wmtp.tracking.redaction import redact, redact_text
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class MlflowLogger:
             self._record_run_id()
         else:
             self.client.update_run(self.run_id, status="RUNNING")
-            log.info("continuing MLflow run %s (%s)", self.run_id, self.tracking_uri)
+            log.info("continuing MLflow run %s (%s)", self.run_id, redact_text(self.tracking_uri))
         self._closed = False
 
     # -- set-up -------------------------------------------------------------------------------
@@ -144,9 +144,9 @@ class MlflowLogger:
         if not path.exists():
             return None
         record = json.loads(path.read_text())
-        if record.get("tracking_uri") != self.tracking_uri:
+        if record.get("tracking_uri") != redact_text(self.tracking_uri):
             log.warning("run dir was tracked at %s, now %s: starting a new MLflow run",
-                        record.get("tracking_uri"), self.tracking_uri)
+                        record.get("tracking_uri"), redact_text(self.tracking_uri))
             return None
         try:
             run = self.client.get_run(record["run_id"])
@@ -158,7 +158,8 @@ class MlflowLogger:
         return run.info.run_id
 
     def _record_run_id(self) -> None:
-        record = {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.tracking_uri}
+        record = {"run_id": self.run_id, "experiment_id": self.experiment_id,
+                  "tracking_uri": redact_text(self.tracking_uri)}
         tmp = self.run_dir / f".{RUN_ID_FILE}.tmp"
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, self.run_dir / RUN_ID_FILE)

@@ -36,3 +36,28 @@ def redact(params: Mapping[str, Any]) -> dict[str, Any]:
     """`params` without the entries that look like secrets (dropped, not masked: a masked value
     still tells an attacker which knob holds a credential and clutters run comparisons)."""
     return {k: v for k, v in params.items() if not is_secret(str(k), v)}
+
+
+_USERINFO = re.compile(r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<userinfo>[^/@\s]*@)(?P<rest>.*)$", re.S)
+
+
+def split_uri_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """`scheme://user:pass@host/...` → (`scheme://host/...`, user, password); URIs without
+    userinfo come back unchanged with (None, None)."""
+    from urllib.parse import unquote
+
+    m = _USERINFO.match(uri)
+    if not m:
+        return uri, None, None
+    user, _, password = m["userinfo"][:-1].partition(":")
+    return m["scheme"] + m["rest"], unquote(user) or None, unquote(password) if password else None
+
+
+def redact_text(text: str) -> str:
+    """`text` with URI userinfo, AWS key ids, bearer tokens and private keys masked (for messages
+    and lines that must be shown: console, errors)."""
+    text = re.sub(r"(://)[^/\s@]+@", r"\1<redacted>@", text)
+    text = re.sub(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b", "<redacted>", text)
+    text = re.sub(r"(?i)\b(bearer\s+)\S+", r"\1<redacted>", text)
+    return re.sub(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", "<redacted>",
+                  text, flags=re.S)
