@@ -33,6 +33,25 @@ class ValueLoss:
     explained_variance: Tensor
 
 
+def explained_variance_moments(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
+    """float64 `[5]` sums over the mask: (Σt, Σt², Σr, Σr², N) with t = target, r = target − pred.
+    Moments add across micro-batches and ranks, so `explained_variance_from_moments` of their sum
+    is the explained variance of the whole global batch."""
+    m = mask.to(torch.float64)
+    t, r = target.detach().double() * m, (target - pred).detach().double() * m
+    return torch.stack([t.sum(), (t * t).sum(), r.sum(), (r * r).sum(), m.sum()])
+
+
+def explained_variance_from_moments(moments: Tensor) -> Tensor:
+    """`1 − Var(r) / Var(t)` from `explained_variance_moments` (NaN if N = 0 or Var(t) = 0)."""
+    st, stt, sr, srr, n = moments.double().unbind()
+    nn_ = n.clamp_min(1.0)
+    var_t = (stt / nn_ - (st / nn_) ** 2).clamp_min(0.0)
+    var_r = (srr / nn_ - (sr / nn_) ** 2).clamp_min(0.0)
+    nan = torch.full_like(var_t, float("nan"))
+    return torch.where((n > 0) & (var_t > 1e-300), 1.0 - var_r / var_t.clamp_min(1e-300), nan)
+
+
 def explained_variance(pred: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     """`1 − Var(target − pred) / Var(target)` over the mask (SB3's definition; NaN if Var(target)=0).
 

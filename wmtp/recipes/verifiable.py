@@ -20,7 +20,11 @@ import torch
 from wmtp.config.schema import WMTPConfig
 from wmtp.losses.alignment import state_values
 from wmtp.losses.mtp import mtp_cross_entropy
-from wmtp.losses.value import clipped_value_loss
+from wmtp.losses.value import (
+    clipped_value_loss,
+    explained_variance_from_moments,
+    explained_variance_moments,
+)
 from wmtp.recipes import components as C
 from wmtp.recipes.experience import ColocatedScorer, ExperienceFeed, ExperienceSpec, critic_experience
 from wmtp.recipes.interfaces import CheckpointSink
@@ -83,7 +87,8 @@ class VerifiableRecipe:
         vw = self.cfg.stage2.value_weighting
         return advantage_weights(advantages, mask, vw.weight_temperature, vw.weight_clip_min,
                                  vw.weight_clip_max, vw.renormalize, self.normalizer, update=update,
-                                 reduce_fn=C.reduce_fn(self.layout) if global_stats else None)
+                                 reduce_fn=C.reduce_fn(self.layout) if global_stats else None,
+                                 reduce_max_fn=C.reduce_max_fn(self.layout) if global_stats else None)
 
     def step_weights(self, scored_batches, labels):
         """Weights of every micro-batch of the step from ONE normalisation over the global batch
@@ -107,9 +112,10 @@ class VerifiableRecipe:
         dev = self.layout.device
         loss, ce, wce = (torch.zeros((), device=dev), torch.zeros(self.n_heads, dtype=torch.float64, device=dev),
                          torch.zeros(self.n_heads, dtype=torch.float64, device=dev))
-        # value loss (a sum of global-denominator shares), clip fraction and explained variance
-        # (means over micro-batches and ranks)
-        vstats = torch.zeros(3, dtype=torch.float64, device=dev)
+        # value loss (a sum of global-denominator shares), clipped-token count and the moments of
+        # the explained variance: sums over micro-batches and ranks, so both are global exactly
+        vstats = torch.zeros(2, dtype=torch.float64, device=dev)
+        ev_moments = torch.zeros(5, dtype=torch.float64, device=dev)
         step_weights, wstats = self.step_weights(scored_batches, labels)
         for scored, lab, rmask, w in zip(scored_batches, labels, resp, step_weights):
             batch = scored.batch
@@ -126,8 +132,9 @@ class VerifiableRecipe:
                                                denominator=value_denom)
                     total = total + vloss.loss
                     vstats += torch.stack([vloss.loss.detach().double(),
-                                           vloss.clip_fraction.double() / len(fed),
-                                           vloss.explained_variance.double().nan_to_num() / len(fed)])
+                                           vloss.clip_fraction.double() * rmask.sum().double()])
+                    ev_moments += explained_variance_moments(state_values(scored.values_old), scored.returns,
+                                                             rmask)
             total.backward()
             loss += total.detach()
             ce += res.ce_per_head.double()
@@ -144,13 +151,17 @@ class VerifiableRecipe:
                  **C.head_metrics("train/weighted_ce", C.global_sum(wce, self.layout)),
                  "train/grad_norm": norms[0], **C.lr_metrics(self.state),
                  **C.stat_tensors("train/weights", wstats),
-                 "train/critic_staleness": float(self.critic_version(step - 1) - scored_batches[-1].critic_version),
+                 # the stalest micro-batch of any rank (the bound `stage2.max_staleness` is about)
+                 "train/critic_staleness": C.global_max_value(
+                     max(self.critic_version(step - 1) - s.critic_version for s in scored_batches), self.layout),
                  "train/truncated_samples": C.truncated_samples([s.batch for s in scored_batches], self.layout)}
         if self.learn_critic:
             vstats = C.global_sum(vstats, self.layout)
-            vstats[1:] /= self.layout.world_size
-            stats.update({"train/value_loss": vstats[0], "train/value_clip_fraction": vstats[1],
-                          "train/explained_variance": vstats[2], "train/critic_grad_norm": norms[1]})
+            stats.update({"train/value_loss": vstats[0],
+                          "train/value_clip_fraction": vstats[1] / value_denom.clamp_min(1.0),
+                          "train/explained_variance": explained_variance_from_moments(
+                              C.global_sum(ev_moments, self.layout)),
+                          "train/critic_grad_norm": norms[1]})
         return stats, tokens
 
     @torch.no_grad()

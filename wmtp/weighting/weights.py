@@ -20,9 +20,11 @@ from wmtp.weighting.normalize import Normalizer, ReduceFn, Stats, ZScoreNormaliz
 
 @dataclass
 class WeightStats:
-    """0-dim float64 tensors over valid tokens (global when `reduce_fn` is given for the means;
-    std/min/max/entropy are local). `entropy` is the normalised entropy of p = w / Σw, in [0, 1]
-    (1 = uniform weights)."""
+    """0-dim float64 tensors over valid tokens, global over ranks when `reduce_fn` (SUM) — and,
+    for min/max, `reduce_max_fn` (MAX) — are given; without them, over this process's tokens.
+    `entropy` is the normalised entropy of p = w / Σw over all valid tokens, in [0, 1] (1 = uniform
+    weights): `H = log S − Σ w log w / S` with S = Σw, divided by log N — sums only, so it is exact
+    across ranks."""
 
     mean_before_renorm: Tensor
     mean: Tensor
@@ -39,20 +41,33 @@ class WeightStats:
         return {f"{prefix}{n}": v for n, v in zip(names, vals)}
 
 
-def weight_stats(w: Tensor, mask: Tensor, mean_before: Tensor, frac_clipped: Tensor) -> WeightStats:
-    """Statistics of weights `w` over `mask` (same shape)."""
+def weight_stats(w: Tensor, mask: Tensor, mean_before: Tensor, frac_clipped: Tensor,
+                 reduce_fn: ReduceFn | None = None, reduce_max_fn: ReduceFn | None = None) -> WeightStats:
+    """Statistics of weights `w` over `mask` (same shape): moments summed by `reduce_fn`,
+    `[max w, max −w]` by `reduce_max_fn` (each None: this process only)."""
     m = mask.bool()
-    vals = w.detach().double()[m]
+    wd = torch.where(m, w.detach().double(), torch.zeros((), dtype=torch.float64, device=w.device))
+    wlogw = torch.where(m & (wd > 0), wd * torch.log(wd.clamp_min(1e-300)), torch.zeros_like(wd))
+    sums = torch.stack([wd.sum(), (wd * wd).sum(), wlogw.sum(), m.sum().double()])
+    if reduce_fn is not None:
+        sums = reduce_fn(sums)
+    lo_hi = torch.stack([torch.where(m, wd, torch.full_like(wd, -math.inf)).max() if wd.numel() else
+                         torch.tensor(-math.inf, dtype=torch.float64, device=w.device),
+                         torch.where(m, -wd, torch.full_like(wd, -math.inf)).max() if wd.numel() else
+                         torch.tensor(-math.inf, dtype=torch.float64, device=w.device)])
+    if reduce_max_fn is not None:
+        lo_hi = reduce_max_fn(lo_hi)
+    total, total_sq, total_wlogw, n = sums.unbind()
     z = torch.zeros((), dtype=torch.float64, device=w.device)
-    if vals.numel() == 0:
+    if float(n) == 0:
         return WeightStats(mean_before, z, z, z, z, frac_clipped, z)
-    p = vals / vals.sum().clamp_min(1e-300)
-    ent = -(p * torch.log(p.clamp_min(1e-300))).sum()
-    norm_ent = ent / math.log(vals.numel()) if vals.numel() > 1 else torch.ones((), dtype=torch.float64)
-    return WeightStats(
-        mean_before_renorm=mean_before, mean=vals.mean(), std=vals.std(unbiased=False),
-        min=vals.min(), max=vals.max(), frac_clipped=frac_clipped, entropy=norm_ent.to(w.device),
-    )
+    mean = total / n
+    std = (total_sq / n - mean * mean).clamp_min(0.0).sqrt()
+    s_pos = total.clamp_min(1e-300)
+    ent = torch.log(s_pos) - total_wlogw / s_pos
+    norm_ent = ent / math.log(float(n)) if float(n) > 1 else torch.ones((), dtype=torch.float64, device=w.device)
+    return WeightStats(mean_before_renorm=mean_before, mean=mean, std=std, min=-lo_hi[1], max=lo_hi[0],
+                       frac_clipped=frac_clipped, entropy=norm_ent)
 
 
 def _global_mean(x: Tensor, mask: Tensor, reduce_fn: ReduceFn | None) -> tuple[Tensor, Tensor]:
@@ -63,7 +78,8 @@ def _global_mean(x: Tensor, mask: Tensor, reduce_fn: ReduceFn | None) -> tuple[T
 
 
 def exp_clip_weights(scores: Tensor, mask: Tensor, temperature: float, clip_min: float, clip_max: float,
-                     renormalize: bool, reduce_fn: ReduceFn | None = None) -> tuple[Tensor, WeightStats]:
+                     renormalize: bool, reduce_fn: ReduceFn | None = None,
+                     reduce_max_fn: ReduceFn | None = None) -> tuple[Tensor, WeightStats]:
     """`clip(exp(scores / T), min, max)`, renormalised to mean 1 if asked. scores, mask: same
     shape; returns detached weights (0 outside the mask) and stats."""
     if temperature <= 0:
@@ -79,7 +95,7 @@ def exp_clip_weights(scores: Tensor, mask: Tensor, temperature: float, clip_min:
     mean_before, _ = _global_mean(w, m, reduce_fn)
     if renormalize:  # no host sync: a zero mean (no valid token) leaves w as it is
         w = w / torch.where(mean_before > 0, mean_before, torch.ones_like(mean_before))
-    return w.to(scores.dtype), weight_stats(w, m, mean_before, frac)
+    return w.to(scores.dtype), weight_stats(w, m, mean_before, frac, reduce_fn, reduce_max_fn)
 
 
 def advantage_weights(
@@ -94,11 +110,13 @@ def advantage_weights(
     update: bool = True,
     stats: Stats | None = None,
     reduce_fn: ReduceFn | None = None,
+    reduce_max_fn: ReduceFn | None = None,
 ) -> tuple[Tensor, WeightStats]:
     """Verifiable weights. adv `[B, S]` (GAE advantages on response tokens), mask `[B, S]` bool →
     (weights `[B, S]`, target-indexed, detached, 0 outside mask; WeightStats). `normalizer`
     default zscore; `update=False` keeps an EMA normaliser frozen (validation); `stats`/`reduce_fn`
-    make the normaliser's and the renormalisation's statistics global."""
+    make the normaliser's and the renormalisation's statistics global; `reduce_max_fn` (all-reduce
+    MAX) makes the weights' min/max global too."""
     normalizer = normalizer if normalizer is not None else ZScoreNormalizer()
     a_hat = normalizer(adv.detach(), mask, update=update, stats=stats, reduce_fn=reduce_fn)
-    return exp_clip_weights(a_hat, mask, temperature, clip_min, clip_max, renormalize, reduce_fn)
+    return exp_clip_weights(a_hat, mask, temperature, clip_min, clip_max, renormalize, reduce_fn, reduce_max_fn)
