@@ -76,3 +76,56 @@ def test_unsupported_hf_configs_are_refused_by_name(tmp_path, edit, message):
     path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
     with pytest.raises(CheckpointError, match=message):
         load_model(tmp_path / "hf")
+
+
+# ---------------------------------------------------------------- export (issue: hand a model on)
+
+
+def _mtp_model():
+    from wmtp.model.args import PRESETS
+    from wmtp.model.transformer import build_model
+
+    model = build_model(PRESETS["tiny"].replace(n_layers=5, n_future_tokens=3, rope_theta=500000.0), seed=5)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("max_shard_bytes", [2 << 30, 20_000])
+def test_hf_export_round_trips_head_1(tmp_path, max_shard_bytes):
+    """Head 1 of a 3-head model exported as HF LLaMA: the HF import and transformers both read
+    back the same logits as head 1 (identical for the import, the inverse permutation exactly)."""
+    from wmtp.model.checkpoint import iter_full_tensors, save_hf_llama
+
+    model = _mtp_model()
+    folder = save_hf_llama(iter_full_tensors(model), model.args, tmp_path / "hf", max_shard_bytes=max_shard_bytes)
+    files = sorted(p.name for p in folder.iterdir())
+    if max_shard_bytes > 1 << 20:
+        assert files == ["config.json", "model.safetensors"]
+    else:
+        assert "model.safetensors.index.json" in files and "model-00001-of-" in " ".join(files)
+    head1 = model(TOKENS, return_logits=True).logits[:, :, 0]
+    back = load_model(folder)
+    assert back.args.n_future_tokens == 1 and back.args.n_layers == model.args.n_trunk_layers
+    assert back.args.rope_theta == 500000.0
+    assert torch.equal(back(TOKENS, return_logits=True).logits[:, :, 0], head1)
+    hf = transformers.LlamaForCausalLM.from_pretrained(folder).eval()
+    torch.testing.assert_close(hf_logits(hf, TOKENS), head1, atol=2e-5, rtol=1e-5)
+
+
+def test_export_writes_meta_and_hf_beside_the_wmtp_export(tmp_path):
+    """`export_model` with `train.export_formats=[meta, hf]`: `export/meta` (Meta layout) and
+    `export/hf` (HF LLaMA of head 1) read back with the model's logits."""
+    from wmtp.config.loader import load_config
+    from wmtp.parallel.reduce import DistEnv
+    from wmtp.recipes.components import export_model
+
+    model = _mtp_model()
+    cfg = load_config(overrides=[f"run.output_dir={tmp_path}", "run.name=x", "train.export_formats=[meta,hf]"])
+    out = export_model(model, cfg, DistEnv.from_env("cpu"))
+    logits = model(TOKENS, return_logits=True).logits
+    assert torch.equal(load_model(out)(TOKENS, return_logits=True).logits, logits)
+    assert torch.equal(load_model(out / "meta")(TOKENS, return_logits=True).logits, logits)
+    assert torch.equal(load_model(out / "hf")(TOKENS, return_logits=True).logits[:, :, 0], logits[:, :, 0])

@@ -124,6 +124,8 @@ class TrainConfig(Section):
     activation_checkpointing: bool = Field(False, description="Recompute block activations in backward.")
     heatmap_samples: int = Field(4, ge=0, description="Validation samples drawn in the token-weight heatmap artifact.")
     eval_generate_every: int | None = Field(None, description="Run a small pass@1 evaluation every N steps (null: never).")
+    export_formats: list[Literal["meta", "hf"]] = Field(
+        ["meta", "hf"], description="Extra formats of a policy export: export/meta (Meta layout), export/hf (HF LLaMA of head 1).")
 
 
 class ValueLossConfig(Section):

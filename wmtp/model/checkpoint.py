@@ -16,6 +16,7 @@ Local folders only; `s3://` URIs are pulled by `wmtp.storage` first.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -491,6 +492,125 @@ def _read_hf_llama(folder: Path) -> tuple[ModelArgs, dict[str, Tensor]]:
     return args, state
 
 
+# ---------------------------------------------------------------- HF LLaMA export (the inverse of the import)
+
+HF_INDEX_FILE = "model.safetensors.index.json"
+
+
+def hf_permute(w: Tensor, n_heads: int) -> Tensor:
+    """Meta's interleaved-pair q/k rows → HF's half-split rows (transformers' converter; the
+    inverse of `hf_unpermute`)."""
+    out_dim, in_dim = w.shape
+    return w.view(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
+
+
+def hf_config(args: ModelArgs) -> dict:
+    """`config.json` of the HF LLaMA equivalent of head 1 (trunk + head 1, `n_future_tokens=1`)."""
+    return {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+        "hidden_size": args.dim, "intermediate_size": args.ffn_hidden_dim,
+        "num_hidden_layers": args.n_trunk_layers, "num_attention_heads": args.n_heads,
+        "num_key_value_heads": args.kv_heads, "head_dim": args.head_dim, "vocab_size": args.vocab_size,
+        "max_position_embeddings": args.max_seq_len, "rms_norm_eps": args.norm_eps,
+        "rope_parameters": {"rope_type": "default", "rope_theta": args.rope_theta},
+        "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "tie_word_embeddings": False,
+        "torch_dtype": "float32",
+    }
+
+
+_META_TO_HF = {"attention.wq": "self_attn.q_proj", "attention.wk": "self_attn.k_proj",
+               "attention.wv": "self_attn.v_proj", "attention.wo": "self_attn.o_proj",
+               "feed_forward.w1": "mlp.gate_proj", "feed_forward.w2": "mlp.down_proj",
+               "feed_forward.w3": "mlp.up_proj", "attention_norm": "input_layernorm",
+               "ffn_norm": "post_attention_layernorm"}
+
+
+def hf_key(key: str, args: ModelArgs, tensor: Tensor) -> tuple[str, Tensor] | None:
+    """One Meta-layout entry → its HF LLaMA name and tensor (q/k rows permuted); None for the
+    extra MTP heads, which a plain LLaMA has no place for (head 1 is `layers[T-1]`)."""
+    if key == "tok_embeddings.weight":
+        return "model.embed_tokens.weight", tensor
+    if key == "norm.weight":
+        return "model.norm.weight", tensor
+    if key == "output.weight":
+        return "lm_head.weight", tensor
+    if key.startswith("extra_heads."):
+        return None
+    m = re.match(r"^layers\.(\d+)\.(.+)\.weight$", key)
+    if not m or m[2] not in _META_TO_HF:
+        raise CheckpointError(f"unknown key {key!r}: not part of Meta's LLaMA-MTP layout")
+    if m[2] == "attention.wq":
+        tensor = hf_permute(tensor, args.n_heads)
+    elif m[2] == "attention.wk":
+        tensor = hf_permute(tensor, args.kv_heads)
+    return f"model.layers.{m[1]}.{_META_TO_HF[m[2]]}.weight", tensor
+
+
+def iter_full_tensors(model: nn.Module):
+    """(key, full CPU tensor) of `model`'s state dict, one at a time: an FSDP2-sharded parameter
+    is gathered (`DTensor.full_tensor`, a collective every rank must join, in the same order)
+    just before it is yielded, so no rank ever holds more than one gathered tensor."""
+    from torch.distributed.tensor import DTensor
+
+    for key, value in _unwrap(model).state_dict().items():
+        full = value.full_tensor() if isinstance(value, DTensor) else value
+        yield key, full.detach().to("cpu")
+
+
+def save_hf_llama(tensors, args: ModelArgs, path: str | Path, *, dtype: torch.dtype | None = None,
+                  max_shard_bytes: int = 2 << 30, write: bool = True) -> Path:
+    """Write head 1 of a Meta-layout model as an HF LLaMA folder: `config.json` + safetensors
+    shards (+ `model.safetensors.index.json` when there is more than one). `tensors` is an
+    iterable of (Meta key, tensor), e.g. `iter_full_tensors(model)`: each is converted and
+    buffered until a shard reaches `max_shard_bytes`, so host memory stays at one shard plus one
+    tensor. `write=False` (other ranks of a sharded model) consumes the iterable and writes
+    nothing. An MTP model's extra heads are dropped: the result is the NTP model of head 1.
+    `load_model` (and transformers' LlamaForCausalLM) read it back with the same head-1 logits."""
+    from safetensors.torch import save_file
+
+    folder = Path(path)
+    shard: dict[str, Tensor] = {}
+    size, files, weight_map = 0, [], {}
+
+    def flush() -> None:
+        nonlocal shard, size
+        if shard and write:
+            name = f"model-{len(files) + 1:05d}.safetensors"
+            save_file(shard, str(folder / name), metadata={"format": "pt"})
+            files.append(name)
+            weight_map.update(dict.fromkeys(shard, name))
+        shard, size = {}, 0
+
+    if write:
+        folder.mkdir(parents=True, exist_ok=True)
+    for key, tensor in tensors:
+        converted = hf_key(key, args, tensor)
+        if converted is None or not write:
+            continue
+        name, t = converted
+        t = (t.to(dtype) if dtype is not None else t).contiguous().clone()
+        if size and size + t.numel() * t.element_size() > max_shard_bytes:
+            flush()
+        shard[name] = t
+        size += t.numel() * t.element_size()
+    flush()
+    if not write:
+        return folder
+    if len(files) == 1:
+        os.replace(folder / files[0], folder / "model.safetensors")
+    else:
+        for i, name in enumerate(files):
+            final = name.replace(f"{i + 1:05d}.safetensors", f"{i + 1:05d}-of-{len(files):05d}.safetensors")
+            os.replace(folder / name, folder / final)
+            weight_map = {k: (final if v == name else v) for k, v in weight_map.items()}
+        (folder / HF_INDEX_FILE).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1) + "\n")
+    config = hf_config(args)
+    if dtype is not None:
+        config["torch_dtype"] = str(dtype).removeprefix("torch.")
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return folder
+
+
 # ---------------------------------------------------------------- checking and materialising
 
 
@@ -567,7 +687,7 @@ def _write(path: str | Path, args: ModelArgs, state: dict[str, Tensor], extra: d
 
 
 __all__ = [
-    "CheckpointError", "ModelIdentityError", "adapt_heads", "describe_args", "read_checkpoint_args",
+    "CheckpointError", "ModelIdentityError", "hf_config", "hf_permute", "iter_full_tensors", "save_hf_llama", "adapt_heads", "describe_args", "read_checkpoint_args",
     "reconcile_args", "check_state_dict", "hf_unpermute", "load_model", "load_value_model", "read_checkpoint",
     "save_meta_checkpoint", "save_model", "save_value_model",
 ]

@@ -56,6 +56,27 @@ def reduce_fn(layout: DistEnv):
     return (lambda t: global_sum(t, layout)) if layout.distributed else None
 
 
+def global_max_value(x: float, layout: DistEnv) -> float:
+    """The largest `x` over ranks (a host number, e.g. the stalest micro-batch of the step)."""
+    if not layout.distributed:
+        return float(x)
+    t = torch.tensor([float(x)], dtype=torch.float64, device=layout.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def reduce_max_fn(layout: DistEnv):
+    """All-reduce MAX of a copy (the weighting math's `reduce_max_fn`; None in one process)."""
+    if not layout.distributed:
+        return None
+
+    def reduce_max(t: Tensor) -> Tensor:
+        out = t.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.MAX)
+        return out
+    return reduce_max
+
+
 # ---------------------------------------------------------------------------------------------
 # Models
 
@@ -504,6 +525,7 @@ def export_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv, tokenizer=N
             save_value_model(replica, tmp)
         else:
             save_model(replica, tmp)
+            export_handoff_formats(replica, tmp, cfg.train.export_formats)
         if tokenizer is not None:
             shutil.copyfile(tokenizer.path, tmp / "tokenizer.model")
         shutil.rmtree(out, ignore_errors=True)
@@ -511,6 +533,18 @@ def export_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv, tokenizer=N
     if layout.distributed:
         dist.barrier()
     return out
+
+
+def export_handoff_formats(model: Transformer, folder: Path, formats: list[str]) -> None:
+    """`folder/meta` (Meta's params.json + consolidated.00.pth) and `folder/hf` (HF LLaMA
+    safetensors + config.json of head 1: the inverse of the HF import) for a plain (unsharded)
+    policy; tensors are converted one at a time (`wmtp.model.checkpoint.save_hf_llama`)."""
+    from wmtp.model.checkpoint import iter_full_tensors, save_hf_llama, save_meta_checkpoint
+
+    if "meta" in formats:
+        save_meta_checkpoint(model, folder / "meta")
+    if "hf" in formats:
+        save_hf_llama(iter_full_tensors(model), model.args, folder / "hf")
 
 
 def unwrap_replica(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
