@@ -129,3 +129,35 @@ def test_export_writes_meta_and_hf_beside_the_wmtp_export(tmp_path):
     assert torch.equal(load_model(out)(TOKENS, return_logits=True).logits, logits)
     assert torch.equal(load_model(out / "meta")(TOKENS, return_logits=True).logits, logits)
     assert torch.equal(load_model(out / "hf")(TOKENS, return_logits=True).logits[:, :, 0], logits[:, :, 0])
+
+
+def _sharded_export(rank: int, world_size: int, folder: str) -> dict:
+    """Every rank joins each tensor's gather; rank 0 writes. Returns the largest tensor any rank
+    held at once (proof that gathering is one tensor at a time)."""
+    from pathlib import Path
+
+    from wmtp.model.checkpoint import iter_full_tensors, save_hf_llama
+    from wmtp.parallel.fsdp import apply_fsdp
+
+    model = _mtp_model()
+    apply_fsdp(model, mixed_precision=False)
+    largest = {"numel": 0}
+
+    def watched():
+        for key, t in iter_full_tensors(model):
+            largest["numel"] = max(largest["numel"], t.numel())
+            yield key, t
+
+    save_hf_llama(watched(), model.args, Path(folder), write=rank == 0, max_shard_bytes=20_000)
+    return largest
+
+
+@pytest.mark.distributed
+def test_hf_export_from_a_2_rank_fsdp_model_gathers_one_tensor_at_a_time(tmp_path):
+    from tests.fixtures.distributed import run_distributed
+
+    ranks = run_distributed(_sharded_export, 2, str(tmp_path / "hf"))
+    model = _mtp_model()
+    assert all(r["numel"] == max(p.numel() for p in model.parameters()) for r in ranks)
+    head1 = model(TOKENS, return_logits=True).logits[:, :, 0]
+    assert torch.equal(load_model(tmp_path / "hf")(TOKENS, return_logits=True).logits[:, :, 0], head1)
