@@ -119,19 +119,17 @@ def test_manifest_names_a_truncated_or_changed_file(tmp_path):
     assert "manifest_rank0.json is missing" in verify_sharded(folder)
 
 
-def test_first_good_checkpoint_skips_a_damaged_one_and_names_it(tmp_path):
+def test_first_good_checkpoint_skips_a_damaged_one_and_names_it(tmp_path, caplog):
     model, opt = _trained()
     older = save_sharded(tmp_path / "step2", {"policy": model}, {"policy": opt}, {"step": 2})
     newer = save_sharded(tmp_path / "step4", {"policy": model}, {"policy": opt}, {"step": 4})
     shard = newer / "__0_0.distcp"
     shard.write_bytes(shard.read_bytes()[:100])
-    with pytest.warns(UserWarning, match=f"checkpoint {newer} is damaged.*{shard.name}"):
-        assert first_good_checkpoint([newer, older]) == older
+    assert first_good_checkpoint([newer, older]) == older
+    assert f"checkpoint {newer} is damaged, skipping it: {shard} has" in caplog.text
     assert first_good_checkpoint([]) is None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with pytest.raises(CheckpointDamaged, match=f"no usable checkpoint.*{shard}"):
-            first_good_checkpoint([newer])
+    with pytest.raises(CheckpointDamaged, match=f"no usable checkpoint.*{shard}"):
+        first_good_checkpoint([newer])
 
 
 def _full(model):

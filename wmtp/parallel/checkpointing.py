@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import warnings
 import zlib
@@ -38,6 +39,8 @@ from torch.distributed.checkpoint.state_dict import (
 from torch.optim import Optimizer
 
 from wmtp.parallel.reduce import barrier, rank, world_size
+
+log = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = 1
 _CHUNK = 1 << 22
@@ -137,7 +140,7 @@ def verify_sharded(path: str | Path, *, share: tuple[int, int] | None = None) ->
     if not first.is_file():
         if not any(folder.glob("manifest_rank*.json")):
             # Written before checkpoints had manifests: loadable, but nothing to verify against.
-            warnings.warn(f"{folder} has no manifest (an older checkpoint): loading it unverified", stacklevel=2)
+            log.warning("%s has no manifest (an older checkpoint): loading it unverified", folder)
             return None
         return f"{first} is missing (the save did not complete)"
     try:
@@ -175,7 +178,7 @@ def first_good_checkpoint(candidates: Iterable[Path]) -> Path | None:
         if _any_rank(problem is not None) == 0:
             return Path(path)
         problem = problem or f"{path}: another rank found a damaged file"
-        warnings.warn(f"checkpoint {path} is damaged, skipping it: {problem}", stacklevel=2)
+        log.warning("checkpoint %s is damaged, skipping it: %s", path, problem)
         problems.append(problem)
     if problems:
         listing = "; ".join(problems)
