@@ -8,6 +8,7 @@ Each case costs a few Ray start-ups (about a minute each on 2 busy cores): all a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 from tests.recipes.harness import REPO, TINY, recipe_config, run, series, steps_of, subprocess_env
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 STEPS = 10
 OVERRIDES = (f"train.steps={STEPS}", "train.checkpoint_every=2", "train.eval_every=10", "train.heatmap_samples=0",
@@ -37,28 +38,45 @@ def ray_command(recipe: str, output_dir: Path, *overrides: str) -> list[str]:
             "local-light", *tiny, f"run.output_dir={output_dir}", *overrides]
 
 
-def group_pids(pgid: int, marker: str) -> list[int]:
-    """Processes of process group `pgid` whose command line contains `marker`."""
-    found = []
+def descendants(root: int) -> list[int]:
+    """Every live process below `root` (Ray's workers are children of the raylet, which is the
+    driver's child; they run in sessions of their own, so a process group does not hold them)."""
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if os.getpgid(int(entry.name)) != pgid:
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
                 continue
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, ProcessLookupError):
+            children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def matching(pids: list[int], marker: str) -> list[int]:
+    """The processes among `pids` whose command line contains `marker`."""
+    found = []
+    for pid in pids:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
             continue
         if marker in cmdline:
-            found.append(int(entry.name))
+            found.append(pid)
     return found
 
 
-def kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+def kill_tree(root: int) -> None:
+    """SIGKILL `root` and everything below it (the run's whole local cluster)."""
+    for pid in [root, *descendants(root)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def run_and_kill(cmd: list[str], checkpoint: Path, target: str, timeout: float = 600.0) -> subprocess.CompletedProcess:
@@ -78,16 +96,20 @@ def run_and_kill(cmd: list[str], checkpoint: Path, target: str, timeout: float =
         if target == "driver":
             proc.send_signal(signal.SIGKILL)
         elif target == "cluster":
-            kill_group(proc.pid)  # driver, GCS, raylet, workers, actors: the whole local cluster
+            kill_tree(proc.pid)  # driver, GCS, raylet, workers, actors: the whole local cluster
         else:
-            victims = group_pids(proc.pid, target)
-            assert victims, f"no {target} process in the run's process group"
+            victims = matching(descendants(proc.pid), target)
+            assert victims, f"no {target} process below the driver"
             for pid in victims:
                 os.kill(pid, signal.SIGKILL)
         _, stderr = proc.communicate(timeout=timeout)
         return subprocess.CompletedProcess(cmd, proc.returncode, "", stderr)
     finally:
-        kill_group(proc.pid)  # whatever of this run's cluster is left
+        leftovers = descendants(proc.pid)
+        kill_tree(proc.pid)  # whatever of this run's cluster is left
+        for pid in leftovers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait()
 
 
@@ -95,10 +117,10 @@ def rerun(cmd: list[str]) -> subprocess.CompletedProcess:
     proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        _, stderr = proc.communicate(timeout=900)
+        _, stderr = proc.communicate(timeout=1200)
         return subprocess.CompletedProcess(cmd, proc.returncode, "", stderr)
     finally:
-        kill_group(proc.pid)
+        kill_tree(proc.pid)
 
 
 @pytest.mark.parametrize("recipe, target, extra, keys", [

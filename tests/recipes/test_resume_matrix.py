@@ -87,6 +87,7 @@ def inputs(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.ray
+@pytest.mark.timeout(2400)
 @pytest.mark.parametrize("cell", cells())
 def test_resume_cell(cell, inputs, tmp_path):
     recipe, ranks = cell[0], cell[-1]
