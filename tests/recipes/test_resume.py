@@ -56,3 +56,65 @@ def test_sigkill_then_rerun_matches_an_uninterrupted_run(recipe, keys, tmp_path)
     assert steps_of(run_directory, "train/loss") == list(range(1, STEPS + 1))
     for key in keys:
         assert series(run_directory, key) == pytest.approx(series(reference, key), rel=1e-6, abs=1e-9), key
+
+
+@pytest.fixture(scope="module")
+def straight_baseline(tmp_path_factory):
+    """The uninterrupted 12-step baseline run the kill tests below compare with."""
+    return run(recipe_config("baseline", tmp_path_factory.mktemp("straight"), *RESUME))
+
+
+def test_a_damaged_latest_checkpoint_is_named_skipped_and_the_previous_one_resumes(straight_baseline, tmp_path):
+    out = tmp_path / "damaged"
+    cmd = cli_command("baseline", out, *RESUME)
+    run_directory = out / "baseline-local-light"
+    checkpoints = run_directory / "checkpoints"
+    kill_after_checkpoint(cmd, checkpoints, 4)
+    latest = checkpoints / (checkpoints / "latest").read_text().strip()
+    shard = latest / "__0_0.distcp"
+    shard.write_bytes(shard.read_bytes()[:1000])  # truncated, as by a full disk
+
+    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"checkpoint {latest} is damaged" in done.stderr and str(shard) in done.stderr, done.stderr[-3000:]
+    # The SIGKILLed driver's lock was stale: taken over with a warning.
+    assert "taking over the stale lock" in done.stderr, done.stderr[-3000:]
+    assert (checkpoints / f".damaged-{latest.name}").is_dir()  # kept aside for inspection
+    assert series(run_directory, "train/loss") == pytest.approx(series(straight_baseline, "train/loss"),
+                                                                rel=1e-6, abs=1e-9)
+
+    # Every checkpoint damaged: exit 2, naming each folder, no traceback.
+    for folder in checkpoints.glob("step_*"):
+        (folder / "__0_0.distcp").write_bytes(b"")
+    failed = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert failed.returncode == 2, failed.stderr[-3000:]
+    assert "no usable checkpoint" in failed.stderr and "Traceback" not in failed.stderr, failed.stderr[-3000:]
+    assert all(str(folder) in failed.stderr for folder in checkpoints.glob("step_*")), failed.stderr[-3000:]
+
+
+def test_a_second_start_of_a_running_run_exits_2_naming_the_holder(tmp_path):
+    import json
+    import socket
+    import sys
+
+    from wmtp.training.runlock import _process_start
+
+    run_directory = tmp_path / "baseline-local-light"
+    run_directory.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock = {"host": socket.gethostname(), "pid": holder.pid, "pid_start": _process_start(holder.pid),
+                "started": "2026-01-01T00:00:00Z"}
+        (run_directory / "run.lock").write_text(json.dumps(lock))
+        (run_directory / "config.yaml").write_text("the running run's config\n")
+        done = subprocess.run(cli_command("baseline", tmp_path), cwd=REPO, env=subprocess_env(),
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"held by pid {holder.pid} on host {socket.gethostname()}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    # The running run's files are left alone.
+    assert (run_directory / "config.yaml").read_text() == "the running run's config\n"
+    assert not (run_directory / "metrics.jsonl").exists()

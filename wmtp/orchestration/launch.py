@@ -19,12 +19,19 @@ from typing import Any
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from wmtp.config.paths import run_name, write_resolved_config
+from wmtp.config.paths import run_dir, run_name, write_resolved_config
 from wmtp.config.schema import WMTPConfig
 from wmtp.orchestration.dashboard import DashboardMetrics
 from wmtp.orchestration.ray_runtime import cpus_needed, ensure_ray
-from wmtp.orchestration.reporting import RayCheckpointSink, RayMetricLogger, ReportState
+from wmtp.orchestration.reporting import (
+    RayCheckpointSink,
+    RayMetricLogger,
+    ReportState,
+    repair_checkpoint_snapshot,
+    user_error_of,
+)
 from wmtp.orchestration.storage import resolve_storage
+from wmtp.training.runlock import hold_run_lock
 
 # The validation metric that ranks a recipe's checkpoints (keep-N best), as the recipe logs it at
 # every evaluation: unweighted validation CE of head 1 (comparable across weightings), or the
@@ -91,10 +98,22 @@ def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None
 
         # A missing critic / reference is produced first (local presets), on Ray as well.
         cfg = resolve_inputs(cfg, run_training)
-    result = build_trainer(cfg, recipe_builder=recipe_builder).fit()
-    # After training (rank 0 wrote it once setup succeeded, maybe on another node): a run that
-    # fails before training leaves an earlier run's config.yaml alone.
-    write_resolved_config(cfg)
+    lock = hold_run_lock(run_dir(cfg))  # a second start of the same run exits 2, naming this one
+    try:
+        repair_checkpoint_snapshot(resolve_storage(cfg.orchestration.storage_path, cfg.run.output_dir),
+                                   run_name(cfg), *checkpoint_score(cfg))
+        try:
+            result = build_trainer(cfg, recipe_builder=recipe_builder).fit()
+        except ray.train.TrainingFailedError as e:
+            cause = user_error_of(e)
+            if cause is None:
+                raise
+            raise cause from None
+        # After training (rank 0 wrote it once setup succeeded, maybe on another node): a run that
+        # fails before training leaves an earlier run's config.yaml alone.
+        write_resolved_config(cfg)
+    finally:
+        lock.release()
     return dict(result.metrics or {})
 
 

@@ -7,14 +7,21 @@ every rank; both classes below therefore report on deterministic steps only:
 - the sink at every checkpoint, with the checkpoint attached.
 Every report carries the latest value of every metric seen so far (so the checkpoint score
 attribute and Tune's metric are present once the first validation has run).
+
+The score attached to a checkpoint is always a finite number: Ray's controller saves its
+checkpoint list as JSON (pydantic), where inf/nan become `null`, and a controller restored from
+that list (a rerun after the driver died) cannot rank a `null` score. Before validation, and
+when validation gave a non-finite value, the score is the worst finite float.
 """
 
 from __future__ import annotations
 
+import fcntl
 import math
 import shutil
+import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +35,8 @@ class ReportState:
 
     def __init__(self, score_attribute: str, score_mode: str = "min") -> None:
         self.score_attribute = score_attribute
-        # Before the first validation a checkpoint still needs a score: the worst one.
-        self._worst = math.inf if score_mode == "min" else -math.inf
+        # Before the first validation a checkpoint still needs a score: the worst finite one.
+        self._worst = worst_score(score_mode)
         self.latest: dict[str, float] = {}
         self.last_reported_step: int | None = None
 
@@ -43,8 +50,14 @@ class ReportState:
         """What one report carries (the score attribute is the worst value before validation)."""
         out = dict(self.latest)
         out["step"] = step
-        out.setdefault(self.score_attribute, self._worst)
+        if not math.isfinite(out.get(self.score_attribute, math.nan)):
+            out[self.score_attribute] = self._worst
         return out
+
+
+def worst_score(mode: str) -> float:
+    """The worst finite score for `mode` ("min": largest float; "max": most negative)."""
+    return sys.float_info.max if mode == "min" else -sys.float_info.max
 
 
 class RayMetricLogger:
@@ -96,23 +109,53 @@ class RayCheckpointSink:
 
     `save`: every rank writes its files (DCP shards) into a fresh local directory; Ray uploads the
     directories of all ranks into one storage folder `checkpoint_step<step>` (file names must be
-    rank-unique, or identical across ranks). `latest`: the run's latest checkpoint (after a worker
-    restart or a rerun with the same name and storage), materialised into a local directory.
+    rank-unique, or identical across ranks). `candidates`: the run's latest checkpoint (after a
+    worker restart or a rerun with the same name and storage) and the older ones kept beside it,
+    newest first. On a local or shared (NFS) storage path they are the storage folders themselves:
+    DCP reads each rank's shards straight from there, nothing is copied. On remote storage (S3)
+    a checkpoint is downloaded once per node, into a folder its ranks share.
     """
 
     def __init__(self, state: ReportState, *, scratch_dir: str | None = None) -> None:
         self._state = state
         self._scratch_dir = scratch_dir
-        self._restored: Path | None = None
+        self._chosen: Path | None = None
+        self._downloads: list[Path] = []
+
+    def candidates(self) -> Iterator[Path]:
+        """Local folders of the run's checkpoints, newest first (each materialised when reached)."""
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            for older in _newest_first(checkpoint):
+                yield self._materialise(older)
+
+    def resume_from(self, path: Path) -> None:
+        self._chosen = path
 
     def latest(self) -> Path | None:
-        if self._restored is None:
-            checkpoint = ray.train.get_checkpoint()
-            if checkpoint is None:
-                return None
-            target = tempfile.mkdtemp(prefix="wmtp-restore-", dir=self._scratch_dir)
-            self._restored = Path(checkpoint.to_directory(target))
-        return self._restored
+        if self._chosen is None:
+            self._chosen = next(iter(self.candidates()), None)
+        return self._chosen
+
+    def _materialise(self, checkpoint: ray.train.Checkpoint) -> Path:
+        """A local folder holding `checkpoint`: its own path on a local filesystem, else one
+        download per node (the first rank to take the lock downloads, the others reuse it)."""
+        import pyarrow.fs
+
+        if isinstance(checkpoint.filesystem, pyarrow.fs.LocalFileSystem) and Path(checkpoint.path).is_dir():
+            return Path(checkpoint.path)
+        context = ray.train.get_context()
+        root = Path(self._scratch_dir or tempfile.gettempdir()) / "wmtp-restore" / context.get_experiment_name()
+        target = root / Path(checkpoint.path).name
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / f".{target.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # ranks of this node wait for the one downloading
+            if not (root / f".{target.name}.complete").is_file():
+                shutil.rmtree(target, ignore_errors=True)
+                checkpoint.to_directory(str(target))
+                (root / f".{target.name}.complete").touch()
+        self._downloads.append(target)
+        return target
 
     def save(self, step: int, write: Callable[[Path], None], metrics: Mapping[str, float]) -> None:
         self._state.update(metrics, step)
@@ -129,6 +172,88 @@ class RayCheckpointSink:
             shutil.rmtree(local, ignore_errors=True)
 
     def close(self) -> None:
-        if self._restored is not None:
-            shutil.rmtree(self._restored, ignore_errors=True)
-            self._restored = None
+        for target in self._downloads:
+            shutil.rmtree(target, ignore_errors=True)
+            (target.parent / f".{target.name}.complete").unlink(missing_ok=True)
+        self._downloads.clear()
+        self._chosen = None
+
+
+def _newest_first(latest: ray.train.Checkpoint) -> list[ray.train.Checkpoint]:
+    """`latest` and the older `checkpoint_step*` folders beside it in the run's storage, newest first."""
+    import pyarrow.fs
+
+    fs = latest.filesystem or pyarrow.fs.LocalFileSystem()
+    parent, name = latest.path.rstrip("/").rsplit("/", 1)
+    older = []
+    for info in fs.get_file_info(pyarrow.fs.FileSelector(parent)):
+        base = info.path.rstrip("/").rsplit("/", 1)[-1]
+        if info.type == pyarrow.fs.FileType.Directory and base.startswith("checkpoint_step") and base < name:
+            older.append(ray.train.Checkpoint(info.path, filesystem=fs))
+    return [latest, *sorted(older, key=lambda c: c.path, reverse=True)]
+
+
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+
+
+def repair_checkpoint_snapshot(storage: Any, name: str, score_attribute: str, score_mode: str) -> bool:
+    """Give every checkpoint in the run's saved checkpoint list a finite score (True if changed).
+
+    Runs saved before scores were kept finite hold `null` scores there (inf/nan in JSON), which a
+    restored controller cannot rank (`float * None`); this makes such runs resumable again.
+    `storage`: a `TrainStorage` (path + optional pyarrow filesystem).
+    """
+    import json
+
+    import pyarrow.fs
+
+    fs, root = storage.filesystem, storage.path
+    if fs is None:
+        fs, root = pyarrow.fs.FileSystem.from_uri(root) if "://" in root else (pyarrow.fs.LocalFileSystem(), root)
+    path = f"{root.rstrip('/')}/{name}/{SNAPSHOT_FILE}"
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return False
+    with fs.open_input_stream(path) as fh:
+        snapshot = json.loads(fh.read().decode("utf-8"))
+    worst = worst_score(score_mode)
+    changed = False
+
+    def fix(node: Any) -> None:
+        nonlocal changed
+        if isinstance(node, dict):
+            metrics = node.get("metrics")
+            if "checkpoint_dir_name" in node and isinstance(metrics, dict):
+                value = metrics.get(score_attribute)
+                if not isinstance(value, int | float) or not math.isfinite(value):
+                    metrics[score_attribute] = worst
+                    changed = True
+            for child in node.values():
+                fix(child)
+        elif isinstance(node, list):
+            for child in node:
+                fix(child)
+
+    fix(snapshot)
+    if changed:
+        with fs.open_output_stream(path) as fh:
+            fh.write(json.dumps(snapshot).encode("utf-8"))
+    return changed
+
+
+def user_error_of(error: BaseException) -> BaseException | None:
+    """The user error (bad config, damaged checkpoint, ...) a worker failed with, if any: the CLI
+    then prints it in one line and exits 2 instead of showing Ray's wrapped traceback."""
+    from wmtp.cli import is_user_error
+
+    pending: list[Any] = [error, *getattr(error, "worker_failures", {}).values()]
+    seen: set[int] = set()
+    while pending:
+        exc = pending.pop()
+        if exc is None or id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        if isinstance(exc, BaseException) and exc is not error and is_user_error(exc):
+            return exc
+        pending += [getattr(exc, "_base_exc", None), getattr(exc, "cause", None),
+                    getattr(exc, "__cause__", None), getattr(exc, "controller_failure", None)]
+    return None

@@ -3,6 +3,11 @@
 One folder per checkpoint:
     .metadata, __{rank}_{i}.distcp     DCP shards of every model and optimizer (each rank writes its own)
     extra_rank{r}.pt                   rank r's picklable extra state (RNG, sampler position, EMA stats, step)
+    manifest_rank{r}.json              written last by rank r: world size, and bytes + CRC-32 of each
+                                       file rank r wrote (rank 0's includes `.metadata`)
+
+A checkpoint is complete when every rank's manifest is there; `verify_sharded` checks a folder
+against its manifests (names the first bad file) before `load_sharded` trusts it.
 
 Works with and without FSDP2 and in one process without a process group (DCP's no-dist mode);
 a checkpoint saved on N ranks loads on M ranks (DCP reshards). Models and optimizers are matched
@@ -12,7 +17,12 @@ by name: `optimizers["policy"]` belongs to `models["policy"]`.
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import os
 import warnings
+import zlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +38,18 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.optim import Optimizer
 
-from wmtp.parallel.reduce import barrier, rank
+from wmtp.parallel.reduce import barrier, rank, world_size
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = 1
+_CHUNK = 1 << 22
+
+
+class CheckpointDamaged(RuntimeError):
+    """A checkpoint folder that fails verification; the message names the folder and the file."""
+
+    user_error = True  # the CLI prints it in one line and exits 2
 
 
 def _check_names(models: dict[str, nn.Module], optimizers: dict[str, Optimizer]) -> None:
@@ -63,15 +84,136 @@ def save_sharded(path: str | Path, models: dict[str, nn.Module], optimizers: dic
     with _single_process_quiet():
         dcp.save(_state(models, optimizers), checkpoint_id=str(folder))
     torch.save(extra_state, folder / f"extra_rank{rank()}.pt")
+    write_manifest(folder)
     barrier()  # the folder is complete on every rank before anyone reports it
     return folder
 
 
-def load_sharded(path: str | Path, models: dict[str, nn.Module], optimizers: dict[str, Optimizer]) -> dict[str, Any]:
+def manifest_name(r: int) -> str:
+    return f"manifest_rank{r}.json"
+
+
+def _own_files(folder: Path, r: int) -> list[Path]:
+    """The files rank `r` wrote into `folder` (DCP names a rank's shards `__{r}_{i}.distcp`)."""
+    files = sorted(folder.glob(f"__{r}_*.distcp")) + [folder / f"extra_rank{r}.pt"]
+    if r == 0:
+        files.append(folder / ".metadata")
+    return [f for f in files if f.is_file()]
+
+
+def file_crc32(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def write_manifest(folder: str | Path) -> Path:
+    """This rank's manifest: bytes and CRC-32 of the files it wrote, written after them (tmp +
+    rename), so a manifest only exists for a rank whose save completed."""
+    folder = Path(folder)
+    r = rank()
+    files = {f.name: {"bytes": f.stat().st_size, "crc32": file_crc32(f)} for f in _own_files(folder, r)}
+    manifest = {"format": MANIFEST_FORMAT, "rank": r, "world_size": world_size(), "files": files}
+    target = folder / manifest_name(r)
+    tmp = folder / f".{target.name}.tmp"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, target)
+    return target
+
+
+def verify_sharded(path: str | Path, *, share: tuple[int, int] | None = None) -> str | None:
+    """What is wrong with the checkpoint folder `path` (naming the file), or None if it is good.
+
+    Checks DCP's `.metadata`, every saved rank's manifest, and the size of every listed file (a
+    `stat`, no reading). CRC-32s are compared for every file, or with `share=(rank, world)` for
+    the files of saved ranks `s` with `s % world == rank` only: resuming ranks split the reading,
+    and on the same world size each rank reads back just its own shards.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"{folder} is not a directory"
+    if not (folder / ".metadata").is_file():
+        return f"{folder / '.metadata'} is missing (DCP metadata)"
+    first = folder / manifest_name(0)
+    if not first.is_file():
+        if not any(folder.glob("manifest_rank*.json")):
+            # Written before checkpoints had manifests: loadable, but nothing to verify against.
+            log.warning("%s has no manifest (an older checkpoint): loading it unverified", folder)
+            return None
+        return f"{first} is missing (the save did not complete)"
+    try:
+        saved_world = int(json.loads(first.read_text())["world_size"])
+    except (ValueError, KeyError, TypeError) as e:
+        return f"{first} is unreadable ({e})"
+    for r in range(saved_world):
+        manifest_path = folder / manifest_name(r)
+        try:
+            files = json.loads(manifest_path.read_text())["files"]
+        except FileNotFoundError:
+            return f"{manifest_path} is missing (rank {r} of {saved_world} did not complete its save)"
+        except (ValueError, KeyError, TypeError) as e:
+            return f"{manifest_path} is unreadable ({e})"
+        for name, expected in files.items():
+            file = folder / name
+            if not file.is_file():
+                return f"{file} is missing"
+            size = file.stat().st_size
+            if size != expected["bytes"]:
+                return f"{file} has {size} bytes, its manifest says {expected['bytes']} (truncated or rewritten)"
+            mine = share is None or r % share[1] == share[0]
+            if mine and file_crc32(file) != expected["crc32"]:
+                return f"{file} fails its CRC-32 check (the bytes changed after the save)"
+    return None
+
+
+def first_good_checkpoint(candidates: Iterable[Path]) -> Path | None:
+    """The first of `candidates` (newest first) that every rank verifies (a collective: every rank
+    passes the same list). A bad one is named in a warning and skipped; None without candidates.
+    Raises CheckpointDamaged naming every folder when none is usable."""
+    problems: list[str] = []
+    for path in candidates:
+        problem = verify_sharded(path, share=(rank(), world_size()))
+        if _any_rank(problem is not None) == 0:
+            return Path(path)
+        problem = problem or f"{path}: another rank found a damaged file"
+        log.warning("checkpoint %s is damaged, skipping it: %s", path, problem)
+        problems.append(problem)
+    if problems:
+        listing = "; ".join(problems)
+        raise CheckpointDamaged(f"no usable checkpoint to resume from ({listing}); move the damaged "
+                                f"folders away to start over, or restore them")
+    return None
+
+
+def _any_rank(flag: bool) -> int:
+    """1 if `flag` holds on any rank."""
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return int(flag)
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t.item())
+
+
+def saved_world_size(path: str | Path) -> int | None:
+    """World size a verified checkpoint was saved on (from rank 0's manifest), None without one."""
+    try:
+        return int(json.loads((Path(path) / manifest_name(0)).read_text())["world_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_sharded(path: str | Path, models: dict[str, nn.Module], optimizers: dict[str, Optimizer], *,
+                 storage_reader: Any | None = None) -> dict[str, Any]:
     """Restore models and optimizers in place (a collective); return this rank's extra state.
 
-    A rank with no `extra_rank{r}.pt` (resuming on more ranks than saved) gets rank 0's, with a
-    warning: per-rank streams such as RNG states then repeat.
+    DCP reads each rank's shards straight from `path` (no copy). A rank with no `extra_rank{r}.pt`
+    (resuming on more ranks than saved) gets rank 0's, with a warning: per-rank streams such as
+    RNG states then repeat. `storage_reader`: a DCP StorageReader for `path` (tests count bytes).
     """
     _check_names(models, optimizers)
     folder = Path(path)
@@ -79,7 +221,7 @@ def load_sharded(path: str | Path, models: dict[str, nn.Module], optimizers: dic
         raise FileNotFoundError(f"no DCP checkpoint at {folder} (missing {folder / '.metadata'})")
     state = _state(models, optimizers)
     with _single_process_quiet():
-        dcp.load(state, checkpoint_id=str(folder))
+        dcp.load(state, checkpoint_id=str(folder), storage_reader=storage_reader)
     for name, model in models.items():
         set_model_state_dict(model, state[f"model.{name}"], options=StateDictOptions(strict=True))
     for name, optimizer in optimizers.items():
@@ -106,4 +248,5 @@ def load_full_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], 
     set_model_state_dict(model, dict(state_dict), options=options)
 
 
-__all__ = ["load_full_state_dict", "load_sharded", "save_sharded"]
+__all__ = ["CheckpointDamaged", "first_good_checkpoint", "load_full_state_dict", "load_sharded", "save_sharded", "saved_world_size",
+           "verify_sharded", "write_manifest"]

@@ -46,8 +46,10 @@ def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[[WMTPConfig], Any]) -> 
     from wmtp.config.paths import run_dir, write_resolved_config
     from wmtp.recipes.chain import resolve_inputs
     from wmtp.training.checkpoint import LocalCheckpointSink
+    from wmtp.training.runlock import hold_run_lock
 
     cfg = resolve_inputs(cfg, lambda stage: run_recipe(stage, make_logger=make_logger))
+    lock = hold_run_lock(run_dir(cfg))  # a second start of the same run exits 2, naming this one
     logger = make_logger(cfg)
     recipe = build_recipe(cfg, logger=logger,
                           checkpoint_sink=LocalCheckpointSink(run_dir(cfg), keep=cfg.orchestration.keep_checkpoints))
@@ -60,7 +62,7 @@ def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[[WMTPConfig], Any]) -> 
         failed = False
         return result
     finally:
-        close_all([recipe.close, logger.close], failed)
+        close_all([recipe.close, logger.close, lock.release], failed)
 
 
 def close_all(closers: list[Callable[[], Any]], failed: bool) -> None:

@@ -444,10 +444,22 @@ def resume_or_start(state: LoopState, cfg: WMTPConfig, sink, logger, layout: Dis
     from wmtp.training.seeding import seed_everything
 
     seed_everything(cfg.run.seed + layout.rank)
-    if (ckpt := sink.latest()) is not None:
+    if (ckpt := resumable_checkpoint(sink)) is not None:
         return state.restore(ckpt)
     logger.log_params(config_params(cfg))
     return 0
+
+
+def resumable_checkpoint(sink) -> Path | None:
+    """The newest checkpoint of `sink` that verifies on every rank (a damaged one is named in a
+    warning and skipped; none usable: CheckpointDamaged, exit 2). The sink then resumes from it."""
+    from wmtp.parallel.checkpointing import first_good_checkpoint
+
+    candidates = sink.candidates() if hasattr(sink, "candidates") else [p for p in [sink.latest()] if p is not None]
+    chosen = first_good_checkpoint(candidates)
+    if chosen is not None and hasattr(sink, "resume_from"):
+        sink.resume_from(chosen)
+    return chosen
 
 
 @dataclass
