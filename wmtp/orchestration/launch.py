@@ -16,14 +16,17 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from wmtp.config.paths import run_name, write_resolved_config
 from wmtp.config.schema import WMTPConfig
 from wmtp.orchestration.dashboard import DashboardMetrics
-from wmtp.orchestration.ray_runtime import cpus_needed, ensure_ray
+from wmtp.orchestration.home import anchor_outputs
+from wmtp.orchestration.ray_runtime import ensure_ray
 from wmtp.orchestration.reporting import RayCheckpointSink, RayMetricLogger, ReportState
+from wmtp.orchestration.resources import check_fits, run_resources
 from wmtp.orchestration.storage import resolve_storage
 
 # The validation metric that ranks a recipe's checkpoints (keep-N best), as the recipe logs it at
@@ -52,9 +55,10 @@ def build_trainer(
     cfg = with_absolute_paths(cfg)
     score_metric, score_mode = checkpoint_score(cfg)
     storage = resolve_storage(orch.storage_path, cfg.run.output_dir)
-    resources: dict[str, float] = {"CPU": orch.cpus_per_worker}
-    if orch.use_gpu:
-        resources["GPU"] = 1
+    need = run_resources(cfg)
+    resources: dict[str, float] = {"CPU": need.cpus_per_worker}
+    if need.gpus_per_worker:
+        resources["GPU"] = need.gpus_per_worker
     return TorchTrainer(
         wmtp_learner_loop,
         train_loop_config={
@@ -84,7 +88,9 @@ def build_trainer(
 
 def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None) -> dict[str, float]:
     """Train `cfg` on Ray (joining `orchestration.address` or a local cluster); returns rank 0's final metrics."""
-    ensure_ray(cfg.orchestration.address, local_cpus=cpus_needed(cfg))
+    need = run_resources(cfg)
+    ensure_ray(cfg.orchestration.address, local_cpus=need.cpus)
+    check_fits(need, ray.cluster_resources(), what=f"run {run_name(cfg)!r}")
     cfg = with_absolute_paths(cfg)
     if recipe_builder is None:
         from wmtp.recipes.chain import resolve_inputs
@@ -150,7 +156,5 @@ def _default_recipe_builder() -> RecipeBuilder:
 
 
 def with_absolute_paths(cfg: WMTPConfig) -> WMTPConfig:
-    """Workers may run in another folder: anchor the run's output folder to the driver's cwd."""
-    out = cfg.model_copy(deep=True)
-    out.run.output_dir = str(Path(cfg.run.output_dir).expanduser().resolve())
-    return out
+    """Workers may run in another folder: anchor the run's outputs (wmtp.orchestration.home)."""
+    return anchor_outputs(cfg)
