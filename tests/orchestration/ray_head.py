@@ -9,8 +9,8 @@ untouched. Every port is a free one on 127.0.0.1; token auth uses a private toke
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -80,12 +80,10 @@ class RayHead:
         return proc
 
     def job_status(self, job_id: str) -> str:
-        out = self.cli("ray", "job", "list", "--address", self.address, "--format", "json", check=False).stdout
-        try:
-            jobs = json.loads(out[out.index("["):])
-        except ValueError:
-            return "UNKNOWN"
-        return next((j["status"] for j in jobs if j.get("submission_id") == job_id), "UNKNOWN")
+        """`ray job status <id>`: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED."""
+        out = self.cli("ray", "job", "status", "--address", self.address, job_id).stdout
+        found = re.search(rf"Status for job '{re.escape(job_id)}': (\w+)", out)
+        return found.group(1) if found else "UNKNOWN"
 
     def stop(self) -> None:
         """End this head's processes only: its process group, then stragglers naming its temp dir."""

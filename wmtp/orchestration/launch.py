@@ -112,6 +112,8 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     name = run_name(cfg)
+    if rank == 0 and (latest := ray.train.get_checkpoint()) is not None:
+        print(f"[wmtp] {name}: resuming from {latest.path}", flush=True)
     state = ReportState(*checkpoint_score(cfg))
     dashboard = DashboardMetrics(name, rank)
     logger = RayMetricLogger(
