@@ -81,7 +81,8 @@ class RayHead:
 
     def job_status(self, job_id: str) -> str:
         """`ray job status <id>`: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED."""
-        out = self.cli("ray", "job", "status", "--address", self.address, job_id).stdout
+        proc = self.cli("ray", "job", "status", "--address", self.address, job_id)
+        out = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
         found = re.search(rf"Status for job '{re.escape(job_id)}': (\w+)", out)
         return found.group(1) if found else "UNKNOWN"
 

@@ -35,13 +35,13 @@ TOKEN = "ray get-auth-token --generate"
 START = "WMTP_HOME=$PWD ray start --head --num-cpus=4 --num-gpus=0 --metrics-export-port=8080"
 STATUS = "ray status"
 SUBMIT = ("ray job submit --address http://127.0.0.1:8265 --submission-id verifiable-1 "
-          "--runtime-env cluster/runtime_env.yaml --working-dir . "
+          "--metadata-json '{\"job_name\": \"verifiable-local-light\"}' --runtime-env cluster/runtime_env.yaml --working-dir . "
           "-- python -m wmtp train --recipe configs/recipe.verifiable.yaml --preset local-light")
 LOGS = "ray job logs --address http://127.0.0.1:8265 verifiable-1"
 LIST = "ray job list --address http://127.0.0.1:8265"
 STOP = "ray stop"
 SWEEP = ("ray job submit --address http://127.0.0.1:8265 --submission-id sweep-1 "
-         "--runtime-env cluster/runtime_env.yaml --working-dir . "
+         "--metadata-json '{\"job_name\": \"tune-verifiable-local-light\"}' --runtime-env cluster/runtime_env.yaml --working-dir . "
          "-- python -m wmtp tune --recipe configs/recipe.verifiable.yaml --preset local-light "
          "--space tune_spaces/verifiable.yaml --num-samples 4 orchestration.placement=colocated")
 SECTION0 = [DRY_RUN, ACTIVATE, AUTH_MODE, TOKEN, START, STATUS, SUBMIT, LOGS, LIST, STOP, SWEEP]
@@ -79,9 +79,10 @@ def _submit(head: RayHead, command: str, job_id: str, *extra: str) -> str:
     args = _adapt(command, head, *extra)
     args[args.index("--submission-id") + 1] = job_id
     out = head.cli(*args, cwd=REPO, timeout=1500)
-    assert f"Job '{job_id}' succeeded" in out.stdout + out.stderr
+    assert f"Job '{job_id}' succeeded" in re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
     assert head.job_status(job_id) == "SUCCEEDED"
-    return head.cli(*_adapt(LOGS, head)[:-1], job_id).stdout
+    logs = head.cli(*_adapt(LOGS, head)[:-1], job_id)
+    return logs.stdout + logs.stderr
 
 
 def _metrics(head: RayHead) -> str:
@@ -142,7 +143,8 @@ def test_local_cluster_walkthrough_submit_restart_resume_and_sweep(head):
     assert (runs / "verifiable-local-light-critic" / "export" / "params.json").exists()
     assert (runs / "verifiable-local-light" / "config.yaml").exists()
     assert (runs / "ray" / "verifiable-local-light" / "checkpoint_step00000004").is_dir()
-    assert "submission_id='verifiable-1'" in head.cli(*_adapt(LIST, head)).stdout
+    listed = head.cli(*_adapt(LIST, head)).stdout
+    assert "submission_id='verifiable-1'" in listed and "'job_name': 'verifiable-local-light'" in listed
     assert "ray_wmtp_" in _metrics(head)
     _no_outputs_in_ray_temp(head)
     from mlflow.tracking import MlflowClient

@@ -89,7 +89,7 @@ def build_trainer(
 def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None) -> dict[str, float]:
     """Train `cfg` on Ray (joining `orchestration.address` or a local cluster); returns rank 0's final metrics."""
     need = run_resources(cfg)
-    ensure_ray(cfg.orchestration.address, local_cpus=need.cpus)
+    ensure_ray(cfg.orchestration.address, local_cpus=need.cpus, job_name=run_name(cfg))
     check_fits(need, ray.cluster_resources(), what=f"run {run_name(cfg)!r}")
     cfg = with_absolute_paths(cfg)
     if recipe_builder is None:

@@ -7,6 +7,7 @@ import os
 import socket
 
 import ray
+import ray.job_config
 
 from wmtp.config.schema import WMTPConfig
 from wmtp.orchestration.resources import EXPERIENCE_ACTOR_CPUS, run_resources  # noqa: F401 (re-exported)
@@ -36,7 +37,7 @@ def apply_train_env() -> None:
         os.environ.setdefault(key, value)
 
 
-def ensure_ray(address: str | None = None, *, local_cpus: float | None = None) -> None:
+def ensure_ray(address: str | None = None, *, local_cpus: float | None = None, job_name: str | None = None) -> None:
     """Join `address` (or `RAY_ADDRESS`, or start a fresh local cluster) unless Ray is initialised.
 
     `ray job submit` sets `RAY_ADDRESS` for the driver; `address="auto"` joins a cluster started
@@ -46,15 +47,19 @@ def ensure_ray(address: str | None = None, *, local_cpus: float | None = None) -
     `ray_current_cluster` file left by `ray stop`. Tests start their own cluster first.
     local_cpus: logical CPUs of a fresh local cluster, at least this machine's cores; a run asks
     for what its workers and experience actors reserve, so a 2-core laptop still schedules them.
+    job_name: the dashboard's job Name (metadata `job_name`) of a plain `wmtp train` driver; a
+    submitted job is named by `ray job submit --metadata-json '{"job_name": ...}'`.
     """
     apply_train_env()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    kwargs: dict = {}
+    if job_name:  # a submitted job's own metadata takes precedence (ray.init merges it over this)
+        kwargs["job_config"] = ray.job_config.JobConfig(metadata={"job_name": job_name})
     if address != "local":
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, **kwargs)
         return
-    kwargs = {}
     if local_cpus is not None:
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(local_cpus))
     port = metrics_port()

@@ -153,7 +153,8 @@ def run_tune(cfg: WMTPConfig, space: TuneSpace, *, recipe_builder: RecipeBuilder
     given = cfg
     trials = space.max_concurrent_trials or 1
     need = run_resources(cfg)
-    ensure_ray(cfg.orchestration.address, local_cpus=trials * (need.cpus + TRIAL_DRIVER_CPUS))
+    ensure_ray(cfg.orchestration.address, local_cpus=trials * (need.cpus + TRIAL_DRIVER_CPUS),
+               job_name=f"tune-{run_name(cfg)}")
     check_fits(need, ray.cluster_resources(), what=f"a trial of tune-{run_name(cfg)}", extra_cpus=TRIAL_DRIVER_CPUS)
     # Reports before the first validation lack the metric; ASHA skips those (strict checking would
     # fail the trial instead).
