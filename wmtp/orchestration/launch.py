@@ -130,6 +130,7 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
         scorer_factory = async_scorer_factory(cfg, run=name, rank=rank, on_stats=dashboard.set_values)
     builder = loop_config.get("recipe_builder") or _default_recipe_builder()
     recipe = builder(cfg, logger=logger, checkpoint_sink=sink, scorer_factory=scorer_factory)
+    failed = True
     try:
         recipe.setup()
         if rank == 0:  # the resolved config as an artifact (written on this node: it may be another)
@@ -138,8 +139,17 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
         state.update(final or {}, int(state.latest.get("step", cfg.train.steps)))
         # The last report every rank makes: the run's result metrics.
         ray.train.report(state.payload(int(state.latest["step"])))
+        failed = False
     finally:
-        recipe.close()
+        try:
+            recipe.close()
+        except Exception as close_error:
+            if not failed:
+                raise
+            # A setup that failed half-way (e.g. experience actors that could not be placed)
+            # leaves parts to close unmade: keep the first error, not this one.
+            print(f"[wmtp] rank {rank}: closing the recipe after a failure also failed: {close_error!r}",
+                  flush=True)
         logger.close()
         sink.close()
 
