@@ -80,10 +80,9 @@ class RayHead:
         return proc
 
     def job_status(self, job_id: str) -> str:
-        """`ray job status <id>`: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED."""
-        proc = self.cli("ray", "job", "status", "--address", self.address, job_id)
-        out = re.sub(r"\x1b\[[0-9;]*m", "", proc.stdout + proc.stderr)
-        found = re.search(rf"Status for job '{re.escape(job_id)}': (\w+)", out)
+        """The job's status as `ray job list` shows it: PENDING, RUNNING, SUCCEEDED, FAILED, STOPPED."""
+        out = self.cli("ray", "job", "list", "--address", self.address).stdout
+        found = re.search(rf"submission_id='{re.escape(job_id)}'.*?status=<JobStatus\.(\w+)", out)
         return found.group(1) if found else "UNKNOWN"
 
     def stop(self) -> None:

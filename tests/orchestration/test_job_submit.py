@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import shlex
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -75,10 +76,26 @@ def _adapt(command: str, head: RayHead, *extra: str) -> list[str]:
     return [*args, *extra]
 
 
-def _submit(head: RayHead, command: str, job_id: str, *extra: str) -> str:
+def _submit(head: RayHead, command: str, job_id: str, *extra: str, seen: list[str] | None = None) -> str:
+    """Submit and wait; `seen` collects the `ray_wmtp_` lines the metrics endpoint served meanwhile."""
     args = _adapt(command, head, *extra)
     args[args.index("--submission-id") + 1] = job_id
-    out = head.cli(*args, cwd=REPO, timeout=1500)
+    done = threading.Event()
+
+    def poll() -> None:
+        while seen is not None and not done.wait(2.0):
+            try:
+                seen.extend(line for line in _metrics(head).splitlines() if line.startswith("ray_wmtp_"))
+            except OSError:
+                pass
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        out = head.cli(*args, cwd=REPO, timeout=1500)
+    finally:
+        done.set()
+        poller.join()
     assert f"Job '{job_id}' succeeded" in re.sub(r"\x1b\[[0-9;]*m", "", out.stdout + out.stderr)
     assert head.job_status(job_id) == "SUCCEEDED"
     logs = head.cli(*_adapt(LOGS, head)[:-1], job_id)
@@ -137,7 +154,9 @@ def test_local_cluster_walkthrough_submit_restart_resume_and_sweep(head):
     assert token == head.token_path.read_text().strip()
     assert "4.0 CPU" in head.cli("ray", "status", f"--address=127.0.0.1:{head.gcs_port}").stdout
 
-    logs = _submit(head, SUBMIT, "verifiable-1", *FEW_STEPS)
+    seen: list[str] = []  # INLINE curl: the gauges, read while the job runs
+    logs = _submit(head, SUBMIT, "verifiable-1", *FEW_STEPS, seen=seen)
+    assert any('run="verifiable-local-light"' in line for line in seen), seen[:5]
     assert "running the 'critic' stage first" in logs and "step 4/4" in logs
     runs = head.wmtp_home / "runs"
     assert (runs / "verifiable-local-light-critic" / "export" / "params.json").exists()
@@ -145,7 +164,6 @@ def test_local_cluster_walkthrough_submit_restart_resume_and_sweep(head):
     assert (runs / "ray" / "verifiable-local-light" / "checkpoint_step00000004").is_dir()
     listed = head.cli(*_adapt(LIST, head)).stdout
     assert "submission_id='verifiable-1'" in listed and "'job_name': 'verifiable-local-light'" in listed
-    assert "ray_wmtp_" in _metrics(head)
     _no_outputs_in_ray_temp(head)
     from mlflow.tracking import MlflowClient
 
