@@ -10,6 +10,7 @@ ports, `--address` where several clusters share the machine, WMTP_HOME=<tmp> for
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import sys
@@ -124,9 +125,11 @@ def head(tmp_path):
         h.remove()
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_job_submit_with_shipped_runtime_env_writes_under_wmtp_home(head):
-    """CI-sized: one short baseline job through the doc's `ray start` / `ray job submit` path."""
+    """The shortest real submission: one 2-step baseline job (≈ 3 min on a busy 2-core machine, so
+    slow; CI runs the driver-side guard below instead)."""
     head.start()
     command = SUBMIT.replace("recipe.verifiable.yaml", "recipe.baseline.yaml")
     logs = _submit(head, command, "baseline-1", "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
@@ -197,3 +200,28 @@ def test_local_cluster_walkthrough_submit_restart_resume_and_sweep(head):
     assert "resuming sweep tune-verifiable-local-light" in logs and "resumed" in logs
     listed = head.cli(*_adapt(LIST, head)).stdout
     assert all(f"submission_id='{j}'" in listed for j in ("verifiable-2", "sweep-1", "sweep-2"))
+
+
+@pytest.mark.ray
+def test_a_job_driver_joining_the_cluster_keeps_the_jobs_runtime_env(ray_cluster):
+    """CI-sized guard of the job-submission path: a driver started the way Ray's job supervisor
+    starts one (RAY_JOB_CONFIG_JSON_ENV_VAR with the job's runtime_env and metadata, RAY_ADDRESS)
+    joins through ensure_ray without a runtime_env conflict, and the job's env vars win over
+    wmtp's defaults."""
+    import os
+    import subprocess
+
+    job_config = {"runtime_env": {"env_vars": {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "1.5",
+                                               "RAY_TRAIN_V2_ENABLED": "1"}},
+                  "metadata": {"job_name": "from-submit"}}
+    env = dict(os.environ, RAY_ADDRESS=ray_cluster.address, RAY_JOB_CONFIG_JSON_ENV_VAR=json.dumps(job_config),
+               RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="1.5")  # what the job's runtime_env puts in the driver
+    code = ("import os, ray\n"
+            "from wmtp.orchestration.ray_runtime import ensure_ray\n"
+            "ensure_ray(None, job_name='run-name')\n"
+            "env = ray.get_runtime_context().runtime_env.get('env_vars', {})\n"
+            "print('ENV', env.get('RAY_TRAIN_HEALTH_CHECK_INTERVAL_S'), os.environ['RAY_TRAIN_HEALTH_CHECK_INTERVAL_S'],"
+            " os.environ['RAY_TRAIN_ENABLE_STATE_TRACKING'])\n")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ENV 1.5 1.5 1" in proc.stdout
