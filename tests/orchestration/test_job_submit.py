@@ -126,6 +126,7 @@ def head(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)
 @pytest.mark.ray
 def test_job_submit_with_shipped_runtime_env_writes_under_wmtp_home(head):
     """The shortest real submission: one 2-step baseline job (≈ 3 min on a busy 2-core machine, so
@@ -143,6 +144,7 @@ def test_job_submit_with_shipped_runtime_env_writes_under_wmtp_home(head):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # ≈ 15-25 min on a busy 2-core machine: 4 jobs, 6 TorchTrainer runs
 @pytest.mark.ray
 def test_local_cluster_walkthrough_submit_restart_resume_and_sweep(head):
     # The dry run names the head this recipe needs.

@@ -106,6 +106,7 @@ def test_cli_tune_user_errors_exit_2_without_starting_ray(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.ray
 def test_sweep_summary_fates_best_yaml_and_rerun_resumes(ray_cluster, tmp_path, capsys):
     """4 sequential trials: ASHA stops the worse ones at its first rung, the table says so, best.yaml
