@@ -63,13 +63,17 @@ class RayHead:
                  f"--object-manager-port={free_port()}"]
         cmd = ["ray", "start", "--head", f"--num-cpus={self.num_cpus}", "--num-gpus=0", "--dashboard-host=127.0.0.1",
                "--node-ip-address=127.0.0.1", f"--temp-dir={self.temp_dir}", "--disable-usage-stats", *ports, *extra]
-        proc = subprocess.Popen(cmd, env=self.env(), start_new_session=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, cwd=self.wmtp_home)
-        self.pgid = proc.pid
-        out, _ = proc.communicate(timeout=180)
-        if proc.returncode != 0:
-            raise RuntimeError(f"ray start failed ({proc.returncode}):\n{out[-4000:]}")
-        return subprocess.CompletedProcess(cmd, 0, out, "")
+        for attempt in (1, 2):  # a busy machine can miss Ray's node start-up deadline once
+            proc = subprocess.Popen(cmd, env=self.env(), start_new_session=True, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, cwd=self.wmtp_home)
+            self.pgid = proc.pid
+            out, _ = proc.communicate(timeout=180)
+            if proc.returncode == 0:
+                return subprocess.CompletedProcess(cmd, 0, out, "")
+            self.stop()
+            if attempt == 2 or "timed out during startup" not in out:
+                raise RuntimeError(f"ray start failed ({proc.returncode}):\n{out[-4000:]}")
+        raise AssertionError("unreachable")
 
     def cli(self, *args: str, cwd: str | Path | None = None, timeout: float = 900,
             check: bool = True) -> subprocess.CompletedProcess:
