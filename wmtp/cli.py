@@ -252,23 +252,32 @@ def estimate_run(cfg: WMTPConfig, args, policy_trained: bool, critic_args) -> tu
 
 
 def ray_resources(cfg: WMTPConfig) -> dict[str, float | int | str]:
+    """What the launcher reserves (wmtp.orchestration.resources: the same function, Ray-free)."""
+    from wmtp.config.paths import run_dir
+    from wmtp.orchestration.home import anchor_outputs
+    from wmtp.orchestration.resources import ray_start_flags, run_resources
+
     orch = cfg.orchestration
     if not orch.enabled:
         return {"mode": "in-process (orchestration.enabled=false): no Ray"}
-    gpus = 1 if orch.use_gpu else 0
-    actors = orch.num_experience_actors if cfg.recipe in ("verifiable", "rho1_weighted") and \
-        orch.placement == "async" else 0
+    need = run_resources(cfg)
+    anchored = anchor_outputs(cfg)
     return {
         "address": orch.address or "local cluster",
-        "workers": orch.num_workers,
-        "cpus_per_worker": orch.cpus_per_worker,
-        "gpus_per_worker": gpus,
-        "experience_actors": actors,
-        # Experience actors take one CPU each, plus a GPU each when workers have GPUs.
-        "total_cpus": orch.num_workers * orch.cpus_per_worker + actors,
-        "total_gpus": (orch.num_workers + actors) * gpus,
+        "workers": need.workers,
+        "cpus_per_worker": need.cpus_per_worker,
+        "gpus_per_worker": need.gpus_per_worker,
+        "experience_actors": need.experience_actors,
+        "total_cpus": need.cpus,
+        "total_gpus": need.gpus,
+        "needs": need.explain(),
+        "ray_start": f"ray start --head {ray_start_flags(need.bundle())}",
         "backend": "nccl" if orch.use_gpu else "gloo",
         "sharding": "FSDP2" if orch.fsdp else "replicated (DDP)",
+        # Where the run lands (relative paths: under $WMTP_HOME, ~/wmtp in a job, else the cwd).
+        "run_dir": str(run_dir(anchored)),
+        "storage": anchored.orchestration.storage_path or str(Path(anchored.run.output_dir) / "ray"),
+        "mlflow": anchored.tracking.uri or f"sqlite:///{Path(anchored.run.output_dir) / 'mlflow.db'}",
     }
 
 

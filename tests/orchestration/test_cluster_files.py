@@ -7,17 +7,21 @@ from pathlib import Path
 import yaml
 from ray.runtime_env import RuntimeEnv
 
-from wmtp.orchestration.ray_runtime import TRAIN_ENV_DEFAULTS
-
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 
 
-def test_runtime_env_is_valid_for_ray_and_excludes_runs_and_venv():
+def _code_only(spec: dict) -> None:
+    """A job's runtime_env ships code and plain env vars: no per-job pip/conda/uv environment
+    (the cluster provides torch and the dependencies), and no RAY_TRAIN_* that wmtp sets itself."""
+    RuntimeEnv(**spec)  # Ray's own validation of the fields
+    assert not {"pip", "conda", "uv", "container", "image_uri"} & set(spec)
+    assert not [k for k in spec.get("env_vars", {}) if k.startswith("RAY_TRAIN_")]
+
+
+def test_runtime_env_is_code_only_and_excludes_runs_and_venv():
     spec = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
-    env = RuntimeEnv(**spec)  # Ray's own validation of the fields
-    assert {"runs/", ".venv/"} <= set(env["excludes"])
-    for key, value in TRAIN_ENV_DEFAULTS.items():
-        assert spec["env_vars"][key] == value
+    _code_only(spec)
+    assert {"runs/", ".venv/", ".git/"} <= set(spec["excludes"])
 
 
 def test_launcher_and_rayjob_describe_one_4xa100_node():
@@ -28,6 +32,8 @@ def test_launcher_and_rayjob_describe_one_4xa100_node():
     assert job["kind"] == "RayJob" and "python -m wmtp train" in job["spec"]["entrypoint"]
     worker = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == "4"
-    runtime = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
-    RuntimeEnv(**runtime)
-    assert runtime["env_vars"]["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == TRAIN_ENV_DEFAULTS["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"]
+    _code_only(yaml.safe_load(job["spec"]["runtimeEnvYAML"]))
+    # The image that provides the dependencies is the one cluster/Dockerfile builds.
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    assert f"-t {worker['image']} ." in dockerfile
+    assert "FROM rayproject/ray:2.60.0-py311-gpu" in dockerfile and "pip install --no-cache-dir /tmp/wmtp" in dockerfile

@@ -167,4 +167,6 @@ def test_cpus_needed_counts_workers_and_experience_actors():
     cfg.orchestration.num_workers, cfg.orchestration.cpus_per_worker = 2, 1.5
     assert cpus_needed(cfg) == 3
     cfg.orchestration.placement, cfg.orchestration.num_experience_actors = "async", 2
+    assert cpus_needed(cfg) == 3  # baseline scores nothing: no experience actors
+    cfg.recipe = "verifiable"
     assert cpus_needed(cfg) == 3 + 2 * 2

@@ -84,6 +84,11 @@ def test_two_trial_sweep_with_asha_and_nested_mlflow_runs(ray_cluster, mlflow_sq
     assert len(parent) == 1 and len(children) == 2
     assert all(r.data.metrics.get("val/ce") is not None for r in children)
     assert "best/val/ce" in parent[0].data.metrics
+    # The table names the tuned metric and each trial's fate; best.yaml is written and printed.
+    table = summary.format()
+    assert "val/ce" in table.splitlines()[1] and table.count("completed") == 2
+    assert summary.best_config is not None and f"wmtp train --config {summary.best_config}" in table
+    assert "sweep-best" in summary.best_config.read_text()
 
 
 def test_cli_tune_user_errors_exit_2_without_starting_ray(tmp_path, capsys):
@@ -98,3 +103,46 @@ def test_cli_tune_user_errors_exit_2_without_starting_ray(tmp_path, capsys):
     # The verifiable space on the baseline recipe: refused before any trial starts.
     assert main(["tune", "--space", "tune_spaces/verifiable.yaml", "--recipe", "baseline"]) == 2
     assert "recipe" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.ray
+def test_sweep_summary_fates_best_yaml_and_rerun_resumes(ray_cluster, tmp_path, capsys):
+    """4 sequential trials: ASHA stops the worse ones at its first rung, the table says so, best.yaml
+    is the as-given config with the best value (no trial name, no absolute path) and validates,
+    the same call again resumes the finished sweep instead of starting a new one."""
+    from wmtp.config.loader import load_config
+
+    cfg = short_config(tmp_path, "fates", steps=8, workers=1)
+    cfg.run.output_dir = "out"  # relative, as a user writes it: anchored to the cwd for the run
+    space = TuneSpace.model_validate({
+        "metric": "val/ce", "mode": "min", "num_samples": 4, "max_concurrent_trials": 1,
+        "scheduler": {"type": "asha", "max_t": 20, "grace_period": 2, "reduction_factor": 2},
+        "fixed": {"train.eval_every": 2},
+        "space": {"optim.lr": {"type": "choice", "values": [0.0001, 0.0003, 0.1, 0.2]}},
+    })
+    builder = ToyRecipeBuilder(str(tmp_path / "rec"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(tmp_path)
+        summary = run_tune(cfg, space, recipe_builder=builder)
+        fates = [t["fate"] for t in summary.trials]
+        assert any(f.startswith("stopped by ASHA at iteration") for f in fates), fates
+        assert "completed" in fates and not summary.resumed
+        table = summary.format()
+        assert "val/ce" in table.splitlines()[1] and "stopped by ASHA" in table
+        assert summary.best_config == tmp_path.joinpath("out/tune-fates/best.yaml").relative_to(tmp_path)
+        assert f"wmtp train --config {summary.best_config}" in table
+        text = summary.best_config.read_text()
+        assert str(tmp_path) not in text and "tune-fates-" not in text
+        best = load_config(summary.best_config)
+        assert best.optim.lr == summary.best_params["optim.lr"] and best.run.name == "fates-best"
+        assert best.run.output_dir == "out" and best.train.eval_every == 2
+        # The same command again: the sweep is restored (same trials and values), not rerun.
+        again = run_tune(cfg, space, recipe_builder=builder)
+        assert again.resumed and [t["trial"] for t in again.trials] == [t["trial"] for t in summary.trials]
+        assert again.best_value == summary.best_value
+        # Another space under the same name is refused (a new sweep needs a new run.name).
+        other = space.model_copy(update={"num_samples": 5})
+        with pytest.raises(ConfigError, match="already exists"):
+            run_tune(cfg, other, recipe_builder=builder)

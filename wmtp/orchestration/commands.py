@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +31,10 @@ def run_tune_command(args: argparse.Namespace) -> int:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")
     from wmtp.orchestration.tune import run_tune
 
-    summary = run_tune(cfg, space, num_samples=args.num_samples)
+    try:
+        summary = run_tune(cfg, space, num_samples=args.num_samples)
+    except KeyboardInterrupt:  # a second Ctrl-C skips Tune's last save; the earlier state stays
+        print("wmtp: tune interrupted; rerun the same command to resume the sweep", file=sys.stderr)
+        return 130
     print(summary.format())
-    return 0
+    return 130 if summary.interrupted else 0

@@ -16,13 +16,15 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import ray
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
 from wmtp.config.paths import run_dir, run_name, write_resolved_config
 from wmtp.config.schema import WMTPConfig
 from wmtp.orchestration.dashboard import DashboardMetrics
-from wmtp.orchestration.ray_runtime import cpus_needed, ensure_ray
+from wmtp.orchestration.home import anchor_outputs
+from wmtp.orchestration.ray_runtime import ensure_ray
 from wmtp.orchestration.reporting import (
     RayCheckpointSink,
     RayMetricLogger,
@@ -30,6 +32,7 @@ from wmtp.orchestration.reporting import (
     repair_checkpoint_snapshot,
     user_error_of,
 )
+from wmtp.orchestration.resources import check_fits, run_resources
 from wmtp.orchestration.storage import resolve_storage
 from wmtp.training.runlock import hold_run_lock
 
@@ -59,9 +62,10 @@ def build_trainer(
     cfg = with_absolute_paths(cfg)
     score_metric, score_mode = checkpoint_score(cfg)
     storage = resolve_storage(orch.storage_path, cfg.run.output_dir)
-    resources: dict[str, float] = {"CPU": orch.cpus_per_worker}
-    if orch.use_gpu:
-        resources["GPU"] = 1
+    need = run_resources(cfg)
+    resources: dict[str, float] = {"CPU": need.cpus_per_worker}
+    if need.gpus_per_worker:
+        resources["GPU"] = need.gpus_per_worker
     return TorchTrainer(
         wmtp_learner_loop,
         train_loop_config={
@@ -91,7 +95,9 @@ def build_trainer(
 
 def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None) -> dict[str, float]:
     """Train `cfg` on Ray (joining `orchestration.address` or a local cluster); returns rank 0's final metrics."""
-    ensure_ray(cfg.orchestration.address, local_cpus=cpus_needed(cfg))
+    need = run_resources(cfg)
+    ensure_ray(cfg.orchestration.address, local_cpus=need.cpus, job_name=run_name(cfg))
+    check_fits(need, ray.cluster_resources(), what=f"run {run_name(cfg)!r}")
     cfg = with_absolute_paths(cfg)
     if recipe_builder is None:
         from wmtp.recipes.chain import resolve_inputs
@@ -127,6 +133,8 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     name = run_name(cfg)
+    if rank == 0 and (latest := ray.train.get_checkpoint()) is not None:
+        print(f"[wmtp] {name}: resuming from {latest.path}", flush=True)
     state = ReportState(*checkpoint_score(cfg))
     dashboard = DashboardMetrics(name, rank)
     logger = RayMetricLogger(
@@ -173,7 +181,5 @@ def _default_recipe_builder() -> RecipeBuilder:
 
 
 def with_absolute_paths(cfg: WMTPConfig) -> WMTPConfig:
-    """Workers may run in another folder: anchor the run's output folder to the driver's cwd."""
-    out = cfg.model_copy(deep=True)
-    out.run.output_dir = str(Path(cfg.run.output_dir).expanduser().resolve())
-    return out
+    """Workers may run in another folder: anchor the run's outputs (wmtp.orchestration.home)."""
+    return anchor_outputs(cfg)

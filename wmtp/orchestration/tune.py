@@ -10,11 +10,15 @@
 - ASHA (or FIFO) ranks trials on the space's validation `metric`; Tune's time unit is the number of
   reports (`training_iteration`): one per `orchestration.report_every` steps plus one per checkpoint.
 - MLflow: one parent run for the sweep; each trial's rank 0 logs a nested run under it.
-Trials share the base seed, so they see the same data order and differ only by the searched knobs.
+Trials share the base seed, so they see the same data order and differ only by the searched knobs;
+the sampler is seeded with it too (the same command samples the same trials).
+- Resume: the same command again continues the sweep in `<storage>/tune-<run name>`; `best.yaml`
+  and `sweep.json` (what the sweep is, checked on resume) are in `<output_dir>/tune-<run name>/`.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -22,19 +26,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.search import BasicVariantGenerator
 
 from wmtp.config.loader import ConfigError, validate_config
 from wmtp.config.paths import run_name
 from wmtp.config.schema import WMTPConfig
 from wmtp.config.tune import AshaScheduler, Choice, LogUniform, RandInt, TuneSpace, Uniform
 from wmtp.orchestration.launch import RecipeBuilder, build_trainer, run_training, with_absolute_paths
-from wmtp.orchestration.ray_runtime import cpus_needed, ensure_ray
+from wmtp.orchestration.ray_runtime import ensure_ray
+from wmtp.orchestration.resources import TRIAL_DRIVER_CPUS, check_fits, run_resources
 from wmtp.orchestration.storage import resolve_storage
-
-TRIAL_DRIVER_CPUS = 0.01
 
 # Distribution type → ray.tune sampler.
 DISTRIBUTIONS: dict[type, Callable[[Any], Any]] = {
@@ -73,6 +78,11 @@ def apply_dotted(cfg: WMTPConfig, values: Mapping[str, Any]) -> WMTPConfig:
     return validate_config(tree)
 
 
+FATE_COMPLETED = "completed"
+FATE_FAILED = "failed"
+FATE_UNFINISHED = "unfinished (interrupted)"
+
+
 @dataclass
 class TuneSummary:
     name: str
@@ -82,15 +92,41 @@ class TuneSummary:
     best_value: float | None
     trials: list[dict[str, Any]] = field(default_factory=list)
     parent_run_id: str | None = None
+    best_config: Path | None = None
+    interrupted: bool = False
+    resumed: bool = False
+    experiment_path: str | None = None
 
     def format(self) -> str:
-        lines = [f"tune {self.name}: {len(self.trials)} trials, {self.metric} ({self.mode})"]
+        """The summary table: each trial's fate, tuned metric, reports and values; then the best."""
+        head = f"tune {self.name}: {len(self.trials)} trials, {self.metric} ({self.mode})"
+        if self.resumed:
+            head += ", resumed"
+        keys = sorted({k for t in self.trials for k in t["params"]})
+        rows = [["trial", "fate", self.metric, "iterations", *keys]]
         for t in self.trials:
             value = "—" if t["value"] is None else f"{t['value']:.5g}"
-            lines.append(f"  {t['trial']}: {self.metric}={value} iterations={t['iterations']} {t['params']}")
+            rows.append([t["trial"], t["fate"], value, str(t["iterations"]),
+                         *(_short(t["params"].get(k)) for k in keys)])
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = [head, *("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)]
         if self.best_params is not None:
-            lines.append(f"best: {self.metric}={self.best_value:.5g} with {self.best_params}")
+            lines.append(f"best: {self.metric}={self.best_value:.5g} ({self.best_trial}) with {self.best_params}")
+        if self.best_config is not None:
+            lines.append(f"best config: {self.best_config}")
+            lines.append(f"train it:    wmtp train --config {self.best_config}")
+        if self.interrupted:
+            lines.append("interrupted: the sweep's state is saved; rerun the same command to resume it")
         return "\n".join(lines)
+
+    @property
+    def best_trial(self) -> str | None:
+        return next((t["trial"] for t in self.trials if t["params"] == self.best_params
+                     and t["value"] == self.best_value), None)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def wmtp_tune_trial(params: dict[str, Any], *, base: dict[str, Any], fixed: dict[str, Any],
@@ -105,11 +141,22 @@ def wmtp_tune_trial(params: dict[str, Any], *, base: dict[str, Any], fixed: dict
 
 def run_tune(cfg: WMTPConfig, space: TuneSpace, *, recipe_builder: RecipeBuilder | None = None,
              num_samples: int | None = None) -> TuneSummary:
-    """Run the sweep `space` over `cfg`; returns the trials' final metric values and the best one."""
+    """Run (or resume) the sweep `space` over `cfg`; returns the trials' fates and the best one.
+
+    The sweep lives in `<storage>/tune-<run name>`; rerunning the same command resumes it there
+    (finished trials are kept, interrupted ones continue from their checkpoints). Sampling is
+    seeded with `run.seed`. `best.yaml` (beside the sweep's MLflow folder) is `cfg` with the
+    space's fixed values and the best trial's values: the as-given config, so no trial names
+    and no absolute paths.
+    """
     if space.recipe is not None and space.recipe != cfg.recipe:
         raise ConfigError(f"tune space is for recipe {space.recipe!r} but the config's recipe is {cfg.recipe!r}")
+    given = cfg
     trials = space.max_concurrent_trials or 1
-    ensure_ray(cfg.orchestration.address, local_cpus=trials * (cpus_needed(cfg) + TRIAL_DRIVER_CPUS))
+    need = run_resources(cfg)
+    ensure_ray(cfg.orchestration.address, local_cpus=trials * (need.cpus + TRIAL_DRIVER_CPUS),
+               job_name=f"tune-{run_name(cfg)}")
+    check_fits(need, ray.cluster_resources(), what=f"a trial of tune-{run_name(cfg)}", extra_cpus=TRIAL_DRIVER_CPUS)
     # Reports before the first validation lack the metric; ASHA skips those (strict checking would
     # fail the trial instead).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
@@ -120,6 +167,9 @@ def run_tune(cfg: WMTPConfig, space: TuneSpace, *, recipe_builder: RecipeBuilder
         # A missing critic / reference is produced once, before the trials (as `wmtp train` does).
         cfg = resolve_inputs(cfg, run_training)
     sweep = f"tune-{run_name(cfg)}"
+    samples = num_samples or space.num_samples
+    sweep_dir = Path(cfg.run.output_dir) / sweep
+    _check_same_sweep(sweep_dir, cfg, space, samples)
     parent = _parent_run(cfg, sweep, space)
     storage = resolve_storage(cfg.orchestration.storage_path, cfg.run.output_dir)
     trainable = tune.with_parameters(
@@ -128,17 +178,26 @@ def run_tune(cfg: WMTPConfig, space: TuneSpace, *, recipe_builder: RecipeBuilder
     # The trial function only drives its TorchTrainer, whose workers reserve the CPUs/GPUs; Tune
     # refuses an empty request, so the driver asks for a sliver of a CPU.
     trainable = tune.with_resources(trainable, {"CPU": TRIAL_DRIVER_CPUS})
-    tuner = tune.Tuner(
-        trainable,
-        param_space=to_search_space(space),
-        tune_config=tune.TuneConfig(num_samples=num_samples or space.num_samples,
-                                    max_concurrent_trials=space.max_concurrent_trials,
-                                    scheduler=build_scheduler(space)),
-        run_config=tune.RunConfig(name=sweep, storage_path=storage.path, storage_filesystem=storage.filesystem),
-    )
+    experiment = _join(storage.path, sweep)
+    resumed = tune.Tuner.can_restore(experiment, storage_filesystem=storage.filesystem)
+    if resumed:
+        print(f"[wmtp] resuming sweep {sweep} from {experiment}", flush=True)
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=to_search_space(space), storage_filesystem=storage.filesystem)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=to_search_space(space),
+            # The default searcher, seeded (it also enforces max_concurrent_trials).
+            tune_config=tune.TuneConfig(num_samples=samples, scheduler=build_scheduler(space),
+                                        search_alg=BasicVariantGenerator(
+                                            random_state=cfg.run.seed, max_concurrent=space.max_concurrent_trials or 0)),
+            run_config=tune.RunConfig(name=sweep, storage_path=storage.path, storage_filesystem=storage.filesystem),
+        )
     try:
         grid = tuner.fit()
-        summary = _summarise(grid, sweep, space, parent.run_id if parent else None)
+        summary = _summarise(grid, sweep, space, parent.run_id if parent else None, cfg)
+        summary.resumed = resumed
         if parent is not None:
             parent.log_params({"tune.metric": space.metric, "tune.mode": space.mode,
                                **{f"tune.space.{k}": str(v.model_dump()) for k, v in space.space.items()}})
@@ -147,30 +206,113 @@ def run_tune(cfg: WMTPConfig, space: TuneSpace, *, recipe_builder: RecipeBuilder
     finally:
         if parent is not None:
             parent.close()
-    if summary.best_params is None:
+    if summary.best_params is not None:
+        summary.best_config = write_best_config(given, space, summary.best_params, sweep_dir / "best.yaml")
+    if summary.best_params is None and not summary.interrupted:
         reported = sorted({k for t in summary.trials for k in t.get("metrics", [])})
         raise ConfigError(f"tune space metric {space.metric!r} was never reported by any trial; "
                           f"reported metrics: {', '.join(reported) or 'none'}")
     return summary
 
 
-def _summarise(grid: Any, sweep: str, space: TuneSpace, parent_run_id: str | None) -> TuneSummary:
+def _join(storage_path: str, name: str) -> str:
+    return f"{storage_path.rstrip('/')}/{name}"
+
+
+def write_best_config(given: WMTPConfig, space: TuneSpace, best: Mapping[str, Any], path: Path) -> Path:
+    """`given` + the space's fixed values + the best values, under run name `<run name>-best`."""
+    from wmtp.config.loader import dump_config
+
+    cfg = apply_dotted(given, {**space.fixed, **best})
+    cfg.run.name = f"{run_name(given)}-best"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dump_config(cfg), encoding="utf-8")
+    return _display_path(path)
+
+
+def _display_path(path: Path) -> Path:
+    """`path` relative to the cwd when it is below it (what a user types), else as is."""
+    try:
+        return path.resolve().relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def _check_same_sweep(sweep_dir: Path, cfg: WMTPConfig, space: TuneSpace, samples: int) -> None:
+    """Resuming continues the SAME sweep: refuse a rerun whose base config or space changed."""
+    record = sweep_dir / "sweep.json"
+    identity = {"space": space.model_dump(mode="json"), "num_samples": samples,
+                "base": _comparable(cfg.model_dump(mode="json"))}
+    if record.exists():
+        earlier = json.loads(record.read_text(encoding="utf-8"))
+        if earlier != identity:
+            changed = sorted(k for k in identity if identity[k] != earlier.get(k))
+            raise ConfigError(
+                f"sweep {sweep_dir.name} already exists with another {' and '.join(changed)} ({record}); "
+                f"rerun the same command to resume it, or set run.name=<new name> for a new sweep")
+        return
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(identity, indent=1, sort_keys=True), encoding="utf-8")
+
+
+def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
+    """The config without fields that do not change what a trial computes."""
+    tree = json.loads(json.dumps(tree))
+    tree["orchestration"].pop("address", None)
+    return tree
+
+
+def _summarise(grid: Any, sweep: str, space: TuneSpace, parent_run_id: str | None,
+               base: WMTPConfig | None = None) -> TuneSummary:
+    statuses = [getattr(t, "status", None) for t in getattr(grid, "_experiment_analysis", None).trials] \
+        if hasattr(grid, "_experiment_analysis") else []
     trials = []
-    for result in grid:
+    for i, result in enumerate(grid):
         metrics = result.metrics or {}
         value = metrics.get(space.metric)
+        params = {k: v for k, v in (result.config or {}).items()}
+        status = statuses[i] if i < len(statuses) else None
         trials.append({
-            "trial": metrics.get("trial_id", "?"),
-            "params": {k: v for k, v in (result.config or {}).items()},
+            "trial": metrics.get("trial_id") or _trial_id(result),
+            "params": params,
             "value": value if isinstance(value, int | float) and math.isfinite(value) else None,
             "iterations": metrics.get("training_iteration", 0),
             "error": str(result.error) if result.error else None,
+            "fate": _fate(result, metrics, status, space, base, params),
             "metrics": sorted(k for k in metrics if "/" in k),
         })
+    trials.sort(key=lambda t: t["trial"])  # creation order (a restored grid lists them in another)
     scored = [t for t in trials if t["value"] is not None]
     best = (min if space.mode == "min" else max)(scored, key=lambda t: t["value"]) if scored else None
     return TuneSummary(sweep, space.metric, space.mode, best["params"] if best else None,
-                       best["value"] if best else None, trials, parent_run_id)
+                       best["value"] if best else None, trials, parent_run_id,
+                       interrupted=any(t["fate"] == FATE_UNFINISHED for t in trials),
+                       experiment_path=getattr(grid, "experiment_path", None))
+
+
+def _trial_id(result: Any) -> str:
+    path = getattr(result, "path", None) or ""
+    return Path(path).name or "?"
+
+
+def _fate(result: Any, metrics: Mapping[str, Any], status: str | None, space: TuneSpace,
+          base: WMTPConfig | None, params: Mapping[str, Any]) -> str:
+    """completed / stopped by ASHA at iteration N / failed / unfinished (interrupted)."""
+    if result.error:
+        return f"{FATE_FAILED} ({type(result.error).__name__})"
+    if status is not None and status not in ("TERMINATED", "ERROR"):
+        return FATE_UNFINISHED
+    steps = None
+    if base is not None:
+        try:
+            steps = apply_dotted(base, {**space.fixed, **params}).train.steps
+        except ConfigError:
+            steps = None
+    step = metrics.get("step")
+    if steps is not None and isinstance(step, int | float) and step < steps:
+        who = "ASHA" if isinstance(space.scheduler, AshaScheduler) else "the scheduler"
+        return f"stopped by {who} at iteration {metrics.get('training_iteration', 0)} (step {int(step)})"
+    return FATE_COMPLETED
 
 
 def _parent_run(cfg: WMTPConfig, sweep: str, space: TuneSpace) -> Any | None:
