@@ -1,8 +1,7 @@
-"""Tracking backends: JSONL round trip, redaction, fan-out, stdout lines, heatmap escaping."""
+"""Tracking backends: JSONL round trip, redaction, fan-out, heatmap escaping (console: test_console.py)."""
 
 from __future__ import annotations
 
-import io
 import math
 import subprocess
 import sys
@@ -12,7 +11,6 @@ import pytest
 from wmtp.tracking import MetricLogger, MultiLogger, NullLogger, build_logger, redact
 from wmtp.tracking.heatmap import token_weight_heatmap_html
 from wmtp.tracking.jsonl import JsonlLogger, metric_series, read_records
-from wmtp.tracking.stdout import StdoutLogger
 
 
 def test_importing_tracking_does_not_import_mlflow():
@@ -108,30 +106,6 @@ def test_build_logger_registry(tmp_path):
     lg.log_metrics({"loss": 1.5}, 1)
     lg.close()
     assert metric_series(tmp_path / "r" / "metrics.jsonl", "loss") == [(1, 1.5)]
-
-
-def test_stdout_lines_every_n_steps_with_eta():
-    buf = io.StringIO()
-    now = [100.0]
-    lg = StdoutLogger(100, run_name="demo", line_every=10, stream=buf, show_bar=False, clock=lambda: now[0])
-    for step in range(1, 31):
-        now[0] += 2.0  # 2 s per step
-        lg.log_metrics({"train/loss": 1.0 / step, "perf/tokens_per_s": 1234.0}, step)
-    lg.close()
-    lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("step")]
-    assert [ln.split()[1] for ln in lines] == ["1/100", "11/100", "21/100"]
-    assert "train/loss=0.0909" in lines[1] and "perf/tokens_per_s=1234.0000" in lines[1]
-    assert "eta" not in lines[0]
-    assert lines[1].endswith("eta=0:02:58") and lines[2].endswith("eta=0:02:38")  # 89 and 79 steps left
-
-
-def test_stdout_bar_starts_at_resumed_step():
-    lg = StdoutLogger(100, stream=io.StringIO(), show_bar=True)
-    lg.log_metrics({"loss": 1.0}, 60)
-    assert lg._bar.initial == 60 and lg._bar.n == 60
-    lg.log_metrics({"loss": 1.0}, 70)
-    assert lg._bar.n == 70
-    lg.close()
 
 
 def test_heatmap_escapes_and_colours():

@@ -25,6 +25,8 @@ from wmtp.orchestration.dashboard import DashboardMetrics
 from wmtp.orchestration.ray_runtime import cpus_needed, ensure_ray
 from wmtp.orchestration.reporting import RayCheckpointSink, RayMetricLogger, ReportState
 from wmtp.orchestration.storage import resolve_storage
+from wmtp.tracking.console import end_run, status_of
+from wmtp.tracking.phases import timed
 
 # The validation metric that ranks a recipe's checkpoints (keep-N best), as the recipe logs it at
 # every evaluation: unweighted validation CE of head 1 (comparable across weightings), or the
@@ -46,8 +48,10 @@ def build_trainer(
     recipe_builder: RecipeBuilder | None = None,
     callbacks: list[Any] | None = None,
     parent_run_id: str | None = None,
+    console: Any | None = None,
 ) -> TorchTrainer:
-    """A TorchTrainer for `cfg` (does not start it). `recipe_builder` defaults to `build_recipe`."""
+    """A TorchTrainer for `cfg` (does not start it). `recipe_builder` defaults to `build_recipe`;
+    `console`: the driver's console relay (`wmtp.orchestration.console`) rank 0 reports to."""
     orch = cfg.orchestration
     cfg = with_absolute_paths(cfg)
     score_metric, score_mode = checkpoint_score(cfg)
@@ -62,6 +66,7 @@ def build_trainer(
             "recipe_builder": recipe_builder,
             "parent_run_id": parent_run_id,
             "driver_cwd": os.getcwd(),
+            "console": console,
         },
         torch_config=TorchConfig(backend="nccl" if orch.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -82,17 +87,32 @@ def build_trainer(
     )
 
 
-def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None) -> dict[str, float]:
-    """Train `cfg` on Ray (joining `orchestration.address` or a local cluster); returns rank 0's final metrics."""
+def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None,
+                 brief: bool = False) -> dict[str, float]:
+    """Train `cfg` on Ray (joining `orchestration.address` or a local cluster); returns rank 0's final metrics.
+
+    The driver prints the run's progress line and summary block (`brief`: a producing stage's
+    one-line summary); chained stages reuse the cluster the first one started."""
+    import functools
+    import time
+
+    from wmtp.orchestration.console import fit_with_console
+
+    t0 = time.monotonic()
     ensure_ray(cfg.orchestration.address, local_cpus=cpus_needed(cfg))
+    cluster_start_s = time.monotonic() - t0
     cfg = with_absolute_paths(cfg)
     if recipe_builder is None:
         from wmtp.recipes.chain import resolve_inputs
 
         # A missing critic / reference is produced first (local presets), on Ray as well.
-        cfg = resolve_inputs(cfg, run_training)
+        cfg = resolve_inputs(cfg, functools.partial(run_training, brief=True))
     write_resolved_config(cfg)
-    result = build_trainer(cfg, recipe_builder=recipe_builder).fit()
+    storage = resolve_storage(cfg.orchestration.storage_path, cfg.run.output_dir)
+    root = None if storage.is_remote else Path(storage.path) / run_name(cfg)
+    result = fit_with_console(
+        cfg, lambda console: build_trainer(cfg, recipe_builder=recipe_builder, console=console),
+        brief=brief, cluster_start_s=cluster_start_s, checkpoint_root=root)
     return dict(result.metrics or {})
 
 
@@ -108,8 +128,15 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
     name = run_name(cfg)
     state = ReportState(*checkpoint_score(cfg))
     dashboard = DashboardMetrics(name, rank)
+    relay = loop_config.get("console")
+    forward = None
+    if rank == 0 and relay is not None:
+        from wmtp.orchestration.console import ForwardingConsole
+
+        forward = ForwardingConsole(relay)
+        forward.mark("setup_start")
     logger = RayMetricLogger(
-        _tracking_logger(cfg, loop_config.get("parent_run_id")) if rank == 0 else None,
+        _tracking_logger(cfg, loop_config.get("parent_run_id"), forward) if rank == 0 else None,
         state,
         report_every=cfg.orchestration.report_every,
         dashboard=dashboard,
@@ -122,25 +149,32 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
         scorer_factory = async_scorer_factory(cfg, run=name, rank=rank, on_stats=dashboard.set_values)
     builder = loop_config.get("recipe_builder") or _default_recipe_builder()
     recipe = builder(cfg, logger=logger, checkpoint_sink=sink, scorer_factory=scorer_factory)
+    error: BaseException | None = None
     try:
-        recipe.setup()
+        with timed("setup"):
+            recipe.setup()
         if rank == 0:  # the resolved config as an artifact (written on this node: it may be another)
             logger.log_artifact(write_resolved_config(cfg))
         final = recipe.train()
         state.update(final or {}, int(state.latest.get("step", cfg.train.steps)))
         # The last report every rank makes: the run's result metrics.
         ray.train.report(state.payload(int(state.latest["step"])))
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
-        recipe.close()
-        logger.close()
+        with timed("shutdown"):
+            recipe.close()
+        end_run(logger, *status_of(error))  # MLflow: FAILED + reason when this worker failed
         sink.close()
 
 
-def _tracking_logger(cfg: WMTPConfig, parent_run_id: str | None) -> Any:
-    """Rank 0's real tracking backends (stdout, MLflow, JSONL) in `<output_dir>/<run name>`."""
+def _tracking_logger(cfg: WMTPConfig, parent_run_id: str | None, console: Any | None = None) -> Any:
+    """Rank 0's real tracking backends (stdout, MLflow, JSONL) in `<output_dir>/<run name>`;
+    `console`: where the stdout backend's calls go (the driver's console), else this worker's stdout."""
     from wmtp.tracking.registry import build_run_logger
 
-    return build_run_logger(cfg, is_main=True, parent_run_id=parent_run_id)
+    return build_run_logger(cfg, is_main=True, parent_run_id=parent_run_id, console=console)
 
 
 def _default_recipe_builder() -> RecipeBuilder:

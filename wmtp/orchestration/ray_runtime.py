@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -44,7 +45,13 @@ def ensure_ray(address: str | None = None, *, local_cpus: float | None = None) -
     kwargs = {}
     if address == "local" and local_cpus is not None:
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(local_cpus))
-    ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": dict(_propagated_env())}, **kwargs)
+    # Workers' stdout (Ray Train's per-report echo, every rank's lines, controller notices) reaches
+    # the driver only with `--verbose`; otherwise it stays in the Ray session logs and the driver
+    # shows wmtp's console (wmtp.orchestration.console).
+    verbose = os.environ.get("WMTP_VERBOSE") == "1"
+    if not verbose:
+        kwargs["logging_level"] = logging.WARNING
+    ray.init(address=address, log_to_driver=verbose, runtime_env={"env_vars": dict(_propagated_env())}, **kwargs)
 
 
 def cpus_needed(cfg: WMTPConfig) -> float:

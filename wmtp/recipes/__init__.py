@@ -39,23 +39,36 @@ def build_recipe(cfg: WMTPConfig, *, logger: Any, checkpoint_sink: Any, scorer_f
     return recipes[cfg.recipe](cfg, logger=logger, checkpoint_sink=checkpoint_sink, scorer_factory=scorer_factory)
 
 
-def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[[WMTPConfig], Any]) -> dict[str, float]:
+def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[..., Any], brief: bool = False) -> dict[str, float]:
     """Run `cfg.recipe` in this process (the debuggable path): local checkpoints (rerun the same
     command to resume), a logger from `make_logger(cfg)` (the caller picks the backends: recipes
-    never import a tracking service), and the producing stages first when an input is missing."""
+    never import a tracking service), and the producing stages first when an input is missing
+    (`brief`: such a producing stage, whose console summary is one line)."""
     from wmtp.config.paths import run_dir, write_resolved_config
     from wmtp.recipes.chain import resolve_inputs
+    from wmtp.tracking.console import end_run, status_of
+    from wmtp.tracking.phases import timed
     from wmtp.training.checkpoint import LocalCheckpointSink
 
-    cfg = resolve_inputs(cfg, lambda stage: run_recipe(stage, make_logger=make_logger))
+    cfg = resolve_inputs(cfg, lambda stage: run_recipe(stage, make_logger=make_logger, brief=True))
     config_path = write_resolved_config(cfg)
-    logger = make_logger(cfg)
+    logger = make_logger(cfg, brief=brief) if brief else make_logger(cfg)
     recipe = build_recipe(cfg, logger=logger,
                           checkpoint_sink=LocalCheckpointSink(run_dir(cfg), keep=cfg.orchestration.keep_checkpoints))
+    error: BaseException | None = None
     try:
-        recipe.setup()
+        with timed("setup"):
+            recipe.setup()
         logger.log_artifact(config_path)
         return recipe.train()
+    except BaseException as exc:
+        error = exc
+        from wmtp.tracking.console import report_failure
+
+        report_failure(exc)
+        raise
     finally:
-        recipe.close()
-        logger.close()
+        with timed("shutdown"):
+            recipe.close()
+        # The console's summary and MLflow's status say how it ended (FAILED / KILLED + reason).
+        end_run(logger, *status_of(error))
