@@ -72,8 +72,12 @@ def _short(path: str | Path | None) -> str:
 
 
 def _loss_key(metrics: Mapping[str, float]) -> str | None:
-    return next((k for k in metrics if k == "loss" or (k.endswith("/loss") and k.startswith("train"))),
-                next((k for k in metrics if k.endswith("/loss")), None))
+    """`loss` / `train/loss`, else the first training loss (`train/value_loss` of the critic)."""
+    for match in (lambda k: k in ("loss", "train/loss"), lambda k: k.startswith("train/") and k.endswith("loss")):
+        found = next((k for k in metrics if match(k)), None)
+        if found is not None:
+            return found
+    return None
 
 
 def command_line() -> str:
@@ -332,7 +336,9 @@ def format_summary(summary: Mapping[str, Any], *, brief: bool = False) -> list[s
     metrics = "  ".join(f"{k} {_fmt(final[k])}" for k in shown) or "-"
     paths, mlflow, nxt = summary["paths"], summary.get("mlflow"), summary["next"]
     if brief and status == "FINISHED":
-        return [f"== {head}; export {_short(paths['export'])}; {metrics}"]
+        best = summary.get("best")
+        best_text = f"; best {best['metric']} {_fmt(best['value'])}" if best else ""
+        return [f"== {head}; export {_short(paths['export'])}{best_text}"]
     lines = [f"== {head} " + "=" * max(0, 72 - len(head))]
     lines.append("time      " + "  ".join(f"{k.replace('_', ' ')} {_seconds(v)}"
                                           for k, v in summary["phases_s"].items()))
