@@ -84,6 +84,13 @@ def test_two_trial_sweep_with_asha_and_nested_mlflow_runs(ray_cluster, mlflow_sq
     assert len(parent) == 1 and len(children) == 2
     assert all(r.data.metrics.get("val/ce") is not None for r in children)
     assert "best/val/ce" in parent[0].data.metrics
+    # Trial runs are named by their sampled values, and none is left RUNNING (ASHA may stop one).
+    names = sorted(r.info.run_name for r in children)
+    assert all(n.startswith("lr=") and " #" in n for n in names) and len(set(names)) == 2, names
+    for r in children:
+        assert r.info.status in ("FINISHED", "KILLED"), (r.info.run_name, r.info.status)
+        if r.info.status == "KILLED":
+            assert "stopped early by the Tune scheduler" in r.data.tags["wmtp.status_reason"]
 
 
 def test_cli_tune_user_errors_exit_2_without_starting_ray(tmp_path, capsys):

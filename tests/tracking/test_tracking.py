@@ -123,3 +123,16 @@ def test_heatmap_escapes_and_colours():
     assert "w=5.0000" in page
     with pytest.raises(ValueError, match="row 0: 2 tokens but 1 weights"):
         token_weight_heatmap_html([["a", "b"]], [[1.0]], "t")
+
+
+def test_heatmap_marks_outcomes_and_renders_a_png(tmp_path):
+    from wmtp.tracking.heatmap import outcome_labels, token_weight_heatmap_png
+
+    labels = outcome_labels([True, False, None])
+    assert labels == ["sample 0: ✓ correct", "sample 1: ✗ incorrect", "sample 2: outcome unknown"]
+    page = token_weight_heatmap_html([["a"], ["b"], ["c"]], [[1.0], [2.0], [0.5]], "t", row_labels=labels)
+    assert "✓ correct" in page and "✗ incorrect" in page
+    path = tmp_path / "w.png"
+    token_weight_heatmap_png([[1.0, 2.0, 0.5], [float("nan"), 1.5], [0.2]], path, "step 5", row_labels=labels)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000

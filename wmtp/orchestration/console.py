@@ -167,3 +167,46 @@ def fit_with_console(cfg: Any, make_trainer: Any, *, brief: bool = False, cluste
                 finalize_recorded_run(run_dir(cfg), status, reason, summary["paths"]["summary"])
             except Exception as exc:  # never hide the run's own outcome behind a tracking error
                 log.warning("could not record the MLflow status %s: %s", status, exc)
+
+
+def trial_status_callback(cfg: Any, sweep: str) -> Any:
+    """A Tune callback (`TrialStatusCallback`; ray.tune is imported only when a sweep runs)."""
+    from ray.tune import Callback
+
+    class TrialStatusCallback(_TrialStatus, Callback):
+        pass
+
+    return TrialStatusCallback(cfg, sweep)
+
+
+class _TrialStatus:
+    """Tune trials' MLflow runs end FINISHED, KILLED (stopped early by the scheduler, e.g. ASHA)
+    or FAILED (with Tune's error), instead of staying RUNNING: a stopped trial's workers are
+    killed before they can say so themselves."""
+
+    def __init__(self, cfg: Any, sweep: str) -> None:
+        self.output_dir = Path(cfg.run.output_dir)
+        self.sweep = sweep
+        self.total_steps = cfg.train.steps
+        self.tracked = "mlflow" in cfg.tracking.backends
+
+    def _finalize(self, trial: Any, status: str, reason: str | None) -> None:
+        if not self.tracked:
+            return
+        try:
+            from wmtp.tracking.mlflow_logger import finalize_recorded_run
+
+            finalize_recorded_run(self.output_dir / f"{self.sweep}-{trial.trial_id}", status, reason)
+        except Exception as exc:
+            log.warning("trial %s: could not record MLflow status %s: %s", trial.trial_id, status, exc)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        step = int((trial.last_result or {}).get("step", 0) or 0)
+        if step < self.total_steps:
+            self._finalize(trial, "KILLED", f"stopped early by the Tune scheduler at step {step}/{self.total_steps}")
+        else:
+            self._finalize(trial, "FINISHED", None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        reason = str(getattr(trial, "error_msg", None) or "trial failed").strip().splitlines()
+        self._finalize(trial, "FAILED", reason[-1][:1000] if reason else "trial failed")

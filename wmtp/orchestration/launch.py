@@ -49,9 +49,11 @@ def build_trainer(
     callbacks: list[Any] | None = None,
     parent_run_id: str | None = None,
     console: Any | None = None,
+    label: str | None = None,
 ) -> TorchTrainer:
     """A TorchTrainer for `cfg` (does not start it). `recipe_builder` defaults to `build_recipe`;
-    `console`: the driver's console relay (`wmtp.orchestration.console`) rank 0 reports to."""
+    `console`: the driver's console relay (`wmtp.orchestration.console`) rank 0 reports to;
+    `label`: the MLflow run name (Tune trials show their sampled values)."""
     orch = cfg.orchestration
     cfg = with_absolute_paths(cfg)
     score_metric, score_mode = checkpoint_score(cfg)
@@ -67,6 +69,7 @@ def build_trainer(
             "parent_run_id": parent_run_id,
             "driver_cwd": os.getcwd(),
             "console": console,
+            "label": label,
         },
         torch_config=TorchConfig(backend="nccl" if orch.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -136,7 +139,8 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
         forward = ForwardingConsole(relay)
         forward.mark("setup_start")
     logger = RayMetricLogger(
-        _tracking_logger(cfg, loop_config.get("parent_run_id"), forward) if rank == 0 else None,
+        _tracking_logger(cfg, loop_config.get("parent_run_id"), forward, loop_config.get("label"))
+        if rank == 0 else None,
         state,
         report_every=cfg.orchestration.report_every,
         dashboard=dashboard,
@@ -169,12 +173,13 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
         sink.close()
 
 
-def _tracking_logger(cfg: WMTPConfig, parent_run_id: str | None, console: Any | None = None) -> Any:
+def _tracking_logger(cfg: WMTPConfig, parent_run_id: str | None, console: Any | None = None,
+                     label: str | None = None) -> Any:
     """Rank 0's real tracking backends (stdout, MLflow, JSONL) in `<output_dir>/<run name>`;
     `console`: where the stdout backend's calls go (the driver's console), else this worker's stdout."""
     from wmtp.tracking.registry import build_run_logger
 
-    return build_run_logger(cfg, is_main=True, parent_run_id=parent_run_id, console=console)
+    return build_run_logger(cfg, is_main=True, parent_run_id=parent_run_id, console=console, label=label)
 
 
 def _default_recipe_builder() -> RecipeBuilder:

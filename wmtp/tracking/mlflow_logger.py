@@ -198,7 +198,7 @@ class MlflowLogger:
         from mlflow.entities import Param
 
         params = dict(params)
-        if "run.name" in params and params["run.name"] is None:
+        if "run.name" in params and params["run.name"] in (None, "null"):
             params["run.name"] = self.run_name  # the default name, as the run dir and MLflow show it
         prepared = prepare_params(params)
         if self.resumed:

@@ -6,6 +6,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from wmtp.tracking.base import MetricLogger, MultiLogger, NullLogger
 
@@ -124,11 +125,14 @@ def mlflow_run_id(logger: MetricLogger) -> str | None:
 
 
 def build_run_logger(cfg, *, is_main: bool = True, parent_run_id: str | None = None,
-                     console: MetricLogger | None = None, brief: bool = False) -> MetricLogger:
+                     console: MetricLogger | None = None, brief: bool = False,
+                     label: str | None = None) -> MetricLogger:
     """`build_logger` for a resolved `WMTPConfig`: its tracking backends, run name and run dir
     (`<run.output_dir>/<run name>`; MLflow's embedded SQLite store under `run.output_dir`), run
     tags (recipe, preset, model, path, git commit). `console`: what the `stdout` backend is
-    (default: a `RunConsole` for this run; `brief`: a producing stage's one-line summary)."""
+    (default: a `RunConsole` for this run; `brief`: a producing stage's one-line summary).
+    `label`: the MLflow run's name when it should say more than the run name (Tune trials:
+    `trial_label`)."""
     from wmtp.config.paths import run_dir, run_name
     from wmtp.tracking.console import RunConsole
     from wmtp.tracking.phases import reset_phases
@@ -138,10 +142,21 @@ def build_run_logger(cfg, *, is_main: bool = True, parent_run_id: str | None = N
     if console is None and "stdout" in t.backends:
         console = RunConsole(cfg.train.steps, run_name=run_name(cfg), run_dir=run_dir(cfg), recipe=cfg.recipe,
                              preset=cfg.run.preset, brief=brief)
-    return build_logger(list(t.backends), run_dir=run_dir(cfg), run_name=run_name(cfg), experiment=t.experiment,
+    return build_logger(list(t.backends), run_dir=run_dir(cfg), run_name=label or run_name(cfg),
+                        experiment=t.experiment,
                         uri=t.uri, artifact_location=t.artifact_location, is_main=is_main,
                         parent_run_id=parent_run_id, total_steps=cfg.train.steps, console=console,
                         tags=run_tags(cfg))
+
+
+def trial_label(trial_id: str, params: Mapping[str, Any]) -> str:
+    """A Tune trial's MLflow run name that shows its sampled values first (the UI cuts long names):
+    `weight_temperature=0.5 lr=0.0032 #00001` for {"stage2...weight_temperature": 0.5, "optim.lr": ...}."""
+    def fmt(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    values = " ".join(f"{str(k).rsplit('.', 1)[-1]}={fmt(v)}" for k, v in params.items())
+    return f"{values} #{trial_id.rsplit('_', 1)[-1]}".strip()
 
 
 def run_tags(cfg) -> dict[str, str]:
