@@ -158,3 +158,21 @@ def test_cli_samples_errors_exit_2(tmp_path, capsys):
     args = parser.parse_args(["eval", "--benchmark", "synthetic"])
     assert args.func(args) == 2
     assert "exactly one of --checkpoint" in capsys.readouterr().err
+
+
+def test_cli_samples_on_humaneval_as_the_docs_show(tmp_path, capsys, monkeypatch):
+    """docs/TRACKING.md: `wmtp eval --samples samples.jsonl --benchmark humaneval --k 1,10`
+    (here with --limit 2: the canonical solutions pass, an empty body fails)."""
+    from wmtp.evaluation.benchmarks import load_humaneval
+
+    tasks = load_humaneval(limit=2)
+    rows = [{"task_id": t.task_id, "completion": t.canonical_solution} for t in tasks]
+    rows.append({"task_id": tasks[0].task_id, "completion": "    pass\n"})
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path)
+    args = _parser().parse_args(["eval", "--samples", "samples.jsonl", "--benchmark", "humaneval", "--k", "1,10",
+                                 "--limit", "2", "--no-tracking"])
+    assert args.func(args) == 0
+    verdicts = [json.loads(ln)["passed"] for ln in (tmp_path / "samples.jsonl_results.jsonl").read_text().splitlines()]
+    assert verdicts == [True, True, False]
+    assert "pass@1" in capsys.readouterr().out
