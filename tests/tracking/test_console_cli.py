@@ -85,3 +85,62 @@ def test_readme_main_command_on_ray_is_quiet_and_ends_with_the_summary(tmp_path)
     # The Ray path adds the cluster's own start-up notices on the driver (token auth): allow them.
     lines = [ln for ln in lines if "authentication" not in ln]
     _check_console_and_summary(lines, out_dir, "ray")
+
+
+def _mlflow_run(summary: dict):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(summary["mlflow"]["tracking_uri"]).get_run(summary["mlflow"]["run_id"])
+
+
+def test_sigterm_marks_the_run_killed_and_ends_with_the_summary(tmp_path):
+    """`ray job stop` / `kill` send SIGTERM: KILLED with the reason, exit 130, summary naming the
+    last good checkpoint (in-process here; the Ray driver takes the same path)."""
+    import signal
+    import time
+
+    from tests.recipes.harness import cli_command
+
+    out = tmp_path / "out"
+    cmd = cli_command("baseline", out, "train.steps=400", "train.checkpoint_every=2", "train.eval_every=400",
+                      "tracking.backends=[stdout,jsonl,mlflow]")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    ckpt = out / "baseline-local-light" / "checkpoints" / "step_000002"
+    deadline = time.monotonic() + 300
+    while not ckpt.is_dir():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint after 300 s"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    summary = json.loads((out / "baseline-local-light" / "summary.json").read_text())
+    assert summary["status"] == "KILLED" and "SIGTERM" in summary["reason"]
+    assert summary["paths"]["checkpoint"] is not None and "/checkpoints/step_" in summary["paths"]["checkpoint"]
+    lines = stdout.strip().splitlines()
+    assert any(ln.startswith("== baseline-local-light: KILLED at step ") for ln in lines)
+    assert any(ln.startswith("last good checkpoint ") for ln in lines)
+    assert lines[-1].endswith("# resume")
+    run = _mlflow_run(summary)
+    assert run.info.status == "KILLED" and "SIGTERM" in run.data.tags["wmtp.status_reason"]
+
+
+def test_a_failing_run_is_marked_failed_with_the_reason(tmp_path):
+    """A non-finite loss with train.nonfinite=stop: FAILED (never FINISHED) with the reason; it is
+    the user's to fix, so exit 2 and one `wmtp: error:` line after the block, no traceback."""
+    from tests.recipes.harness import cli_command
+
+    out = tmp_path / "out"
+    cmd = cli_command("baseline", out, "optim.lr=1e12", "optim.grad_clip=null", "train.steps=40",
+                      "tracking.backends=[stdout,jsonl,mlflow]")
+    proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    summary_path = out / "baseline-local-light" / "summary.json"
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["status"] == "FAILED" and summary["reason"].startswith("NonFiniteLossError")
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().startswith("wmtp: error: non-finite loss")
+    assert proc.stdout.strip().splitlines()[-1].endswith("# resume")
+    assert "FAILED at step 1/40" in proc.stdout and "last good checkpoint -" in proc.stdout
+    run = _mlflow_run(summary)
+    assert run.info.status == "FAILED" and run.data.tags["wmtp.status_reason"].startswith("NonFiniteLossError")
