@@ -155,3 +155,19 @@ def test_other_path_is_a_new_mlflow_run_and_the_same_path_resumes(mlflow_sqlite,
     assert attempt("ray") == ray_run
     local_run = attempt("local")
     assert local_run != ray_run and attempt("local") == local_run
+
+
+def test_verbose_flag_is_a_train_flag():
+    from wmtp.cli import build_parser
+
+    args = build_parser().parse_args(["train", "--recipe", "configs/recipe.baseline.yaml", "--verbose"])
+    assert args.verbose is True
+
+
+def test_trial_labels_show_sampled_values_first():
+    from wmtp.tracking.registry import trial_label
+
+    a = trial_label("4f2a1_00000", {"optim.lr": 0.0031234, "stage2.value_weighting.weight_temperature": 0.5})
+    b = trial_label("4f2a1_00001", {"optim.lr": 0.1, "stage2.value_weighting.weight_temperature": 2.0})
+    assert a == "lr=0.00312 weight_temperature=0.5 #00000"
+    assert a[:12] != b[:12]
