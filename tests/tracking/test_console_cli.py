@@ -132,7 +132,7 @@ def test_a_failing_run_is_marked_failed_with_the_reason(tmp_path):
     from tests.recipes.harness import cli_command
 
     out = tmp_path / "out"
-    cmd = cli_command("baseline", out, "optim.lr=1e12", "optim.grad_clip=null", "train.steps=40",
+    cmd = cli_command("baseline", out, "optim.lr=1e12", "optim.grad_clip=null", "train.steps=3",
                       "tracking.backends=[stdout,jsonl,mlflow]")
     proc = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=600)
     summary_path = out / "baseline-local-light" / "summary.json"
@@ -142,6 +142,6 @@ def test_a_failing_run_is_marked_failed_with_the_reason(tmp_path):
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("wmtp: error: non-finite loss"), proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1].endswith("# resume")
-    assert "FAILED at step 1/40" in proc.stdout and "last good checkpoint -" in proc.stdout
+    assert "FAILED at step 1/3" in proc.stdout and "last good checkpoint -" in proc.stdout
     run = _mlflow_run(summary)
     assert run.info.status == "FAILED" and run.data.tags["wmtp.status_reason"].startswith("NonFiniteLossError")
