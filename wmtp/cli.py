@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -74,6 +76,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resolve and print the config, build the model, print the plan; do not train")
     parser.add_argument("--local", action="store_true",
                         help="train in this process without Ray (sets orchestration.enabled=false)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show every log line (Ray workers' output, Ray Train's reports, MLflow's set-up)")
 
 
 def import_optional(name: str):
@@ -117,13 +121,28 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"wmtp: error: training is not available in this installation: {target[0]}.{target[1]} "
               f"does not exist yet (try --dry-run{'' if args.local else ', or --local'})", file=sys.stderr)
         return 1
-    if target[0] == "wmtp.recipes":
-        from wmtp.tracking.registry import build_run_logger
+    if args.verbose:
+        os.environ["WMTP_VERBOSE"] = "1"
+    previous = signal.signal(signal.SIGTERM, _stopped)  # `ray job stop`, `kill`: KILLED, not FAILED
+    try:
+        if target[0] == "wmtp.recipes":
+            from wmtp.tracking.registry import build_run_logger
 
-        result = entry(cfg, make_logger=build_run_logger)
-    else:
-        result = entry(cfg)
+            result = entry(cfg, make_logger=build_run_logger)
+        else:
+            result = entry(cfg)
+    except BaseException as e:
+        # The run already printed its traceback and summary block (last on the console).
+        if getattr(e, "wmtp_reported", False) and not is_user_error(e):
+            return 130 if isinstance(e, KeyboardInterrupt) else 1
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return result if isinstance(result, int) else 0
+
+
+def _stopped(signum, frame) -> None:
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name} (e.g. ray job stop)")
 
 
 # ---------------------------------------------------------------------------------------------

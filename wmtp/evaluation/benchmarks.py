@@ -32,6 +32,7 @@ class EvalTask:
     inputs: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     canonical_solution: str | None = field(default=None, repr=False)
+    family: str | None = None  # the synthetic task's problem family (per-family tables)
 
     def program(self, completion: str) -> str:
         """The source the sandbox runs for `completion` (stdio: the script itself)."""
@@ -88,7 +89,7 @@ def task_from_record(rec: dict, where: str = "record") -> EvalTask:
     _require(rec, ("task_id", "prompt", "test", "entry_point"), where)
     if rec.get("completion_is_program"):
         return EvalTask(rec["task_id"], rec["prompt"], "program", rec["test"], rec["entry_point"],
-                        canonical_solution=rec.get("canonical_solution"))
+                        canonical_solution=rec.get("canonical_solution"), family=rec.get("family"))
     return EvalTask(rec["task_id"], rec["prompt"], "humaneval", rec["test"], rec["entry_point"],
                     stop=HUMANEVAL_STOP, canonical_solution=rec.get("canonical_solution"))
 

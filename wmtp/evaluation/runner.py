@@ -155,9 +155,64 @@ def evaluate_pass_at_k(model, tokenizer: TextTokenizer, records: Sequence[EvalTa
                       seconds={"generation": t1 - t0, "execution": t2 - t1})
 
 
+def score_samples(records: Sequence[EvalTask | Mapping], samples: Sequence[Mapping], *, k: Sequence[int],
+                  sandbox: SandboxConfig = SandboxConfig(), workers: int = 2, n_bootstrap: int = 1000,
+                  seed: int = 0) -> EvalResult:
+    """Execute existing completions (human-eval's samples format: `{"task_id", "completion"}` per
+    line) and compute pass@k per task and over the tasks that have samples.
+
+    Tasks are scored with as many samples as they have (n may differ by task); a k above a task's
+    n is None for that task and leaves it out of that k's mean, as `evaluate_functional_correctness`
+    does. Raises ValueError naming a sample whose task_id is not among `records`.
+    """
+    tasks = {t.task_id: t for t in _as_tasks(records)}
+    for i, sample in enumerate(samples):
+        if sample.get("task_id") not in tasks:
+            raise ValueError(f"sample {i + 1}: task_id {sample.get('task_id')!r} is not in the benchmark")
+        if not isinstance(sample.get("completion"), str):
+            raise ValueError(f"sample {i + 1}: needs a string 'completion'")
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(lambda s: execute_completion(tasks[s["task_id"]], s["completion"], sandbox),
+                                samples))
+    t1 = time.perf_counter()
+    out_samples, counts = [], {}
+    for sample, r in zip(samples, results):
+        n, c = counts.get(sample["task_id"], (0, 0))
+        counts[sample["task_id"]] = (n + 1, c + int(r.passed))
+        out_samples.append({**sample, "sample": n, **r.to_dict()})
+    task_rows = []
+    for task_id, (n, c) in counts.items():
+        row: dict[str, Any] = {"task_id": task_id, "family": tasks[task_id].family, "n": n, "n_passed": c}
+        for kk in k:
+            row[f"pass_at_{kk}"] = pass_at_k(n, c, kk) if n >= kk else None
+        task_rows.append(row)
+    summary = summarize_pass_at_k([r["n"] for r in task_rows], [r["n_passed"] for r in task_rows], k,
+                                  n_bootstrap=n_bootstrap, seed=seed)
+    return EvalResult(summary, task_rows, out_samples, seconds={"generation": 0.0, "execution": t1 - t0})
+
+
+def family_table(result: EvalResult, tasks: Sequence[EvalTask], k: int = 1) -> str | None:
+    """pass@k by task family (the synthetic task's problem families); None without families."""
+    family = {t.task_id: t.family for t in tasks}
+    by: dict[str, list[float]] = {}
+    for row in result.tasks:
+        value = row.get(f"pass_at_{k}")
+        if family.get(row["task_id"]) and value is not None:
+            by.setdefault(family[row["task_id"]], []).append(value)
+    if not by:
+        return None
+    width = max(len("family"), *(len(f) for f in by))
+    lines = [f"{'family':<{width}} {'pass@' + str(k):>7} {'tasks':>6}"]
+    for name, values in sorted(by.items()):
+        lines.append(f"{name:<{width}} {sum(values) / len(values):>7.3f} {len(values):>6}")
+    return "\n".join(lines)
+
+
 def log_eval_result(sink: MetricsSink, result: EvalResult, step: int = 0, prefix: str = "") -> None:
     """Log pass@k metrics (names like `pass_at_1`, optionally prefixed, e.g. `eval/`)."""
     sink.log_metrics({prefix + name: value for name, value in result.metrics.items()}, step)
 
 
-__all__ = ["EvalResult", "MetricsSink", "evaluate_pass_at_k", "execute_completion", "log_eval_result"]
+__all__ = ["EvalResult", "MetricsSink", "evaluate_pass_at_k", "execute_completion", "family_table",
+           "log_eval_result", "score_samples"]

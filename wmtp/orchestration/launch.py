@@ -34,6 +34,8 @@ from wmtp.orchestration.reporting import (
 )
 from wmtp.orchestration.resources import check_fits, run_resources
 from wmtp.orchestration.storage import resolve_storage
+from wmtp.tracking.console import end_run, status_of
+from wmtp.tracking.phases import timed
 from wmtp.training.runlock import hold_run_lock
 
 # The validation metric that ranks a recipe's checkpoints (keep-N best), as the recipe logs it at
@@ -56,8 +58,12 @@ def build_trainer(
     recipe_builder: RecipeBuilder | None = None,
     callbacks: list[Any] | None = None,
     parent_run_id: str | None = None,
+    console: Any | None = None,
+    label: str | None = None,
 ) -> TorchTrainer:
-    """A TorchTrainer for `cfg` (does not start it). `recipe_builder` defaults to `build_recipe`."""
+    """A TorchTrainer for `cfg` (does not start it). `recipe_builder` defaults to `build_recipe`;
+    `console`: the driver's console relay (`wmtp.orchestration.console`) rank 0 reports to;
+    `label`: the MLflow run name (Tune trials show their sampled values)."""
     orch = cfg.orchestration
     cfg = with_absolute_paths(cfg)
     score_metric, score_mode = checkpoint_score(cfg)
@@ -73,6 +79,8 @@ def build_trainer(
             "recipe_builder": recipe_builder,
             "parent_run_id": parent_run_id,
             "driver_cwd": os.getcwd(),
+            "console": console,
+            "label": label,
         },
         torch_config=TorchConfig(backend="nccl" if orch.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
@@ -93,23 +101,37 @@ def build_trainer(
     )
 
 
-def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None) -> dict[str, float]:
-    """Train `cfg` on Ray (joining `orchestration.address` or a local cluster); returns rank 0's final metrics."""
+def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None,
+                 brief: bool = False) -> dict[str, float]:
+    """Train `cfg` on Ray (joining `orchestration.address` or a local cluster); returns rank 0's final metrics.
+
+    The driver prints the run's progress line and summary block (`brief`: a producing stage's
+    one-line summary); chained stages reuse the cluster the first one started."""
+    import functools
+    import time
+
+    from wmtp.orchestration.console import fit_with_console
+
+    t0 = time.monotonic()
     need = run_resources(cfg)
     ensure_ray(cfg.orchestration.address, local_cpus=need.cpus, job_name=run_name(cfg))
+    cluster_start_s = time.monotonic() - t0
     check_fits(need, ray.cluster_resources(), what=f"run {run_name(cfg)!r}")
     cfg = with_absolute_paths(cfg)
     if recipe_builder is None:
         from wmtp.recipes.chain import resolve_inputs
 
         # A missing critic / reference is produced first (local presets), on Ray as well.
-        cfg = resolve_inputs(cfg, run_training)
+        cfg = resolve_inputs(cfg, functools.partial(run_training, brief=True))
     lock = hold_run_lock(run_dir(cfg))  # a second start of the same run exits 2, naming this one
     try:
-        repair_checkpoint_snapshot(resolve_storage(cfg.orchestration.storage_path, cfg.run.output_dir),
-                                   run_name(cfg), *checkpoint_score(cfg))
+        storage = resolve_storage(cfg.orchestration.storage_path, cfg.run.output_dir)
+        repair_checkpoint_snapshot(storage, run_name(cfg), *checkpoint_score(cfg))
+        root = None if storage.is_remote else Path(storage.path) / run_name(cfg)
         try:
-            result = build_trainer(cfg, recipe_builder=recipe_builder).fit()
+            result = fit_with_console(
+                cfg, lambda console: build_trainer(cfg, recipe_builder=recipe_builder, console=console),
+                brief=brief, cluster_start_s=cluster_start_s, checkpoint_root=root)
         except ray.train.TrainingFailedError as e:
             cause = user_error_of(e)
             if cause is None:
@@ -137,8 +159,16 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
         print(f"[wmtp] {name}: resuming from {latest.path}", flush=True)
     state = ReportState(*checkpoint_score(cfg))
     dashboard = DashboardMetrics(name, rank)
+    relay = loop_config.get("console")
+    forward = None
+    if rank == 0 and relay is not None:
+        from wmtp.orchestration.console import ForwardingConsole
+
+        forward = ForwardingConsole(relay)
+        forward.mark("setup_start")
     logger = RayMetricLogger(
-        _tracking_logger(cfg, loop_config.get("parent_run_id")) if rank == 0 else None,
+        _tracking_logger(cfg, loop_config.get("parent_run_id"), forward, loop_config.get("label"))
+        if rank == 0 else None,
         state,
         report_every=cfg.orchestration.report_every,
         dashboard=dashboard,
@@ -153,25 +183,33 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
     recipe = builder(cfg, logger=logger, checkpoint_sink=sink, scorer_factory=scorer_factory)
     from wmtp.recipes import close_all
 
-    failed = True
+    error: BaseException | None = None
     try:
-        recipe.setup()
+        with timed("setup"):
+            recipe.setup()
         if rank == 0:  # the resolved config as an artifact (written on this node: it may be another)
             logger.log_artifact(write_resolved_config(cfg))
         final = recipe.train()
         state.update(final or {}, int(state.latest.get("step", cfg.train.steps)))
         # The last report every rank makes: the run's result metrics.
         ray.train.report(state.payload(int(state.latest["step"])))
-        failed = False
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
-        close_all([recipe.close, logger.close, sink.close], failed)
+        with timed("shutdown"):
+            # MLflow: FAILED + reason when this worker failed; a close error after a failure is
+            # logged, never hiding the error that ended the run.
+            close_all([recipe.close, lambda: end_run(logger, *status_of(error)), sink.close], error is not None)
 
 
-def _tracking_logger(cfg: WMTPConfig, parent_run_id: str | None) -> Any:
-    """Rank 0's real tracking backends (stdout, MLflow, JSONL) in `<output_dir>/<run name>`."""
+def _tracking_logger(cfg: WMTPConfig, parent_run_id: str | None, console: Any | None = None,
+                     label: str | None = None) -> Any:
+    """Rank 0's real tracking backends (stdout, MLflow, JSONL) in `<output_dir>/<run name>`;
+    `console`: where the stdout backend's calls go (the driver's console), else this worker's stdout."""
     from wmtp.tracking.registry import build_run_logger
 
-    return build_run_logger(cfg, is_main=True, parent_run_id=parent_run_id)
+    return build_run_logger(cfg, is_main=True, parent_run_id=parent_run_id, console=console, label=label)
 
 
 def _default_recipe_builder() -> RecipeBuilder:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import socket
@@ -55,15 +56,21 @@ def ensure_ray(address: str | None = None, *, local_cpus: float | None = None, j
         return
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs: dict = {}
+    # Workers' stdout (Ray Train's per-report echo, every rank's lines, controller notices) reaches
+    # the driver only with `--verbose`; otherwise it stays in the Ray session logs and the driver
+    # shows wmtp's console (wmtp.orchestration.console).
+    verbose = os.environ.get("WMTP_VERBOSE") == "1"
+    if not verbose:
+        kwargs["logging_level"] = logging.WARNING
     if job_name:  # a submitted job's own metadata takes precedence (ray.init merges it over this)
         kwargs["job_config"] = ray.job_config.JobConfig(metadata={"job_name": job_name})
     if address != "local":
-        ray.init(address=address, log_to_driver=True, **kwargs)
+        ray.init(address=address, log_to_driver=verbose, **kwargs)
         return
     if local_cpus is not None:
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(local_cpus))
     port = metrics_port()
-    ctx = ray.init(address="local", log_to_driver=True, _metrics_export_port=port, **kwargs)
+    ctx = ray.init(address="local", log_to_driver=verbose, _metrics_export_port=port, **kwargs)
     dashboard = ctx.dashboard_url or "off (pip install 'ray[default]')"
     print(f"[wmtp] started a local Ray cluster: dashboard http://{dashboard.removeprefix('http://')}, "
           f"metrics http://127.0.0.1:{port}/metrics", flush=True)

@@ -99,6 +99,11 @@ class RayMetricLogger:
         if self._inner is not None:
             self._inner.log_artifact(local_path, artifact_path)
 
+    @property
+    def inner(self) -> Any | None:
+        """Rank 0's real backends (`wmtp.tracking.registry.end_run` closes them with a status)."""
+        return self._inner
+
     def close(self) -> None:
         if self._inner is not None:
             self._inner.close()

@@ -36,6 +36,7 @@ from wmtp.config.loader import ConfigError, validate_config
 from wmtp.config.paths import run_name
 from wmtp.config.schema import WMTPConfig
 from wmtp.config.tune import AshaScheduler, Choice, LogUniform, RandInt, TuneSpace, Uniform
+from wmtp.orchestration.console import trial_status_callback
 from wmtp.orchestration.launch import RecipeBuilder, build_trainer, run_training, with_absolute_paths
 from wmtp.orchestration.ray_runtime import ensure_ray
 from wmtp.orchestration.resources import TRIAL_DRIVER_CPUS, check_fits, run_resources
@@ -134,8 +135,10 @@ def wmtp_tune_trial(params: dict[str, Any], *, base: dict[str, Any], fixed: dict
     """One trial: the base config + fixed + this trial's values, trained by one TorchTrainer."""
     cfg = apply_dotted(WMTPConfig.model_validate(base), {**fixed, **params})
     cfg.run.name = f"{sweep}-{tune.get_context().get_trial_id()}"
+    from wmtp.tracking.registry import trial_label
+
     trainer = build_trainer(cfg, recipe_builder=recipe_builder, callbacks=[TuneReportCallback()],
-                            parent_run_id=parent_run_id)
+                            parent_run_id=parent_run_id, label=trial_label(tune.get_context().get_trial_id(), params))
     trainer.fit()
 
 
@@ -192,7 +195,8 @@ def run_tune(cfg: WMTPConfig, space: TuneSpace, *, recipe_builder: RecipeBuilder
             tune_config=tune.TuneConfig(num_samples=samples, scheduler=build_scheduler(space),
                                         search_alg=BasicVariantGenerator(
                                             random_state=cfg.run.seed, max_concurrent=space.max_concurrent_trials or 0)),
-            run_config=tune.RunConfig(name=sweep, storage_path=storage.path, storage_filesystem=storage.filesystem),
+            run_config=tune.RunConfig(name=sweep, storage_path=storage.path, storage_filesystem=storage.filesystem,
+                                      callbacks=[trial_status_callback(cfg, sweep)]),
         )
     try:
         grid = tuner.fit()

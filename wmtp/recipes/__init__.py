@@ -39,30 +39,41 @@ def build_recipe(cfg: WMTPConfig, *, logger: Any, checkpoint_sink: Any, scorer_f
     return recipes[cfg.recipe](cfg, logger=logger, checkpoint_sink=checkpoint_sink, scorer_factory=scorer_factory)
 
 
-def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[[WMTPConfig], Any]) -> dict[str, float]:
+def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[..., Any], brief: bool = False) -> dict[str, float]:
     """Run `cfg.recipe` in this process (the debuggable path): local checkpoints (rerun the same
     command to resume), a logger from `make_logger(cfg)` (the caller picks the backends: recipes
-    never import a tracking service), and the producing stages first when an input is missing."""
+    never import a tracking service), and the producing stages first when an input is missing
+    (`brief`: such a producing stage, whose console summary is one line)."""
     from wmtp.config.paths import run_dir, write_resolved_config
     from wmtp.recipes.chain import resolve_inputs
+    from wmtp.tracking.console import end_run, status_of
+    from wmtp.tracking.phases import timed
     from wmtp.training.checkpoint import LocalCheckpointSink
     from wmtp.training.runlock import hold_run_lock
 
-    cfg = resolve_inputs(cfg, lambda stage: run_recipe(stage, make_logger=make_logger))
+    cfg = resolve_inputs(cfg, lambda stage: run_recipe(stage, make_logger=make_logger, brief=True))
     lock = hold_run_lock(run_dir(cfg))  # a second start of the same run exits 2, naming this one
-    logger = make_logger(cfg)
+    logger = make_logger(cfg, brief=brief) if brief else make_logger(cfg)
     recipe = build_recipe(cfg, logger=logger,
                           checkpoint_sink=LocalCheckpointSink(run_dir(cfg), keep=cfg.orchestration.keep_checkpoints))
-    failed = True
+    error: BaseException | None = None
     try:
-        recipe.setup()
+        with timed("setup"):
+            recipe.setup()
         # Written once training starts: a run that fails before leaves an earlier run's config.yaml.
         logger.log_artifact(write_resolved_config(cfg))
-        result = recipe.train()
-        failed = False
-        return result
+        return recipe.train()
+    except BaseException as exc:
+        error = exc
+        from wmtp.tracking.console import report_failure
+
+        report_failure(exc)
+        raise
     finally:
-        close_all([recipe.close, logger.close, lock.release], failed)
+        with timed("shutdown"):
+            # The console's summary and MLflow's status say how it ended (FAILED / KILLED + reason);
+            # a close error after a failure is logged, never hiding the error that ended the run.
+            close_all([recipe.close, lambda: end_run(logger, *status_of(error)), lock.release], error is not None)
 
 
 def close_all(closers: list[Callable[[], Any]], failed: bool) -> None:

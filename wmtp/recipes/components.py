@@ -617,13 +617,14 @@ def throughput_meter(model: nn.Module, cfg: WMTPConfig, layout: DistEnv):
 
 def log_weight_heatmap(logger, tokenizer, batch: Batch, weights: Tensor, step: int, n_samples: int,
                        title: str) -> None:
-    """HTML heatmap of the response tokens of the first `n_samples` rows, logged as an artifact.
+    """Heatmap of the response tokens of the first `n_samples` rows (HTML with the tokens, and a
+    PNG), each row marked correct / incorrect, logged as artifacts under `heatmaps/`.
 
     weights: `[B, S]` target-indexed (the weight of token j) or `[B, S, H]` (head 1's, shifted to
     the token it predicts)."""
     import tempfile
 
-    from wmtp.tracking.heatmap import token_weight_heatmap_html
+    from wmtp.tracking.heatmap import outcome_labels, token_weight_heatmap_html, token_weight_heatmap_png
 
     if weights.dim() == 3:
         weights = torch.cat([torch.zeros_like(weights[:, :1, 0]), weights[:, :-1, 0]], dim=1)
@@ -633,11 +634,16 @@ def log_weight_heatmap(logger, tokenizer, batch: Batch, weights: Tensor, step: i
         ids = batch.tokens[i, s:e + 1].tolist()
         rows.append([tokenizer.decode([t]) or tokenizer_piece(tokenizer, t) for t in ids])
         vals.append(weights[i, s:e + 1].double().tolist())
-    html = token_weight_heatmap_html(rows, vals, title)
+    correct = getattr(batch, "is_correct", None)
+    labels = outcome_labels([None if correct is None else bool(correct[i]) for i in range(len(rows))])
+    html = token_weight_heatmap_html(rows, vals, title, row_labels=labels)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"token_weights_step{step:06d}.html"
         path.write_text(html, encoding="utf-8")
         logger.log_artifact(path, "heatmaps")
+        png = path.with_suffix(".png")
+        token_weight_heatmap_png(vals, png, title, row_labels=labels)
+        logger.log_artifact(png, "heatmaps")
 
 
 def tokenizer_piece(tokenizer, token_id: int) -> str:

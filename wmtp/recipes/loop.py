@@ -17,6 +17,7 @@ import torch
 from wmtp.config.schema import TrainConfig
 from wmtp.recipes.interfaces import CheckpointSink
 from wmtp.tracking.base import MetricLogger
+from wmtp.tracking.phases import timed
 from wmtp.training.throughput import ThroughputMeter
 
 StepFn = Callable[[int], tuple[Mapping[str, torch.Tensor] | None, int]]
@@ -53,10 +54,13 @@ def run_steps(*, start: int, tcfg: TrainConfig, step_fn: StepFn, evaluate_fn: Ca
                                 **(extra_metrics() if extra_metrics else {})}, step)
         # Validation at its cadence, and at the pass@1 cadence (`train.eval_generate_every`).
         if due(step, tcfg.eval_every, tcfg.steps) or (tcfg.eval_generate_every and step % tcfg.eval_generate_every == 0):
-            last_val = evaluate_fn(step)
+            with timed("validation"):
+                last_val = evaluate_fn(step)
             logger.log_metrics(last_val, step)
         if due(step, tcfg.checkpoint_every, tcfg.steps):
-            sink.save(step, lambda path, step=step: write_fn(path, step), {**last_train, **last_val, "step": float(step)})
+            with timed("checkpoints"):
+                sink.save(step, lambda path, step=step: write_fn(path, step),
+                          {**last_train, **last_val, "step": float(step)})
     return {**last_train, **last_val}
 
 
@@ -65,8 +69,10 @@ def train_and_export(recipe, model, value_head: str | None = None) -> dict[str, 
     `model` (with the recipe's tokenizer) to `<run_dir>/export`."""
     from wmtp.recipes.components import export_model
 
-    metrics = run_steps(start=recipe.start, tcfg=recipe.cfg.train, step_fn=recipe.step,
-                        evaluate_fn=recipe.evaluate, write_fn=recipe.state.write, sink=recipe.sink,
-                        logger=recipe.logger, meter=recipe.meter, extra_metrics=recipe.state.metrics)
-    export_model(model, recipe.cfg, recipe.layout, recipe.data.tokenizer, value_head=value_head)
+    with timed("loop"):
+        metrics = run_steps(start=recipe.start, tcfg=recipe.cfg.train, step_fn=recipe.step,
+                            evaluate_fn=recipe.evaluate, write_fn=recipe.state.write, sink=recipe.sink,
+                            logger=recipe.logger, meter=recipe.meter, extra_metrics=recipe.state.metrics)
+    with timed("export"):
+        export_model(model, recipe.cfg, recipe.layout, recipe.data.tokenizer, value_head=value_head)
     return metrics

@@ -77,3 +77,43 @@ def token_weight_heatmap_html(
         for label, v in (("min", lo), ("neutral", 1.0), ("max", hi))
     )
     return _PAGE.format(title=html.escape(title, quote=True), legend=legend, rows="\n".join(rows))
+
+
+def outcome_labels(is_correct: list[bool | None]) -> list[str]:
+    """Row captions saying whether each sample's response was correct (by execution)."""
+    marks = {True: "✓ correct", False: "✗ incorrect", None: "outcome unknown"}
+    return [f"sample {i}: {marks[None if c is None else bool(c)]}" for i, c in enumerate(is_correct)]
+
+
+def token_weight_heatmap_png(weights: list[list[float]], path, title: str,
+                             row_labels: list[str] | None = None) -> None:
+    """The same weights as an image (matplotlib, imported here only): one row per sample, one
+    column per response token, colour centred on weight 1 (red above, blue below, grey = padding
+    or non-finite), `row_labels` (e.g. `outcome_labels`) on the left, a colour bar on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from matplotlib.colors import TwoSlopeNorm
+
+    width = max((len(r) for r in weights), default=1)
+    grid = np.full((len(weights), max(1, width)), np.nan)
+    for i, row in enumerate(weights):
+        grid[i, :len(row)] = [float(w) for w in row]
+    finite = grid[np.isfinite(grid)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 2.0)
+    lo, hi = min(lo, 1.0 - 1e-6), max(hi, 1.0 + 1e-6)
+    cmap = plt.get_cmap("bwr").with_extremes(bad="#a0a0a0")
+    fig, ax = plt.subplots(figsize=(min(16.0, 5 + 0.12 * width), 1.2 + 0.45 * len(weights)), dpi=100,
+                           layout="constrained")
+    image = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap,
+                      norm=TwoSlopeNorm(vcenter=1.0, vmin=lo, vmax=hi), interpolation="nearest")
+    ax.set_yticks(range(len(weights)), row_labels or [f"sample {i}" for i in range(len(weights))])
+    for tick, label in zip(ax.get_yticklabels(), row_labels or []):
+        tick.set_color("#1a7f37" if "✓" in label else "#cf222e" if "✗" in label else "black")
+    ax.set_xlabel("response token")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="loss weight")
+    fig.savefig(path)
+    plt.close(fig)

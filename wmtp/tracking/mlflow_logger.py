@@ -26,6 +26,13 @@ from wmtp.tracking.redaction import redact, redact_text
 log = logging.getLogger(__name__)
 
 RUN_ID_FILE = "mlflow_run.json"
+# MLflow 3's UI opens an experiment without this tag in its GenAI view ("Evaluations"); this value
+# selects the model-training view (runs, charts, metrics).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+# Why a run ended FAILED or KILLED (shown beside the status in the run's tags).
+STATUS_REASON_TAG = "wmtp.status_reason"
+PATH_TAG = "wmtp.path"  # "local" (in-process) or "ray"
 # MLflow's server-side limits (mlflow.utils.validation); kept here so the module imports no mlflow.
 MAX_PARAM_VAL_LENGTH = 6000
 MAX_KEY_LENGTH = 250
@@ -61,6 +68,13 @@ def prepare_params(params: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
+def _quiet_mlflow() -> None:
+    """MLflow's INFO lines (database set-up, migrations) only with `--verbose` (WMTP_VERBOSE=1)."""
+    if os.environ.get("WMTP_VERBOSE") != "1":
+        for name in ("mlflow", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def _chunks(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i : i + size]
@@ -91,6 +105,7 @@ class MlflowLogger:
     ):
         from mlflow.tracking import MlflowClient
 
+        _quiet_mlflow()
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         output_dir = self.run_dir.resolve().parent
@@ -100,7 +115,11 @@ class MlflowLogger:
             # `./mlruns` of whatever folder the process happens to run in. A server decides itself.
             artifact_location = default_artifact_location(Path(self.tracking_uri.removeprefix("sqlite:///")).parent)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.run_name = run_name
         self.experiment_id = self._experiment_id(experiment, artifact_location)
+        # In-process and Ray runs of one run dir keep separate checkpoints: a run on the other path
+        # is a new attempt, hence a new MLflow run (a rerun on the same path resumes it).
+        self.path_kind = (tags or {}).get(PATH_TAG)
         self.run_id = self._resume_run_id() if resume else None
         self.resumed = self.run_id is not None
         if self.run_id is None:
@@ -112,6 +131,8 @@ class MlflowLogger:
             self._record_run_id()
         else:
             self.client.update_run(self.run_id, status="RUNNING")
+            if tags:
+                self.set_tags(tags)
             log.info("continuing MLflow run %s (%s)", self.run_id, redact_text(self.tracking_uri))
         self._closed = False
 
@@ -123,12 +144,15 @@ class MlflowLogger:
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
             try:
-                return self.client.create_experiment(name, artifact_location=artifact_location)
+                return self.client.create_experiment(name, artifact_location=artifact_location,
+                                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except MlflowException:
                 # Another process (a Tune trial) created it between our lookup and create.
                 exp = self.client.get_experiment_by_name(name)
                 if exp is None:
                     raise
+        if exp.tags.get(EXPERIMENT_KIND_TAG) is None:
+            self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         if artifact_location and exp.artifact_location.rstrip("/") != artifact_location.rstrip("/"):
             log.warning(
                 "MLflow experiment %r already exists with artifact root %s; tracking.artifact_location=%s "
@@ -155,11 +179,15 @@ class MlflowLogger:
             return None
         if run.info.lifecycle_stage != "active":
             return None
+        if record.get("path") != self.path_kind:
+            log.info("run dir was last run on the %s path, now %s: starting a new MLflow run",
+                     record.get("path"), self.path_kind)
+            return None
         return run.info.run_id
 
     def _record_run_id(self) -> None:
         record = {"run_id": self.run_id, "experiment_id": self.experiment_id,
-                  "tracking_uri": redact_text(self.tracking_uri)}
+                  "tracking_uri": redact_text(self.tracking_uri), "path": self.path_kind}
         tmp = self.run_dir / f".{RUN_ID_FILE}.tmp"
         tmp.write_text(json.dumps(record, indent=1))
         os.replace(tmp, self.run_dir / RUN_ID_FILE)
@@ -169,6 +197,9 @@ class MlflowLogger:
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
+        params = dict(params)
+        if "run.name" in params and params["run.name"] in (None, "null"):
+            params["run.name"] = self.run_name  # the default name, as the run dir and MLflow show it
         prepared = prepare_params(params)
         if self.resumed:
             # MLflow params are immutable: on resume log only new keys, and say which changed.
@@ -206,4 +237,45 @@ class MlflowLogger:
         if not self._closed:
             self._closed = True
             self.client.set_terminated(self.run_id, status=status)
+
+    logs_summary = True  # `end_run` hands it the summary file
+
+    def end(self, status: str, reason: str | None = None, summary_path: str | Path | None = None) -> None:
+        """End the run with `status` and, for FAILED / KILLED, why (tag `wmtp.status_reason`),
+        logging the end-of-run summary file when given."""
+        if not self._closed:
+            finalize_run(self.client, self.run_id, status, reason, summary_path)
+            self._closed = True
+
+
+def finalize_run(client: Any, run_id: str, status: str, reason: str | None = None,
+                 summary_path: str | Path | None = None) -> None:
+    """Log the summary (artifact + `time/*` metrics), the reason tag, then the terminal status."""
+    from mlflow.entities import Metric
+
+    if summary_path is not None and Path(summary_path).is_file():
+        client.log_artifact(run_id, str(summary_path))
+        summary = json.loads(Path(summary_path).read_text())
+        now, step = int(time.time() * 1000), int(summary.get("step") or 0)
+        entries = [Metric(sanitize_key(f"time/{k}_s"), float(v), now, step)
+                   for k, v in summary.get("phases_s", {}).items()]
+        entries.append(Metric("time/wall_s", float(summary.get("wall_s", 0.0)), now, step))
+        client.log_batch(run_id, metrics=entries, synchronous=True)
+    if status != "FINISHED" or reason:
+        client.set_tag(run_id, STATUS_REASON_TAG, (reason or status)[:5000])
+    client.set_terminated(run_id, status=status)
+
+
+def finalize_recorded_run(run_dir: str | Path, status: str, reason: str | None = None,
+                          summary_path: str | Path | None = None) -> str | None:
+    """`finalize_run` for the MLflow run recorded in `<run_dir>/mlflow_run.json` (the Ray driver:
+    rank 0 logged the run, the driver knows how it ended). Returns the run id, None without one."""
+    from mlflow.tracking import MlflowClient
+
+    path = Path(run_dir) / RUN_ID_FILE
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    finalize_run(MlflowClient(tracking_uri=record["tracking_uri"]), record["run_id"], status, reason, summary_path)
+    return record["run_id"]
 

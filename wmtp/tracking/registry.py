@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import subprocess
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from wmtp.tracking.base import MetricLogger, MultiLogger, NullLogger
 
@@ -20,6 +22,8 @@ class LoggerSpec:
     artifact_location: str | None
     parent_run_id: str | None
     total_steps: int | None
+    console: MetricLogger | None = None  # what the `stdout` backend is (default: a RunConsole)
+    tags: Mapping[str, str] = field(default_factory=dict)  # MLflow run tags
 
 
 LOGGER_BACKENDS: dict[str, Callable[[LoggerSpec], MetricLogger]] = {}
@@ -37,9 +41,11 @@ def register_backend(name: str):
 
 @register_backend("stdout")
 def _stdout(spec: LoggerSpec) -> MetricLogger:
-    from wmtp.tracking.stdout import StdoutLogger
+    if spec.console is not None:
+        return spec.console
+    from wmtp.tracking.console import RunConsole
 
-    return StdoutLogger(spec.total_steps, run_name=spec.run_name)
+    return RunConsole(spec.total_steps, run_name=spec.run_name, run_dir=spec.run_dir)
 
 
 @register_backend("jsonl")
@@ -60,6 +66,7 @@ def _mlflow(spec: LoggerSpec) -> MetricLogger:
         uri=spec.uri,
         artifact_location=spec.artifact_location,
         parent_run_id=spec.parent_run_id,
+        tags=dict(spec.tags),
     )
 
 
@@ -74,6 +81,8 @@ def build_logger(
     is_main: bool = True,
     parent_run_id: str | None = None,
     total_steps: int | None = None,
+    console: MetricLogger | None = None,
+    tags: Mapping[str, str] | None = None,
 ) -> MetricLogger:
     """A `MultiLogger` over `backends` (in order); `NullLogger` on non-main ranks or for `[]`.
 
@@ -86,7 +95,8 @@ def build_logger(
         )
     if not is_main or not backends:
         return NullLogger()
-    spec = LoggerSpec(Path(run_dir), run_name, experiment, uri, artifact_location, parent_run_id, total_steps)
+    spec = LoggerSpec(Path(run_dir), run_name, experiment, uri, artifact_location, parent_run_id, total_steps,
+                      console, dict(tags or {}))
     loggers: list[MetricLogger] = []
     try:
         for name in dict.fromkeys(backends):  # de-duplicate, keep order
@@ -114,12 +124,55 @@ def mlflow_run_id(logger: MetricLogger) -> str | None:
     return logger.run_id if isinstance(logger, MlflowLogger) else None
 
 
-def build_run_logger(cfg, *, is_main: bool = True, parent_run_id: str | None = None) -> MetricLogger:
+def build_run_logger(cfg, *, is_main: bool = True, parent_run_id: str | None = None,
+                     console: MetricLogger | None = None, brief: bool = False,
+                     label: str | None = None) -> MetricLogger:
     """`build_logger` for a resolved `WMTPConfig`: its tracking backends, run name and run dir
-    (`<run.output_dir>/<run name>`; MLflow's embedded SQLite store under `run.output_dir`)."""
+    (`<run.output_dir>/<run name>`; MLflow's embedded SQLite store under `run.output_dir`), run
+    tags (recipe, preset, model, path, git commit). `console`: what the `stdout` backend is
+    (default: a `RunConsole` for this run; `brief`: a producing stage's one-line summary).
+    `label`: the MLflow run's name when it should say more than the run name (Tune trials:
+    `trial_label`)."""
     from wmtp.config.paths import run_dir, run_name
+    from wmtp.tracking.console import RunConsole
+    from wmtp.tracking.phases import reset_phases
 
+    reset_phases()  # this process starts a stage: its phase times start from zero
     t = cfg.tracking
-    return build_logger(list(t.backends), run_dir=run_dir(cfg), run_name=run_name(cfg), experiment=t.experiment,
+    if console is None and "stdout" in t.backends:
+        console = RunConsole(cfg.train.steps, run_name=run_name(cfg), run_dir=run_dir(cfg), recipe=cfg.recipe,
+                             preset=cfg.run.preset, brief=brief)
+    return build_logger(list(t.backends), run_dir=run_dir(cfg), run_name=label or run_name(cfg),
+                        experiment=t.experiment,
                         uri=t.uri, artifact_location=t.artifact_location, is_main=is_main,
-                        parent_run_id=parent_run_id, total_steps=cfg.train.steps)
+                        parent_run_id=parent_run_id, total_steps=cfg.train.steps, console=console,
+                        tags=run_tags(cfg))
+
+
+def trial_label(trial_id: str, params: Mapping[str, Any]) -> str:
+    """A Tune trial's MLflow run name that shows its sampled values first (the UI cuts long names):
+    `weight_temperature=0.5 lr=0.0032 #00001` for {"stage2...weight_temperature": 0.5, "optim.lr": ...}."""
+    def fmt(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    values = " ".join(f"{str(k).rsplit('.', 1)[-1]}={fmt(v)}" for k, v in params.items())
+    return f"{values} #{trial_id.rsplit('_', 1)[-1]}".strip()
+
+
+def run_tags(cfg) -> dict[str, str]:
+    """MLflow tags that make runs read at a glance (and filter in the UI)."""
+    tags = {"wmtp.recipe": cfg.recipe, "wmtp.preset": cfg.run.preset or "-", "wmtp.model": cfg.model.preset,
+            "wmtp.path": "ray" if cfg.orchestration.enabled else "local"}
+    commit = git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """HEAD of the git checkout at `cwd` (None outside one, e.g. a `ray job submit` working dir)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
