@@ -207,6 +207,13 @@ def build_plan(cfg: WMTPConfig) -> Plan:
                      f"(seed {cfg.data.synth_seed}), generated on first training run")
     notes.append("memory excludes the CUDA context and allocator fragmentation (budget 1-3 GiB); "
                  "formulas: docs/MEMORY.md")
+    if orch.fsdp and orch.num_workers > 1:
+        # Today every rank builds (or reads) the full fp32 model before sharding it.
+        per_node = orch.num_workers // orch.fsdp_replicas
+        full = 4 * (total + (critic_params or 0))
+        notes.append(f"loading: each of the {per_node} ranks of a node builds or reads the full fp32 model(s) before "
+                     f"sharding: {per_node * full / 2**30:.1f} GiB of host/device memory per node "
+                     f"({per_node}x one fp32 copy; meta-device build -> shard -> load is not done yet)")
     return Plan(device, total, trunk, heads, output, policy_trained, critic_params, critic_role, memory, flops,
                 tokens, ray_resources(cfg), notes)
 

@@ -30,6 +30,7 @@ import contextlib
 import gc
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -346,7 +347,8 @@ def full_length_batch(batch_size: int, seq_len: int, vocab_size: int, device, co
 
 @contextlib.contextmanager
 def stand_ins(cfg, vocab_size: int):
-    """Full-length batches from every `BatchStream`, data and checkpoints read as shapes only."""
+    """Full-length batches from every `BatchStream`, data and checkpoints read as shapes only, and
+    `gather_cat` without its size exchange."""
     from wmtp.data.collator import PairBatch
     from wmtp.model import checkpoint as ckpt
     from wmtp.model.args import ModelArgs
@@ -378,13 +380,25 @@ def stand_ins(cfg, vocab_size: int):
         data = ShapeOnlyData(cfg.data.max_seq_len, vocab_size)
         return C.RecipeData(data.tokenizer, data, data)
 
-    saved = (C.BatchStream.next, C.load_data, ckpt.load_model, ckpt.load_value_model)
-    C.BatchStream.next, C.load_data, ckpt.load_model, ckpt.load_value_model = (next_batch, load_data, load_model,
-                                                                                load_value_model)
+    def gather_cat(x, layout):
+        # The real one exchanges sizes first (values a fake group does not carry): every rank is
+        # taken to hold as many values as this one, the same buffers as the real gather.
+        import torch
+        import torch.distributed as dist
+
+        if not layout.distributed:
+            return x
+        parts = [torch.empty_like(x) for _ in range(layout.world_size)]
+        dist.all_gather(parts, x.contiguous())
+        return torch.cat(parts)
+
+    saved = (C.BatchStream.next, C.load_data, C.gather_cat, ckpt.load_model, ckpt.load_value_model)
+    C.BatchStream.next, C.load_data, C.gather_cat = next_batch, load_data, gather_cat
+    ckpt.load_model, ckpt.load_value_model = load_model, load_value_model
     try:
         yield
     finally:
-        C.BatchStream.next, C.load_data, ckpt.load_model, ckpt.load_value_model = saved
+        C.BatchStream.next, C.load_data, C.gather_cat, ckpt.load_model, ckpt.load_value_model = saved
 
 
 class ShapeOnlyData:
@@ -548,7 +562,8 @@ def trace_in_subprocess(cfg, timeout_s: float = 1800.0) -> TracedPlan:
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
         # The wmtp frames and the error say where; torch's dispatch frames in between do not.
-        lines = [ln for ln in proc.stderr.splitlines() if "site-packages" not in ln and not ln.strip(" ^[]rank0:")]
+        lines = [ln for ln in proc.stderr.splitlines()
+                 if "site-packages" not in ln and not re.fullmatch(r"(\[rank\d+\]:)?[\s^~]*", ln)]
         raise RuntimeError(f"the memory trace failed (exit {proc.returncode}):\n" + "\n".join(lines[-40:]))
     return TracedPlan(**json.loads(lines[-1][len(RESULT_PREFIX):]))
 
