@@ -291,10 +291,13 @@ class ScalarOracle:
 
     def __new__(cls):
         import torch
+        from torch._subclasses.fake_tensor import FakeTensor
         from torch.utils._python_dispatch import TorchDispatchMode
 
         class _Oracle(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if not (args and isinstance(args[0], FakeTensor)):  # real tensors (a mesh's ranks) keep their values
+                    return func(*args, **(kwargs or {}))
                 if func is torch.ops.aten._local_scalar_dense.default:
                     dtype = args[0].dtype
                     if dtype == torch.bool:
@@ -395,9 +398,22 @@ def stand_ins(cfg, vocab_size: int):
     saved = (C.BatchStream.next, C.load_data, C.gather_cat, ckpt.load_model, ckpt.load_value_model)
     C.BatchStream.next, C.load_data, C.gather_cat = next_batch, load_data, gather_cat
     ckpt.load_model, ckpt.load_value_model = load_model, load_value_model
+    # FSDP2 slices the HSDP mesh's "shard" dimension inside fully_shard; a mesh computes its
+    # coordinates from its rank table, which must be real tensors, not the trace's fake ones.
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+    from torch.distributed.device_mesh import DeviceMesh
+
+    getitem = DeviceMesh.__getitem__
+
+    def real_getitem(self, names):
+        with unset_fake_temporarily():
+            return getitem(self, names)
+
+    DeviceMesh.__getitem__ = real_getitem
     try:
         yield
     finally:
+        DeviceMesh.__getitem__ = getitem
         C.BatchStream.next, C.load_data, C.gather_cat, ckpt.load_model, ckpt.load_value_model = saved
 
 
