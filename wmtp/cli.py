@@ -74,6 +74,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
     parser.add_argument("--dry-run", action="store_true",
                         help="resolve and print the config, build the model, print the plan; do not train")
+    parser.add_argument("--trace", action="store_true",
+                        help="with --dry-run: trace the recipe's setup and two optimizer steps on fake tensors "
+                             "(fake process group of orchestration.num_workers ranks) and print the measured peak")
     parser.add_argument("--local", action="store_true",
                         help="train in this process without Ray (sets orchestration.enabled=false)")
     parser.add_argument("--verbose", action="store_true",
@@ -109,7 +112,14 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, ["orchestration.enabled=false"] if args.local else [])
     if args.dry_run:
         print(dump_config(cfg), end="")
-        print(format_plan(build_plan(cfg)))
+        plan = build_plan(cfg)
+        print(format_plan(plan))
+        if args.trace:
+            from wmtp.parallel.trace import trace_in_subprocess
+
+            traced = trace_in_subprocess(cfg)
+            print(traced.summary(formula_gib=plan.memory_gib))
+            print(f"traced_peak_gib_per_gpu: {traced.peak_gib:.2f}")
         return 0
     if cfg.orchestration.enabled:
         target = ("wmtp.orchestration.launch", "run_training")
@@ -222,6 +232,13 @@ def build_plan(cfg: WMTPConfig) -> Plan:
                      f"(seed {cfg.data.synth_seed}), generated on first training run")
     notes.append("memory excludes the CUDA context and allocator fragmentation (budget 1-3 GiB); "
                  "formulas: docs/MEMORY.md")
+    if orch.fsdp and orch.num_workers > 1:
+        # Today every rank builds (or reads) the full fp32 model before sharding it.
+        per_node = orch.num_workers // orch.fsdp_replicas
+        full = 4 * (total + (critic_params or 0))
+        notes.append(f"loading: each of the {per_node} ranks of a node builds or reads the full fp32 model(s) before "
+                     f"sharding: {per_node * full / 2**30:.1f} GiB of host/device memory per node "
+                     f"({per_node}x one fp32 copy; meta-device build -> shard -> load is not done yet)")
     return Plan(device, total, trunk, heads, output, policy_trained, critic_params, critic_role, memory, flops,
                 tokens, ray_resources(cfg), notes)
 
@@ -234,17 +251,20 @@ def estimate_run(cfg: WMTPConfig, args, policy_trained: bool, critic_args) -> tu
     """Per-GPU memory (GiB, by term) and training FLOPs per token of every model the recipe holds.
 
     The per-model formulas live in wmtp.model.memory; this adds up the recipe's models: the
-    trained policy, a trained or frozen critic, and (verifiable, colocated) the critic snapshot
-    that scores V_old in compute precision.
+    trained policy, a trained or frozen critic, the scoring copy a colocated scorer holds
+    (verifiable's critic, Rho-1's live reference) and the critic publish after each step; the
+    total is the resident state plus the larger of the step's transients and the publish
+    (checked against the trace: tests/parallel/test_trace.py).
     """
-    from wmtp.model.memory import COMPUTE_BYTES, GIB, estimate_memory, flops_per_token
+    from wmtp.model.memory import GIB, MASTER_BYTES, count_parameters, estimate_memory, flops_per_token
 
     orch, train, data = cfg.orchestration, cfg.train, cfg.data
-    common = dict(world_size=orch.num_workers, precision=train.precision, fsdp=orch.fsdp,
+    # HSDP shards within a node's group of num_workers / fsdp_replicas ranks.
+    common = dict(world_size=orch.num_workers // orch.fsdp_replicas, precision=train.precision, fsdp=orch.fsdp,
                   batch_size=data.batch_size, seq_len=data.max_seq_len,
                   activation_checkpointing=train.activation_checkpointing)
     terms = dict.fromkeys(("params", "grads", "optimizer", "activations", "transient"), 0)
-    flops = 0.0
+    flops, publish = 0.0, 0
     if policy_trained:
         est = estimate_memory(args, loss_chunk_size=train.loss_chunk_size, **common)
         for k in terms:
@@ -256,17 +276,31 @@ def estimate_run(cfg: WMTPConfig, args, policy_trained: bool, critic_args) -> tu
         no_output = 2 * critic_args.vocab_size * critic_args.dim
         if critic_is_trained(cfg):
             for k in terms:
-                terms[k] += getattr(est, k)
+                # Both forwards' activations coexist (one backward); the FSDP gathers and loss chunk
+                # of the two models do not (one block at a time): the transient is the larger one.
+                terms[k] = max(terms[k], est.transient) if k == "transient" else terms[k] + getattr(est, k)
             flops += flops_per_token(critic_args, data.max_seq_len) - 3 * no_output
         else:
             terms["params"] += est.params
         if cfg.recipe == "verifiable":
             flops += flops_per_token(critic_args, data.max_seq_len, training=False) - no_output
             if orch.placement == "colocated":
-                shard = orch.num_workers if orch.fsdp else 1
-                terms["critic_snapshot"] = est.n_params * COMPUTE_BYTES[train.precision] // shard
+                # ColocatedScorer holds an unsharded fp32 replica of the critic (build_scoring_model).
+                terms["scoring_copy"] = est.n_params * MASTER_BYTES
+            if critic_is_trained(cfg):
+                # Each publish gathers the whole critic state dict (fp32) on the device, after the
+                # step's gradients and activations are freed (components.full_state_dict).
+                publish = est.n_params * MASTER_BYTES
+    if cfg.recipe == "rho1_weighted" and not data.reference_losses and orch.placement == "colocated":
+        # The live frozen reference (ref_tuning's export: the policy with one head), unsharded fp32.
+        terms["scoring_copy"] = count_parameters(args.replace(n_future_tokens=1)) * MASTER_BYTES
     memory = {k: v / GIB for k, v in terms.items()}
-    memory["total"] = sum(memory.values())
+    step = memory["grads"] + memory["activations"] + memory["transient"]
+    resident = sum(memory.values()) - step
+    if publish:
+        memory["publish_gather"] = publish / GIB
+    # The peak is the step's (grads + activations + transient) or the publish after it.
+    memory["total"] = resident + max(step, publish / GIB)
     return memory, flops
 
 

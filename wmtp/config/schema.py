@@ -197,6 +197,18 @@ class OrchestrationConfig(Section):
     max_failures: int = Field(1, ge=-1, description="Worker-group restarts before the run fails (-1: unlimited).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept (best by validation metric).")
     report_every: int = Field(10, ge=1, description="Call ray.train.report every N steps (and on checkpoints).")
+    fsdp_replicas: int = Field(1, ge=1, description="HSDP: shard within groups of num_workers/fsdp_replicas ranks (one node), replicate across groups (1: full shard).")
+
+    @model_validator(mode="after")
+    def _multi_node_layout(self) -> OrchestrationConfig:
+        from wmtp.config.topology import storage_path_problem
+
+        if self.num_workers % self.fsdp_replicas:
+            raise ValueError(f"fsdp_replicas={self.fsdp_replicas} must divide num_workers={self.num_workers}")
+        # HSDP replicas are nodes: a run with fsdp_replicas > 1 spans that many nodes.
+        if problem := storage_path_problem(self.storage_path, self.fsdp_replicas):
+            raise ValueError(problem)
+        return self
 
 
 class WMTPConfig(Section):

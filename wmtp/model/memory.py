@@ -143,14 +143,18 @@ def estimate_memory(args: ModelArgs, *, world_size: int, precision: str, fsdp: b
     gathered = 0
     if fsdp and world_size > 1:
         # FSDP2 all-gathers a unit's params in the compute dtype: the current and the prefetched
-        # block, plus the root unit (embedding, norm, output) held through the forward.
+        # block, plus the root unit (embedding, norm, output) held through the forward. In
+        # backward one block's unsharded gradient (compute dtype) and its fp32 reduce-scatter
+        # input are alive beside them (measured by the trace: docs/MEMORY.md).
         root = n - L * block_parameters(args)
-        gathered = (2 * block_parameters(args) + root) * c
+        block = block_parameters(args)
+        gathered = (2 * block + root) * c + block * (c + (MASTER_BYTES if c != MASTER_BYTES else 0))
     elif precision == "bf16":
         gathered = n * c  # autocast's bf16 copies of the weights
     transient = loss_chunk + gathered
     if fsdp and world_size > 1:
-        gather_formula = f"(2·block + root)·{c} (FSDP2 gathers)"
+        rs = f"{c}+4" if c != MASTER_BYTES else f"{c}"
+        gather_formula = f"(2·block + root)·{c} (FSDP2 gathers) + block·({rs}) (block grads, reduce-scatter)"
     elif precision == "bf16":
         gather_formula = f"N·{c} (autocast weight copies)"
     else:

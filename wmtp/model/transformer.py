@@ -261,6 +261,22 @@ class Transformer(nn.Module):
         return MTPOutput(hidden=hidden, logits=logits)
 
 
+def allocate_empty(model: nn.Module, device: str | torch.device) -> nn.Module:
+    """`model.to_empty(device)` for a freshly meta-built model: every parameter and buffer gets new
+    uninitialised storage on `device`. Assigns new tensors instead of swapping them in place, so it
+    also works under `FakeTensorMode` (the memory trace), where `to_empty` cannot swap."""
+    with torch.no_grad():
+        for module in model.modules():
+            for name, p in module._parameters.items():
+                if p is not None:
+                    module._parameters[name] = nn.Parameter(torch.empty_like(p, device=device),
+                                                            requires_grad=p.requires_grad)
+            for name, b in module._buffers.items():
+                if b is not None:
+                    module._buffers[name] = torch.empty_like(b, device=device)
+    return model
+
+
 def build_model(args: ModelArgs, device: str | torch.device = "cpu", seed: int | None = 0,
                 with_output: bool = True) -> Transformer:
     """Build and initialise; `device="meta"` builds shapes only (big models, FSDP)."""
@@ -268,7 +284,7 @@ def build_model(args: ModelArgs, device: str | torch.device = "cpu", seed: int |
         model = Transformer(args, with_output=with_output)
     if str(device) == "meta":
         return model
-    model.to_empty(device=device)
+    allocate_empty(model, device)
     if seed is not None:
         torch.manual_seed(seed)
     model.init_weights()

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from wmtp.model.args import ModelArgs
-from wmtp.model.transformer import Transformer
+from wmtp.model.transformer import Transformer, allocate_empty
 
 
 class ValueHead(nn.Module):
@@ -77,7 +77,7 @@ def build_value_model(args: ModelArgs, head: str = "linear", device: str | torch
         model = ValueModel(args, head)
     if str(device) == "meta":
         return model
-    model.to_empty(device=device)
+    allocate_empty(model, device)
     if seed is not None:
         torch.manual_seed(seed)
     model.init_weights()

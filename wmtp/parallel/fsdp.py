@@ -79,4 +79,42 @@ def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh | None = None, mixed_precis
     return model
 
 
-__all__ = ["apply_activation_checkpointing", "apply_compile", "apply_fsdp", "transformer_blocks"]
+# The memory trace (wmtp.parallel.trace) runs on fake CPU tensors but must shard with the GPU run's
+# policies (bf16 all-gathers, fp32 reduction): it sets this for its own (sub)process only.
+GPU_POLICIES_ON_CPU = False
+
+
+def uses_mixed_precision(precision: str, device: torch.device) -> bool:
+    """FSDP2 bf16 parameters + fp32 reduction: bf16 runs on CUDA (and the memory trace of one)."""
+    return precision == "bf16" and (device.type == "cuda" or GPU_POLICIES_ON_CPU)
+
+
+_MESHES: dict[tuple, DeviceMesh] = {}
+
+
+def fsdp_mesh(device_type: str, world_size: int, replicas: int = 1) -> DeviceMesh:
+    """The device mesh FSDP2 shards over (one per process group, created once).
+
+    replicas=1: a flat mesh, full shard over every rank. replicas=R > 1: HSDP, a 2-D mesh
+    `(replicate=R, shard=world_size // R)`: parameters are sharded within a group of
+    `world_size // R` consecutive ranks (one node) and replicated across the R groups, so the
+    all-gathers stay on the node's NVLink and only the gradient all-reduce crosses nodes.
+    Created outside any FakeTensorMode (the memory trace calls it before tracing).
+    """
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    if replicas < 1 or world_size % replicas:
+        raise ValueError(f"orchestration.fsdp_replicas={replicas} must divide the world size {world_size}")
+    key = (id(dist.distributed_c10d._get_default_group()), device_type, world_size, replicas)
+    if key not in _MESHES:
+        if replicas == 1:
+            _MESHES[key] = init_device_mesh(device_type, (world_size,), mesh_dim_names=("shard",))
+        else:
+            _MESHES[key] = init_device_mesh(device_type, (replicas, world_size // replicas),
+                                            mesh_dim_names=("replicate", "shard"))
+    return _MESHES[key]
+
+
+__all__ = ["apply_activation_checkpointing", "apply_compile", "apply_fsdp", "fsdp_mesh", "transformer_blocks",
+           "uses_mixed_precision"]

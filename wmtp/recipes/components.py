@@ -157,12 +157,13 @@ def materialize(uri: str, cfg: WMTPConfig) -> Path:
 
 def shard_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv) -> nn.Module:
     """Activation checkpointing, then FSDP2 (per block and head, root last) when distributed."""
-    from wmtp.parallel.fsdp import apply_activation_checkpointing, apply_fsdp
+    from wmtp.parallel.fsdp import apply_activation_checkpointing, apply_fsdp, fsdp_mesh, uses_mixed_precision
 
     if cfg.train.activation_checkpointing:
         apply_activation_checkpointing(model)
     if layout.distributed and cfg.orchestration.fsdp:
-        apply_fsdp(model, mixed_precision=cfg.train.precision == "bf16" and layout.device.type == "cuda")
+        mesh = fsdp_mesh(layout.device.type, layout.world_size, cfg.orchestration.fsdp_replicas)
+        apply_fsdp(model, mesh=mesh, mixed_precision=uses_mixed_precision(cfg.train.precision, layout.device))
     return model
 
 

@@ -49,6 +49,8 @@ def build_optimizer(
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     all_params = [p for g in groups for p in g["params"]]
-    if _on_cuda(all_params):
+    from wmtp.parallel.fsdp import GPU_POLICIES_ON_CPU  # the memory trace of a GPU run
+
+    if _on_cuda(all_params) or GPU_POLICIES_ON_CPU:
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)
