@@ -13,7 +13,7 @@ import torch
 from wmtp.data.collator import Batch
 from wmtp.model.value import build_value_model, value_args_from_policy
 from wmtp.orchestration.experience import AsyncExperienceScorer
-from wmtp.recipes.experience import ColocatedScorer, ExperienceSpec
+from wmtp.recipes.experience import ExperienceSpec, LearnerScorer, build_scoring_model
 
 pytestmark = pytest.mark.ray
 
@@ -43,6 +43,16 @@ def critic_spec(tiny_args):
     return ExperienceSpec("verifiable", args, "linear", 0.99, 0.95, "outcome"), state
 
 
+def colocated_scorer(spec, state, device) -> LearnerScorer:
+    """The in-learner scorer over a model holding `state` (what the recipes score with)."""
+    return LearnerScorer(spec, build_scoring_model(spec, state, device))
+
+
+def publish(scorer: LearnerScorer, state, version: int) -> None:
+    scorer.model.load_state_dict(state)
+    scorer.publish_critic(scorer.model, version)
+
+
 def assert_same_scores(a, b) -> None:
     assert a.critic_version == b.critic_version
     for field in ("values_old", "advantages", "returns"):
@@ -51,7 +61,7 @@ def assert_same_scores(a, b) -> None:
 
 def test_async_equals_colocated_with_sync_interval_1_and_queue_depth_0(ray_cluster, critic_spec, tiny_args):
     spec, state = critic_spec
-    colocated = ColocatedScorer(spec, state, torch.device("cpu"))
+    colocated = colocated_scorer(spec, state, torch.device("cpu"))
     pool = AsyncExperienceScorer(spec, state, name_prefix="wmtp-experience-t1-r0", num_actors=2,
                                  queue_depth=0, max_staleness=0)
     try:
@@ -64,7 +74,7 @@ def test_async_equals_colocated_with_sync_interval_1_and_queue_depth_0(ray_clust
             assert_same_scores(got, expected)
             assert got.stats["critic_staleness"] == 0
             state = trained(state, step)
-            colocated.publish_critic(state, step)
+            publish(colocated, state, step)
             pool.publish_critic(state, step)
         assert ray.get_actor("wmtp-experience-t1-r0-1") is not None  # named, visible on the dashboard
     finally:
@@ -91,7 +101,7 @@ def test_queue_ahead_records_and_bounds_staleness(ray_cluster, critic_spec, tiny
         third = pool.get()  # would lag by 2 > max_staleness=1: rescored with version 2
         assert third.critic_version == 2 and third.stats["critic_staleness"] == 0
         assert pool.rescored == 1
-        reference = ColocatedScorer(spec, trained(state, 2), torch.device("cpu"))
+        reference = colocated_scorer(spec, trained(state, 2), torch.device("cpu"))
         reference.version = 2
         reference.submit(batches[2])
         assert_same_scores(third, reference.get())
@@ -106,7 +116,7 @@ def test_killed_actor_is_restarted_resynced_and_the_batch_rescored(ray_cluster, 
     try:
         newest = trained(state, 1)
         pool.publish_critic(newest, 1)
-        reference = ColocatedScorer(spec, newest, torch.device("cpu"))
+        reference = colocated_scorer(spec, newest, torch.device("cpu"))
         reference.version = 1
         actor = pool.actor_handles()[0]
         for i, wait_for_restart in enumerate((True, False)):
