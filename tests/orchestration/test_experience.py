@@ -178,3 +178,54 @@ def test_cpus_needed_counts_workers_and_experience_actors():
     assert cpus_needed(cfg) == 3
     cfg.orchestration.placement, cfg.orchestration.num_experience_actors = "async", 2
     assert cpus_needed(cfg) == 3 + 2 * 2
+
+
+def test_publish_puts_the_compute_dtype_weights_once_the_bytes_the_plan_states(ray_cluster, critic_spec, monkeypatch):
+    """One `ray.put` per publish, of the critic in the compute dtype (bf16 here): the bytes
+    `weight_sync_cost` states for the object store, whatever the number of actors."""
+    import dataclasses
+
+    from tests.recipes.harness import recipe_config
+    from wmtp.model.weight_sync import weight_sync_cost
+    from wmtp.orchestration import experience
+
+    spec, state = critic_spec
+    spec = dataclasses.replace(spec, precision="bf16")
+    puts: list[int] = []
+    real_put = experience.ray.put
+
+    def counting_put(value, **kw):
+        puts.append(sum(t.numel() * t.element_size() for t in value.values()))
+        assert all(t.dtype == torch.bfloat16 for t in value.values() if t.is_floating_point())
+        return real_put(value, **kw)
+
+    monkeypatch.setattr(experience.ray, "put", counting_put)
+    pool = AsyncExperienceScorer(spec, None, name_prefix="wmtp-experience-t6-r0", num_actors=2,
+                                 queue_depth=0, max_staleness=0)
+    try:
+        pool.publish_critic(state, 1)
+        pool.publish_critic(trained(state, 2), 2)
+    finally:
+        pool.close()
+    cfg = recipe_config("verifiable", "/tmp/unused", "orchestration.enabled=true", "orchestration.placement=async",
+                        "orchestration.num_workers=1", "train.precision=bf16")
+    plan = weight_sync_cost(cfg, sum(v.numel() for v in state.values()))
+    assert puts == [plan.object_store_bytes_per_publish] * 2
+    assert plan.bytes_per_publish_total == plan.object_store_bytes_per_publish  # one rank, one node
+
+
+def test_async_placement_that_cannot_fit_is_refused_naming_one_that_fits():
+    from tests.recipes.harness import recipe_config
+    from wmtp.orchestration.experience import async_fit_problem, experience_actor_resources
+
+    cfg = recipe_config("verifiable", "/tmp/unused", "orchestration.enabled=true", "orchestration.placement=async",
+                        "orchestration.num_workers=4", "orchestration.num_experience_actors=2",
+                        "orchestration.use_gpu=true")
+    assert experience_actor_resources(cfg) == (8, {"num_cpus": 1, "num_gpus": 1})
+    problem = async_fit_problem(cfg, 4)
+    assert "needs 12 GPUs" in problem and "placement=colocated" in problem
+    assert async_fit_problem(cfg, 12) is None
+    two = cfg.model_copy(update={"orchestration": cfg.orchestration.model_copy(update={"num_workers": 2})})
+    assert "num_experience_actors=1" in async_fit_problem(two, 4)  # 2 learners + 2 actors fit on 4
+    colocated = cfg.model_copy(update={"orchestration": cfg.orchestration.model_copy(update={"placement": "colocated"})})
+    assert experience_actor_resources(colocated)[0] == 0 and async_fit_problem(colocated, 4) is None

@@ -31,8 +31,9 @@ def _rank(rank: int, world_size: int, out: str) -> dict:
     critic = apply_fsdp(_critic(), mixed_precision=False)
     kept = gather_state_dict(critic, keep=rank == 0)
     bf16 = gather_state_dict(critic, dtype=torch.bfloat16, keep=rank == 0)
-    largest = max(t.numel() for _, t in iter_full_tensors(critic)) if rank == 0 else None
-    cfg = recipe_config("critic", out, "orchestration.enabled=true", "orchestration.fsdp=true", "orchestration.num_workers=2",
+    largest = max(t.numel() for _, t in iter_full_tensors(critic))  # a collective: every rank
+    cfg = recipe_config("critic", out, "orchestration.enabled=true", "orchestration.placement=colocated",
+                        "orchestration.fsdp=true", "orchestration.num_workers=2",
                         "stage2.critic_sync_interval=2")
     export = export_model(critic, cfg, DistEnv.from_env("cpu"), value_head="linear")
     # Snapshot: refreshed from this rank's shards; its bytes against the plan's per-rank figure.

@@ -31,17 +31,17 @@ def iter_full_tensors(source: nn.Module | Mapping[str, Tensor], *, dtype: torch.
     """
     for key, value in _items(source):
         value = value.detach()
-        if dtype is not None and value.is_floating_point() and hasattr(value, "full_tensor"):
+        fresh = hasattr(value, "full_tensor")  # a gathered tensor is a new one
+        if dtype is not None and value.is_floating_point() and value.dtype != dtype:
             value = value.to(dtype)  # cast the local shard first: the all-gather moves compute-dtype bytes
+            fresh = True
         full = value.full_tensor() if hasattr(value, "full_tensor") else value
         if not keep:
             del full
             yield key, None
             continue
-        if dtype is not None and full.is_floating_point():
-            full = full.to(dtype)
-        # A fresh host copy: never a view of a parameter the learner goes on updating.
-        yield key, full.to("cpu", copy=True)
+        # Host memory, and never a view of a parameter the learner goes on updating.
+        yield key, full if fresh and full.device.type == "cpu" else full.to("cpu", copy=True)
 
 
 def gather_state_dict(source: nn.Module | Mapping[str, Tensor], *, dtype: torch.dtype | None = None,
