@@ -66,5 +66,6 @@ def test_sharded_gather_and_export_equal_the_unsharded_model(tmp_path):
     # Snapshot refresh: local shards only, the bytes the plan states per rank (2-rank FSDP).
     assert zero["snapshot_equal"] and one["snapshot_equal"]
     assert zero["written"] + one["written"] == state_dict_bytes(_critic())
-    assert max(zero["written"], one["written"]) <= zero["plan_per_rank"]
+    # FSDP2 splits each tensor (dim 0) unevenly: the busiest rank is within 1% of the even split.
+    assert max(zero["written"], one["written"]) == pytest.approx(zero["plan_per_rank"], rel=0.01)
     assert zero["written"] + one["written"] == pytest.approx(zero["plan_total"], rel=0.02)

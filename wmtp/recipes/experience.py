@@ -124,6 +124,15 @@ class LearnerScorer:
         self._ready.clear()
 
 
+def reshard(model: nn.Module) -> None:
+    """Free every gathered FSDP2 unit of `model`, so its parameters are the sharded DTensors."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
 def local_tensor(t: Tensor) -> Tensor:
     """This rank's shard of a DTensor (a view: writes go to the parameter), or `t` itself."""
     return t.to_local() if hasattr(t, "to_local") else t
@@ -152,6 +161,8 @@ class CriticSnapshot:
     @torch.no_grad()
     def refresh(self, critic: nn.Module, version: int) -> int:
         """Copy this rank's shards of `critic` in; returns the bytes written (this rank)."""
+        for model in (self.model, critic):  # a root FSDP unit stays gathered after a forward
+            reshard(model)
         mine, theirs = dict(self.model.named_parameters()), dict(critic.named_parameters())
         if mine.keys() != theirs.keys():
             raise ValueError(f"critic snapshot and critic differ: {sorted(mine.keys() ^ theirs.keys())[:5]}")
