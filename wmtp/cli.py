@@ -172,6 +172,7 @@ class Plan:
     tokens_per_step: int
     resources: dict[str, float | int | str]
     notes: list[str] = field(default_factory=list)
+    weight_sync: dict[str, float | str] = field(default_factory=dict)  # wmtp.model.weight_sync
 
 
 def check_local_paths(cfg: WMTPConfig) -> None:
@@ -239,8 +240,12 @@ def build_plan(cfg: WMTPConfig) -> Plan:
         notes.append(f"loading: each of the {per_node} ranks of a node builds or reads the full fp32 model(s) before "
                      f"sharding: {per_node * full / 2**30:.1f} GiB of host/device memory per node "
                      f"({per_node}x one fp32 copy; meta-device build -> shard -> load is not done yet)")
+    from wmtp.model.weight_sync import weight_sync_cost
+
+    # What a publish moves: the critic, or (Rho-1) the reference (the one-head policy's shape).
+    synced = critic_params if critic_params is not None else total - sum(heads[1:])
     return Plan(device, total, trunk, heads, output, policy_trained, critic_params, critic_role, memory, flops,
-                tokens, ray_resources(cfg), notes)
+                tokens, ray_resources(cfg), notes, weight_sync_cost(cfg, synced).as_dict())
 
 
 def critic_is_trained(cfg: WMTPConfig) -> bool:
@@ -350,6 +355,9 @@ def format_plan(plan: Plan) -> str:
     lines.append(f"# tokens per optimizer step (at data.max_seq_len): {plan.tokens_per_step:,}")
     lines.append("# ray resources:")
     lines += [f"#   {k}: {v}" for k, v in plan.resources.items()]
+    if plan.weight_sync:
+        lines.append("# weight sync (critic / reference → experience scoring; wmtp.model.weight_sync):")
+        lines += [f"#   {k}: {v:.3f}" if isinstance(v, float) else f"#   {k}: {v}" for k, v in plan.weight_sync.items()]
     lines += [f"# note: {n}" for n in plan.notes]
     return "\n".join(lines)
 

@@ -13,7 +13,7 @@ import torch
 from wmtp.data.collator import Batch
 from wmtp.model.value import build_value_model, value_args_from_policy
 from wmtp.orchestration.experience import AsyncExperienceScorer
-from wmtp.recipes.experience import ColocatedScorer, ExperienceSpec
+from wmtp.recipes.experience import ExperienceSpec, LearnerScorer, build_scoring_model
 
 pytestmark = pytest.mark.ray
 
@@ -43,6 +43,16 @@ def critic_spec(tiny_args):
     return ExperienceSpec("verifiable", args, "linear", 0.99, 0.95, "outcome"), state
 
 
+def colocated_scorer(spec, state, device) -> LearnerScorer:
+    """The in-learner scorer over a model holding `state` (what the recipes score with)."""
+    return LearnerScorer(spec, build_scoring_model(spec, state, device))
+
+
+def publish(scorer: LearnerScorer, state, version: int) -> None:
+    scorer.model.load_state_dict(state)
+    scorer.publish_critic(scorer.model, version)
+
+
 def assert_same_scores(a, b) -> None:
     assert a.critic_version == b.critic_version
     for field in ("values_old", "advantages", "returns"):
@@ -51,7 +61,7 @@ def assert_same_scores(a, b) -> None:
 
 def test_async_equals_colocated_with_sync_interval_1_and_queue_depth_0(ray_cluster, critic_spec, tiny_args):
     spec, state = critic_spec
-    colocated = ColocatedScorer(spec, state, torch.device("cpu"))
+    colocated = colocated_scorer(spec, state, torch.device("cpu"))
     pool = AsyncExperienceScorer(spec, state, name_prefix="wmtp-experience-t1-r0", num_actors=2,
                                  queue_depth=0, max_staleness=0)
     try:
@@ -64,7 +74,7 @@ def test_async_equals_colocated_with_sync_interval_1_and_queue_depth_0(ray_clust
             assert_same_scores(got, expected)
             assert got.stats["critic_staleness"] == 0
             state = trained(state, step)
-            colocated.publish_critic(state, step)
+            publish(colocated, state, step)
             pool.publish_critic(state, step)
         assert ray.get_actor("wmtp-experience-t1-r0-1") is not None  # named, visible on the dashboard
     finally:
@@ -91,7 +101,7 @@ def test_queue_ahead_records_and_bounds_staleness(ray_cluster, critic_spec, tiny
         third = pool.get()  # would lag by 2 > max_staleness=1: rescored with version 2
         assert third.critic_version == 2 and third.stats["critic_staleness"] == 0
         assert pool.rescored == 1
-        reference = ColocatedScorer(spec, trained(state, 2), torch.device("cpu"))
+        reference = colocated_scorer(spec, trained(state, 2), torch.device("cpu"))
         reference.version = 2
         reference.submit(batches[2])
         assert_same_scores(third, reference.get())
@@ -106,7 +116,7 @@ def test_killed_actor_is_restarted_resynced_and_the_batch_rescored(ray_cluster, 
     try:
         newest = trained(state, 1)
         pool.publish_critic(newest, 1)
-        reference = ColocatedScorer(spec, newest, torch.device("cpu"))
+        reference = colocated_scorer(spec, newest, torch.device("cpu"))
         reference.version = 1
         actor = pool.actor_handles()[0]
         for i, wait_for_restart in enumerate((True, False)):
@@ -170,3 +180,54 @@ def test_cpus_needed_counts_workers_and_experience_actors():
     assert cpus_needed(cfg) == 3  # baseline scores nothing: no experience actors
     cfg.recipe = "verifiable"
     assert cpus_needed(cfg) == 3 + 2 * 2
+
+
+def test_publish_puts_the_compute_dtype_weights_once_the_bytes_the_plan_states(ray_cluster, critic_spec, monkeypatch):
+    """One `ray.put` per publish, of the critic in the compute dtype (bf16 here): the bytes
+    `weight_sync_cost` states for the object store, whatever the number of actors."""
+    import dataclasses
+
+    from tests.recipes.harness import recipe_config
+    from wmtp.model.weight_sync import weight_sync_cost
+    from wmtp.orchestration import experience
+
+    spec, state = critic_spec
+    spec = dataclasses.replace(spec, precision="bf16")
+    puts: list[int] = []
+    real_put = experience.ray.put
+
+    def counting_put(value, **kw):
+        puts.append(sum(t.numel() * t.element_size() for t in value.values()))
+        assert all(t.dtype == torch.bfloat16 for t in value.values() if t.is_floating_point())
+        return real_put(value, **kw)
+
+    monkeypatch.setattr(experience.ray, "put", counting_put)
+    pool = AsyncExperienceScorer(spec, None, name_prefix="wmtp-experience-t6-r0", num_actors=2,
+                                 queue_depth=0, max_staleness=0)
+    try:
+        pool.publish_critic(state, 1)
+        pool.publish_critic(trained(state, 2), 2)
+    finally:
+        pool.close()
+    cfg = recipe_config("verifiable", "/tmp/unused", "orchestration.enabled=true", "orchestration.placement=async",
+                        "orchestration.num_workers=1", "train.precision=bf16")
+    plan = weight_sync_cost(cfg, sum(v.numel() for v in state.values()))
+    assert puts == [plan.object_store_bytes_per_publish] * 2
+    assert plan.bytes_per_publish_total == plan.object_store_bytes_per_publish  # one rank, one node
+
+
+def test_async_placement_that_cannot_fit_is_refused_naming_one_that_fits():
+    from tests.recipes.harness import recipe_config
+    from wmtp.orchestration.experience import async_fit_problem, experience_actor_resources
+
+    cfg = recipe_config("verifiable", "/tmp/unused", "orchestration.enabled=true", "orchestration.placement=async",
+                        "orchestration.num_workers=4", "orchestration.num_experience_actors=2",
+                        "orchestration.use_gpu=true")
+    assert experience_actor_resources(cfg) == (8, {"num_cpus": 1, "num_gpus": 1})
+    problem = async_fit_problem(cfg, 4)
+    assert "needs 12 GPUs" in problem and "placement=colocated" in problem
+    assert async_fit_problem(cfg, 12) is None
+    two = cfg.model_copy(update={"orchestration": cfg.orchestration.model_copy(update={"num_workers": 2})})
+    assert "num_experience_actors=1" in async_fit_problem(two, 4)  # 2 learners + 2 actors fit on 4
+    colocated = cfg.model_copy(update={"orchestration": cfg.orchestration.model_copy(update={"placement": "colocated"})})
+    assert experience_actor_resources(colocated)[0] == 0 and async_fit_problem(colocated, 4) is None

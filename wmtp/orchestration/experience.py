@@ -14,7 +14,12 @@ deterministic: with `critic_sync_interval=1` and `queue_depth=0` it equals `colo
     submit(batch)        round-robin to the pool; at most queue_depth + 1 batches in flight
     get()                the oldest result (data order); rescored with the newest critic when it
                          lags the learner by more than `stage2.max_staleness` versions
-    publish_critic(sd,v) `ray.put` once, every actor of the pool loads it (in call order)
+    publish_critic(m,v)  one publisher for all ranks: rank 0 gathers the model one tensor at a time
+                         into host memory in the compute dtype (the other ranks only take part in
+                         the gathers), `ray.put`s it ONCE and hands the reference to the other
+                         ranks through a tiny board actor; every pool loads that one object, which
+                         each node's object store fetches once (`publish_bytes` in
+                         wmtp.model.weight_sync counts it)
 Actor failures (process killed, node lost): actors restart (`max_restarts`); a call that failed is
 retried after the actor reloads the last published weights — the learner never sees the failure.
 """
@@ -44,6 +49,51 @@ ACTOR_START_TIMEOUT_S = 180.0
 # How long a failed call waits for its restarted actor before the learner gives up.
 ACTOR_RECOVERY_TIMEOUT_S = 120.0
 _SCORED_FIELDS = ("values_old", "advantages", "returns", "ref_losses")
+
+
+def experience_actor_resources(cfg: WMTPConfig) -> tuple[int, dict[str, float]]:
+    """How many experience actors `placement: async` creates, and the Ray resources each asks for
+    (`num_cpus`, `num_gpus`): the one place both the scorer and the launcher's plan read them.
+    `colocated` creates none."""
+    orch = cfg.orchestration
+    if orch.placement != "async":
+        return 0, {"num_cpus": 0, "num_gpus": 0}
+    return (orch.num_workers * orch.num_experience_actors,
+            {"num_cpus": EXPERIENCE_ACTOR_CPUS, "num_gpus": 1 if orch.use_gpu else 0})
+
+
+def async_fit_problem(cfg: WMTPConfig, cluster_gpus: float) -> str | None:
+    """Why `placement: async` cannot fit on a cluster with `cluster_gpus` GPUs in all (None when
+    it fits): learners take one GPU each, experience actors `experience_actor_resources` each."""
+    orch = cfg.orchestration
+    count, options = experience_actor_resources(cfg)
+    need = orch.num_workers * (1 if orch.use_gpu else 0) + count * options["num_gpus"]
+    if need <= cluster_gpus:
+        return None
+    spare = int(cluster_gpus) - orch.num_workers
+    hint = (f"orchestration.num_experience_actors={spare // orch.num_workers}" if spare >= orch.num_workers
+            else f"orchestration.num_workers={int(cluster_gpus) // (1 + orch.num_experience_actors)}"
+            if int(cluster_gpus) // (1 + orch.num_experience_actors) >= 1 else None)
+    return (f"orchestration.placement=async needs {need:g} GPUs ({orch.num_workers} learners + {count} experience "
+            f"actors, one GPU each: num_workers x num_experience_actors = {orch.num_workers} x "
+            f"{orch.num_experience_actors}) but the cluster has {cluster_gpus:g}. Use orchestration.placement="
+            f"colocated (scores with the learner's own sharded critic, no extra GPU)"
+            + (f", or {hint}" if hint else "") + ", or add a node with the missing GPUs.")
+
+
+class WeightBoard:
+    """One per run (a tiny named actor): rank 0 pins the reference of the newest published weights
+    here and the other ranks read it, so the weights travel through the object store once, not
+    once per rank. The reference is wrapped in a list so Ray passes it on, not its value."""
+
+    def __init__(self) -> None:
+        self.refs: list[Any] = []
+
+    def set(self, refs: list[Any]) -> None:
+        self.refs = refs
+
+    def get(self) -> list[Any]:
+        return self.refs
 
 
 class ExperienceActor:
@@ -105,8 +155,10 @@ class AsyncExperienceScorer:
         max_staleness: int,
         use_gpu: bool = False,
         on_stats: Callable[[Mapping[str, float]], None] | None = None,
+        board_name: str | None = None,
     ) -> None:
         self._spec = spec
+        self._board_name = board_name
         self._names = [f"{name_prefix}-{i}" for i in range(num_actors)]
         self._queue_depth, self._max_staleness = queue_depth, max_staleness
         self._use_gpu = use_gpu
@@ -127,7 +179,7 @@ class AsyncExperienceScorer:
         return _remote_actor_class().options(
             name=name,
             num_cpus=EXPERIENCE_ACTOR_CPUS,
-            num_gpus=1 if self._use_gpu else 0,
+            num_gpus=1 if self._use_gpu else 0,  # as experience_actor_resources states
             max_restarts=ACTOR_MAX_RESTARTS,
             max_task_retries=0,  # the scorer retries itself, after reloading the weights
             scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
@@ -229,18 +281,48 @@ class AsyncExperienceScorer:
             retry = self._actors[item.actor_index].score.remote(item.batch.to("cpu"))
             return self._result(_Pending(item.batch, item.actor_index, retry, item.submitted_version))
 
-    def publish_critic(self, state_dict: Mapping[str, Tensor], version: int) -> None:
-        # One copy in the object store, fetched by each actor (no per-actor serialisation).
-        self._weights_ref = ray.put({k: v.detach().cpu() for k, v in state_dict.items()})
+    def publish_critic(self, source: torch.nn.Module | Mapping[str, Tensor], version: int) -> None:
+        """Every rank calls it (FSDP gathers are collectives). One publisher: rank 0 keeps the
+        gathered tensors (host, compute dtype) and puts them once; its reference reaches the
+        other ranks through the run's `WeightBoard`."""
+        from wmtp.parallel.gather import gather_state_dict
+        from wmtp.training.precision import compute_dtype
+
+        dist = _process_group()
+        publisher = dist is None or dist.get_rank() == 0
+        state = gather_state_dict(source, dtype=compute_dtype(getattr(self._spec, "precision", "fp32")),
+                                  keep=publisher)
+        ref = ray.put(state) if publisher else None
+        if dist is not None:
+            ref = self._share(ref, dist)
+        self._weights_ref = ref
         self._version = version
         for actor in self._actors:
             actor.load.remote(self._weights_ref, version)
+
+    def _share(self, ref: ray.ObjectRef | None, dist) -> ray.ObjectRef:
+        """Rank 0's reference on every rank: set on the board, barrier, read, barrier (so the next
+        publish cannot overwrite it before every rank has read it)."""
+        board = _remote_board_class().options(name=self._board_name or "wmtp-weights", get_if_exists=True,
+                                              num_cpus=0).remote()
+        if ref is not None:
+            ray.get(board.set.remote([ref]))
+        dist.barrier()
+        (ref,) = ray.get(board.get.remote())
+        dist.barrier()
+        return ref
 
     def close(self) -> None:
         self._pending.clear()
         for actor in self._actors:
             ray.kill(actor, no_restart=True)
         self._actors = []
+        dist = _process_group()
+        if dist is not None and dist.get_rank() == 0:
+            try:
+                ray.kill(ray.get_actor(self._board_name or "wmtp-weights"), no_restart=True)
+            except ValueError:
+                pass
 
 
 def async_scorer_factory(cfg: WMTPConfig, *, run: str, rank: int,
@@ -249,6 +331,8 @@ def async_scorer_factory(cfg: WMTPConfig, *, run: str, rank: int,
     orch = cfg.orchestration
 
     def factory(spec: Any, state_dict: Mapping[str, Tensor] | None) -> AsyncExperienceScorer:
+        if orch.use_gpu and (problem := async_fit_problem(cfg, ray.cluster_resources().get("GPU", 0))):
+            raise RuntimeError(problem)  # at once, not after the scheduling timeout
         return AsyncExperienceScorer(
             spec,
             state_dict,
@@ -258,6 +342,7 @@ def async_scorer_factory(cfg: WMTPConfig, *, run: str, rank: int,
             max_staleness=cfg.stage2.max_staleness,
             use_gpu=orch.use_gpu,
             on_stats=on_stats,
+            board_name=f"wmtp-weights-{run}",
         )
 
     return factory
@@ -273,6 +358,18 @@ def _device_of(batch: Any) -> torch.device:
 
 def _to_cpu(t: Tensor | None) -> Tensor | None:
     return None if t is None else t.detach().cpu()
+
+
+def _process_group():
+    """`torch.distributed` when this scorer runs in a multi-rank group, else None."""
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 else None
+
+
+@functools.cache
+def _remote_board_class() -> Any:
+    return ray.remote(WeightBoard)
 
 
 @functools.cache

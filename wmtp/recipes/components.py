@@ -28,6 +28,7 @@ from wmtp.losses.mtp import mtp_cross_entropy
 from wmtp.model.args import ModelArgs, get_preset
 from wmtp.model.transformer import Transformer, build_model
 from wmtp.model.value import ValueModel, build_value_model, value_args_from_policy
+from wmtp.parallel.gather import gather_state_dict
 from wmtp.parallel.reduce import DistEnv
 from wmtp.parallel.reduce import global_sum as reduce_global_sum
 from wmtp.training.optim import build_optimizer
@@ -474,6 +475,11 @@ class LoopState:
     meter: Any
     trainables: dict[str, Trainable]
     stateful: dict[str, Any] = dataclasses.field(default_factory=dict)
+    # Models checkpointed without an optimizer (e.g. the critic snapshot of critic_sync_interval > 1).
+    models: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
+
+    def all_models(self) -> dict[str, nn.Module]:
+        return {**{n: t.model for n, t in self.trainables.items()}, **self.models}
 
     def write(self, path: Path, step: int) -> None:
         from wmtp.parallel.checkpointing import save_sharded
@@ -483,16 +489,14 @@ class LoopState:
                  "guard": self.guard.state_dict(), "meter": self.meter.state_dict(),
                  "schedulers": {n: t.scheduler.state_dict() for n, t in self.trainables.items()},
                  "stateful": {n: obj.state_dict() for n, obj in self.stateful.items()}}
-        save_sharded(path, {n: t.model for n, t in self.trainables.items()},
-                     {n: t.optimizer for n, t in self.trainables.items()}, extra)
+        save_sharded(path, self.all_models(), {n: t.optimizer for n, t in self.trainables.items()}, extra)
 
     def restore(self, path: Path) -> int:
         """Load a checkpoint written by `write`; returns its step."""
         from wmtp.parallel.checkpointing import load_sharded
         from wmtp.training.seeding import set_rng_state
 
-        extra = load_sharded(path, {n: t.model for n, t in self.trainables.items()},
-                             {n: t.optimizer for n, t in self.trainables.items()})
+        extra = load_sharded(path, self.all_models(), {n: t.optimizer for n, t in self.trainables.items()})
         self.stream.load_state_dict(extra["sampler"])
         self.guard.load_state_dict(extra["guard"])
         self.meter.load_state_dict(extra["meter"])
@@ -523,12 +527,15 @@ def export_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv, tokenizer=N
     tokenizer.model it was trained with, so `wmtp eval --checkpoint <export>` and the next stage
     need nothing else), rank 0 only.
 
-    Every rank takes part in gathering FSDP shards; the files appear atomically (tmp + rename)."""
+    Every rank takes part in gathering FSDP shards, one tensor at a time straight to rank 0's host
+    memory (`wmtp.parallel.gather`: no whole model on a GPU); the files appear atomically (tmp +
+    rename)."""
     import shutil
 
     from wmtp.model.checkpoint import save_model, save_value_model
 
-    state = full_state_dict(model)
+    # One tensor at a time onto rank 0's host (the others take part in the gathers).
+    state = gather_state_dict(model, keep=layout.is_main)
     out = export_dir(cfg)
     if layout.is_main:
         tmp = out.with_name(out.name + ".tmp")
@@ -573,15 +580,8 @@ def unwrap_replica(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
 
 
 def full_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Unsharded CPU state dict on every rank (FSDP2 gathers); for exports and critic publishing."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-    if is_fsdp_sharded(model):
-        # cpu_offload=True would leave the gathered tensors on rank 0 only; every rank needs them
-        # (each publishes the critic to its own experience side).
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=False))
-        return {k: v.detach().cpu() for k, v in full.items()}
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    """Unsharded CPU state dict on every rank, gathered one tensor at a time (FSDP2: a collective)."""
+    return gather_state_dict(model)
 
 
 def head_metrics(prefix: str, values: Tensor) -> dict[str, Tensor]:

@@ -4,7 +4,15 @@ verifiable: critic snapshot values `V_old` → GAE advantages and returns (per s
     anywhere: in the learner (`colocated`) or in Ray actors (`async`)).
 rho1: reference per-token losses `ℓ^ref(j)`, target-indexed (`[B, S]`, 0 where j is not a target).
 
-Everything that needs global batch statistics (zscore, top-k) stays in the learner.
+Everything that needs global batch statistics (zscore, top-k) stays in the learner. Scoring runs
+under the learner's precision policy (`autocast_context(train.precision)`), so at bf16 it costs a
+bf16 forward, and on CPU tests (fp32) the numbers are exactly those of the learner's forward.
+
+Colocated, nothing is replicated (`LearnerScorer`): the verifiable recipe scores `V_old` with the
+learner's own (FSDP-sharded) critic before its update when `critic_sync_interval` is 1 (exact: that
+is the critic of the last publish), and with a `CriticSnapshot` otherwise: a second module sharded
+like the critic, in the compute dtype, refreshed from this rank's local shards at each publish (no
+gather) and checkpointed with its version. Rho-1's frozen reference is sharded the same way.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from wmtp.model.args import ModelArgs
 from wmtp.model.transformer import Transformer, build_model
 from wmtp.model.value import ValueModel, build_value_model
 from wmtp.recipes.interfaces import ScoredBatch
+from wmtp.training.precision import autocast_context, compute_dtype
 from wmtp.weighting.gae import compute_gae
 
 
@@ -39,15 +48,19 @@ class ExperienceSpec:
     lam: float = 0.95
     reward_mode: str = "outcome"
     chunk_size: int = 1024
+    precision: str = "fp32"  # `train.precision`: scoring autocast, and the dtype of scoring models
 
 
 def build_scoring_model(spec: ExperienceSpec, state_dict: Mapping[str, Tensor] | None,
                         device: torch.device | str = "cpu") -> nn.Module:
-    """The critic replica / frozen reference an experience worker scores with (eval mode)."""
+    """The critic replica / frozen reference an experience actor scores with (eval mode, compute
+    dtype: a bf16 run holds bf16 replicas)."""
     if spec.kind == "verifiable":
-        model: nn.Module = build_value_model(spec.model_args, spec.value_head, device=device, seed=None)
+        model: nn.Module = build_value_model(spec.model_args, spec.value_head, device="meta")
     else:
-        model = build_model(spec.model_args, device=device, seed=None)
+        model = build_model(spec.model_args, device="meta")
+    model = model.to(compute_dtype(spec.precision)).to_empty(device=device)
+    (model.backbone if isinstance(model, ValueModel) else model).init_rope()
     if state_dict is not None:
         model.load_state_dict(state_dict)
     return model.eval().requires_grad_(False)
@@ -57,7 +70,7 @@ def build_scoring_model(spec: ExperienceSpec, state_dict: Mapping[str, Tensor] |
 def critic_experience(critic: ValueModel, batch: Batch, *, gamma: float, lam: float, reward_mode: str,
                       version: int) -> ScoredBatch:
     """V_old `[B, S]` and GAE (advantages, returns) `[B, S]` on response tokens, R = is_correct."""
-    values = critic(batch.tokens)
+    values = critic(batch.tokens).float()
     resp = batch.labels != -100
     adv, ret = compute_gae(values, resp, batch.is_correct.to(values.dtype), gamma, lam, reward_mode,
                            truncated=batch.truncated)
@@ -69,24 +82,31 @@ def reference_token_losses(reference: Transformer, batch: Batch, chunk_size: int
     """`ℓ^ref(j) = −log p_ref(x_j | x_{<j})`, target-indexed `[B, S]` (0 where j is no target)."""
     out = reference(batch.tokens, n_heads=1)
     next_token = mtp_token_losses(out.hidden, reference.output.weight, batch.labels, chunk_size)[..., 0]
-    return torch.cat([torch.zeros_like(next_token[:, :1]), next_token[:, :-1]], dim=1)
+    return torch.cat([torch.zeros_like(next_token[:, :1]), next_token[:, :-1]], dim=1).float()
 
 
+@torch.no_grad()
 def score_batch(spec: ExperienceSpec, model: nn.Module, batch: Batch, version: int = 0) -> ScoredBatch:
-    """The one scoring function, used by the colocated scorer and by Ray experience actors."""
-    if spec.kind == "verifiable":
-        return critic_experience(model, batch, gamma=spec.gamma, lam=spec.lam, reward_mode=spec.reward_mode,
-                                 version=version)
-    return ScoredBatch(batch, ref_losses=reference_token_losses(model, batch, spec.chunk_size),
-                       critic_version=version)
+    """The one scoring function, used by the colocated scorer and by Ray experience actors; the
+    forward runs under `autocast_context(spec.precision)` (the learner's precision policy)."""
+    with autocast_context(batch.tokens.device.type, spec.precision):
+        if spec.kind == "verifiable":
+            return critic_experience(model, batch, gamma=spec.gamma, lam=spec.lam, reward_mode=spec.reward_mode,
+                                     version=version)
+        return ScoredBatch(batch, ref_losses=reference_token_losses(model, batch, spec.chunk_size),
+                           critic_version=version)
 
 
-class ColocatedScorer:
-    """`ExperienceScorer` in the learner process: a snapshot model scores batches on submit."""
+class LearnerScorer:
+    """`ExperienceScorer` in the learner process (`colocated`): scores each batch on submit with a
+    model the learner already holds, no replica: the learner's own critic (verifiable,
+    `critic_sync_interval` 1, or a frozen critic), its `CriticSnapshot` (interval > 1) or the frozen
+    reference (Rho-1). Sharded models score in lockstep on every rank (every rank submits the same
+    number of batches). The learner updates `model` in place; `publish_critic` only moves the
+    version."""
 
-    def __init__(self, spec: ExperienceSpec, state_dict: Mapping[str, Tensor] | None, device: torch.device):
-        self.spec, self.device = spec, device
-        self.model = build_scoring_model(spec, state_dict, device)
+    def __init__(self, spec: ExperienceSpec, model: nn.Module):
+        self.spec, self.model = spec, model
         self.version = 0
         self._ready: deque[ScoredBatch] = deque()
 
@@ -96,12 +116,84 @@ class ColocatedScorer:
     def get(self) -> ScoredBatch:
         return self._ready.popleft()
 
-    def publish_critic(self, state_dict: Mapping[str, Tensor], version: int) -> None:
-        self.model.load_state_dict(state_dict)
+    def publish_critic(self, model: nn.Module, version: int) -> None:
+        if model is not self.model:
+            raise ValueError("LearnerScorer scores with the model it was given; publish that model")
         self.version = version
 
     def close(self) -> None:
         self._ready.clear()
+
+
+def reshard(model: nn.Module) -> None:
+    """Free every gathered FSDP2 unit of `model`, so its parameters are the sharded DTensors."""
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()
+
+
+def local_tensor(t: Tensor) -> Tensor:
+    """This rank's shard of a DTensor (a view: writes go to the parameter), or `t` itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+class CriticSnapshot:
+    """The critic as of its last publish, for `critic_sync_interval` > 1: a second value model with
+    the learner critic's sharding (FSDP2 per block, same mesh) in the compute dtype, so it holds
+    1/world of the critic per rank (half of it again at bf16). `refresh` copies this rank's local
+    shards (no gather, no communication); `model` is checkpointed (DCP shards) and `version` with
+    it (`state_dict`), so a resumed run scores with the same snapshot as an uninterrupted one."""
+
+    def __init__(self, critic: nn.Module, dtype: torch.dtype):
+        from wmtp.parallel.fsdp import apply_fsdp
+
+        first = next(critic.parameters())
+        model = build_value_model(critic.args, critic.value_head.kind, device="meta").to(dtype)
+        model.requires_grad_(False)
+        if hasattr(first, "device_mesh"):
+            apply_fsdp(model, mesh=first.device_mesh, mixed_precision=False)
+        model.to_empty(device=local_tensor(first).device)
+        model.backbone.init_rope()
+        self.model, self.version = model.eval(), 0
+        self.refresh(critic, 0)
+
+    @torch.no_grad()
+    def refresh(self, critic: nn.Module, version: int) -> int:
+        """Copy this rank's shards of `critic` in; returns the bytes written (this rank)."""
+        for model in (self.model, critic):  # a root FSDP unit stays gathered after a forward
+            reshard(model)
+        mine, theirs = dict(self.model.named_parameters()), dict(critic.named_parameters())
+        if mine.keys() != theirs.keys():
+            raise ValueError(f"critic snapshot and critic differ: {sorted(mine.keys() ^ theirs.keys())[:5]}")
+        written = 0
+        for name, p in mine.items():
+            local = local_tensor(p)
+            local.copy_(local_tensor(theirs[name]))
+            written += local.numel() * local.element_size()
+        self.version = version
+        return written
+
+    def state_dict(self) -> dict:
+        return {"version": self.version}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.version = int(state["version"])
+
+
+def frozen_scoring_model(model: nn.Module, precision: str, device: torch.device, shard: bool) -> nn.Module:
+    """A frozen model (the Rho-1 reference) as the learner holds it: no grad, no optimizer, compute
+    dtype, on `device`, and FSDP2-sharded like the learner's models when `shard` (1/world of it
+    per rank; `fully_shard` moves only this rank's shards to the device)."""
+    from wmtp.parallel.fsdp import apply_fsdp
+
+    model = model.requires_grad_(False).to(compute_dtype(precision)).eval()
+    (model.backbone if isinstance(model, ValueModel) else model).init_rope()
+    if shard:
+        apply_fsdp(model, mixed_precision=False)
+        return model
+    return model.to(device)
 
 
 class ExperienceFeed:

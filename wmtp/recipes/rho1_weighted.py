@@ -18,16 +18,17 @@ from wmtp.config.schema import WMTPConfig
 from wmtp.losses.mtp import mtp_cross_entropy, mtp_token_losses
 from wmtp.recipes import components as C
 from wmtp.recipes.experience import (
-    ColocatedScorer,
     ExperienceFeed,
     ExperienceSpec,
+    LearnerScorer,
     PrecomputedReferenceLosses,
+    frozen_scoring_model,
     reference_token_losses,
 )
 from wmtp.recipes.interfaces import CheckpointSink, ScoredBatch
 from wmtp.recipes.loop import train_and_export
 from wmtp.tracking.base import MetricLogger
-from wmtp.training.precision import autocast_context
+from wmtp.training.precision import autocast_context, compute_dtype
 from wmtp.weighting.rho1 import rho1_weights
 
 
@@ -82,12 +83,17 @@ class Rho1WeightedRecipe:
             return PrecomputedScorer(PrecomputedReferenceLosses(cfg.data.reference_losses, cfg.data.max_seq_len))
         from wmtp.model.checkpoint import load_model
 
-        reference = load_model(C.materialize(cfg.rho1.reference, cfg), device="cpu")
-        spec = ExperienceSpec("rho1", reference.args, chunk_size=cfg.train.loss_chunk_size)
-        state = reference.state_dict()
+        # Frozen: no optimizer; read in the compute dtype, scored under the learner's autocast.
+        reference = load_model(C.materialize(cfg.rho1.reference, cfg), device="cpu",
+                               dtype=compute_dtype(cfg.train.precision))
+        spec = ExperienceSpec("rho1", reference.args, chunk_size=cfg.train.loss_chunk_size,
+                              precision=cfg.train.precision)
         if self.scorer_factory is not None:
-            return self.scorer_factory(spec, state)
-        return ColocatedScorer(spec, state, self.layout.device)
+            scorer = self.scorer_factory(spec, None)
+            scorer.publish_critic(reference, 0)  # once: the reference never changes
+            return scorer
+        shard = self.layout.distributed and cfg.orchestration.fsdp
+        return LearnerScorer(spec, frozen_scoring_model(reference, cfg.train.precision, self.layout.device, shard))
 
     def weights(self, policy_losses, ref_losses, labels, global_stats: bool = True):
         r = self.cfg.rho1
@@ -135,7 +141,7 @@ class Rho1WeightedRecipe:
         metrics = generated | C.validate_policy(policy, self.valid, cfg, self.layout, cfg.data.samples)
         # Heatmap with the colocated live reference (stored losses cover training rows only).
         # Every rank runs the forward (a sharded policy needs all ranks); rank 0 logs.
-        if cfg.train.heatmap_samples and isinstance(self.scorer, ColocatedScorer):
+        if cfg.train.heatmap_samples and isinstance(self.scorer, LearnerScorer):
             batch = self.valid[0]
             ref = reference_token_losses(self.scorer.model, batch, cfg.train.loss_chunk_size)
             out = policy(batch.tokens)

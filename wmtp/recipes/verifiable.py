@@ -11,6 +11,12 @@ One optimizer step, per micro-batch:
   the critic snapshot gets the learner's critic every `critic_sync_interval` steps.
 The policy learns from correct solutions only (`data.samples=correct`) or all of them; the critic
 always sees both.
+
+Which critic scores (colocated; no replica, no gather): at `critic_sync_interval` 1 the learner's
+own sharded critic under no_grad before its update (it IS the last published critic); at > 1 a
+`CriticSnapshot` sharded like it, in the compute dtype, refreshed from local shards at each
+publish and checkpointed with its version. A frozen critic (`stage2.value_loss.enabled=false`) has
+no optimizer and scores as it is. `async` publishes the same model to the experience actors.
 """
 
 from __future__ import annotations
@@ -26,11 +32,17 @@ from wmtp.losses.value import (
     explained_variance_moments,
 )
 from wmtp.recipes import components as C
-from wmtp.recipes.experience import ColocatedScorer, ExperienceFeed, ExperienceSpec, critic_experience
+from wmtp.recipes.experience import (
+    CriticSnapshot,
+    ExperienceFeed,
+    ExperienceSpec,
+    LearnerScorer,
+    critic_experience,
+)
 from wmtp.recipes.interfaces import CheckpointSink
 from wmtp.recipes.loop import train_and_export
 from wmtp.tracking.base import MetricLogger
-from wmtp.training.precision import autocast_context
+from wmtp.training.precision import autocast_context, compute_dtype
 from wmtp.weighting.normalize import build_normalizer
 from wmtp.weighting.weights import advantage_weights
 
@@ -52,28 +64,42 @@ class VerifiableRecipe:
         self.n_heads = C.n_heads_of(policy)
         self.coefs = C.head_coefficients(cfg, self.n_heads)
         self.spec = ExperienceSpec("verifiable", critic.args, cfg.value_model.head, vw.gae_gamma, vw.gae_lambda,
-                                   vw.reward, cfg.train.loss_chunk_size)
-        snapshot = C.full_state_dict(critic)
-        self.policy = C.build_trainable(C.shard_model(policy, cfg, self.layout), cfg, cfg.optim.lr)
-        self.critic = C.build_trainable(C.shard_model(critic, cfg, self.layout), cfg, cfg.optim.critic_lr)
+                                   vw.reward, cfg.train.loss_chunk_size, cfg.train.precision)
         self.learn_critic = cfg.stage2.value_loss.enabled
+        self.policy = C.build_trainable(C.shard_model(policy, cfg, self.layout), cfg, cfg.optim.lr)
+        # A frozen critic gets no optimizer (and so no optimizer state in checkpoints).
+        self.critic_model = C.shard_model(critic.requires_grad_(self.learn_critic), cfg, self.layout)
+        trainables = {"policy": self.policy}
+        if self.learn_critic:
+            self.critic = trainables["critic"] = C.build_trainable(self.critic_model, cfg, cfg.optim.critic_lr)
+        # Scores between publishes when they are further apart than one step (checkpointed).
+        self.snapshot = (CriticSnapshot(self.critic_model, compute_dtype(cfg.train.precision))
+                         if self.learn_critic and cfg.stage2.critic_sync_interval > 1 else None)
         self.normalizer = build_normalizer(vw.td_error_normalization, momentum=vw.ema_momentum,
                                            warmup_steps=vw.ema_warmup_steps)
         # The critic sees correct and incorrect solutions; the policy mask picks what it learns from.
         stream = C.train_stream(self.data.train, cfg, self.layout, samples="all")
-        self.scorer = (self.scorer_factory(self.spec, snapshot) if self.scorer_factory is not None
-                       else ColocatedScorer(self.spec, snapshot, self.layout.device))
+        self.scorer = (self.scorer_factory(self.spec, None) if self.scorer_factory is not None
+                       else LearnerScorer(self.spec, self.published_critic()))
         self.feed = ExperienceFeed(stream, self.scorer, 0 if self.scorer_factory is None
                                    else cfg.orchestration.queue_depth)
         self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
         self.meter = C.throughput_meter(policy, cfg, self.layout)
         self.gen_tasks = C.generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []
         stateful = {"normalizer": self.normalizer} if hasattr(self.normalizer, "state_dict") else {}
-        self.state = C.LoopState(self.feed, C.nonfinite_guard(cfg, self.sink), self.meter,
-                                 {"policy": self.policy, "critic": self.critic}, stateful)
+        models = {}
+        if self.snapshot is not None:
+            stateful["critic_snapshot"] = self.snapshot
+            models["critic_snapshot"] = self.snapshot.model
+        self.state = C.LoopState(self.feed, C.nonfinite_guard(cfg, self.sink), self.meter, trainables, stateful,
+                                 models)
         self.start = C.resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
-        if self.start:  # the experience side scores with the restored critic
-            self.scorer.publish_critic(C.full_state_dict(self.critic.model), self.critic_version(self.start))
+        # The experience side scores with the published critic of step `start` (restored).
+        self.scorer.publish_critic(self.published_critic(), self.critic_version(self.start))
+
+    def published_critic(self):
+        """The critic the experience side scores with: the snapshot, else the learner's critic."""
+        return self.snapshot.model if self.snapshot is not None else self.critic_model
 
     def critic_version(self, step: int) -> int:
         """Critic versions are publishes: after `step` steps the experience side holds version
@@ -101,7 +127,7 @@ class VerifiableRecipe:
 
     def step(self, step: int):
         cfg, vl = self.cfg, self.cfg.stage2.value_loss
-        policy, critic = self.policy.model, self.critic.model
+        policy, critic = self.policy.model, self.critic_model
         fed = [self.feed.next() for _ in range(cfg.data.grad_accum)]
         scored_batches = [s for s, _ in fed]
         tokens = sum(t for _, t in fed) * self.layout.world_size
@@ -143,7 +169,9 @@ class VerifiableRecipe:
         norms = C.optimizer_step(parts, loss, cfg, self.layout, self.state.guard, step)
         self.state.settle(accepted=norms is not None)  # the EMA moves only on an accepted step
         if self.learn_critic and step % cfg.stage2.critic_sync_interval == 0:
-            self.scorer.publish_critic(C.full_state_dict(critic), self.critic_version(step))
+            if self.snapshot is not None:
+                self.snapshot.refresh(critic, self.critic_version(step))
+            self.scorer.publish_critic(self.published_critic(), self.critic_version(step))
         if norms is None:
             return None, tokens
         stats = {"train/loss": C.global_sum(loss, self.layout),
@@ -171,7 +199,7 @@ class VerifiableRecipe:
         generated = C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
                                           self.layout, step)
         metrics = generated | C.validate_policy(self.policy.model, self.valid, cfg, self.layout, cfg.data.samples)
-        critic = self.critic.model.eval()
+        critic = self.critic_model.eval()
         finals, outcomes = [], []
         for batch in self.valid:
             scored = critic_experience(critic, batch, gamma=vw.gae_gamma, lam=vw.gae_lambda,

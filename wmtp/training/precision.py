@@ -45,3 +45,16 @@ def autocast_context(device_type: str, precision: str = "fp32") -> ContextManage
     except KeyError:
         raise ValueError(f"train.precision: unknown {precision!r}; allowed: {sorted(PRECISIONS)}") from None
     return factory(device_type)
+
+
+COMPUTE_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def compute_dtype(precision: str = "fp32") -> torch.dtype:
+    """The dtype forwards compute in under `autocast_context(precision)`: the dtype that frozen and
+    snapshot models (the critic snapshot, the Rho-1 reference, experience replicas) are stored in,
+    and the dtype weights are published in."""
+    try:
+        return COMPUTE_DTYPES[precision]
+    except KeyError:
+        raise ValueError(f"train.precision: unknown {precision!r}; allowed: {sorted(COMPUTE_DTYPES)}") from None
