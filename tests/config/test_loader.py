@@ -55,7 +55,7 @@ def test_layers_apply_in_order(tmp_path):
 def test_recipe_and_preset_by_name():
     cfg = load_config(DEFAULTS, "verifiable", "local-light")
     assert cfg.recipe == "verifiable" and cfg.run.preset == "local-light" and cfg.model.preset == "micro"
-    with pytest.raises(ConfigError, match="unknown preset 'nope'; allowed: a100x4, local-light"):
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; allowed: a100x4, a100x4-1b, local-light"):
         load_config(DEFAULTS, preset="nope")
     with pytest.raises(ConfigError, match="unknown recipe 'nope'; allowed: baseline, critic"):
         load_config(DEFAULTS, "nope")

@@ -40,7 +40,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from torch import Tensor
 
 from wmtp.config.schema import WMTPConfig
-from wmtp.orchestration.ray_runtime import EXPERIENCE_ACTOR_CPUS
+from wmtp.orchestration.resources import EXPERIENCE_ACTOR_CPUS, run_resources
 from wmtp.recipes.interfaces import ScoredBatch
 
 ACTOR_MAX_RESTARTS = 3
@@ -53,13 +53,10 @@ _SCORED_FIELDS = ("values_old", "advantages", "returns", "ref_losses")
 
 def experience_actor_resources(cfg: WMTPConfig) -> tuple[int, dict[str, float]]:
     """How many experience actors `placement: async` creates, and the Ray resources each asks for
-    (`num_cpus`, `num_gpus`): the one place both the scorer and the launcher's plan read them.
-    `colocated` creates none."""
-    orch = cfg.orchestration
-    if orch.placement != "async":
-        return 0, {"num_cpus": 0, "num_gpus": 0}
-    return (orch.num_workers * orch.num_experience_actors,
-            {"num_cpus": EXPERIENCE_ACTOR_CPUS, "num_gpus": 1 if orch.use_gpu else 0})
+    (`num_cpus`, `num_gpus`): read from `wmtp.orchestration.resources.run_resources`, the one
+    statement the launcher, the dry run and the scorer share. `colocated` creates none."""
+    need = run_resources(cfg)
+    return need.experience_actors, {"num_cpus": need.cpus_per_actor, "num_gpus": need.gpus_per_actor}
 
 
 def async_fit_problem(cfg: WMTPConfig, cluster_gpus: float) -> str | None:
