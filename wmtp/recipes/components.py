@@ -353,8 +353,12 @@ def roc_auc(scores: Tensor, labels: Tensor) -> float:
 
 
 def final_values(values: Tensor, batch: Batch) -> Tensor:
-    """`[B]` the critic's value at the last response token (the whole solution seen)."""
-    return values.gather(1, batch.response_end[:, None]).squeeze(1)
+    """`[B]` the critic's value of the last *trained* state: `V_{e−1}`, the prefix before the last
+    response token e (EOS, or the cut token of a truncated response). The critic losses train the
+    states `s−1 … e−1` (`state_values`) and GAE never reads `V_e`, so the value at e itself is
+    untrained and must not be scored (issue 11 item 3)."""
+    last_state = (batch.response_end - 1).clamp_min(0)
+    return values.gather(1, last_state[:, None]).squeeze(1)
 
 
 def pairwise_accuracy(scores: Tensor, labels: Tensor) -> float:

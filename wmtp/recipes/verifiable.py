@@ -20,7 +20,7 @@ import torch
 from wmtp.config.schema import WMTPConfig
 from wmtp.losses.alignment import state_values
 from wmtp.losses.mtp import mtp_cross_entropy
-from wmtp.losses.value import clipped_value_loss
+from wmtp.losses.value import clipped_value_loss, mean_response_value
 from wmtp.recipes import components as C
 from wmtp.recipes.experience import ColocatedScorer, ExperienceFeed, ExperienceSpec, critic_experience
 from wmtp.recipes.interfaces import CheckpointSink
@@ -153,22 +153,26 @@ class VerifiableRecipe:
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
-        """Unweighted CE per head, critic AUC (final value vs R), and a token-weight heatmap."""
+        """Unweighted CE per head, critic AUC (value of the last trained state V_{e−1} vs R),
+        pairwise accuracy (mean state values), and a token-weight heatmap."""
         cfg, vw = self.cfg, self.cfg.stage2.value_weighting
         generated = C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
                                           self.layout, step)
         metrics = generated | C.validate_policy(self.policy.model, self.valid, cfg, self.layout, cfg.data.samples)
         critic = self.critic.model.eval()
-        finals, outcomes = [], []
+        finals, means, outcomes = [], [], []
         for batch in self.valid:
             scored = critic_experience(critic, batch, gamma=vw.gae_gamma, lam=vw.gae_lambda,
                                        reward_mode=vw.reward, version=step)
             finals.append(C.final_values(scored.values_old, batch))
+            means.append(mean_response_value(state_values(scored.values_old), C.response_mask(batch)))
             outcomes.append(batch.is_correct)
         critic.train()
         finals = C.gather_cat(torch.cat(finals), self.layout)
+        means = C.gather_cat(torch.cat(means).double(), self.layout)
         outcomes = C.gather_cat(torch.cat(outcomes).long(), self.layout).bool()
         metrics["val/critic_auc"] = C.roc_auc(finals, outcomes)
+        metrics["val/pairwise_accuracy"] = C.pairwise_accuracy(means, outcomes)
         if self.layout.is_main and cfg.train.heatmap_samples:
             w, _ = self.weights(scored.advantages, C.response_mask(batch), update=False, global_stats=False)
             C.log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
