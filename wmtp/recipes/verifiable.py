@@ -28,6 +28,7 @@ from wmtp.recipes.loop import train_and_export
 from wmtp.tracking.base import MetricLogger
 from wmtp.training.precision import autocast_context
 from wmtp.weighting.normalize import build_normalizer
+from wmtp.weighting.shuffle import shuffle_within_rows, step_generator
 from wmtp.weighting.weights import advantage_weights
 
 
@@ -85,13 +86,15 @@ class VerifiableRecipe:
                                  vw.weight_clip_max, vw.renormalize, self.normalizer, update=update,
                                  reduce_fn=C.reduce_fn(self.layout) if global_stats else None)
 
-    def step_weights(self, scored_batches, labels):
+    def step_weights(self, scored_batches, labels, step: int = 0):
         """Weights of every micro-batch of the step from ONE normalisation over the global batch
         (all micro-batches, all ranks), so grad accumulation does not change them; the EMA
         normaliser is updated once per step."""
         adv = C.stack_padded([s.advantages for s in scored_batches])
         mask = C.stack_padded([lab != -100 for lab in labels])
         w, wstats = self.weights(adv, mask, update=True)
+        if self.cfg.stage2.value_weighting.shuffle:  # control: the same weights at random places of each row
+            w = shuffle_within_rows(w, mask, step_generator(self.cfg.run.seed, self.layout.rank, step))
         return C.split_padded(w, [lab.shape for lab in labels]), wstats
 
     def step(self, step: int):
@@ -110,7 +113,7 @@ class VerifiableRecipe:
         # value loss (a sum of global-denominator shares), clip fraction and explained variance
         # (means over micro-batches and ranks)
         vstats = torch.zeros(3, dtype=torch.float64, device=dev)
-        step_weights, wstats = self.step_weights(scored_batches, labels)
+        step_weights, wstats = self.step_weights(scored_batches, labels, step)
         for scored, lab, rmask, w in zip(scored_batches, labels, resp, step_weights):
             batch = scored.batch
             with autocast_context(dev.type, cfg.train.precision):
