@@ -453,8 +453,8 @@ class LoopState:
 
 
 def export_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv, tokenizer=None,
-                 value_head: str | None = None) -> Path:
-    """Write the trained model to `<run_dir>/export` (safetensors + params.json, plus the
+                 value_head: str | None = None, out: Path | None = None) -> Path:
+    """Write the trained model to `<run_dir>/export` (or `out`) (safetensors + params.json, plus the
     tokenizer.model it was trained with, so `wmtp eval --checkpoint <export>` and the next stage
     need nothing else), rank 0 only.
 
@@ -464,7 +464,7 @@ def export_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv, tokenizer=N
     from wmtp.model.checkpoint import save_model, save_value_model
 
     state = full_state_dict(model)
-    out = export_dir(cfg)
+    out = out if out is not None else export_dir(cfg)
     if layout.is_main:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)

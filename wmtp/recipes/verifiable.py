@@ -183,7 +183,16 @@ class VerifiableRecipe:
         return metrics
 
     def train(self) -> dict[str, float]:
-        return train_and_export(self, self.policy.model)
+        metrics = train_and_export(self, self.policy.model)
+        if self.learn_critic:  # the critic it ended with (continual learning), beside the policy
+            C.export_model(self.critic.model, self.cfg, self.layout, value_head=self.cfg.value_model.head,
+                           out=critic_export_dir(self.cfg))
+        return metrics
 
     def close(self) -> None:
         self.scorer.close()
+
+
+def critic_export_dir(cfg: WMTPConfig):
+    """`<run_dir>/export_critic`: the critic a verifiable run with continual learning ended with."""
+    return C.export_dir(cfg).with_name("export_critic")
