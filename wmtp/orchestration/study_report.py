@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,18 @@ def statement(report: Any, reference: str) -> list[str]:
     return lines
 
 
+def _reused(stage_cfg: Any, started: float) -> str:
+    """', reused' when the stage's export predates this invocation (an earlier launch of the same
+    command made it; its time is not in the wall time)."""
+    from wmtp.config.paths import export_dir
+
+    marker = export_dir(stage_cfg) / "params.json"
+    try:
+        return ", made by an earlier launch of this command and reused" if marker.stat().st_mtime < started else ""
+    except OSError:
+        return ""
+
+
 def write_results(report: Any, path: str | Path, *, command: str) -> Path:
     from wmtp.evaluation.study_metrics import format_table, plot_curves
     from wmtp.orchestration.study import machine
@@ -81,7 +95,9 @@ def write_results(report: Any, path: str | Path, *, command: str) -> Path:
     first = next(iter(plan.configs.values()))
     methods = "\n".join(f"| `{m}` | {plan.configs[m].recipe} | {spec.methods[m].description or ''} |"
                         for m in spec.methods)
-    stages = ", ".join(f"`{n}` ({c.train.steps} steps)" for n, c in plan.stages.items()) or "none"
+    started = time.time() - report.wall_s
+    stages = ", ".join(f"`{n}` ({c.train.steps} steps{_reused(c, started)})" for n, c in plan.stages.items()) or "none"
+    load = ", ".join(f"{x:.0f}" for x in os.getloadavg())
     text = f"""# Results: does weighting help?
 
 Produced by `wmtp study` on {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}; every number
@@ -92,7 +108,7 @@ finished runs):
 {command}
 ```
 
-- Machine: {machine()} (shared with other jobs while it ran).
+- Machine: {machine()}, shared with other jobs while it ran (load average {load} at the end).
 - Wall time: {report.wall_s / 60:.1f} min for {len(report.runs)} runs + stages.
 - Grid: {len(spec.methods)} methods × {len(spec.seeds)} seeds ({', '.join(map(str, spec.seeds))}), model
   `{first.model.preset}`, {first.train.steps} steps × {first.data.batch_size} sequences × max_seq_len
