@@ -137,7 +137,8 @@ class StudyReport:
         out = [format_table(self.table, self.measures)]
         if self.missing:
             out.append("missing runs: " + ", ".join(self.missing))
-        out.append(f"wall time {self.wall_s / 60:.1f} min")
+        if self.wall_s == self.wall_s:
+            out.append(f"wall time {self.wall_s / 60:.1f} min")
         return "\n".join(out)
 
 
@@ -205,7 +206,6 @@ def run_study(spec: StudySpec, *, output_dir: str | None = None, results: str | 
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from wmtp.evaluation.study_metrics import aggregate
     from wmtp.orchestration.launch import run_training, with_absolute_paths
     from wmtp.orchestration.ray_runtime import cpus_needed, ensure_ray
     from wmtp.orchestration.storage import resolve_storage
@@ -254,12 +254,8 @@ def run_study(spec: StudySpec, *, output_dir: str | None = None, results: str | 
                                           storage_filesystem=storage.filesystem),
             )
         tuner.fit()
-        runs, missing = collect(plan)
-        measures = main_measures(runs, spec)
-        table = aggregate(runs, measures, n_bootstrap=spec.bootstrap)
-        families = sorted({k.split("/", 1)[1] for r in runs for k in r.per_task if k.startswith("pass@1/")})
-        family_table = aggregate(runs, [f"pass@1/{f}" for f in families], n_bootstrap=spec.bootstrap)
-        report = StudyReport(plan, runs, table, measures, family_table, families, time.perf_counter() - t0, missing)
+        report = build_report(plan, time.perf_counter() - t0)
+        table = report.table
         if parent is not None:
             parent.log_params({"study.methods": ",".join(spec.methods), "study.seeds": ",".join(map(str, spec.seeds)),
                                "study.token_budget": plan.budget})
@@ -274,6 +270,31 @@ def run_study(spec: StudySpec, *, output_dir: str | None = None, results: str | 
 
         write_results(report, target, command=command)
         log(f"[wmtp] study {spec.name}: wrote {target}")
+    return report
+
+
+def build_report(plan: StudyPlan, wall_s: float) -> StudyReport:
+    """Aggregate the measures found on disk (missing runs are listed, not guessed)."""
+    from wmtp.evaluation.study_metrics import aggregate
+
+    spec = plan.spec
+    runs, missing = collect(plan)
+    measures = main_measures(runs, spec)
+    table = aggregate(runs, measures, n_bootstrap=spec.bootstrap)
+    families = sorted({k.split("/", 1)[1] for r in runs for k in r.per_task if k.startswith("pass@1/")})
+    family_table = aggregate(runs, [f"pass@1/{f}" for f in families], n_bootstrap=spec.bootstrap)
+    return StudyReport(plan, runs, table, measures, family_table, families, wall_s, missing)
+
+
+def report_only(spec: StudySpec, *, output_dir: str | None = None, results: str | None = "spec",
+                command: str = "") -> StudyReport:
+    """The table and report from the runs already measured on disk (nothing trains; no Ray)."""
+    report = build_report(plan_study(spec, output_dir), float("nan"))
+    target = spec.results if results == "spec" else results
+    if target:
+        from wmtp.orchestration.study_report import write_results
+
+        write_results(report, target, command=command)
     return report
 
 

@@ -17,6 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     study.add_argument("--output-dir", default=None, metavar="DIR", help="run.output_dir of every run")
     study.add_argument("--results", default="spec", metavar="MD",
                        help="where to write the report (default: the spec's `results`; 'none': do not write)")
+    study.add_argument("--report-only", action="store_true",
+                       help="write the table and report from the runs already measured (nothing trains)")
     study.set_defaults(func=run_study_command)
 
 
@@ -28,6 +30,14 @@ def run_study_command(args: argparse.Namespace) -> int:
         from wmtp.orchestration.study import plan_study
 
         print(plan_study(spec, args.output_dir).format())
+        return 0
+    if args.report_only:
+        from wmtp.orchestration.study import report_only
+
+        report = report_only(spec, output_dir=args.output_dir,
+                             results=None if args.results == "none" else args.results,
+                             command=f"wmtp study --spec {shlex.quote(args.spec)}")
+        print(report.format())
         return 0
     from wmtp.orchestration.study import run_study
 

@@ -85,9 +85,13 @@ def write_results(report: Any, path: str | Path, *, command: str) -> Path:
     from wmtp.evaluation.study_metrics import format_table, plot_curves
     from wmtp.orchestration.study import machine
 
+    from wmtp.config.loader import ConfigError
+
+    spec, plan = report.plan.spec, report.plan
+    if not report.runs:
+        raise ConfigError(f"study {spec.name}: no measured run found (missing: {', '.join(report.missing)})")
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    spec, plan = report.plan.spec, report.plan
     png = out.with_name(f"results_{spec.name}.png")
     plot_curves(report.runs, [("val/ce", "validation CE (head 1)"), ("eval/pass_at_1", "pass@1 (greedy, 8 valid tasks)")],
                 png, n_bootstrap=min(spec.bootstrap, 300))
@@ -95,7 +99,9 @@ def write_results(report: Any, path: str | Path, *, command: str) -> Path:
     first = next(iter(plan.configs.values()))
     methods = "\n".join(f"| `{m}` | {plan.configs[m].recipe} | {spec.methods[m].description or ''} |"
                         for m in spec.methods)
-    started = time.time() - report.wall_s
+    started = time.time() - (report.wall_s if math.isfinite(report.wall_s) else 0.0)
+    wall = (f"{report.wall_s / 60:.1f} min for {len(report.runs)} runs + stages" if math.isfinite(report.wall_s)
+            else f"not measured (report written by `--report-only` from {len(report.runs)} measured runs)")
     stages = ", ".join(f"`{n}` ({c.train.steps} steps{_reused(c, started)})" for n, c in plan.stages.items()) or "none"
     load = ", ".join(f"{x:.0f}" for x in os.getloadavg())
     text = f"""# Results: does weighting help?
@@ -109,14 +115,14 @@ finished runs):
 ```
 
 - Machine: {machine()}, shared with other jobs while it ran (load average {load} at the end).
-- Wall time: {report.wall_s / 60:.1f} min for {len(report.runs)} runs + stages.
+- Wall time: {wall}.
 - Grid: {len(spec.methods)} methods × {len(spec.seeds)} seeds ({', '.join(map(str, spec.seeds))}), model
   `{first.model.preset}`, {first.train.steps} steps × {first.data.batch_size} sequences × max_seq_len
   {first.data.max_seq_len} per run (the same token budget for every method: {plan.budget:,} token slots);
   shared stages: {stages}.
 - Held-out evaluation: pass@1 greedy and pass@k sampled (n={spec.evaluation.n_samples},
   T={spec.evaluation.temperature}) on {spec.evaluation.tasks_per_family or 'all'} test task(s) per template family.
-{('- Missing runs: ' + ', '.join(report.missing)) if report.missing else ''}
+{('- Missing runs (not finished when this report was written; the command above runs them and keeps the rest): ' + ', '.join(report.missing)) if report.missing else ''}
 
 | method | recipe | what |
 |---|---|---|
