@@ -163,6 +163,20 @@ class RunMeasures:
                    {k: [tuple(p) for p in v] for k, v in d.get("curves", {}).items()})
 
 
+def drop_empty_validation(run: RunMeasures, thresholds: Sequence[tuple[str, float, str]] = ()) -> RunMeasures:
+    """A validation round whose batches hold no policy target (e.g. only incorrect solutions with
+    `data.samples=correct`) reports CE 0, which is no measurement: such values become NaN, such
+    curve points are dropped, and the val/ce time-to-threshold is recomputed from what is left."""
+    scalars = {k: (float("nan") if k.startswith("val/ce") and v == 0.0 else v) for k, v in run.scalars.items()}
+    curves = {k: ([p for p in v if p[1] != 0.0] if k.startswith("val/ce") else v) for k, v in run.curves.items()}
+    for key, level, mode in thresholds:
+        if key.startswith("val/ce"):
+            reached = time_to_threshold(curves.get(key, []), level, mode)
+            scalars[f"tokens_to/{key}{'<=' if mode == 'min' else '>='}{level:g}"] = (
+                float("nan") if reached is None else reached)
+    return RunMeasures(run.method, run.seed, scalars, run.per_task, curves)
+
+
 def family_of(task_id: str) -> str:
     """Template family of a synthetic task id (`<family>-<seed>-<n>`); other benchmarks: the id's
     prefix before `/` (HumanEval/12 → HumanEval)."""

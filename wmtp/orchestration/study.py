@@ -308,7 +308,10 @@ def collect(plan: StudyPlan) -> tuple[list[RunMeasures], list[str]]:
             c = replace_config(cfg, run={"seed": seed, "name": cfg.run.name.rsplit("-s", 1)[0] + f"-s{seed}"})
             path = run_dir(c) / MEASURES_FILE
             if path.is_file():
-                runs.append(RunMeasures.from_json(json.loads(path.read_text())))
+                from wmtp.evaluation.study_metrics import drop_empty_validation
+
+                runs.append(drop_empty_validation(RunMeasures.from_json(json.loads(path.read_text())),
+                                                  eval_plan(plan.spec).thresholds))
             else:
                 missing.append(c.run.name)
     return runs, missing

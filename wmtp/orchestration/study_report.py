@@ -29,8 +29,10 @@ def compare(table: dict[str, dict[str, tuple[float, float, float, int]]], measur
     for method, row in table.items():
         if method == reference or measure not in row or not math.isfinite(row[measure][0]):
             continue
-        _, lo, hi, _ = row[measure]
-        _, rlo, rhi, _ = ref
+        _, lo, hi, n = row[measure]
+        _, rlo, rhi, rn = ref
+        if n < 2 or rn < 2:  # one run has no spread: nothing can be called better or worse
+            continue
         lower = hi < rlo
         higher = lo > rhi
         if not (lower or higher):
@@ -148,8 +150,9 @@ Per template family, pass@1 (greedy):
 
 {chr(10).join(statement(report, reference))}
 
-- Differences inside the confidence intervals are ties, not wins. With {len(spec.seeds)} seeds the
-  intervals are wide; seed spread at micro scale alone can reach tens of points of pass@1.
+- Differences inside the confidence intervals are ties, not wins; a measure with fewer than 2
+  valid runs on either side is not compared at all (a single run's interval is a point). With
+  {len(spec.seeds)} seeds the intervals are wide; seed spread at micro scale alone can reach tens of points of pass@1.
 - This is a ~2M-parameter model trained for minutes on a synthetic task. It says nothing about
   7B models: the published anchors are Meta's multi-token prediction paper (7B models trained on
   1T tokens with 4 heads, where MTP *fine-tuning* of a pretrained model did not beat NTP
