@@ -24,7 +24,8 @@ from wmtp.config.arguments import add_config_arguments, config_from_args
 from wmtp.config.loader import ConfigError, dump_config
 from wmtp.config.schema import WMTPConfig
 
-COMMAND_MODULES = ("wmtp.data.commands", "wmtp.evaluation.commands", "wmtp.orchestration.commands")
+COMMAND_MODULES = ("wmtp.data.commands", "wmtp.evaluation.commands", "wmtp.orchestration.commands",
+                   "wmtp.orchestration.study_command")
 
 # Exceptions that mean "the user gave bad input", matched by (module, class name) so that
 # reporting them never imports torch or the data stack.

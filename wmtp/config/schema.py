@@ -145,6 +145,7 @@ class ValueWeightingConfig(Section):
     renormalize: bool = Field(True, description="Rescale weights to mean 1 over valid tokens.")
     ema_momentum: float = Field(0.99, ge=0, lt=1, description="Momentum of the EMA normaliser's running mean/std.")
     ema_warmup_steps: int = Field(10, ge=0, description="EMA normaliser uses batch statistics for this many updates.")
+    shuffle: bool = Field(False, description="Control: permute each sequence's weights among its response targets (same weights, placement destroyed).")
 
     @model_validator(mode="after")
     def _clip_order(self) -> ValueWeightingConfig:
@@ -174,6 +175,7 @@ class Rho1Config(Section):
     clip_min: float = Field(0.1, ge=0, description="continuous: lower clip.")
     clip_max: float = Field(5.0, gt=0, description="continuous: upper clip.")
     reference: str | None = Field(None, description="Reference model checkpoint (output of ref_tuning), local path or s3:// URI.")
+    shuffle: bool = Field(False, description="Control: permute each sequence's weights among its targets, per head (same weights, placement destroyed).")
 
 
 class TrackingConfig(Section):

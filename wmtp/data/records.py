@@ -3,7 +3,8 @@
 Training record (one JSON object per line, one per solution)::
 
     {"problem_id": str, "instruction": str, "input": str, "output": str,
-     "is_correct": bool, "difficulty": int | null, "family": str (optional)}
+     "is_correct": bool, "difficulty": int | null, "family": str (optional),
+     "decisive_span": [start, end] (optional: where a synthetic mutant differs from a correct variant)}
 
 Evaluation record (HumanEval format)::
 
@@ -47,6 +48,9 @@ class Record:
     is_correct: bool
     difficulty: int | None = None
     family: str | None = None
+    # Synthetic mutants: the [start, end) character span of `output` where it differs from the
+    # closest correct variant of its problem (the decisive tokens); None elsewhere.
+    decisive_span: tuple[int, int] | None = None
 
     def to_json(self) -> str:
         d: dict[str, Any] = {
@@ -55,6 +59,8 @@ class Record:
         }
         if self.family is not None:
             d["family"] = self.family
+        if self.decisive_span is not None:
+            d["decisive_span"] = list(self.decisive_span)
         return json.dumps(d, ensure_ascii=False)
 
 
@@ -93,7 +99,13 @@ def parse_record(obj: Any) -> Record:
     fam = obj.get("family")
     if fam is not None and not isinstance(fam, str):
         raise ValueError(f"field 'family' must be str, got {type(fam).__name__}")
-    return Record(obj["problem_id"], obj["instruction"], inp, obj["output"], obj["is_correct"], diff, fam)
+    span = obj.get("decisive_span")
+    if span is not None:
+        if (not isinstance(span, list) or len(span) != 2 or any(isinstance(v, bool) or not isinstance(v, int) for v in span)
+                or not 0 <= span[0] <= span[1] <= len(obj["output"])):
+            raise ValueError(f"field 'decisive_span' must be [start, end] with 0 <= start <= end <= len(output), got {span!r}")
+        span = (span[0], span[1])
+    return Record(obj["problem_id"], obj["instruction"], inp, obj["output"], obj["is_correct"], diff, fam, span)
 
 
 def decode_line(raw: bytes | str, path: str | Path, lineno: int) -> Record:

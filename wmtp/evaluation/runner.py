@@ -131,9 +131,11 @@ def evaluate_pass_at_k(model, tokenizer: TextTokenizer, records: Sequence[EvalTa
     model.train(was_training)
     t1 = time.perf_counter()
 
+    # Identical completions of one task are one program: run it once (small models repeat themselves).
+    unique = list(dict.fromkeys((job[0], completions[job]) for job in jobs))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = dict(zip(jobs, pool.map(
-            lambda job: execute_completion(tasks[job[0]], completions[job], sandbox), jobs)))
+        ran = dict(zip(unique, pool.map(lambda key: execute_completion(tasks[key[0]], key[1], sandbox), unique)))
+    results = {job: ran[(job[0], completions[job])] for job in jobs}
     t2 = time.perf_counter()
 
     samples, task_rows = [], []

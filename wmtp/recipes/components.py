@@ -402,8 +402,12 @@ def roc_auc(scores: Tensor, labels: Tensor) -> float:
 
 
 def final_values(values: Tensor, batch: Batch) -> Tensor:
-    """`[B]` the critic's value at the last response token (the whole solution seen)."""
-    return values.gather(1, batch.response_end[:, None]).squeeze(1)
+    """`[B]` the critic's value of the last *trained* state: `V_{e−1}`, the prefix before the last
+    response token e (EOS, or the cut token of a truncated response). The critic losses train the
+    states `s−1 … e−1` (`state_values`) and GAE never reads `V_e`, so the value at e itself is
+    untrained and must not be scored (issue 11 item 3)."""
+    last_state = (batch.response_end - 1).clamp_min(0)
+    return values.gather(1, last_state[:, None]).squeeze(1)
 
 
 def pairwise_accuracy(scores: Tensor, labels: Tensor) -> float:
@@ -522,8 +526,8 @@ class LoopState:
 
 
 def export_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv, tokenizer=None,
-                 value_head: str | None = None) -> Path:
-    """Write the trained model to `<run_dir>/export` (safetensors + params.json, plus the
+                 value_head: str | None = None, out: Path | None = None) -> Path:
+    """Write the trained model to `<run_dir>/export` (or `out`) (safetensors + params.json, plus the
     tokenizer.model it was trained with, so `wmtp eval --checkpoint <export>` and the next stage
     need nothing else), rank 0 only.
 
@@ -536,7 +540,7 @@ def export_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv, tokenizer=N
 
     # One tensor at a time onto rank 0's host (the others take part in the gathers).
     state = gather_state_dict(model, keep=layout.is_main)
-    out = export_dir(cfg)
+    out = out if out is not None else export_dir(cfg)
     if layout.is_main:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -6,7 +6,8 @@ before each response token, `V_{j−1}`:
   mc_mse         mean (V_{j−1} − R)²
   lambda_return  mean (V_{j−1} − G^λ_j)²,  G^λ from detached values, terminal reward R
   pairwise       −log σ(v̄⁺ − v̄⁻) over (correct, incorrect) solutions of one problem
-Validation: AUC of the final value vs R, pairwise accuracy, explained variance of R.
+Validation: AUC of the last trained state's value `V_{e−1}` vs R (never `V_e`, which no loss
+trains), pairwise accuracy, explained variance of R.
 """
 
 from __future__ import annotations

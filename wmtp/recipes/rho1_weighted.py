@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from wmtp.config.schema import WMTPConfig
+from wmtp.losses.alignment import valid_mask
 from wmtp.losses.mtp import mtp_cross_entropy, mtp_token_losses
 from wmtp.recipes import components as C
 from wmtp.recipes.experience import (
@@ -30,6 +31,7 @@ from wmtp.recipes.loop import train_and_export
 from wmtp.tracking.base import MetricLogger
 from wmtp.training.precision import autocast_context, compute_dtype
 from wmtp.weighting.rho1 import rho1_weights
+from wmtp.weighting.shuffle import shuffle_within_rows, step_generator
 
 
 class PrecomputedScorer:
@@ -112,11 +114,14 @@ class Rho1WeightedRecipe:
         loss = torch.zeros((), device=dev)
         ce = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
         wce = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
-        for (scored, _), lab in zip(fed, labels):
+        for micro, ((scored, _), lab) in enumerate(zip(fed, labels)):
             with autocast_context(dev.type, cfg.train.precision):
                 out = policy(scored.batch.tokens)
                 policy_losses = mtp_token_losses(out.hidden, policy.output.weight, lab, cfg.train.loss_chunk_size)
                 w, rstats = self.weights(policy_losses, scored.ref_losses, lab)
+                if cfg.rho1.shuffle:  # control: the same weights at random places of each row
+                    w = shuffle_within_rows(w, valid_mask(lab, self.n_heads), step_generator(
+                        cfg.run.seed, self.layout.rank, step * cfg.data.grad_accum + micro))
                 res = mtp_cross_entropy(out.hidden, policy.output.weight, lab, weights=w,
                                         head_coefficients=self.coefs, denominators=denom,
                                         chunk_size=cfg.train.loss_chunk_size)

@@ -30,6 +30,7 @@ from wmtp.losses.value import (
     clipped_value_loss,
     explained_variance_from_moments,
     explained_variance_moments,
+    mean_response_value,
 )
 from wmtp.recipes import components as C
 from wmtp.recipes.experience import (
@@ -44,6 +45,7 @@ from wmtp.recipes.loop import train_and_export
 from wmtp.tracking.base import MetricLogger
 from wmtp.training.precision import autocast_context, compute_dtype
 from wmtp.weighting.normalize import build_normalizer
+from wmtp.weighting.shuffle import shuffle_within_rows, step_generator
 from wmtp.weighting.weights import advantage_weights
 
 
@@ -116,13 +118,15 @@ class VerifiableRecipe:
                                  reduce_fn=C.reduce_fn(self.layout) if global_stats else None,
                                  reduce_max_fn=C.reduce_max_fn(self.layout) if global_stats else None)
 
-    def step_weights(self, scored_batches, labels):
+    def step_weights(self, scored_batches, labels, step: int = 0):
         """Weights of every micro-batch of the step from ONE normalisation over the global batch
         (all micro-batches, all ranks), so grad accumulation does not change them; the EMA
         normaliser is updated once per step."""
         adv = C.stack_padded([s.advantages for s in scored_batches])
         mask = C.stack_padded([lab != -100 for lab in labels])
         w, wstats = self.weights(adv, mask, update=True)
+        if self.cfg.stage2.value_weighting.shuffle:  # control: the same weights at random places of each row
+            w = shuffle_within_rows(w, mask, step_generator(self.cfg.run.seed, self.layout.rank, step))
         return C.split_padded(w, [lab.shape for lab in labels]), wstats
 
     def step(self, step: int):
@@ -142,7 +146,7 @@ class VerifiableRecipe:
         # the explained variance: sums over micro-batches and ranks, so both are global exactly
         vstats = torch.zeros(2, dtype=torch.float64, device=dev)
         ev_moments = torch.zeros(5, dtype=torch.float64, device=dev)
-        step_weights, wstats = self.step_weights(scored_batches, labels)
+        step_weights, wstats = self.step_weights(scored_batches, labels, step)
         for scored, lab, rmask, w in zip(scored_batches, labels, resp, step_weights):
             batch = scored.batch
             with autocast_context(dev.type, cfg.train.precision):
@@ -194,22 +198,26 @@ class VerifiableRecipe:
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
-        """Unweighted CE per head, critic AUC (final value vs R), and a token-weight heatmap."""
+        """Unweighted CE per head, critic AUC (value of the last trained state V_{e−1} vs R),
+        pairwise accuracy (mean state values), and a token-weight heatmap."""
         cfg, vw = self.cfg, self.cfg.stage2.value_weighting
         generated = C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
                                           self.layout, step)
         metrics = generated | C.validate_policy(self.policy.model, self.valid, cfg, self.layout, cfg.data.samples)
         critic = self.critic_model.eval()
-        finals, outcomes = [], []
+        finals, means, outcomes = [], [], []
         for batch in self.valid:
             scored = critic_experience(critic, batch, gamma=vw.gae_gamma, lam=vw.gae_lambda,
                                        reward_mode=vw.reward, version=step)
             finals.append(C.final_values(scored.values_old, batch))
+            means.append(mean_response_value(state_values(scored.values_old), C.response_mask(batch)))
             outcomes.append(batch.is_correct)
         critic.train()
         finals = C.gather_cat(torch.cat(finals), self.layout)
+        means = C.gather_cat(torch.cat(means).double(), self.layout)
         outcomes = C.gather_cat(torch.cat(outcomes).long(), self.layout).bool()
         metrics["val/critic_auc"] = C.roc_auc(finals, outcomes)
+        metrics["val/pairwise_accuracy"] = C.pairwise_accuracy(means, outcomes)
         if self.layout.is_main and cfg.train.heatmap_samples:
             w, _ = self.weights(scored.advantages, C.response_mask(batch), update=False, global_stats=False)
             C.log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
@@ -217,9 +225,18 @@ class VerifiableRecipe:
         return metrics
 
     def train(self) -> dict[str, float]:
-        return train_and_export(self, self.policy.model)
+        metrics = train_and_export(self, self.policy.model)
+        if self.learn_critic:  # the critic it ended with (continual learning), beside the policy
+            C.export_model(self.critic.model, self.cfg, self.layout, value_head=self.cfg.value_model.head,
+                           out=critic_export_dir(self.cfg))
+        return metrics
 
     def close(self) -> None:
         # A setup() that failed part-way leaves no scorer: close what exists, hide nothing.
         if getattr(self, "scorer", None) is not None:
             self.scorer.close()
+
+
+def critic_export_dir(cfg: WMTPConfig):
+    """`<run_dir>/export_critic`: the critic a verifiable run with continual learning ended with."""
+    return C.export_dir(cfg).with_name("export_critic")

@@ -6,9 +6,10 @@ the seed, the family and the problem number, and execution results are pure func
 
 from __future__ import annotations
 
+import difflib
 import random
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +45,11 @@ class Problem:
         return self.candidates[0]
 
     def records(self) -> Iterator[Record]:
-        for code, ok in zip(self.candidates, self.passed, strict=True):
-            yield Record(self.problem_id, self.instruction, self.input, code, ok, self.difficulty, self.family.name)
+        variants = self.candidates[:self.n_variants]
+        for i, (code, ok) in enumerate(zip(self.candidates, self.passed, strict=True)):
+            span = decisive_span(code, variants) if i >= self.n_variants else None
+            yield Record(self.problem_id, self.instruction, self.input, code, ok, self.difficulty, self.family.name,
+                         span)
 
     def eval_record(self) -> dict[str, Any]:
         return {
@@ -80,6 +84,21 @@ class SynthDataset:
             "mutants": mutants, "mutants_passing": mutants_passing,
             **{f"{s}_problems": len(self.split(s)) for s in SPLITS},
         }
+
+
+def decisive_span(mutant: str, variants: Sequence[str]) -> tuple[int, int]:
+    """`[start, end)` characters of `mutant` that differ from its closest correct variant (by
+    difflib ratio): the smallest span covering every edit, on the mutant's side. A pure deletion
+    (the mutant lacks characters) marks the characters on both sides of the gap."""
+    best = max(variants, key=lambda v: difflib.SequenceMatcher(None, mutant, v, autojunk=False).ratio())
+    edits = [(i1, i2) for tag, i1, i2, _, _ in
+             difflib.SequenceMatcher(None, mutant, best, autojunk=False).get_opcodes() if tag != "equal"]
+    if not edits:  # textually equal to a variant: nothing is decisive
+        return (0, 0)
+    start, end = min(i1 for i1, _ in edits), max(i2 for _, i2 in edits)
+    if start == end:
+        start, end = max(0, start - 1), min(len(mutant), end + 1)
+    return (start, end)
 
 
 def _with_derived(p: Params) -> Params:
