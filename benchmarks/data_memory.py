@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -108,13 +109,13 @@ def main() -> None:
         values, mask, rewards = make_inputs(B, a.seq, dev)
         p = peer_inputs(values, mask, rewards)
         t3 = {k: v.unsqueeze(-1) for k, v in p.items()}  # torchrl: [B, T, 1], time_dim=-2
-        methods = {"wmtp": lambda: compute_gae(values, mask, rewards, a.gamma, a.lam),
-                   "verl_loop": lambda: verl_gae_loop(p["reward"], p["state_v"], mask, a.gamma, a.lam)}
+        g, lam = a.gamma, a.lam
+        methods = {"wmtp": partial(compute_gae, values, mask, rewards, g, lam),
+                   "verl_loop": partial(verl_gae_loop, p["reward"], p["state_v"], mask, g, lam)}
         if generalized_advantage_estimate is not None:
-            methods["torchrl_loop"] = lambda: generalized_advantage_estimate(
-                a.gamma, a.lam, t3["state_v"], t3["next_v"], t3["reward"], t3["done"], t3["last"])
-            methods["torchrl_vec"] = lambda: vec_generalized_advantage_estimate(
-                a.gamma, a.lam, t3["state_v"], t3["next_v"], t3["reward"], t3["done"], t3["last"])
+            trl_args = (g, lam, t3["state_v"], t3["next_v"], t3["reward"], t3["done"], t3["last"])
+            methods["torchrl_loop"] = partial(generalized_advantage_estimate, *trl_args)
+            methods["torchrl_vec"] = partial(vec_generalized_advantage_estimate, *trl_args)
         # Equality inside the span (the peers' outputs outside it are not defined the same way).
         ref_adv, ref_ret = compute_gae(values.double(), mask, rewards.double(), a.gamma, a.lam)
         for name, fn in methods.items():

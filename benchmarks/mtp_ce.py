@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -51,8 +52,6 @@ PEER_DISTS = {"torchtune": "torchtune", "cce_compile": "cut-cross-entropy"}
 def _load_module_file(dist: str, package: str, relpath: str, name: str) -> types.ModuleType:
     """Import `package/relpath` of the installed distribution `dist` as `name`, without running
     the package's `__init__` (set up as an empty namespace so its relative imports resolve)."""
-    import importlib.metadata
-
     files = importlib.metadata.distribution(dist).files or []
     target = next((f for f in files if str(f).replace("\\", "/") == f"{package}/{relpath}"), None)
     if target is None:
@@ -71,7 +70,6 @@ def _load_module_file(dist: str, package: str, relpath: str, name: str) -> types
 
 def _build_methods(names: list[str]):
     """name -> loss_fn(hidden, W, labels, weights, H) or the reason it is skipped."""
-    import torch
     import torch.nn.functional as F
 
     from wmtp.losses.alignment import IGNORE_INDEX, align_target_weights, shift_labels
