@@ -136,7 +136,8 @@ def main() -> None:
         for n in peers:
             r = bench.summarize(bench.paired_ratios(times[n], times["wmtp"]))
             print(f"B={B:3d} wmtp speed-up vs {n:13s}: x{peers[n]['median'] / stats['wmtp']['median']:.2f} "
-                  f"(per-round ratios median {r['median']:.2f}, min–max {r['min']:.2f}–{r['max']:.2f})")
+                  f"(per-round ratios median {r['median']:.2f}, min–max {r['min']:.2f}–{r['max']:.2f}; "
+                  f"fastest call ÷ fastest call x{peers[n]['min'] / stats['wmtp']['min']:.2f})")
         print(f"B={B:3d} fastest peer: {fastest}; wmtp speed-up x{sp:.2f} (per-round {ratios[0]:.2f}–{ratios[-1]:.2f})")
     print(f"loadavg after: {bench.loadavg()}")
     print(f"gae_min_speedup_vs_fastest_peer: {min(speedups):.2f}")

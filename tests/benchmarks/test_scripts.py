@@ -50,7 +50,7 @@ def _run(name: str, args: list[str], tmp_path: Path, timeout: int) -> str:
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_benchmark_runs_tiny(name, tmp_path):
-    out = _run(name, TINY[name], tmp_path, timeout=300)
+    out = _run(name, TINY[name], tmp_path, timeout=600)
     if name != "data_learnability":  # the comparison benchmarks state machine and load
         assert "loadavg before" in out and "loadavg after" in out
 
