@@ -20,8 +20,10 @@ LAST_LINE = re.compile(r"^[a-z][a-z0-9_]*: (nan|[-+]?\d+(\.\d+)?([eE][-+]?\d+)?)
 
 TINY = {
     "gae": ["--batches", "2", "--seq", "64", "--repeats", "2"],
+    # Cut Cross-Entropy's torch_compile path is left out here: inductor compiles it in every
+    # process (minutes on a loaded 2-core box); `python benchmarks/mtp_ce.py` runs it.
     "mtp_ce": ["--batch", "1", "--seq", "32", "--dim", "32", "--vocab", "512", "--repeats", "2",
-               "--memory-repeats", "1"],
+               "--memory-repeats", "1", "--methods", "wmtp", "naive_loop", "torchtune"],
     "mtp_memory": ["--dim", "64", "--layers", "4", "--batch", "1", "--seq", "32", "--vocab", "512",
                    "--repeats", "1"],
     "data_memory": ["--records", "2000", "--repeats", "1"],
