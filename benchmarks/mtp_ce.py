@@ -150,6 +150,10 @@ def _step(fn, hidden, W, labels, weights, H) -> float:
     return loss.item()
 
 
+def _ratio(x: float, y: float) -> float:
+    return x / y if y > 0 else float("nan")
+
+
 def _rss(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
 
@@ -255,7 +259,7 @@ def main() -> None:
     peers = [n for n in fns if n != "wmtp"]
     for n in peers:
         r = bench.summarize(bench.paired_ratios(times[n], times["wmtp"]))
-        print(f"wmtp vs {n:12s}: memory ÷{mstats[n]['median'] / mstats['wmtp']['median']:.2f} "
+        print(f"wmtp vs {n:12s}: memory ÷{_ratio(mstats[n]['median'], mstats['wmtp']['median']):.2f} "
               f"(wmtp {mstats['wmtp']['median']:.0f} MiB vs {mstats[n]['median']:.0f} MiB), "
               f"time: peer/wmtp per-round median {r['median']:.2f} (min–max {r['min']:.2f}–{r['max']:.2f})")
     print(f"loadavg after: {bench.loadavg()}")
@@ -264,8 +268,7 @@ def main() -> None:
         return
     best = min(peers, key=lambda n: mstats[n]["median"])
     print(f"lowest-memory peer: {best}")
-    low = mstats[best]["median"]
-    print(f"mtp_ce_memory_vs_best_peer: {mstats['wmtp']['median'] / low if low > 0 else float('nan'):.3f}")
+    print(f"mtp_ce_memory_vs_best_peer: {_ratio(mstats['wmtp']['median'], mstats[best]['median']):.3f}")
 
 
 if __name__ == "__main__":
