@@ -113,6 +113,8 @@ def main() -> None:
     total = sum(sum(v) for v in by_family.values())
     print(f"greedy pass@1 on {len(tests)} held-out test problems: {total / len(tests):.2%}")
     print("per family: " + ", ".join(f"{k} {sum(v)}/{len(v)}" for k, v in sorted(by_family.items())))
+    print(f"final_valid_loss: {vl:.3f}")
+    print(f"pass_at_1: {total / len(tests):.3f}")
 
 
 if __name__ == "__main__":

@@ -1,18 +1,25 @@
-"""Peak memory: metadata index + an epoch read by offset vs loading every record with pandas.
+"""Peak memory: wmtp's metadata index + an epoch read by offset vs a byte-offset array doing the
+same, and vs loading every record with pandas.
 
-    OMP_NUM_THREADS=1 python benchmarks/data_memory.py [--records 1000000] [--no-tokenizer]
+    OMP_NUM_THREADS=1 python benchmarks/data_memory.py [--records 500000] [--repeats 3] [--token-counts]
 
 Makes a JSONL of cheap synthetic records (shaped like the bundled task's: ~5 solutions per
-problem, ~330 bytes per line) in a temp dir, then runs each side in a fresh subprocess:
+problem, ~330 bytes per line) in a temp dir, then runs each side in a fresh subprocess, the three
+sides round-robin `--repeats` times:
 
-(a) index: build the parquet index in one streaming pass (token counts with the bundled
-    tokenizer), load it, and sample one full epoch with the random sampler (samples=all), reading
-    every batch of 64 records by byte offset.
-(b) pandas: ``pandas.read_json(path, lines=True)``.
+(a) index: build wmtp's parquet index in one streaming pass (token counts only with
+    `--token-counts`, which the peer does not compute), load it, and sample one full epoch with
+    the random sampler (samples=all), reading every batch of 64 records by byte offset.
+(b) offsets: the byte-offset array a user would write instead: one pass over the file collecting
+    numpy int64 offsets + int32 lengths and a small metadata array (is_correct, difficulty,
+    problem-id code) through `array.array` buffers, then the same epoch: a random permutation,
+    batches of 64 read with `os.pread` + `json.loads`.
+(c) pandas: ``pandas.read_json(path, lines=True)``.
 
-Each side reports ``ru_maxrss`` after its imports (the interpreter + library baseline) and at the
-end; the ratio compares the increments above each side's own baseline, so neither is charged for
-the libraries it imports. Last line: ``index_memory_ratio: X`` (target <= 0.05).
+Each side reports its peak RSS (VmHWM) after its imports (the interpreter + library baseline) and at the
+end; the ratios compare the increments above each side's own baseline, so neither is charged for
+the libraries it imports. Last line: ``index_memory_vs_offset_array: X`` (wmtp's increment ÷
+the byte-offset array's; > 1 means the offset array needs less).
 """
 
 from __future__ import annotations
@@ -20,16 +27,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as bench  # noqa: E402
+
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    """Peak RSS of this process image (VmHWM). Not `ru_maxrss`: Linux carries that across
+    fork + exec, so a child would inherit its parent's peak."""
+    with open("/proc/self/status") as f:
+        return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) / 1024
 
 
 def make_jsonl(path: Path, n: int) -> None:
@@ -81,6 +96,50 @@ def phase_index(jsonl: str, tokenizer: str | None, batch_size: int = 64) -> dict
             "records": res.records, "read_records": n_read, "read_s": read_s}
 
 
+def phase_offsets(jsonl: str, batch_size: int = 64) -> dict:
+    """The byte-offset array: offsets/lengths + a small metadata array, then the same epoch."""
+    import array
+
+    import numpy as np
+
+    base = _rss_mb()
+    t0 = time.perf_counter()
+    offsets, lengths = array.array("q"), array.array("i")
+    correct, difficulty, problem = array.array("b"), array.array("b"), array.array("i")
+    problem_codes: dict[str, int] = {}
+    pos = 0
+    with open(jsonl, "rb") as f:
+        for line in f:
+            rec = json.loads(line)
+            offsets.append(pos)
+            lengths.append(len(line.rstrip(b"\r\n")))
+            correct.append(bool(rec["is_correct"]))
+            difficulty.append(int(rec.get("difficulty", 0)))
+            problem.append(problem_codes.setdefault(rec["problem_id"], len(problem_codes)))
+            pos += len(line)
+    off = np.frombuffer(offsets, dtype=np.int64)
+    ln = np.frombuffer(lengths, dtype=np.int32)
+    meta = np.zeros(len(off), dtype=[("is_correct", "?"), ("difficulty", "i1"), ("problem", "i4")])
+    meta["is_correct"], meta["difficulty"], meta["problem"] = correct, difficulty, problem
+    del correct, difficulty, problem
+    build_s = time.perf_counter() - t0
+    after_build = _rss_mb()
+    order = np.random.default_rng(0).permutation(len(off))
+    t1 = time.perf_counter()
+    n_read = checksum = 0
+    with open(jsonl, "rb") as f:
+        fd = f.fileno()
+        for i in range(len(order) // batch_size):
+            rows = order[i * batch_size:(i + 1) * batch_size]
+            recs = [json.loads(os.pread(fd, int(ln[r]), int(off[r]))) for r in rows]
+            n_read += len(recs)
+            checksum += sum(r["is_correct"] for r in recs)
+    read_s = time.perf_counter() - t1
+    assert checksum == int(meta["is_correct"][order[:n_read]].sum())
+    return {"base_mb": base, "after_build_mb": after_build, "peak_mb": _rss_mb(), "build_s": build_s,
+            "records": len(off), "read_records": n_read, "read_s": read_s}
+
+
 def phase_pandas(jsonl: str) -> dict:
     import pandas as pd
 
@@ -97,44 +156,70 @@ def _child(args: list[str]) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--records", type=int, default=1_000_000)
-    ap.add_argument("--no-tokenizer", action="store_true", help="index without token counts")
-    ap.add_argument("--phase", choices=("index", "pandas"), help=argparse.SUPPRESS)
+    ap.add_argument("--records", type=int, default=500_000)
+    ap.add_argument("--repeats", type=int, default=3, help="fresh processes per side, round-robin")
+    ap.add_argument("--token-counts", action="store_true",
+                    help="wmtp's index also counts tokens with the bundled tokenizer (the peer does not)")
+    ap.add_argument("--phase", choices=("index", "offsets", "pandas"), help=argparse.SUPPRESS)
     ap.add_argument("--jsonl", help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.phase == "index":
         print(json.dumps(phase_index(a.jsonl, a.tokenizer)))
         return
+    if a.phase == "offsets":
+        print(json.dumps(phase_offsets(a.jsonl)))
+        return
     if a.phase == "pandas":
         print(json.dumps(phase_pandas(a.jsonl)))
         return
 
+    bench.print_header("data_memory", {"pandas": bench.version("pandas"), "numpy": bench.version("numpy")})
+    runs: dict[str, list[dict]] = {"index": [], "offsets": [], "pandas": []}
     with tempfile.TemporaryDirectory(prefix="wmtp-data-memory-") as tmp:
         jsonl = Path(tmp) / "records.jsonl"
         t0 = time.perf_counter()
         make_jsonl(jsonl, a.records)
         size_mb = jsonl.stat().st_size / 2**20
         print(f"generated {a.records} records ({size_mb:.0f} MiB) in {time.perf_counter() - t0:.1f}s")
-        child = ["--jsonl", str(jsonl)]
-        if not a.no_tokenizer:
+        child = {"index": ["--phase", "index", "--jsonl", str(jsonl)],
+                 "offsets": ["--phase", "offsets", "--jsonl", str(jsonl)],
+                 "pandas": ["--phase", "pandas", "--jsonl", str(jsonl)]}
+        if a.token_counts:
             from wmtp.data.bundled import ensure_bundled
 
-            child += ["--tokenizer", str(ensure_bundled(Path(tmp) / "cache", n_problems=200, seed=0).tokenizer)]
-        ix = _child(["--phase", "index", *child])
-        pd_ = _child(["--phase", "pandas", "--jsonl", str(jsonl)])
-    ix_mb = ix["peak_mb"] - ix["base_mb"]
-    pd_mb = pd_["peak_mb"] - pd_["base_mb"]
-    print(f"index build: {ix['records']} records in {ix['build_s']:.1f}s "
-          f"({ix['records'] / ix['build_s']:,.0f} records/s, token counts: {not a.no_tokenizer})")
-    print(f"epoch read by offset: {ix['read_records']} records in {ix['read_s']:.1f}s "
-          f"({ix['read_records'] / ix['read_s']:,.0f} records/s, random order, batches of 64)")
-    print(f"index+epoch peak RSS: {ix['peak_mb']:.0f} MiB (imports baseline {ix['base_mb']:.0f} MiB, "
-          f"increment {ix_mb:.0f} MiB; after build {ix['after_build_mb'] - ix['base_mb']:.0f} MiB)")
-    print(f"pandas.read_json peak RSS: {pd_['peak_mb']:.0f} MiB (imports baseline {pd_['base_mb']:.0f} MiB, "
-          f"increment {pd_mb:.0f} MiB; load {pd_['load_s']:.1f}s)")
-    print(f"raw peak ratio (baselines included): {ix['peak_mb'] / pd_['peak_mb']:.3f}")
-    print(f"index_memory_ratio: {ix_mb / pd_mb:.4f}")
+            child["index"] += ["--tokenizer",
+                               str(ensure_bundled(Path(tmp) / "cache", n_problems=200, seed=0).tokenizer)]
+        names = list(runs)
+        for r in range(a.repeats):
+            for n in names[r % 3:] + names[: r % 3]:
+                for stale in Path(tmp).glob("*.index.parquet*"):
+                    stale.unlink()
+                runs[n].append(_child(child[n]))
+    inc = {n: [x["peak_mb"] - x["base_mb"] for x in rs] for n, rs in runs.items()}
+    st = {n: bench.summarize(v) for n, v in inc.items()}
+
+    def med(n: str, key: str) -> float:
+        return statistics.median(x[key] for x in runs[n])
+
+    for n in ("index", "offsets"):
+        print(f"{n:8s} build: {runs[n][0]['records']} records, median {med(n, 'build_s'):.1f}s; epoch read by "
+              f"offset: {runs[n][0]['read_records']} records, median {runs[n][0]['read_records'] / med(n, 'read_s'):,.0f}"
+              f" records/s; after build +{med(n, 'after_build_mb') - med(n, 'base_mb'):.0f} MiB")
+    print(f"pandas   load: median {med('pandas', 'load_s'):.1f}s")
+    for n in names:
+        s = st[n]
+        print(f"{n:8s} peak RSS above imports: median {s['median']:7.0f} MiB (min–max {s['min']:.0f}–{s['max']:.0f}, "
+              f"n={s['n']}; imports baseline {med(n, 'base_mb'):.0f} MiB)")
+    def ratio(x: float, y: float) -> float:
+        return x / y if y > 0 else float("nan")
+
+    per_round = [ratio(i, o) for i, o in zip(inc["index"], inc["offsets"])]
+    print(f"token counts in wmtp's index: {a.token_counts}")
+    print(f"index_memory_vs_pandas: {ratio(st['index']['median'], st['pandas']['median']):.4f}")
+    print(f"index ÷ offset array per round: {min(per_round):.3f}–{max(per_round):.3f}")
+    print(f"loadavg after: {bench.loadavg()}")
+    print(f"index_memory_vs_offset_array: {ratio(st['index']['median'], st['offsets']['median']):.3f}")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,9 @@ heads), trained briefly with the plain (unweighted) MTP loss on the bundled synt
 (`wmtp.data.bundled`: Alpaca prompt + solution + EOS) so that heads 2..4 are predictive; without
 the bundled data it trains on a repetitive synthetic token stream instead (printed as `data:`).
 Every method decodes the same prompts one at a time (batch 1, as speculative decoding does);
-all three must produce the same tokens. Last line: `speculative_speedup: X` (speculative tokens/s
-÷ KV-cache tokens/s).
+all three must produce the same tokens. The three methods run round-robin `--repeats` times (the
+order rotates each round). Last line: `speculative_speedup: X` (median over rounds of speculative
+tokens/s ÷ KV-cache tokens/s measured in the same round).
 """
 
 from __future__ import annotations
@@ -17,15 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from wmtp.evaluation.generation import generate_tokens, greedy_decode_no_cache
-from wmtp.evaluation.speculative import SpeculativeStats, speculative_greedy
-from wmtp.model.args import get_preset
-from wmtp.model.transformer import build_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as bench  # noqa: E402
+
+from wmtp.evaluation.generation import generate_tokens, greedy_decode_no_cache  # noqa: E402
+from wmtp.evaluation.speculative import SpeculativeStats, speculative_greedy  # noqa: E402
+from wmtp.model.args import get_preset  # noqa: E402
+from wmtp.model.transformer import build_model  # noqa: E402
 
 
 def bundled_sequences(n_eval_prompts: int):
@@ -95,16 +101,6 @@ def train(model, sequences, steps: int, batch_size: int, seq_len: int, device, s
     return loss.item()
 
 
-def timed(fn, device) -> tuple[object, float]:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - t
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -114,12 +110,14 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
+    p.add_argument("--repeats", type=int, default=5, help="decoding rounds, the three methods round-robin")
     p.add_argument("--save", default=None,
                    help="also save the trained model (and the bundled tokenizer) here, for `wmtp eval`")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    bench.print_header("decode", {})
     torch.manual_seed(0)
     try:
         data = bundled_sequences(args.prompts)
@@ -143,37 +141,52 @@ def main() -> None:
         print(f"saved model to {args.save}")
 
     n_new = args.max_new_tokens
+    outputs: dict[str, list] = {}
+    stats = SpeculativeStats()
+
+    def run_spec():
+        outs, st = [], SpeculativeStats()
+        for q in prompts:
+            out, s = speculative_greedy(model, q, max_new_tokens=n_new, eos_id=eos_id)
+            st.merge(s)
+            outs.append(out)
+        outputs["speculative"] = outs
+        if not stats.steps:
+            stats.merge(st)
+
+    methods = {
+        "no_cache": lambda: outputs.__setitem__("no_cache", [
+            greedy_decode_no_cache(model, q, max_new_tokens=n_new, eos_id=eos_id) for q in prompts]),
+        "kv_cache": lambda: outputs.__setitem__("kv_cache", [
+            generate_tokens(model, [q], max_new_tokens=n_new, eos_id=eos_id)[0] for q in prompts]),
+        "speculative": run_spec,
+    }
+    print(f"loadavg before decoding: {bench.loadavg()}")
     with torch.no_grad():
         # Warm-up (allocator, kernels) so the first method measured is not penalised.
         generate_tokens(model, prompts[:1], max_new_tokens=4)
-        nocache, t_nocache = timed(lambda: [greedy_decode_no_cache(model, q, max_new_tokens=n_new, eos_id=eos_id)
-                                            for q in prompts], device)
-        kv, t_kv = timed(lambda: [generate_tokens(model, [q], max_new_tokens=n_new, eos_id=eos_id)[0]
-                                  for q in prompts], device)
-        stats = SpeculativeStats()
-
-        def run_spec():
-            outs = []
-            for q in prompts:
-                out, s = speculative_greedy(model, q, max_new_tokens=n_new, eos_id=eos_id)
-                stats.merge(s)
-                outs.append(out)
-            return outs
-
-        spec, t_spec = timed(run_spec, device)
-    n_tokens = sum(len(o) for o in kv)
+        times = bench.round_robin(methods, args.repeats, warmup=0,
+                                  sync=torch.cuda.synchronize if device.type == "cuda" else None)
+    nocache, kv, spec = outputs["no_cache"], outputs["kv_cache"], outputs["speculative"]
+    n_tokens = {n: sum(len(o) for o in outs) for n, outs in outputs.items()}
     same = sum(a == b == c for a, b, c in zip(nocache, kv, spec))
-    print(f"prompts: {len(prompts)}, new tokens: {n_tokens}, identical outputs (no-cache = kv = speculative): "
-          f"{same}/{len(prompts)}")
-    rate_nocache = sum(len(o) for o in nocache) / t_nocache
-    rate_kv, rate_spec = n_tokens / t_kv, sum(len(o) for o in spec) / t_spec
-    print(f"no_cache_tokens_per_s: {rate_nocache:.1f}")
-    print(f"kv_cache_tokens_per_s: {rate_kv:.1f}  (x{rate_kv / rate_nocache:.2f} vs no cache)")
-    print(f"speculative_tokens_per_s: {rate_spec:.1f}")
+    print(f"prompts: {len(prompts)}, new tokens: {n_tokens['kv_cache']}, identical outputs "
+          f"(no-cache = kv = speculative): {same}/{len(prompts)}")
+    rates = {n: [n_tokens[n] / t for t in ts] for n, ts in times.items()}
+    for n, r in rates.items():
+        s = bench.summarize(r)
+        print(f"{n}_tokens_per_s: median {s['median']:.1f} (IQR {s['q1']:.1f}–{s['q3']:.1f}, "
+              f"min–max {s['min']:.1f}–{s['max']:.1f}, n={s['n']})")
     print(f"acceptance_rate: {stats.acceptance_rate:.3f} accepted drafts/step "
           f"(of {margs.n_future_tokens - 1}; {stats.accepted}/{stats.drafted} drafts, {stats.steps} steps)")
     print(f"tokens_per_forward: {stats.new_tokens / max(1, stats.steps + len(prompts)):.3f}")
-    print(f"speculative_speedup: {rate_spec / rate_kv:.3f}")
+    kv_gain = bench.summarize(bench.paired_ratios(rates["kv_cache"], rates["no_cache"]))
+    print(f"kv_cache ÷ no_cache per round: median {kv_gain['median']:.2f} (min–max {kv_gain['min']:.2f}–{kv_gain['max']:.2f})")
+    spec_r = bench.summarize(bench.paired_ratios(rates["speculative"], rates["kv_cache"]))
+    print(f"speculative ÷ kv_cache per round: median {spec_r['median']:.3f} "
+          f"(IQR {spec_r['q1']:.3f}–{spec_r['q3']:.3f}, min–max {spec_r['min']:.3f}–{spec_r['max']:.3f})")
+    print(f"loadavg after: {bench.loadavg()}")
+    print(f"speculative_speedup: {spec_r['median']:.3f}")
 
 
 if __name__ == "__main__":

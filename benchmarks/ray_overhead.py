@@ -140,8 +140,11 @@ def start_ray(num_cpus: int) -> None:
     apply_train_env()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if not ray.is_initialized():
-        # address="local": always a fresh cluster (a stale one left by `ray stop` would hang init).
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        # address="local": always a fresh cluster (a stale one left by `ray stop` would hang init),
+        # in a private temp dir (short path: Ray's unix sockets) so other clusters on the machine
+        # are left alone.
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                 _temp_dir=tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     import ray.cloudpickle
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])

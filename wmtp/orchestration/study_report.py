@@ -84,10 +84,9 @@ def _reused(stage_cfg: Any, started: float) -> str:
 
 
 def write_results(report: Any, path: str | Path, *, command: str) -> Path:
+    from wmtp.config.loader import ConfigError
     from wmtp.evaluation.study_metrics import format_table, plot_curves
     from wmtp.orchestration.study import machine
-
-    from wmtp.config.loader import ConfigError
 
     spec, plan = report.plan.spec, report.plan
     if not report.runs:
