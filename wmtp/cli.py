@@ -257,18 +257,19 @@ def estimate_run(cfg: WMTPConfig, args, policy_trained: bool, critic_args) -> tu
     """Per-GPU memory (GiB, by term) and training FLOPs per token of every model the recipe holds.
 
     The per-model formulas live in wmtp.model.memory; this adds up the recipe's models: the
-    trained policy, a trained or frozen critic, the scoring copy a colocated scorer holds
-    (verifiable's critic, Rho-1's live reference) and the critic publish after each step; the
-    total is the resident state plus the larger of the step's transients and the publish
-    (checked against the trace: tests/parallel/test_trace.py).
+    trained policy, a trained or frozen critic (a frozen one has no optimizer state), the sharded
+    compute-dtype critic snapshot at critic_sync_interval > 1, Rho-1's sharded live reference, and
+    the async publish's one-tensor gather; the total is the resident state plus the larger of the
+    step's transients and the publish (checked against the trace: tests/parallel/test_trace.py).
     """
-    from wmtp.model.memory import GIB, MASTER_BYTES, count_parameters, estimate_memory, flops_per_token
+    from wmtp.model.memory import COMPUTE_BYTES, GIB, count_parameters, estimate_memory, flops_per_token
 
     orch, train, data = cfg.orchestration, cfg.train, cfg.data
     # HSDP shards within a node's group of num_workers / fsdp_replicas ranks.
     common = dict(world_size=orch.num_workers // orch.fsdp_replicas, precision=train.precision, fsdp=orch.fsdp,
                   batch_size=data.batch_size, seq_len=data.max_seq_len,
                   activation_checkpointing=train.activation_checkpointing)
+    shard = common["world_size"] if orch.fsdp else 1
     terms = dict.fromkeys(("params", "grads", "optimizer", "activations", "transient"), 0)
     flops, publish = 0.0, 0
     if policy_trained:
@@ -290,16 +291,18 @@ def estimate_run(cfg: WMTPConfig, args, policy_trained: bool, critic_args) -> tu
             terms["params"] += est.params
         if cfg.recipe == "verifiable":
             flops += flops_per_token(critic_args, data.max_seq_len, training=False) - no_output
-            if orch.placement == "colocated":
-                # ColocatedScorer holds an unsharded fp32 replica of the critic (build_scoring_model).
-                terms["scoring_copy"] = est.n_params * MASTER_BYTES
-            if critic_is_trained(cfg):
-                # Each publish gathers the whole critic state dict (fp32) on the device, after the
-                # step's gradients and activations are freed (components.full_state_dict).
-                publish = est.n_params * MASTER_BYTES
+            if critic_is_trained(cfg) and cfg.stage2.critic_sync_interval > 1:
+                # CriticSnapshot: a second critic sharded like the first, in the compute dtype
+                # (at interval 1 the learner's own critic scores: no copy).
+                terms["critic_snapshot"] = est.n_params * COMPUTE_BYTES[train.precision] // shard
+            if orch.placement == "async":
+                # Publishing gathers one tensor at a time (compute dtype): the largest, the embedding.
+                publish = critic_args.vocab_size * critic_args.dim * COMPUTE_BYTES[train.precision]
     if cfg.recipe == "rho1_weighted" and not data.reference_losses and orch.placement == "colocated":
-        # The live frozen reference (ref_tuning's export: the policy with one head), unsharded fp32.
-        terms["scoring_copy"] = count_parameters(args.replace(n_future_tokens=1)) * MASTER_BYTES
+        # The live frozen reference (ref_tuning's export: the policy with one head), sharded like
+        # the learner, in the compute dtype (frozen_scoring_model).
+        terms["scoring_copy"] = (count_parameters(args.replace(n_future_tokens=1))
+                                 * COMPUTE_BYTES[train.precision] // shard)
     memory = {k: v / GIB for k, v in terms.items()}
     step = memory["grads"] + memory["activations"] + memory["transient"]
     resident = sum(memory.values()) - step

@@ -38,6 +38,12 @@ RAY_TINY = {
                            "--configs", "baseline", "verifiable_async_frozen"],
 }
 
+# Whole-recipe or 1B-shape runs: minutes even tiny, so slow (they still end with `name: value`).
+SLOW_TINY = {
+    "publish": ["--repeats", "1"],
+    "startup": ["--steps", "2"],
+}
+
 
 def _run(name: str, args: list[str], tmp_path: Path, timeout: int) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0",
@@ -64,6 +70,12 @@ def test_ray_benchmark_runs_tiny(name, tmp_path):
     _run(name, RAY_TINY[name], tmp_path, timeout=600)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SLOW_TINY))
+def test_slow_benchmark_runs_tiny(name, tmp_path):
+    _run(name, SLOW_TINY[name], tmp_path, timeout=1800)
+
+
 def test_every_script_is_covered():
     scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py") if not p.stem.startswith("_")}
-    assert scripts == set(TINY) | set(RAY_TINY)
+    assert scripts == set(TINY) | set(RAY_TINY) | set(SLOW_TINY)

@@ -32,7 +32,7 @@ def test_mlflow_run_reads_back(tmp_path, mlflow_sqlite, monkeypatch):
     artifacts = {a.path for a in client.list_artifacts(r.info.run_id)}
     assert "config.yaml" in artifacts
     heatmaps = [a.path for a in client.list_artifacts(r.info.run_id, "heatmaps")]
-    assert heatmaps == ["heatmaps/token_weights_step000002.html", "heatmaps/token_weights_step000004.html"]
+    assert heatmaps == [f"heatmaps/token_weights_step00000{s}.{ext}" for s in (2, 4) for ext in ("html", "png")]
     html = client.download_artifacts(r.info.run_id, heatmaps[0], str(tmp_path / "dl"))
     assert "<html" in open(html, encoding="utf-8").read().lower()
 
