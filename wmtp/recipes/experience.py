@@ -147,14 +147,30 @@ class CriticSnapshot:
     it (`state_dict`), so a resumed run scores with the same snapshot as an uninterrupted one."""
 
     def __init__(self, critic: nn.Module, dtype: torch.dtype):
+        from torch._subclasses.fake_tensor import is_fake
+
+        from wmtp.model.transformer import allocate_empty
         from wmtp.parallel.fsdp import apply_fsdp
 
         first = next(critic.parameters())
-        model = build_value_model(critic.args, critic.value_head.kind, device="meta").to(dtype)
-        model.requires_grad_(False)
-        if hasattr(first, "device_mesh"):
-            apply_fsdp(model, mesh=first.device_mesh, mixed_precision=False)
-        model.to_empty(device=local_tensor(first).device)
+        device = local_tensor(first).device
+        model = build_value_model(critic.args, critic.value_head.kind, device="meta")
+        with torch.no_grad():  # the compute dtype, still shapes only (assigned, not swapped: see below)
+            for module in model.modules():
+                for name, p in module._parameters.items():
+                    if p is not None:
+                        module._parameters[name] = nn.Parameter(torch.empty_like(p, dtype=dtype), requires_grad=False)
+        mesh = getattr(first, "device_mesh", None)
+        if is_fake(local_tensor(first)):
+            # The memory trace (FakeTensorMode) cannot swap tensors as `to_empty` does: allocate
+            # first (fake: no memory; the trace measures from after setup), then shard.
+            allocate_empty(model, device)
+            if mesh is not None:
+                apply_fsdp(model, mesh=mesh, mixed_precision=False)
+        else:
+            if mesh is not None:
+                apply_fsdp(model, mesh=mesh, mixed_precision=False)
+            model.to_empty(device=device)
         model.backbone.init_rope()
         self.model, self.version = model.eval(), 0
         self.refresh(critic, 0)
