@@ -261,15 +261,16 @@ class Transformer(nn.Module):
         return MTPOutput(hidden=hidden, logits=logits)
 
 
-def allocate_empty(model: nn.Module, device: str | torch.device) -> nn.Module:
+def allocate_empty(model: nn.Module, device: str | torch.device, dtype: torch.dtype | None = None) -> nn.Module:
     """`model.to_empty(device)` for a freshly meta-built model: every parameter and buffer gets new
     uninitialised storage on `device`. Assigns new tensors instead of swapping them in place, so it
-    also works under `FakeTensorMode` (the memory trace), where `to_empty` cannot swap."""
+    also works under `FakeTensorMode` (the memory trace), where `to_empty` cannot swap. `dtype`:
+    parameters in that dtype (the compute dtype of a frozen scoring copy), else as built."""
     with torch.no_grad():
         for module in model.modules():
             for name, p in module._parameters.items():
                 if p is not None:
-                    module._parameters[name] = nn.Parameter(torch.empty_like(p, device=device),
+                    module._parameters[name] = nn.Parameter(torch.empty_like(p, device=device, dtype=dtype or p.dtype),
                                                             requires_grad=p.requires_grad)
             for name, b in module._buffers.items():
                 if b is not None:

@@ -496,9 +496,10 @@ class _ActorStandIn:
     apart (`HeldRef.ACTOR_MODEL`), not in the learner's total."""
 
     def __init__(self, spec, state_dict, device):
-        from wmtp.recipes.experience import ColocatedScorer
+        from wmtp.recipes.experience import LearnerScorer, build_scoring_model
 
-        self.inner = ColocatedScorer(spec, state_dict, device)
+        # The actor's replica (compute dtype), scored in this process: what an actor holds.
+        self.inner = LearnerScorer(spec, build_scoring_model(spec, state_dict, device))
 
     def submit(self, batch):
         self.inner.submit(batch)
@@ -507,7 +508,7 @@ class _ActorStandIn:
         return self.inner.get()
 
     def publish_critic(self, state_dict, version):
-        self.inner.publish_critic(state_dict, version)
+        self.inner.publish_critic(self.inner.model, version)  # values do not matter to memory
 
     def close(self):
         self.inner.close()

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from wmtp.data.collator import Batch
 from wmtp.losses.mtp import mtp_token_losses
 from wmtp.model.args import ModelArgs
-from wmtp.model.transformer import Transformer, build_model
+from wmtp.model.transformer import Transformer, allocate_empty, build_model
 from wmtp.model.value import ValueModel, build_value_model
 from wmtp.recipes.interfaces import ScoredBatch
 from wmtp.training.precision import autocast_context, compute_dtype
@@ -59,7 +59,7 @@ def build_scoring_model(spec: ExperienceSpec, state_dict: Mapping[str, Tensor] |
         model: nn.Module = build_value_model(spec.model_args, spec.value_head, device="meta")
     else:
         model = build_model(spec.model_args, device="meta")
-    model = model.to(compute_dtype(spec.precision)).to_empty(device=device)
+    model = allocate_empty(model, device, dtype=compute_dtype(spec.precision))  # also under the memory trace
     (model.backbone if isinstance(model, ValueModel) else model).init_rope()
     if state_dict is not None:
         model.load_state_dict(state_dict)
@@ -149,7 +149,6 @@ class CriticSnapshot:
     def __init__(self, critic: nn.Module, dtype: torch.dtype):
         from torch._subclasses.fake_tensor import is_fake
 
-        from wmtp.model.transformer import allocate_empty
         from wmtp.parallel.fsdp import apply_fsdp
 
         first = next(critic.parameters())
