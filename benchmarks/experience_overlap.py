@@ -1,6 +1,6 @@
 """Learner step time of the verifiable recipe with the experience phase `async` (Ray experience
 actors scoring ahead) vs `colocated` (in the learner), vs the baseline recipe (no critic at all);
-all in a 1-worker Ray Train TorchTrainer on the micro preset (DESIGN.md §9: verifiable with a
+all in a 1-worker Ray Train TorchTrainer on the micro preset (docs/BENCHMARKS.md: verifiable with a
 frozen critic and async experience ≤ 1.10 × baseline, on GPU).
 
 Configurations (same data, batch and steps):

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One-shot GPU check (DESIGN.md §9, issue 5 item 7): under 8 minutes on one H100/H200, no network.
+# One-shot GPU check (docs/BENCHMARKS.md, issue 5 item 7): under 8 minutes on one H100/H200, no network.
 #   bash benchmarks/gpu_check.sh            # from the repository root, venv active
 # 1. model + loss on CUDA: the CPU test suites of model and math, then CUDA-vs-CPU parity of the
 #    MTP forward, the chunked MTP loss and its gradients (fp32), and a bf16 autocast step;

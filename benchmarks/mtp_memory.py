@@ -9,7 +9,7 @@ Each configuration runs in a fresh subprocess, the four round-robin `--repeats` 
 peak during the step minus the memory held just before it (model, inputs): on CPU the process's
 VmHWM (reset through /proc/self/clear_refs; malloc returns large blocks to the OS, so RSS follows
 the live tensors), on CUDA `torch.cuda.max_memory_allocated`. Last line: `mtp_memory_ratio: X`
-(4-head ÷ 1-head, chunked loss, median over rounds; DESIGN.md §9 target ≤ 1.15).
+(4-head ÷ 1-head, chunked loss, median over rounds; docs/BENCHMARKS.md target ≤ 1.15).
 
     python benchmarks/mtp_memory.py                 # CPU, ~2-3 min on 2 cores
     python benchmarks/mtp_memory.py --device cuda   # GPU

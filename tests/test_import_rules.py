@@ -1,4 +1,4 @@
-"""The dependency rules of DESIGN.md §1, enforced three ways.
+"""The dependency rules of the package layout (README "Where things live"; import-linter contracts in pyproject), enforced three ways.
 
 (a) import-linter contracts from pyproject.toml; (b) importing the pure packages in a fresh
 interpreter loads no ray/mlflow (and weighting/losses no pydantic); (c) no module outside

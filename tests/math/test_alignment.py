@@ -1,4 +1,4 @@
-"""The DESIGN.md §3 alignment table, asserted; padding on either side."""
+"""The docs/MATH.md alignment table, asserted; padding on either side."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Head/label alignment for multi-token prediction: the one place where targets are shifted.
 
-Convention (DESIGN.md §3): `labels: [B, S] long`, `labels[b, j]` = token j if it is a response
+Convention (docs/MATH.md): `labels: [B, S] long`, `labels[b, j]` = token j if it is a response
 token (solution body or EOS), else `IGNORE_INDEX` (prompt, BOS, padding on either side). Head k
 (1..H) at position t predicts token t+k, so its target is `labels[b, t+k]`; it is valid when
 t+k < S and that label is not ignored. Prompt `p0 p1`, response `a b c`, 3 heads:

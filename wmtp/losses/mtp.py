@@ -1,7 +1,7 @@
 """Weighted multi-token-prediction cross-entropy that never materialises `[B, S, H, V]` logits.
 
 `L = Σ_k c_k · Σ_t W_k(t) ℓ_k(t) M_k(t) / N_k` with `ℓ_k(t) = −log p_k(x_{t+k} | x_{≤t})`
-(DESIGN.md §3). Only valid targets are gathered (prompt and padding cost nothing); the valid rows
+(docs/MATH.md). Only valid targets are gathered (prompt and padding cost nothing); the valid rows
 of all heads are projected to the vocabulary `chunk_size` rows at a time, and the backward pass
 recomputes each chunk's logits instead of keeping them. Peak loss memory is one `[chunk, V]`
 block (plus its softmax) whatever H, B and S are.

@@ -1,4 +1,4 @@
-"""Critic losses (DESIGN.md §3). Pure tensors; every mean is a masked mean whose denominator may
+"""Critic losses (docs/MATH.md). Pure tensors; every mean is a masked mean whose denominator may
 be given explicitly (the global count of the optimizer step) so the loss does not change with
 world size or gradient accumulation.
 

@@ -104,7 +104,7 @@ def check_param_types(params: dict) -> None:
 
 # Meta's released `7B_1T_4/params.json` (multi-token-prediction repo), plus a context length.
 PRESETS: dict[str, ModelArgs] = {
-    # ~2M parameters: trains on a 2-core CPU in minutes (DESIGN.md §4 sizing facts).
+    # ~2M parameters: trains on a 2-core CPU in minutes (docs/DATA.md sizing facts).
     "micro": ModelArgs(
         dim=192, n_layers=4, n_heads=6, n_kv_heads=2, vocab_size=1000, multiple_of=32,
         norm_eps=1e-5, rope_theta=10000.0, n_future_tokens=1, max_seq_len=256,

@@ -1,6 +1,6 @@
 """LLaMA transformer with Meta's multi-token-prediction heads (Meta's key names and layout).
 
-Layout (DESIGN.md §2): `tok_embeddings` → `layers[0..T-2]` (the shared trunk) → heads. Head 1 is
+Layout (docs/MODEL.md): `tok_embeddings` → `layers[0..T-2]` (the shared trunk) → heads. Head 1 is
 `layers[T-1]`, heads 2..H are `extra_heads[0..H-2]`; every head is one transformer block fed the
 trunk output, then the shared `norm` and `output`. Head k at position t predicts token t+k.
 

@@ -1,7 +1,7 @@
 """Value model (critic): a separate LLaMA backbone (n_future_tokens=1, no vocab projection) plus
 a value head mapping each position's hidden state to a scalar.
 
-`V_j` ≈ P(correct | x_{<=j}) (DESIGN.md §3). The head emits an unsquashed scalar: the value losses
+`V_j` ≈ P(correct | x_{<=j}) (docs/MATH.md). The head emits an unsquashed scalar: the value losses
 regress it onto 0/1 outcomes directly (as PPO critics do); pairwise uses differences.
 """
 

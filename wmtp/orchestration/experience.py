@@ -1,4 +1,4 @@
-"""`async` placement: experience actors score batches ahead of the learner (DESIGN.md §7).
+"""`async` placement: experience actors score batches ahead of the learner (docs/DISTRIBUTED.md).
 
 Each learner rank owns a pool of `orchestration.num_experience_actors` named Ray actors
 (`wmtp-experience-<run>-r<rank>-<i>`), each holding a replica of the scoring model (the critic

@@ -1,4 +1,4 @@
-"""`wmtp tune`: a Ray Tune sweep whose trials are whole Ray Train runs (DESIGN.md §7).
+"""`wmtp tune`: a Ray Tune sweep whose trials are whole Ray Train runs (docs/DISTRIBUTED.md).
 
     run_tune(cfg, space) -> TuneSummary
 

@@ -8,7 +8,7 @@ the model in this order (torchtitan's `parallelize`):
    block and the value head), the root last.
 
 Gradient reduction is a **sum** over ranks (divide factor 1, SUM collectives): wmtp's losses
-divide by global token counts (DESIGN.md §3), so summing per-rank gradients gives the exact
+divide by global token counts (docs/MATH.md), so summing per-rank gradients gives the exact
 global gradient on any world size. Standard FSDP averaging would shrink it by the world size.
 """
 

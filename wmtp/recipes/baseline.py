@@ -1,4 +1,4 @@
-"""Baseline MTP: every response token weighted 1 (DESIGN.md §3, `W ≡ 1`).
+"""Baseline MTP: every response token weighted 1 (docs/MATH.md, `W ≡ 1`).
 
 build → setup → train → close. One optimizer step:
     N_k = Σ_{micro-batches, ranks} valid head-k targets

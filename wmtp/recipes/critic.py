@@ -1,5 +1,5 @@
 """Critic pre-training: a value model learns V_j ≈ P(correct | x_{≤j}) from execution outcomes
-(DESIGN.md §3), then is exported for the verifiable recipe (`<run_dir>/export`).
+(docs/MATH.md), then is exported for the verifiable recipe (`<run_dir>/export`).
 
 Objectives (`critic.loss`, registry `wmtp.losses.registry.VALUE_LOSSES`), on the value of the state
 before each response token, `V_{j−1}`:

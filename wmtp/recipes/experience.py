@@ -1,4 +1,4 @@
-"""The experience phase (no grad): a raw batch becomes a `ScoredBatch` (DESIGN.md §7).
+"""The experience phase (no grad): a raw batch becomes a `ScoredBatch` (docs/DISTRIBUTED.md).
 
 verifiable: critic snapshot values `V_old` → GAE advantages and returns (per sample, so it can run
     anywhere: in the learner (`colocated`) or in Ray actors (`async`)).

@@ -1,4 +1,4 @@
-"""Rho-1 Weighted MTP: token weights from the excess loss over a frozen reference (DESIGN.md §3).
+"""Rho-1 Weighted MTP: token weights from the excess loss over a frozen reference (docs/MATH.md).
 
   e_k(t) = ℓ_k^policy(t) − ℓ^ref(t+k)
   topk:        keep the top `ratio` of valid head-k targets of the global batch by e (mean weight 1)

@@ -1,5 +1,5 @@
 """Verifiable Critic WMTP: token weights from the critic's GAE advantages, and critic continual
-learning with the PPO clipped value loss (DESIGN.md §3, §7; the original system's stage 2).
+learning with the PPO clipped value loss (docs/MATH.md, docs/DISTRIBUTED.md; the original system's stage 2).
 
 One optimizer step, per micro-batch:
   experience (no grad, critic snapshot, `ExperienceScorer`):

@@ -1,4 +1,4 @@
-"""GAE advantages and TD(λ) value targets on the response span (DESIGN.md §3), vectorised.
+"""GAE advantages and TD(λ) value targets on the response span (docs/MATH.md), vectorised.
 
 Indexing: everything is `[B, S]` and indexed on response tokens j ∈ [s, e] (`response_mask`, one
 contiguous span per row, EOS included, padding on either side); entries outside are 0. `values[:, j]`

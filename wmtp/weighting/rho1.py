@@ -1,4 +1,4 @@
-"""Rho-1 token weights from excess loss (DESIGN.md §3).
+"""Rho-1 token weights from excess loss (docs/MATH.md).
 
 `e_k(t) = ℓ_k^policy(t) − ℓ^ref(t+k)`: policy per-(position, head) losses `[B, S, H]`
 (`wmtp.losses.mtp.mtp_token_losses`) minus the frozen reference's *target-indexed* per-token loss

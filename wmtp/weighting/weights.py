@@ -1,5 +1,5 @@
 """Token weights from advantages: `w = clip(exp(Â / T), clip_min, clip_max)`, optionally rescaled
-to mean 1 over valid tokens (DESIGN.md §3).
+to mean 1 over valid tokens (docs/MATH.md).
 
 Order: normalise → exp → clip → renormalise. Renormalising *after* clipping makes the mean exactly
 1 (a weighted run keeps the baseline's effective learning rate); the price is that the final
