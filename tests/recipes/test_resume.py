@@ -20,7 +20,9 @@ def kill_after_checkpoint(cmd: list[str], checkpoints, step: int, timeout: float
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     try:
-        while not (checkpoints / f"step_{step:06d}").is_dir():
+        # The folder appears by rename before `latest` names it: wait for the marker.
+        marker = checkpoints / "latest"
+        while not (marker.is_file() and marker.read_text().strip() == f"step_{step:06d}"):
             if proc.poll() is not None:
                 raise AssertionError(f"run ended (rc={proc.returncode}) before its step-{step} checkpoint:\n"
                                      f"{proc.stderr.read()[-3000:]}")

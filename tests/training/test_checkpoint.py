@@ -138,6 +138,22 @@ def test_crash_before_marking_keeps_previous_latest(tmp_path, monkeypatch):
     assert sink.latest().name == "step_000100" and _value(sink.latest()) == 3.0
 
 
+def test_a_complete_folder_newer_than_the_marker_is_a_candidate_first(tmp_path, monkeypatch):
+    sink = LocalCheckpointSink(tmp_path, keep=3)
+    sink.save(2, _saver(1.0), {})
+    monkeypatch.setattr(sink, "_mark", lambda name: None)  # killed between the rename and the marker
+    sink.save(4, _saver(2.0), {})
+    monkeypatch.undo()
+    root = tmp_path / "checkpoints"
+    assert sink.latest() == root / "step_000002"
+    assert sink.candidates() == [root / "step_000004", root / "step_000002"]
+
+    # Resuming from the marked one (the newer failed verification) moves the newer one aside.
+    sink.resume_from(root / "step_000002")
+    assert (root / ".damaged-step_000004").is_dir() and not (root / "step_000004").exists()
+    assert sink.candidates() == [root / "step_000002"]
+
+
 def test_keep_prunes_oldest(tmp_path):
     sink = LocalCheckpointSink(tmp_path, keep=2)
     for step in (10, 20, 30, 40):

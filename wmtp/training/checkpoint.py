@@ -193,26 +193,33 @@ class LocalCheckpointSink:
         return complete[-1] if complete else None
 
     def candidates(self) -> list[Path]:
-        """Checkpoints to resume from, newest first: the marked latest, then the older ones."""
+        """Checkpoints to resume from, newest first.
+
+        A `step_*` folder only appears by rename once its save is complete, so one newer than the
+        `latest` marker is a run killed between the rename and the marker's rewrite: it is tried
+        first (verification still decides), then the marked latest, then the older ones.
+        """
         latest = self.latest()
         if latest is None:
             return []
+        newer = [p for p in self._complete() if checkpoint_step(p) > checkpoint_step(latest)]
         older = [p for p in self._complete() if checkpoint_step(p) < checkpoint_step(latest)]
-        return [latest, *reversed(older)]
+        return [*reversed(newer), latest, *reversed(older)]
 
     def resume_from(self, path: Path) -> None:
         """Resume from `path` (chosen after the newer ones failed verification): the newer ones
         are moved aside as `.damaged-step_NNNNNN` (kept for inspection) and `path` is marked latest."""
         from wmtp.parallel.reduce import barrier, rank
 
-        if rank() == 0 and path != self.latest():
+        if rank() == 0:
             for newer in self._complete():
                 if checkpoint_step(newer) > checkpoint_step(path):
                     aside = self.root / f".damaged-{newer.name}"
                     shutil.rmtree(aside, ignore_errors=True)
                     os.rename(newer, aside)
                     log.warning("moved the damaged checkpoint %s aside to %s", newer, aside)
-            self._mark(path.name)
+            if path != self.latest():
+                self._mark(path.name)
         barrier()
 
     def save(self, step: int, write: Callable[[Path], None], metrics: Mapping[str, float]) -> None:
