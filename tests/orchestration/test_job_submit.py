@@ -184,7 +184,8 @@ def test_local_cluster_walkthrough_submit_restart_resume_and_sweep(head):
     head.start()
     logs = _submit(head, SUBMIT, "verifiable-2", *FEW_STEPS)
     assert "reusing critic output" in logs and "running the 'critic' stage first" not in logs
-    assert "verifiable-local-light: resuming from" in logs and "step 2/4" not in logs
+    assert "[verifiable-local-light] resuming from" in logs and "checkpoint_step00000004 (step 4/4)" in logs
+    assert "step 2/4" not in logs and "FINISHED at step 4/4" in logs
     again = {r.info.run_name: r for r in client.search_runs(experiment.experiment_id)}
     assert again["verifiable-local-light"].info.run_id == run_id
 

@@ -171,3 +171,11 @@ def test_trial_labels_show_sampled_values_first():
     b = trial_label("4f2a1_00001", {"optim.lr": 0.1, "stage2.value_weighting.weight_temperature": 2.0})
     assert a == "lr=0.00312 weight_temperature=0.5 #00000"
     assert a[:12] != b[:12]
+
+
+def test_a_resumed_run_counts_from_its_checkpoint_step(tmp_path):
+    buf = io.StringIO()
+    con = RunConsole(4, run_name="demo", run_dir=tmp_path, stream=buf, show_bar=False)
+    con.resumed(4, "/storage/demo/checkpoint_step00000004")
+    assert "[demo] resuming from /storage/demo/checkpoint_step00000004 (step 4/4)" in buf.getvalue()
+    assert con.summary("FINISHED")["step"] == 4  # nothing left to train: not "step 0/4"

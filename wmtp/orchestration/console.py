@@ -64,6 +64,10 @@ class ForwardingConsole:
         """A point in time the driver turns into a phase boundary (e.g. `setup_start`)."""
         self._relay.push.remote(("mark", name))
 
+    def resumed(self, step: int, where: str) -> None:
+        """The run continues from the checkpoint of `step` at `where` (the driver says so)."""
+        self._relay.push.remote(("resumed", int(step), str(where)))
+
     def end(self, status: str, reason: str | None = None) -> None:
         if not self._ended:
             self._ended = True
@@ -102,6 +106,8 @@ class DriverConsole:
             at, kind, *rest = event
             if kind == "metrics":
                 self.console.log_metrics(rest[1], rest[0])
+            elif kind == "resumed":
+                self.console.resumed(rest[0], rest[1])
             elif kind == "mark":
                 self.marks.setdefault(rest[0], at)
             elif kind == "end":

@@ -29,6 +29,7 @@ from wmtp.orchestration.reporting import (
     RayCheckpointSink,
     RayMetricLogger,
     ReportState,
+    checkpoint_dir_step,
     repair_checkpoint_snapshot,
     user_error_of,
 )
@@ -155,8 +156,6 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     name = run_name(cfg)
-    if rank == 0 and (latest := ray.train.get_checkpoint()) is not None:
-        print(f"[wmtp] {name}: resuming from {latest.path}", flush=True)
     state = ReportState(*checkpoint_score(cfg))
     dashboard = DashboardMetrics(name, rank)
     relay = loop_config.get("console")
@@ -166,6 +165,11 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
 
         forward = ForwardingConsole(relay)
         forward.mark("setup_start")
+    if rank == 0 and (latest := ray.train.get_checkpoint()) is not None:
+        if forward is not None:  # the driver's console prints it (worker stdout is quiet by default)
+            forward.resumed(checkpoint_dir_step(latest.path), latest.path)
+        else:
+            print(f"[wmtp] {name}: resuming from {latest.path}", flush=True)
     logger = RayMetricLogger(
         _tracking_logger(cfg, loop_config.get("parent_run_id"), forward, loop_config.get("label"))
         if rank == 0 else None,

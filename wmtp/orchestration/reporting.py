@@ -184,6 +184,13 @@ class RayCheckpointSink:
         self._chosen = None
 
 
+def checkpoint_dir_step(path: str) -> int:
+    """The step of a `checkpoint_step<step>` storage folder (0 for another name)."""
+    base = str(path).rstrip("/").rsplit("/", 1)[-1]
+    digits = base.removeprefix("checkpoint_step")
+    return int(digits) if digits.isdigit() else 0
+
+
 def _newest_first(latest: ray.train.Checkpoint) -> list[ray.train.Checkpoint]:
     """`latest` and the older `checkpoint_step*` folders beside it in the run's storage, newest first."""
     import pyarrow.fs

@@ -197,16 +197,22 @@ class CriticSnapshot:
         self.version = int(state["version"])
 
 
-def frozen_scoring_model(model: nn.Module, precision: str, device: torch.device, shard: bool) -> nn.Module:
+def frozen_scoring_model(model: nn.Module, precision: str, device: torch.device, mesh=None) -> nn.Module:
     """A frozen model (the Rho-1 reference) as the learner holds it: no grad, no optimizer, compute
-    dtype, on `device`, and FSDP2-sharded like the learner's models when `shard` (1/world of it
-    per rank; `fully_shard` moves only this rank's shards to the device)."""
+    dtype, on `device`, and FSDP2-sharded over the learners' `mesh` when given (1/world of it per
+    rank; `fully_shard` moves only this rank's shards to the device)."""
     from wmtp.parallel.fsdp import apply_fsdp
 
-    model = model.requires_grad_(False).to(compute_dtype(precision)).eval()
+    dtype = compute_dtype(precision)
+    with torch.no_grad():  # cast by assignment, not `.to()`: the memory trace's fake tensors cannot be swapped
+        for module in model.modules():
+            for name, p in module._parameters.items():
+                if p is not None:
+                    module._parameters[name] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
+    model = model.eval()
     (model.backbone if isinstance(model, ValueModel) else model).init_rope()
-    if shard:
-        apply_fsdp(model, mixed_precision=False)
+    if mesh is not None:
+        apply_fsdp(model, mesh=mesh, mixed_precision=False)
         return model
     return model.to(device)
 

@@ -94,8 +94,12 @@ class Rho1WeightedRecipe:
             scorer = self.scorer_factory(spec, None)
             scorer.publish_critic(reference, 0)  # once: the reference never changes
             return scorer
-        shard = self.layout.distributed and cfg.orchestration.fsdp
-        return LearnerScorer(spec, frozen_scoring_model(reference, cfg.train.precision, self.layout.device, shard))
+        mesh = None
+        if self.layout.distributed and cfg.orchestration.fsdp:
+            from wmtp.parallel.fsdp import fsdp_mesh
+
+            mesh = fsdp_mesh(self.layout.device.type, self.layout.world_size, cfg.orchestration.fsdp_replicas)
+        return LearnerScorer(spec, frozen_scoring_model(reference, cfg.train.precision, self.layout.device, mesh))
 
     def weights(self, policy_losses, ref_losses, labels, global_stats: bool = True):
         r = self.cfg.rho1

@@ -235,6 +235,11 @@ class RunConsole:
         body = "  ".join(f"{k} {_fmt(values[k])}" for k in shown)
         self._write(f"[{self.run_name}] validation @ step {step}: {body}")
 
+    def resumed(self, step: int, where: str | Path) -> None:
+        """The run continues from its checkpoint of `step`: the summary counts from there."""
+        self.step = max(self.step, int(step))
+        self.info(f"resuming from {where} (step {step}/{self.total_steps})")
+
     def info(self, line: str) -> None:
         self._write(f"[{self.run_name}] {line}")
 
