@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# One-shot GPU check (docs/BENCHMARKS.md, issue 5 item 7): under 8 minutes on one H100/H200, no network.
+# One-shot GPU check (docs/BENCHMARKS.md): under 12 minutes on one H100/H200, no network.
 #   bash benchmarks/gpu_check.sh            # from the repository root, venv active
 # 1. model + loss on CUDA: the CPU test suites of model and math, then CUDA-vs-CPU parity of the
 #    MTP forward, the chunked MTP loss and its gradients (fp32), and a bf16 autocast step;
 # 2. the math team's CUDA benchmarks (4-head ÷ 1-head peak memory of the chunked loss; GAE speed);
 # 3. bf16 FSDP2 training steps of the ~1B 4-head preset (1b-mtp4) in a 1-worker Ray Train
-#    TorchTrainer (NCCL): tokens/s, MFU and peak memory, 4 heads vs 1 head (same block count).
+#    TorchTrainer (NCCL): tokens/s, MFU and peak memory, 4 heads vs 1 head (same block count);
+# 4. the traced memory plan (fake tensors) vs torch.cuda.max_memory_allocated of the same two
+#    real steps (benchmarks/trace_check.py; docs/MEMORY.md).
 # Each section has its own time limit; the script goes on after a failure and exits non-zero.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -117,6 +119,11 @@ for heads in (4, 1):
 print(f"peak memory 4-head / 1-head: {rows[0]['peak_mem_gib'] / rows[1]['peak_mem_gib']:.3f}")
 print(f"tokens/s 4-head / 1-head: {rows[0]['tokens_per_s'] / rows[1]['tokens_per_s']:.3f}")
 PY
+
+section "4. the traced memory plan vs torch.cuda.max_memory_allocated of the same two real steps"
+# docs/MEMORY.md: a ~100M policy + critic on one GPU, bf16; last line trace_over_measured (traced ÷ measured).
+run 240 python benchmarks/trace_check.py --device cuda --recipe verifiable
+run 180 python benchmarks/trace_check.py --device cuda --recipe baseline
 
 section "done (status $status)"
 exit $status

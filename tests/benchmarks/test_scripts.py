@@ -31,6 +31,8 @@ TINY = {
     "decode": ["--train-steps", "2", "--batch-size", "2", "--seq-len", "32", "--prompts", "2",
                "--max-new-tokens", "6", "--repeats", "2", "--threads", "1"],
     "data_learnability": ["--steps", "2", "--log-every", "1", "--eval-problems", "2"],
+    "trace_check": ["--device", "cpu", "--recipe", "baseline", "model.params.dim=64", "model.params.n_layers=5",
+                    "model.params.n_heads=4", "model.params.n_kv_heads=4", "data.max_seq_len=32"],
 }
 RAY_TINY = {
     "ray_overhead": ["--steps", "4", "--warmup", "1", "--rounds", "1", "--batch-size", "4"],

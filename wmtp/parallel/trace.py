@@ -201,11 +201,13 @@ def make_tracker(recipe: Any, actor_paths: set[str] = frozenset()):
 
         def _register_module_and_optimizer_hooks(self) -> None:
             self._instrument_fsdp_module()
+            def track_grad(q) -> None:  # a post-accumulate-grad hook must return None
+                self._update_and_maybe_create_winfos(q.grad, HeldRef.REPLICATED_GRAD)
+
             for model in self.replicated:
                 for p in model.parameters():
                     self._update_and_maybe_create_winfos(p, HeldRef.REPLICATED_PARAM)
-                    self._extra_hooks.append(p.register_post_accumulate_grad_hook(
-                        lambda q: self._update_and_maybe_create_winfos(q.grad, HeldRef.REPLICATED_GRAD)))
+                    self._extra_hooks.append(p.register_post_accumulate_grad_hook(track_grad))
             for path, model in self.held.items():
                 kind = HeldRef.ACTOR_MODEL if path in actor_paths else HeldRef.HELD_MODEL
                 for t in [*model.parameters(), *model.buffers()]:
