@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 TOP = ("wmtp", "configs", "benchmarks", "tests", "scripts", "cluster", "docs", "tune_spaces")
-PATH = re.compile(r"(?<![\w/.-])((?:%s)/[\w./<>*{}-]*[\w>*}])" % "|".join(TOP))
+PATH = re.compile(r"(?<![\w/.-])((?:" + "|".join(TOP) + r")/[\w./<>*{}-]*[\w>*}])")
 
 
 def cited_paths(text: str) -> set[str]:
