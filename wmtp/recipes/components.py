@@ -149,6 +149,77 @@ def build_critic(cfg: WMTPConfig, args: ModelArgs, device: torch.device,
     return critic
 
 
+def builds_sharded(cfg: WMTPConfig, layout: DistEnv) -> bool:
+    """Distributed with FSDP2: models are built on the meta device, sharded, then loaded
+    (`wmtp.parallel.materialize`); otherwise built whole on the device, as in one process."""
+    return layout.distributed and cfg.orchestration.fsdp
+
+
+def policy_model(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv) -> Transformer:
+    """The policy as the recipe trains it: `build_policy`'s weights, activation checkpointing and,
+    when distributed, FSDP2 (`shard_model`) or the same weights on every rank.
+
+    FSDP2: built on the meta device, sharded, then each rank's shards are filled from full tensors
+    made one at a time on rank 0: read from `model.checkpoint` by rank 0 alone (the other ranks
+    read only its params.json), or initialised from `run.seed` (the same full weights as
+    `build_policy`). docs/DISTRIBUTED.md "Loading"."""
+    if not builds_sharded(cfg, layout):
+        policy = build_policy(cfg, vocab_size, layout.device)
+        sync_parameters(policy, layout)
+        return shard_model(policy, cfg, layout)
+    from wmtp.parallel.materialize import build_sharded, seeded_tensors
+
+    folder = materialize(cfg.model.checkpoint, cfg) if cfg.model.checkpoint else None
+    args = policy_args(cfg, vocab_size, checkpoint=folder)
+    model = build_model(args, device="meta")
+    if folder is not None:
+        from wmtp.model.checkpoint import describe_args, read_model_state
+
+        def source():
+            return read_model_state(folder, args)[1].pop
+        if layout.is_main:
+            print(f"[wmtp] policy from {cfg.model.checkpoint}: {describe_args(args)}", flush=True)
+    else:
+        def source():
+            return seeded_tensors(model, cfg.run.seed, layout.device)
+    return build_sharded(model, lambda m: shard_model(m, cfg, layout), layout.device,
+                         source if layout.is_main else None)
+
+
+def critic_model(cfg: WMTPConfig, args: ModelArgs, layout: DistEnv, policy: Transformer | None = None,
+                 requires_grad: bool = True) -> ValueModel:
+    """The critic as the recipe holds it (`build_critic`'s weights, `requires_grad` as given),
+    sharded like `policy_model`: from `value_model.checkpoint` read by rank 0 alone, or from
+    `run.seed + 1`, then (no checkpoint, `value_model.init_from_policy`) the trunk copied from
+    `policy` — under FSDP2 shard by shard (both models share the mesh), no gather."""
+    if not builds_sharded(cfg, layout):
+        critic = build_critic(cfg, args, layout.device, policy)
+        sync_parameters(critic, layout)
+        return shard_model(critic.requires_grad_(requires_grad), cfg, layout)
+    from wmtp.parallel.materialize import build_sharded, seeded_tensors
+
+    if cfg.value_model.checkpoint:
+        from wmtp.model.checkpoint import read_value_args, read_value_state
+
+        folder = materialize(cfg.value_model.checkpoint, cfg)
+        vargs, head = read_value_args(folder)
+        model = build_value_model(vargs, head, device="meta")
+
+        def source():
+            return read_value_state(folder)[2].pop
+    else:
+        model = build_value_model(critic_args(cfg, args), cfg.value_model.head, device="meta")
+
+        def source():
+            return seeded_tensors(model, cfg.run.seed + 1, layout.device)
+    model.requires_grad_(requires_grad)
+    critic = build_sharded(model, lambda m: shard_model(m, cfg, layout), layout.device,
+                           source if layout.is_main else None)
+    if not cfg.value_model.checkpoint and policy is not None and cfg.value_model.init_from_policy:
+        critic.init_from_policy(policy)
+    return critic
+
+
 def materialize(uri: str, cfg: WMTPConfig) -> Path:
     """Local path passthrough; `s3://` checkpoints are pulled into `<output_dir>/.assets`."""
     from wmtp.storage.s3 import materialize as pull
