@@ -6,21 +6,22 @@ policy trunk. Only rank 0 opens the weight files. One spawn for all of it (CI ti
 
 from __future__ import annotations
 
-import resource
-
 import pytest
 import torch
 
 from tests.fixtures.distributed import run_distributed
 from wmtp.config.loader import load_config
 from wmtp.model.args import PRESETS
-from wmtp.model.checkpoint import save_hf_llama, save_meta_checkpoint, save_value_model
+from wmtp.model.checkpoint import save_hf_llama, save_meta_checkpoint, save_model, save_value_model
 from wmtp.model.transformer import build_model
 from wmtp.model.value import build_value_model, value_args_from_policy
 from wmtp.parallel.gather import gather_state_dict
+from wmtp.parallel.materialize import load_host_bytes
 from wmtp.recipes import components as C
 
 ARGS = PRESETS["tiny"].replace(n_layers=6, n_future_tokens=4)  # 3 trunk blocks + 3 extra heads
+# Big enough (≈ 60 M parameters, 230 MiB fp32) for its load to stand out of the resident set.
+BIG = PRESETS["tiny"].replace(dim=512, n_layers=8, n_heads=8, n_kv_heads=8, vocab_size=32000, n_future_tokens=1)
 
 
 def _cfg(*overrides):
@@ -35,38 +36,54 @@ def _equal(model, reference) -> list[str]:
     return [k for k in ref if not torch.equal(full[k], ref[k])]
 
 
-def _files_opened(fn):
-    """(result, weight files this process opened while running fn)."""
+def _files_opened(fn, under: str):
+    """(result, files under `under` this process opened while running fn)."""
     import builtins
+    import io
 
+    import safetensors
     import safetensors.torch
 
     opened: list[str] = []
-    real_open, real_load, real_sf = builtins.open, torch.load, safetensors.torch.load_file
+    saved = (builtins.open, torch.load, safetensors.torch.load_file, safetensors.safe_open)
 
-    def spy_open(file, *a, **k):
-        opened.append(str(file))
-        return real_open(file, *a, **k)
+    def spy(real):
+        def wrapper(file, *a, **k):
+            opened.append(str(file))
+            return real(file, *a, **k)
+        return wrapper
 
-    def spy_load(f, *a, **k):
-        opened.append(str(f))
-        return real_load(f, *a, **k)
-
-    def spy_sf(f, *a, **k):
-        opened.append(str(f))
-        return real_sf(f, *a, **k)
-
-    builtins.open, torch.load, safetensors.torch.load_file = spy_open, spy_load, spy_sf
+    builtins.open = io.open = spy(saved[0])
+    torch.load, safetensors.torch.load_file, safetensors.safe_open = (spy(f) for f in saved[1:])
     try:
         result = fn()
     finally:
-        builtins.open, torch.load, safetensors.torch.load_file = real_open, real_load, real_sf
-    return result, [f for f in opened if f.endswith((".pth", ".safetensors"))]
+        builtins.open = io.open = saved[0]
+        torch.load, safetensors.torch.load_file, safetensors.safe_open = saved[1:]
+    return result, [f for f in opened if f.startswith(under)]
+
+
+def _peak_rss_bytes(reset: bool = False) -> int:
+    """This process's peak resident set (`VmHWM`; `reset`: restart it from the current size)."""
+    if reset:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
 
 
 def _rank(rank, world_size, folders):
     layout = C.process_layout()
     out = {}
+
+    # Host memory, measured: the peak resident set grows by what loading holds. On CPU the shards
+    # are host memory too.
+    before = _peak_rss_bytes(reset=True)
+    cfg = load_config(overrides=[f"model.checkpoint={folders['big']}", "data.max_seq_len=32"])
+    big = C.policy_model(cfg, None, layout)
+    out["rss_growth"] = _peak_rss_bytes() - before
+    out["shard_bytes"] = sum(p.to_local().numel() * p.element_size() for p in big.parameters())
+    del big
 
     # Seeded policy (flat mesh, then HSDP 2 x 1): today's one-process seeded init.
     for name, extra in (("seeded", []), ("seeded_hsdp", ["orchestration.fsdp_replicas=2", "orchestration.storage_path=/tmp/shared"])):
@@ -91,15 +108,14 @@ def _rank(rank, world_size, folders):
     for name, folder, extra in (("meta", folders["meta"], []), ("meta_fewer", folders["meta"], ["model.n_future_tokens=2"]),
                                 ("meta_more", folders["meta"], ["model.n_future_tokens=6"]), ("hf", folders["hf"], [])):
         cfg = load_config(overrides=[f"model.checkpoint={folder}", "data.max_seq_len=32", *extra])
-        policy, files = _files_opened(lambda cfg=cfg: C.policy_model(cfg, None, layout))
+        policy, files = _files_opened(lambda cfg=cfg: C.policy_model(cfg, None, layout), folders["root"])
         opened += files
         out[name] = _equal(policy, C.build_policy(cfg, None, torch.device("cpu")))
     cfg = load_config(overrides=[f"value_model.checkpoint={folders['critic']}", "data.max_seq_len=32"])
-    critic, files = _files_opened(lambda: C.critic_model(cfg, ARGS, layout))
+    critic, files = _files_opened(lambda: C.critic_model(cfg, ARGS, layout), folders["root"])
     opened += files
     out["critic_checkpoint"] = _equal(critic, C.build_critic(cfg, ARGS, torch.device("cpu")))
     out["opened"] = opened
-    out["max_rss_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return out
 
 
@@ -110,7 +126,11 @@ def test_meta_build_shard_load_equals_the_full_build(tmp_path):
                   ARGS.replace(n_layers=3, n_future_tokens=1), tmp_path / "hf")
     critic = build_value_model(value_args_from_policy(ARGS), head="mlp", seed=5)
     save_value_model(critic, tmp_path / "critic")
-    folders = {k: str(tmp_path / k) for k in ("meta", "hf", "critic")}
+    big = build_model(BIG, seed=6)
+    save_model(big, tmp_path / "big")
+    folders = {k: str(tmp_path / k) for k in ("meta", "hf", "critic", "big")} | {"root": str(tmp_path)}
+    n_big, largest = sum(p.numel() for p in big.parameters()), max(p.numel() for p in big.parameters())
+    del big
 
     results = run_distributed(_rank, 2, folders)
 
@@ -119,7 +139,21 @@ def test_meta_build_shard_load_equals_the_full_build(tmp_path):
                      "meta_more", "hf", "critic_checkpoint"):
             assert out[case] == [], (rank, case, out[case])
         assert out["critic_frozen"]
-    # Rank 0 read each checkpoint's weights (meta: two consolidated shards, 3 loads); rank 1 none.
+    # Measured host memory against the loading rule the dry run prints (rank 0: the checkpoint as
+    # read + the scatter's copies of one tensor; rank 1: only those copies), shards aside (on GPUs
+    # they are device memory, as the copies are).
+    rank0 = load_host_bytes([(n_big, largest, True)], ranks_on_node=1, transients_on_host=True)
+    rank1 = load_host_bytes([(n_big, largest, False)], ranks_on_node=1, transients_on_host=True)
+    fp32_copy = 4 * n_big
+    growth = [out["rss_growth"] - out["shard_bytes"] for out in results]
+    print(f"load of a {fp32_copy / 2**20:.0f} MiB fp32 checkpoint on 2 gloo ranks, peak RSS growth beyond the shards: "
+          f"rank 0 {growth[0] / 2**20:.0f} MiB (rule {rank0 / 2**20:.0f}), rank 1 {growth[1] / 2**20:.0f} MiB "
+          f"(rule {rank1 / 2**20:.0f})")
+    assert 0.85 * rank0 <= growth[0] <= 1.1 * rank0, (growth, rank0)
+    assert growth[1] <= 1.1 * rank1, (growth, rank1)  # no copy of the checkpoint off rank 0
+
+    # Rank 0 read each checkpoint (meta: two consolidated shards, 3 loads); rank 1 opened no file of any.
     assert len([f for f in results[0]["opened"] if f.endswith(".pth")]) >= 6
     assert any(f.endswith(".safetensors") for f in results[0]["opened"])
+    assert any(f.endswith("params.json") for f in results[0]["opened"])
     assert results[1]["opened"] == []

@@ -14,8 +14,9 @@
 
 Host memory at load (the rule `load_host_bytes` states and the dry-run prints): rank 0 holds the
 checkpoint's state dict as read (≤ 4 bytes a parameter) while it loads that model, dropping each
-tensor once it is scattered, plus one tensor cast to fp32 for the scatter; models load one after
-another. Seeded init holds one tensor at a time, on rank 0's device.
+tensor once it is scattered; models load one after another. While a tensor is scattered each rank
+holds two fp32 copies of it (rank 0's cast, `distribute_tensor`'s padded chunks) on its device.
+Seeded init reads nothing and holds one tensor at a time, on rank 0's device.
 """
 
 from __future__ import annotations
@@ -133,15 +134,24 @@ def load_full_tensors(model: nn.Module, source: TensorSource | None) -> int:
     return largest
 
 
-def load_host_bytes(models: list[tuple[int, int, bool]]) -> int:
+# Full-size fp32 tensors a rank holds while one tensor is scattered: rank 0's cast of it, and the
+# padded chunks `distribute_tensor` cuts from the full tensor on every rank (a copy).
+SCATTER_COPIES = 2
+
+
+def load_host_bytes(models: list[tuple[int, int, bool]], *, ranks_on_node: int, transients_on_host: bool) -> int:
     """Peak host bytes on the node of rank 0 while `build_sharded` loads `models` one after
     another, each `(n_params, largest tensor's n_params, from_checkpoint)`: the rule of the code
-    above. From a checkpoint: rank 0's state dict as read (at most fp32: 4 bytes a parameter)
-    plus one tensor cast to fp32 for its scatter. Seeded: one fp32 tensor (on rank 0's device;
-    counted here as host, the CPU case). The other ranks hold no full tensor."""
+    above. From a checkpoint, rank 0 holds the state dict as read (at most fp32: 4 bytes a
+    parameter; each tensor dropped once scattered). While a tensor is scattered every rank holds
+    `SCATTER_COPIES` fp32 copies of it: host memory on CPU runs (`transients_on_host`), device
+    memory on GPUs. Seeded init reads nothing. The shards themselves are not counted (the
+    device's). Other nodes hold no full tensor outside the scatter."""
     peak = 0
     for n_params, largest, from_checkpoint in models:
-        held = (n_params * FP32_BYTES if from_checkpoint else 0) + largest * FP32_BYTES
+        held = n_params * FP32_BYTES if from_checkpoint else 0
+        if transients_on_host:
+            held += ranks_on_node * SCATTER_COPIES * largest * FP32_BYTES
         peak = max(peak, held)
     return peak
 

@@ -160,8 +160,8 @@ def policy_model(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv) -> Tr
     when distributed, FSDP2 (`shard_model`) or the same weights on every rank.
 
     FSDP2: built on the meta device, sharded, then each rank's shards are filled from full tensors
-    made one at a time on rank 0: read from `model.checkpoint` by rank 0 alone (the other ranks
-    read only its params.json), or initialised from `run.seed` (the same full weights as
+    made one at a time on rank 0: read from `model.checkpoint` by rank 0 alone (the others read
+    no file: rank 0 broadcasts the shapes), or initialised from `run.seed` (the same full weights as
     `build_policy`). docs/DISTRIBUTED.md "Loading"."""
     if not builds_sharded(cfg, layout):
         policy = build_policy(cfg, vocab_size, layout.device)
@@ -169,8 +169,8 @@ def policy_model(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv) -> Tr
         return shard_model(policy, cfg, layout)
     from wmtp.parallel.materialize import build_sharded, seeded_tensors
 
-    folder = materialize(cfg.model.checkpoint, cfg) if cfg.model.checkpoint else None
-    args = policy_args(cfg, vocab_size, checkpoint=folder)
+    # Rank 0 alone pulls and reads the checkpoint folder; the others get its shapes from rank 0.
+    folder, args = from_rank0(lambda: _policy_source(cfg, vocab_size), layout)
     model = build_model(args, device="meta")
     if folder is not None:
         from wmtp.model.checkpoint import describe_args, read_model_state
@@ -184,6 +184,27 @@ def policy_model(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv) -> Tr
             return seeded_tensors(model, cfg.run.seed, layout.device)
     return build_sharded(model, lambda m: shard_model(m, cfg, layout), layout.device,
                          source if layout.is_main else None)
+
+
+def _policy_source(cfg: WMTPConfig, vocab_size: int | None) -> tuple[Path | None, ModelArgs]:
+    folder = materialize(cfg.model.checkpoint, cfg) if cfg.model.checkpoint else None
+    return folder, policy_args(cfg, vocab_size, checkpoint=folder)
+
+
+def from_rank0(fn, layout: DistEnv):
+    """`fn()` run on rank 0 and its result broadcast to every rank (an error it raises, e.g. a
+    ConfigError naming a key, is raised on every rank, so none waits forever)."""
+    box: list[Any] = [None, None]
+    if layout.is_main:
+        try:
+            box[0] = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+            box[1] = e
+    if layout.distributed:
+        dist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise box[1]
+    return box[0]
 
 
 def critic_model(cfg: WMTPConfig, args: ModelArgs, layout: DistEnv, policy: Transformer | None = None,
@@ -201,8 +222,10 @@ def critic_model(cfg: WMTPConfig, args: ModelArgs, layout: DistEnv, policy: Tran
     if cfg.value_model.checkpoint:
         from wmtp.model.checkpoint import read_value_args, read_value_state
 
-        folder = materialize(cfg.value_model.checkpoint, cfg)
-        vargs, head = read_value_args(folder)
+        def shapes():
+            folder = materialize(cfg.value_model.checkpoint, cfg)
+            return folder, *read_value_args(folder)
+        folder, vargs, head = from_rank0(shapes, layout)
         model = build_value_model(vargs, head, device="meta")
 
         def source():
