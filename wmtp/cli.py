@@ -259,8 +259,9 @@ def loading_plan(cfg: WMTPConfig, policy_params: int, critic_params: int | None,
                                                                          or cfg.model.checkpoint) else []
     if critic_params is not None:
         models.append(("critic", critic_params, bool(cfg.value_model.checkpoint)))
+    ranks_on_node = orch.num_workers // orch.fsdp_replicas
     host = load_host_bytes([(n, largest, ckpt) for _, n, ckpt in models],
-                           ranks_on_node=orch.num_workers // orch.fsdp_replicas, transients_on_host=not orch.use_gpu)
+                           ranks_on_node=ranks_on_node, transients_on_host=not orch.use_gpu)
     fp32_copy = max(n for _, n, _ in models) * FP32_BYTES
     gib = 1024 ** 3
     out: dict[str, float | str] = {
@@ -268,10 +269,27 @@ def loading_plan(cfg: WMTPConfig, policy_params: int, critic_params: int | None,
     }
     for name, _, ckpt in models:
         out[name] = "read from its checkpoint by rank 0 only" if ckpt else "initialised from the seed on rank 0's device"
+    if cfg.recipe == "rho1_weighted" and not cfg.data.reference_losses:
+        # Not on the sharded path yet: every rank reads the whole live reference (one head) on its
+        # host in the compute dtype before sharding it (rho1_weighted.build_scorer), after the policy.
+        from wmtp.model.memory import COMPUTE_BYTES
+
+        reference = (policy_params - extra_head_params(cfg)) * COMPUTE_BYTES[cfg.train.precision]
+        host = max(host, ranks_on_node * reference)
+        out["reference"] = f"read whole by each of the {ranks_on_node} ranks of a node (compute dtype), then sharded"
     if critic_params is not None and not cfg.value_model.checkpoint and cfg.value_model.init_from_policy:
         out["critic"] += ", then its trunk copied from the policy's shards (no communication)"
     out.update(host_peak_per_node_gib=host / gib, fp32_copy_gib=fp32_copy / gib, host_peak_vs_fp32_copy=host / fp32_copy)
     return out
+
+
+def extra_head_params(cfg: WMTPConfig) -> int:
+    """Parameters of the policy's extra heads (the one-head reference drops them)."""
+    from wmtp.model.transformer import build_model
+    from wmtp.recipes.components import policy_args
+
+    policy = build_model(policy_args(cfg), device="meta")
+    return sum(p.numel() for p in policy.extra_heads.parameters())
 
 
 def checkpoint_plan(cfg: WMTPConfig, policy_params: int, critic_params: int | None) -> dict[str, float | str]:

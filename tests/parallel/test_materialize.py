@@ -12,7 +12,13 @@ import torch
 from tests.fixtures.distributed import run_distributed
 from wmtp.config.loader import load_config
 from wmtp.model.args import PRESETS
-from wmtp.model.checkpoint import save_hf_llama, save_meta_checkpoint, save_model, save_value_model
+from wmtp.model.checkpoint import (
+    ModelIdentityError,
+    save_hf_llama,
+    save_meta_checkpoint,
+    save_model,
+    save_value_model,
+)
 from wmtp.model.transformer import build_model
 from wmtp.model.value import build_value_model, value_args_from_policy
 from wmtp.parallel.gather import gather_state_dict
@@ -116,6 +122,11 @@ def _rank(rank, world_size, folders):
     opened += files
     out["critic_checkpoint"] = _equal(critic, C.build_critic(cfg, ARGS, torch.device("cpu")))
     out["opened"] = opened
+
+    # A setting the checkpoint contradicts is refused on every rank (rank 0 reads, all raise).
+    cfg = load_config(overrides=[f"model.checkpoint={folders['meta']}", "data.max_seq_len=32", "model.params.dim=64"])
+    with pytest.raises(ModelIdentityError, match="dim: config 64"):
+        C.policy_model(cfg, None, layout)
     return out
 
 
