@@ -8,9 +8,9 @@
    read from a checkpoint (`wmtp.model.checkpoint.read_model_state` / `read_value_state`: rank 0
    alone reads the files) or initialised from the seed on its device (`seeded_tensors`: the same
    draws, in the same order, as `init_weights` on one process, so the same seed gives the same
-   full weights) — and `distribute_tensor` scatters each into the ranks' shards (HSDP: scattered
-   within the first node's group, then broadcast to the other replicas). The other ranks read no file
-   and hold no full tensor.
+   full weights) — and `distribute_tensor` scatters each into the ranks' shards (HSDP: broadcast
+   across the replica groups, then scattered within each). The other ranks read no file
+   and hold no full tensor beyond the scatter of the current one.
 
 Host memory at load (the rule `load_host_bytes` states and the dry-run prints): rank 0 holds the
 checkpoint's state dict as read (≤ 4 bytes a parameter) while it loads that model, dropping each
@@ -88,8 +88,8 @@ def load_full_tensors(model: nn.Module, source: TensorSource | None) -> int:
     A failure of `source()` on rank 0 (a bad checkpoint) is raised on every rank, before any
     tensor moves. Each tensor is cast to the parameter's dtype and device on rank 0, scattered by
     `distribute_tensor` into the shards (its placements: Shard(0), HSDP Replicate + Shard(0)),
-    then dropped; the other ranks pass an uninitialised stand-in of the full shape that is never
-    written (CPU: never touched, so never resident)."""
+    then dropped; the other ranks pass an uninitialised stand-in of the full shape (only its padded
+    chunks are copied, `SCATTER_COPIES`)."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 
     distributed = dist.is_available() and dist.is_initialized()

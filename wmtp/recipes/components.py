@@ -186,6 +186,15 @@ def policy_model(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv) -> Tr
                          source if layout.is_main else None)
 
 
+def source_policy(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv) -> Transformer:
+    """A policy read only to start another model from (the critic recipe's `init_from_policy`),
+    never trained: sharded like the critic will be under FSDP2 (`policy_model`), else whole on
+    the host, so a single GPU never holds it."""
+    if builds_sharded(cfg, layout):
+        return policy_model(cfg, vocab_size, layout)
+    return build_policy(cfg, vocab_size, torch.device("cpu"))
+
+
 def _policy_source(cfg: WMTPConfig, vocab_size: int | None) -> tuple[Path | None, ModelArgs]:
     folder = materialize(cfg.model.checkpoint, cfg) if cfg.model.checkpoint else None
     return folder, policy_args(cfg, vocab_size, checkpoint=folder)

@@ -36,7 +36,7 @@ class CriticRecipe:
         self.data = C.load_data(cfg)
         args = C.policy_args(cfg, self.data.tokenizer.vocab_size)
         # The policy checkpoint is read only to shape the critic and (init_from_policy) start its trunk.
-        policy = C.policy_model(cfg, self.data.tokenizer.vocab_size, self.layout) if cfg.model.checkpoint else None
+        policy = C.source_policy(cfg, self.data.tokenizer.vocab_size, self.layout) if cfg.model.checkpoint else None
         critic = C.critic_model(cfg, policy.args if policy is not None else args, self.layout, policy)
         del policy
         self.critic = C.build_trainable(critic, cfg, cfg.optim.critic_lr)
