@@ -174,6 +174,8 @@ class Plan:
     resources: dict[str, float | int | str]
     notes: list[str] = field(default_factory=list)
     weight_sync: dict[str, float | str] = field(default_factory=dict)  # wmtp.model.weight_sync
+    loading: dict[str, float | str] = field(default_factory=dict)  # wmtp.parallel.materialize
+    checkpoint_io: dict[str, float | str] = field(default_factory=dict)  # wmtp.parallel.checkpointing
 
 
 def check_local_paths(cfg: WMTPConfig) -> None:
@@ -234,19 +236,81 @@ def build_plan(cfg: WMTPConfig) -> Plan:
                      f"(seed {cfg.data.synth_seed}), generated on first training run")
     notes.append("memory excludes the CUDA context and allocator fragmentation (budget 1-3 GiB); "
                  "formulas: docs/MEMORY.md")
-    if orch.fsdp and orch.num_workers > 1:
-        # Today every rank builds (or reads) the full fp32 model before sharding it.
-        per_node = orch.num_workers // orch.fsdp_replicas
-        full = 4 * (total + (critic_params or 0))
-        notes.append(f"loading: each of the {per_node} ranks of a node builds or reads the full fp32 model(s) before "
-                     f"sharding: {per_node * full / 2**30:.1f} GiB of host/device memory per node "
-                     f"({per_node}x one fp32 copy; meta-device build -> shard -> load is not done yet)")
     from wmtp.model.weight_sync import weight_sync_cost
 
     # What a publish moves: the critic, or (Rho-1) the reference (the one-head policy's shape).
     synced = critic_params if critic_params is not None else total - sum(heads[1:])
+    largest = max(p.numel() for p in shapes.parameters())  # the embedding / output projection
     return Plan(device, total, trunk, heads, output, policy_trained, critic_params, critic_role, memory, flops,
-                tokens, ray_resources(cfg), notes, weight_sync_cost(cfg, synced).as_dict())
+                tokens, ray_resources(cfg), notes, weight_sync_cost(cfg, synced, nodes=orch.fsdp_replicas).as_dict(),
+                loading_plan(cfg, total, critic_params, largest), checkpoint_plan(cfg, total, critic_params))
+
+
+def loading_plan(cfg: WMTPConfig, policy_params: int, critic_params: int | None, largest: int) -> dict[str, float | str]:
+    """How the models reach the ranks and the host memory it takes on the busiest node (rank 0's),
+    by the loading code's own rule (`wmtp.parallel.materialize.load_host_bytes`)."""
+    from wmtp.parallel.materialize import FP32_BYTES, load_host_bytes
+
+    orch = cfg.orchestration
+    if not (orch.enabled and orch.fsdp and orch.num_workers > 1):
+        return {"method": "built whole on each rank's device, then replicated (no FSDP sharding)"}
+    # The critic recipe reads the policy only when it has a checkpoint (to shape and start the critic).
+    models = [("policy", policy_params, bool(cfg.model.checkpoint))] if (cfg.recipe != "critic"
+                                                                         or cfg.model.checkpoint) else []
+    if critic_params is not None:
+        models.append(("critic", critic_params, bool(cfg.value_model.checkpoint)))
+    ranks_on_node = orch.num_workers // orch.fsdp_replicas
+    host = load_host_bytes([(n, largest, ckpt) for _, n, ckpt in models],
+                           ranks_on_node=ranks_on_node, transients_on_host=not orch.use_gpu)
+    fp32_copy = max(n for _, n, _ in models) * FP32_BYTES
+    gib = 1024 ** 3
+    out: dict[str, float | str] = {
+        "method": "meta device -> activation checkpointing + FSDP2 -> rank 0 scatters each full tensor into the shards",
+    }
+    for name, _, ckpt in models:
+        out[name] = "read from its checkpoint by rank 0 only" if ckpt else "initialised from the seed on rank 0's device"
+    if cfg.recipe == "rho1_weighted" and not cfg.data.reference_losses:
+        # Not on the sharded path yet: every rank reads the whole live reference (one head) on its
+        # host in the compute dtype before sharding it (rho1_weighted.build_scorer), after the policy.
+        from wmtp.model.memory import COMPUTE_BYTES
+
+        reference = (policy_params - extra_head_params(cfg)) * COMPUTE_BYTES[cfg.train.precision]
+        host = max(host, ranks_on_node * reference)
+        out["reference"] = f"read whole by each of the {ranks_on_node} ranks of a node (compute dtype), then sharded"
+    if critic_params is not None and not cfg.value_model.checkpoint and cfg.value_model.init_from_policy:
+        out["critic"] += ", then its trunk copied from the policy's shards (no communication)"
+    out.update(host_peak_per_node_gib=host / gib, fp32_copy_gib=fp32_copy / gib, host_peak_vs_fp32_copy=host / fp32_copy)
+    return out
+
+
+def extra_head_params(cfg: WMTPConfig) -> int:
+    """Parameters of the policy's extra heads (the one-head reference drops them)."""
+    from wmtp.model.transformer import build_model
+    from wmtp.recipes.components import policy_args
+
+    policy = build_model(policy_args(cfg), device="meta")
+    return sum(p.numel() for p in policy.extra_heads.parameters())
+
+
+def checkpoint_plan(cfg: WMTPConfig, policy_params: int, critic_params: int | None) -> dict[str, float | str]:
+    """One checkpoint's bytes, what a resume reads per rank and downloads per node, and the disk a
+    node needs (`wmtp.parallel.checkpointing.checkpoint_io_cost`), for the models the recipe saves
+    (`LoopState`: trained models with AdamW, the critic snapshot without)."""
+    from wmtp.model.memory import COMPUTE_BYTES
+    from wmtp.parallel.checkpointing import checkpoint_io_cost, checkpointed_bytes_per_param
+
+    orch = cfg.orchestration
+    models = []
+    if cfg.recipe != "critic":
+        models.append((policy_params, checkpointed_bytes_per_param(True)))
+    if critic_params is not None and critic_is_trained(cfg):
+        models.append((critic_params, checkpointed_bytes_per_param(True)))
+        if cfg.recipe == "verifiable" and cfg.stage2.critic_sync_interval > 1:
+            models.append((critic_params, checkpointed_bytes_per_param(False, COMPUTE_BYTES[cfg.train.precision])))
+    world = orch.num_workers if orch.enabled else 1
+    sharded_world = world if orch.fsdp else 1
+    return checkpoint_io_cost(models, world_size=sharded_world, replicas=orch.fsdp_replicas if orch.fsdp else 1,
+                              storage_path=orch.storage_path, keep_checkpoints=orch.keep_checkpoints).as_dict()
 
 
 def critic_is_trained(cfg: WMTPConfig) -> bool:
@@ -362,6 +426,11 @@ def format_plan(plan: Plan) -> str:
     if plan.weight_sync:
         lines.append("# weight sync (critic / reference → experience scoring; wmtp.model.weight_sync):")
         lines += [f"#   {k}: {v:.3f}" if isinstance(v, float) else f"#   {k}: {v}" for k, v in plan.weight_sync.items()]
+    for title, section in (("loading (wmtp.parallel.materialize)", plan.loading),
+                           ("checkpoint I/O (wmtp.parallel.checkpointing.checkpoint_io_cost)", plan.checkpoint_io)):
+        if section:
+            lines.append(f"# {title}:")
+            lines += [f"#   {k}: {v:.3f}" if isinstance(v, float) else f"#   {k}: {v}" for k, v in section.items()]
     lines += [f"# note: {n}" for n in plan.notes]
     return "\n".join(lines)
 

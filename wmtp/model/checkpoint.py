@@ -69,6 +69,16 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
         is a `ModelIdentityError`.
     """
     folder = _folder(path)
+    args, state = read_model_state(folder, args)
+    with torch.device("meta"):
+        model = Transformer(args)
+    return _materialise(model, device, dtype, state, folder)
+
+
+def read_model_state(path: str | Path, args: ModelArgs | None = None) -> tuple[ModelArgs, dict[str, Tensor]]:
+    """(shapes, state dict) that `load_model(path, args=args)` loads, checked against the model
+    `args` describes (heads adapted): what rank 0 reads for a sharded load (wmtp.parallel.materialize)."""
+    folder = _folder(path)
     if (folder / VALUE_FILE).is_file():
         raise CheckpointError(f"{folder} holds a value model ({VALUE_FILE}); load it with load_value_model")
     ckpt_args, state = read_checkpoint(folder)
@@ -81,8 +91,8 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
                                      f"{ckpt_args}")
         state = adapt_heads(state, ckpt_args, args)
     with torch.device("meta"):
-        model = Transformer(args)
-    return _materialise(model, device, dtype, state, folder)
+        check_state_dict(Transformer(args), state, folder)
+    return args, state
 
 
 def read_checkpoint(path: str | Path) -> tuple[ModelArgs, dict[str, Tensor]]:
@@ -127,6 +137,15 @@ def load_value_model(path: str | Path, device: str | torch.device = "cpu",
                      dtype: torch.dtype | None = None) -> ValueModel:
     """Load a critic written by `save_value_model` (dtype None = float32)."""
     folder = _folder(path)
+    args, head, state = read_value_state(folder)
+    with torch.device("meta"):
+        model = ValueModel(args, head=head)
+    return _materialise(model, device, dtype, state, folder)
+
+
+def read_value_args(path: str | Path) -> tuple[ModelArgs, str]:
+    """(backbone shapes, value head kind) of a critic folder, without reading its weights."""
+    folder = _folder(path)
     value_file = folder / VALUE_FILE
     if not value_file.is_file():
         raise CheckpointError(f"{value_file} not found: {folder} is not a value-model checkpoint "
@@ -135,16 +154,25 @@ def load_value_model(path: str | Path, device: str | torch.device = "cpu",
     if "head" not in meta:
         raise CheckpointError(f"{value_file}: missing key 'head' (allowed values: 'linear', 'mlp')")
     args = _read_params(folder)
+    try:
+        with torch.device("meta"):
+            ValueModel(args, head=meta["head"])
+    except ValueError as e:
+        raise CheckpointError(f"{value_file}: {e}") from None
+    return args, meta["head"]
+
+
+def read_value_state(path: str | Path) -> tuple[ModelArgs, str, dict[str, Tensor]]:
+    """(shapes, head, state dict) that `load_value_model` loads, checked against the model."""
+    folder = _folder(path)
+    args, head = read_value_args(folder)
     weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         raise CheckpointError(f"{weights} not found")
     state = _read_safetensors(weights)
-    try:
-        with torch.device("meta"):
-            model = ValueModel(args, head=meta["head"])
-    except ValueError as e:
-        raise CheckpointError(f"{value_file}: {e}") from None
-    return _materialise(model, device, dtype, state, folder)
+    with torch.device("meta"):
+        check_state_dict(ValueModel(args, head=head), state, folder)
+    return args, head, state
 
 
 def save_meta_checkpoint(model: nn.Module, path: str | Path, n_shards: int = 1,
@@ -473,7 +501,8 @@ def _read_hf_llama(folder: Path) -> tuple[ModelArgs, dict[str, Tensor]]:
     for f in sorted(folder.glob("*.safetensors")):
         raw.update(_read_safetensors(f))
     state: dict[str, Tensor] = {}
-    for key, tensor in raw.items():
+    for key in list(raw):  # popped as renamed: an unpermuted q/k below does not sit beside its original
+        tensor = raw.pop(key)
         if _HF_IGNORED.search(key):
             continue
         for pattern, repl in _HF_KEYS:
@@ -689,5 +718,6 @@ def _write(path: str | Path, args: ModelArgs, state: dict[str, Tensor], extra: d
 __all__ = [
     "CheckpointError", "ModelIdentityError", "hf_config", "hf_permute", "iter_full_tensors", "save_hf_llama", "adapt_heads", "describe_args", "read_checkpoint_args",
     "reconcile_args", "check_state_dict", "hf_unpermute", "load_model", "load_value_model", "read_checkpoint",
+    "read_model_state", "read_value_args", "read_value_state",
     "save_meta_checkpoint", "save_model", "save_value_model",
 ]

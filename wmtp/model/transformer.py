@@ -171,14 +171,20 @@ class Transformer(nn.Module):
     def init_weights(self, std: float = 0.02) -> None:
         """Deterministic under `torch.manual_seed`; also rebuilds RoPE tables (after `to_empty`)."""
         for name, p in self.named_parameters():
-            if name.endswith("norm.weight"):
-                p.fill_(1.0)
-            elif name.endswith(("wo.weight", "w2.weight")):
-                # Scale residual projections by depth (GPT-2 style) so deep stacks start stable.
-                p.normal_(0.0, std / math.sqrt(2 * self.args.n_layers))
-            else:
-                p.normal_(0.0, std)
+            self.init_parameter(name, p, std)
         self.init_rope()
+
+    @torch.no_grad()
+    def init_parameter(self, name: str, p: Tensor, std: float = 0.02) -> None:
+        """Initialise the tensor of parameter `name` in place (the rule of `init_weights`, one
+        parameter: a sharded build initialises each full tensor in turn, `wmtp.parallel.materialize`)."""
+        if name.endswith("norm.weight"):
+            p.fill_(1.0)
+        elif name.endswith(("wo.weight", "w2.weight")):
+            # Scale residual projections by depth (GPT-2 style) so deep stacks start stable.
+            p.normal_(0.0, std / math.sqrt(2 * self.args.n_layers))
+        else:
+            p.normal_(0.0, std)
 
     @torch.no_grad()
     def init_rope(self) -> None:

@@ -49,6 +49,14 @@ class ValueModel(nn.Module):
         for p in self.value_head.parameters():
             p.normal_(0.0, std) if p.dim() > 1 else p.zero_()
 
+    @torch.no_grad()
+    def init_parameter(self, name: str, p: Tensor, std: float = 0.02) -> None:
+        """`init_weights`' rule for one parameter (in `named_parameters` order, the same RNG draws)."""
+        if name.startswith("backbone."):
+            self.backbone.init_parameter(name.removeprefix("backbone."), p, std)
+        else:
+            p.normal_(0.0, std) if p.dim() > 1 else p.zero_()
+
     def forward(self, tokens: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """tokens: `[B, S]` → values `[B, S]` (float32)."""
         h = self.backbone(tokens, key_padding_mask=key_padding_mask).hidden[0]

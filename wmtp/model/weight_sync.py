@@ -61,30 +61,32 @@ def weight_sync_cost(cfg: WMTPConfig, n_params: int, *, nodes: int = 1) -> Weigh
     world = orch.num_workers if orch.enabled else 1
     nbytes = n_params * COMPUTE_BYTES[cfg.train.precision]
     sharded = orch.fsdp and world > 1
+    # HSDP: shards (and so a gather, and a snapshot's shard) span one group of world / replicas ranks.
+    group = world // orch.fsdp_replicas if sharded else world
     asynchronous = orch.enabled and orch.placement == "async"
     if cfg.recipe == "rho1_weighted" and not cfg.data.reference_losses:
         if not asynchronous:
             return WeightSync("reference sharded in place (nothing moves)", 0.0, 0, 0, 0)
-        return _one_publisher("reference published once at start", 0.0, nbytes, world, sharded, nodes)
+        return _one_publisher("reference published once at start", 0.0, nbytes, world, sharded, nodes, group)
     if cfg.recipe != "verifiable":
         return WeightSync("none (no experience phase)", 0.0, 0, 0, 0)
     interval = stage2.critic_sync_interval
     if not stage2.value_loss.enabled:
         if asynchronous:
-            return _one_publisher("frozen critic published once at start", 0.0, nbytes, world, sharded, nodes)
+            return _one_publisher("frozen critic published once at start", 0.0, nbytes, world, sharded, nodes, group)
         return WeightSync("in place (frozen critic scores as it is)", 0.0, 0, 0, 0)
     if asynchronous:
-        return _one_publisher("one publisher (rank 0 → object store once)", 1 / interval, nbytes, world, sharded, nodes)
+        return _one_publisher("one publisher (rank 0 → object store once)", 1 / interval, nbytes, world, sharded, nodes, group)
     if interval == 1:
         return WeightSync("in place (the learner's critic scores)", 1.0, 0, 0, 0)
-    per_rank = shard_numel(n_params, world) * COMPUTE_BYTES[cfg.train.precision] if sharded else nbytes
+    per_rank = shard_numel(n_params, group) * COMPUTE_BYTES[cfg.train.precision] if sharded else nbytes
     return WeightSync("snapshot copy from local shards (device copy, no network)", 1 / interval, per_rank,
                       per_rank * world, 0)
 
 
 def _one_publisher(mechanism: str, per_step: float, nbytes: int, world: int, sharded: bool,
-                   nodes: int) -> WeightSync:
-    received = nbytes * (world - 1) // world if sharded else 0  # all-gather, compute dtype
+                   nodes: int, group: int) -> WeightSync:
+    received = nbytes * (group - 1) // group if sharded else 0  # all-gather within a shard group, compute dtype
     per_rank = received + nbytes  # rank 0: its gather share, then the one put
     total = received * world + nbytes + (nodes - 1) * nbytes
     return WeightSync(mechanism, per_step, per_rank, total, nbytes)

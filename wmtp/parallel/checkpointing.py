@@ -23,6 +23,7 @@ import os
 import warnings
 import zlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -235,18 +236,68 @@ def load_sharded(path: str | Path, models: dict[str, nn.Module], optimizers: dic
     return torch.load(extra_file, weights_only=False)
 
 
-def load_full_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor], *,
-                         broadcast_from_rank0: bool = False) -> None:
-    """Load a full (unsharded) state dict, e.g. from `wmtp.model.checkpoint.read_checkpoint`, into
-    a model that may be FSDP-sharded: each rank keeps its own shard.
+__all__ = ["CheckpointDamaged", "CheckpointIO", "checkpoint_io_cost", "checkpointed_bytes_per_param", "first_good_checkpoint",
+           "load_sharded", "save_sharded", "saved_world_size", "verify_sharded", "write_manifest"]
 
-    broadcast_from_rank0: only rank 0 read the weights (others pass `{}`); rank 0 broadcasts, so a
-    7B checkpoint sits in host memory once per node instead of once per rank.
+
+# ---------------------------------------------------------------------------------------------
+# What a checkpoint costs in bytes (the dry-run plan prints it; tests compare it with real folders)
+
+FP32_BYTES = 4
+ADAMW_STATE_BYTES = 8  # exp_avg + exp_avg_sq, fp32, sharded like the parameter
+
+
+@dataclass(frozen=True)
+class CheckpointIO:
+    """Bytes of one checkpoint and of resuming from it, by the rules of `save_sharded` /
+    `load_sharded` and of the Ray sink (`wmtp.orchestration.reporting.RayCheckpointSink`)."""
+
+    checkpoint_bytes: int  # DCP shards of every checkpointed model and optimizer (all ranks)
+    read_per_rank_bytes: int  # resume: DCP reads this rank's shards, nothing else
+    download_per_node_bytes: int  # resume from remote storage: one copy per node, shared by its ranks
+    disk_per_node_bytes: int  # local disk a node needs for checkpoints at the worst moment
+    storage: str  # how the storage path is reached (node-local, shared filesystem, remote)
+
+    def as_dict(self) -> dict[str, float | str]:
+        gib = 1024 ** 3
+        return {"storage": self.storage, "checkpoint_gib": self.checkpoint_bytes / gib,
+                "resume_read_per_rank_gib": self.read_per_rank_bytes / gib,
+                "resume_download_per_node_gib": self.download_per_node_bytes / gib,
+                "disk_per_node_gib": self.disk_per_node_bytes / gib}
+
+
+def checkpointed_bytes_per_param(trained: bool, dtype_bytes: int = FP32_BYTES) -> int:
+    """A trained model: fp32 master weights + AdamW's two moments; a checkpointed model without an
+    optimizer (the critic snapshot): its own dtype."""
+    return dtype_bytes + ADAMW_STATE_BYTES if trained else dtype_bytes
+
+
+def checkpoint_io_cost(models: list[tuple[int, int]], *, world_size: int, replicas: int, storage_path: str | None,
+                       keep_checkpoints: int) -> CheckpointIO:
+    """`models`: `(n_params, bytes per parameter)` of each model the checkpoint holds.
+
+    - Each rank's DCP shards are `1 / (world_size / replicas)` of every model (FSDP2 pads dim 0:
+      `shard_numel`); a resume reads exactly those (`load_sharded`), on any storage.
+    - A save stages each rank's shards in a local temporary folder before Ray copies them to the
+      storage path; DCP writes a tensor replicated over HSDP groups once, so a node (one group per
+      node) stages `1 / replicas` of the checkpoint.
+    - Storage: a URI (`s3://` ...) is remote: a resume downloads the checkpoint once per node
+      (`RayCheckpointSink._materialise`), kept until the run ends. An absolute path on more than
+      one node is a shared filesystem: read in place, nothing on the node's disk. One node
+      without a URI (the default `<output_dir>/ray`): node-local, the node's disk holds
+      `keep_checkpoints + 1` checkpoints while Ray registers a new one (then prunes), besides
+      the staging copy.
     """
-    options = StateDictOptions(full_state_dict=True, strict=True, broadcast_from_rank0=broadcast_from_rank0)
-    # A shallow copy: set_model_state_dict replaces the dict's values with local shards in place.
-    set_model_state_dict(model, dict(state_dict), options=options)
+    from wmtp.config.topology import SHARED_SCHEMES
+    from wmtp.model.weight_sync import shard_numel
 
-
-__all__ = ["CheckpointDamaged", "first_good_checkpoint", "load_full_state_dict", "load_sharded", "save_sharded", "saved_world_size",
-           "verify_sharded", "write_manifest"]
+    group = max(world_size // max(replicas, 1), 1)
+    total = sum(n * b for n, b in models)
+    per_rank = sum(shard_numel(n, group) * b for n, b in models)
+    staging = -(-total // max(replicas, 1))
+    if storage_path is not None and storage_path.startswith(SHARED_SCHEMES):
+        return CheckpointIO(total, per_rank, total, staging + total, "remote (one download per node at resume)")
+    if replicas > 1:
+        return CheckpointIO(total, per_rank, 0, staging, "shared filesystem (read in place)")
+    return CheckpointIO(total, per_rank, 0, staging + (keep_checkpoints + 1) * total,
+                        f"node-local (keep_checkpoints={keep_checkpoints} + 1 kept while a new one registers)")

@@ -381,6 +381,20 @@ def stand_ins(cfg, vocab_size: int):
         meta = json.loads((Path(path) / ckpt.VALUE_FILE).read_text()) if (Path(path) / ckpt.VALUE_FILE).is_file() else {}
         return build_value_model(params_of(path), meta.get("head", cfg.value_model.head), device=device, seed=None)
 
+    def shapes_only(model):  # fake tensors of the model's state-dict shapes: nothing read or allocated
+        import torch
+
+        return {k: torch.empty(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
+
+    def read_model_state(path, args=None):  # rank 0's read in a sharded build (wmtp.parallel.materialize)
+        args = args or params_of(path)
+        return args, shapes_only(build_model(args, device="meta"))
+
+    def read_value_state(path):
+        meta = json.loads((Path(path) / ckpt.VALUE_FILE).read_text()) if (Path(path) / ckpt.VALUE_FILE).is_file() else {}
+        args, head = params_of(path), meta.get("head", cfg.value_model.head)
+        return args, head, shapes_only(build_value_model(args, head, device="meta"))
+
     def load_data(cfg):
         data = ShapeOnlyData(cfg.data.max_seq_len, vocab_size)
         return C.RecipeData(data.tokenizer, data, data)
@@ -397,9 +411,11 @@ def stand_ins(cfg, vocab_size: int):
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts)
 
-    saved = (C.BatchStream.next, C.load_data, C.gather_cat, ckpt.load_model, ckpt.load_value_model)
+    saved = (C.BatchStream.next, C.load_data, C.gather_cat, ckpt.load_model, ckpt.load_value_model,
+             ckpt.read_model_state, ckpt.read_value_state)
     C.BatchStream.next, C.load_data, C.gather_cat = next_batch, load_data, gather_cat
     ckpt.load_model, ckpt.load_value_model = load_model, load_value_model
+    ckpt.read_model_state, ckpt.read_value_state = read_model_state, read_value_state
     # FSDP2 slices the HSDP mesh's "shard" dimension inside fully_shard; a mesh computes its
     # coordinates from its rank table, which must be real tensors, not the trace's fake ones.
     from torch._subclasses.fake_tensor import unset_fake_temporarily
@@ -416,7 +432,8 @@ def stand_ins(cfg, vocab_size: int):
         yield
     finally:
         DeviceMesh.__getitem__ = getitem
-        C.BatchStream.next, C.load_data, C.gather_cat, ckpt.load_model, ckpt.load_value_model = saved
+        (C.BatchStream.next, C.load_data, C.gather_cat, ckpt.load_model, ckpt.load_value_model,
+         ckpt.read_model_state, ckpt.read_value_state) = saved
 
 
 class ShapeOnlyData:

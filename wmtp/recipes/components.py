@@ -149,6 +149,109 @@ def build_critic(cfg: WMTPConfig, args: ModelArgs, device: torch.device,
     return critic
 
 
+def builds_sharded(cfg: WMTPConfig, layout: DistEnv) -> bool:
+    """Distributed with FSDP2: models are built on the meta device, sharded, then loaded
+    (`wmtp.parallel.materialize`); otherwise built whole on the device, as in one process."""
+    return layout.distributed and cfg.orchestration.fsdp
+
+
+def policy_model(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv) -> Transformer:
+    """The policy as the recipe trains it: `build_policy`'s weights, activation checkpointing and,
+    when distributed, FSDP2 (`shard_model`) or the same weights on every rank.
+
+    FSDP2: built on the meta device, sharded, then each rank's shards are filled from full tensors
+    made one at a time on rank 0: read from `model.checkpoint` by rank 0 alone (the others read
+    no file: rank 0 broadcasts the shapes), or initialised from `run.seed` (the same full weights as
+    `build_policy`). docs/DISTRIBUTED.md "Loading"."""
+    if not builds_sharded(cfg, layout):
+        policy = build_policy(cfg, vocab_size, layout.device)
+        sync_parameters(policy, layout)
+        return shard_model(policy, cfg, layout)
+    from wmtp.parallel.materialize import build_sharded, seeded_tensors
+
+    # Rank 0 alone pulls and reads the checkpoint folder; the others get its shapes from rank 0.
+    folder, args = from_rank0(lambda: _policy_source(cfg, vocab_size), layout)
+    model = build_model(args, device="meta")
+    if folder is not None:
+        from wmtp.model.checkpoint import describe_args, read_model_state
+
+        def source():
+            return read_model_state(folder, args)[1].pop
+        if layout.is_main:
+            print(f"[wmtp] policy from {cfg.model.checkpoint}: {describe_args(args)}", flush=True)
+    else:
+        def source():
+            return seeded_tensors(model, cfg.run.seed, layout.device)
+    return build_sharded(model, lambda m: shard_model(m, cfg, layout), layout.device,
+                         source if layout.is_main else None)
+
+
+def source_policy(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv) -> Transformer:
+    """A policy read only to start another model from (the critic recipe's `init_from_policy`),
+    never trained: sharded like the critic will be under FSDP2 (`policy_model`), else whole on
+    the host, so a single GPU never holds it."""
+    if builds_sharded(cfg, layout):
+        return policy_model(cfg, vocab_size, layout)
+    return build_policy(cfg, vocab_size, torch.device("cpu"))
+
+
+def _policy_source(cfg: WMTPConfig, vocab_size: int | None) -> tuple[Path | None, ModelArgs]:
+    folder = materialize(cfg.model.checkpoint, cfg) if cfg.model.checkpoint else None
+    return folder, policy_args(cfg, vocab_size, checkpoint=folder)
+
+
+def from_rank0(fn, layout: DistEnv):
+    """`fn()` run on rank 0 and its result broadcast to every rank (an error it raises, e.g. a
+    ConfigError naming a key, is raised on every rank, so none waits forever)."""
+    box: list[Any] = [None, None]
+    if layout.is_main:
+        try:
+            box[0] = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised on every rank below
+            box[1] = e
+    if layout.distributed:
+        dist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise box[1]
+    return box[0]
+
+
+def critic_model(cfg: WMTPConfig, args: ModelArgs, layout: DistEnv, policy: Transformer | None = None,
+                 requires_grad: bool = True) -> ValueModel:
+    """The critic as the recipe holds it (`build_critic`'s weights, `requires_grad` as given),
+    sharded like `policy_model`: from `value_model.checkpoint` read by rank 0 alone, or from
+    `run.seed + 1`, then (no checkpoint, `value_model.init_from_policy`) the trunk copied from
+    `policy` — under FSDP2 shard by shard (both models share the mesh), no gather."""
+    if not builds_sharded(cfg, layout):
+        critic = build_critic(cfg, args, layout.device, policy)
+        sync_parameters(critic, layout)
+        return shard_model(critic.requires_grad_(requires_grad), cfg, layout)
+    from wmtp.parallel.materialize import build_sharded, seeded_tensors
+
+    if cfg.value_model.checkpoint:
+        from wmtp.model.checkpoint import read_value_args, read_value_state
+
+        def shapes():
+            folder = materialize(cfg.value_model.checkpoint, cfg)
+            return folder, *read_value_args(folder)
+        folder, vargs, head = from_rank0(shapes, layout)
+        model = build_value_model(vargs, head, device="meta")
+
+        def source():
+            return read_value_state(folder)[2].pop
+    else:
+        model = build_value_model(critic_args(cfg, args), cfg.value_model.head, device="meta")
+
+        def source():
+            return seeded_tensors(model, cfg.run.seed + 1, layout.device)
+    model.requires_grad_(requires_grad)
+    critic = build_sharded(model, lambda m: shard_model(m, cfg, layout), layout.device,
+                           source if layout.is_main else None)
+    if not cfg.value_model.checkpoint and policy is not None and cfg.value_model.init_from_policy:
+        critic.init_from_policy(policy)
+    return critic
+
+
 def materialize(uri: str, cfg: WMTPConfig) -> Path:
     """Local path passthrough; `s3://` checkpoints are pulled into `<output_dir>/.assets`."""
     from wmtp.storage.s3 import materialize as pull

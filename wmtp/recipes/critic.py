@@ -35,10 +35,11 @@ class CriticRecipe:
         self.layout = C.process_layout(cfg.orchestration.use_gpu)
         self.data = C.load_data(cfg)
         args = C.policy_args(cfg, self.data.tokenizer.vocab_size)
-        policy = C.build_policy(cfg, self.data.tokenizer.vocab_size, "cpu") if cfg.model.checkpoint else None
-        critic = C.build_critic(cfg, policy.args if policy is not None else args, self.layout.device, policy)
-        C.sync_parameters(critic, self.layout)
-        self.critic = C.build_trainable(C.shard_model(critic, cfg, self.layout), cfg, cfg.optim.critic_lr)
+        # The policy checkpoint is read only to shape the critic and (init_from_policy) start its trunk.
+        policy = C.source_policy(cfg, self.data.tokenizer.vocab_size, self.layout) if cfg.model.checkpoint else None
+        critic = C.critic_model(cfg, policy.args if policy is not None else args, self.layout, policy)
+        del policy
+        self.critic = C.build_trainable(critic, cfg, cfg.optim.critic_lr)
         self.pairwise = cfg.critic.loss == "pairwise"
         # The critic always sees correct and incorrect solutions.
         self.stream = C.train_stream(self.data.train, cfg, self.layout, samples="all",

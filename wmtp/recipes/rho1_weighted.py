@@ -63,11 +63,10 @@ class Rho1WeightedRecipe:
         cfg = self.cfg
         self.layout = C.process_layout(cfg.orchestration.use_gpu)
         self.data = C.load_data(cfg)
-        policy = C.build_policy(cfg, self.data.tokenizer.vocab_size, self.layout.device)
-        C.sync_parameters(policy, self.layout)
+        policy = C.policy_model(cfg, self.data.tokenizer.vocab_size, self.layout)
         self.n_heads = C.n_heads_of(policy)
         self.coefs = C.head_coefficients(cfg, self.n_heads)
-        self.policy = C.build_trainable(C.shard_model(policy, cfg, self.layout), cfg, cfg.optim.lr)
+        self.policy = C.build_trainable(policy, cfg, cfg.optim.lr)
         self.scorer = self.build_scorer()
         stream = C.train_stream(self.data.train, cfg, self.layout)
         depth = cfg.orchestration.queue_depth if self.scorer_factory is not None else 0

@@ -59,18 +59,16 @@ class VerifiableRecipe:
         cfg, vw = self.cfg, self.cfg.stage2.value_weighting
         self.layout = C.process_layout(cfg.orchestration.use_gpu)
         self.data = C.load_data(cfg)
-        policy = C.build_policy(cfg, self.data.tokenizer.vocab_size, self.layout.device)
-        critic = C.build_critic(cfg, policy.args, self.layout.device, policy)
-        for model in (policy, critic):
-            C.sync_parameters(model, self.layout)
+        self.learn_critic = cfg.stage2.value_loss.enabled
+        policy = C.policy_model(cfg, self.data.tokenizer.vocab_size, self.layout)
+        # A frozen critic gets no optimizer (and so no optimizer state in checkpoints).
+        critic = C.critic_model(cfg, policy.args, self.layout, policy, requires_grad=self.learn_critic)
         self.n_heads = C.n_heads_of(policy)
         self.coefs = C.head_coefficients(cfg, self.n_heads)
         self.spec = ExperienceSpec("verifiable", critic.args, cfg.value_model.head, vw.gae_gamma, vw.gae_lambda,
                                    vw.reward, cfg.train.loss_chunk_size, cfg.train.precision)
-        self.learn_critic = cfg.stage2.value_loss.enabled
-        self.policy = C.build_trainable(C.shard_model(policy, cfg, self.layout), cfg, cfg.optim.lr)
-        # A frozen critic gets no optimizer (and so no optimizer state in checkpoints).
-        self.critic_model = C.shard_model(critic.requires_grad_(self.learn_critic), cfg, self.layout)
+        self.policy = C.build_trainable(policy, cfg, cfg.optim.lr)
+        self.critic_model = critic
         trainables = {"policy": self.policy}
         if self.learn_critic:
             self.critic = trainables["critic"] = C.build_trainable(self.critic_model, cfg, cfg.optim.critic_lr)
