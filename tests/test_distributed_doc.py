@@ -67,10 +67,15 @@ def test_the_doc_figures_are_what_the_quoted_dry_runs_print(column, capsys):
 def test_the_rho1_reference_limitation_quotes_what_its_dry_run_prints(capsys):
     text = " ".join(section().split())
     argv = shlex.split("train --recipe configs/recipe.rho1_weighted.yaml --preset a100x4 --dry-run "
-                       "rho1.reference=s3://YOUR-BUCKET/ref")
+                       "rho1.reference=s3://YOUR-BUCKET/ref orchestration.placement=async")
     assert "`wmtp " + " ".join(argv) + "`" in text
     figures = plan_figures(argv, capsys)
-    m = re.search(r"each rank reads it whole in the compute dtype before sharding it, ([0-9.]+) GiB per 4-rank "
-                  r"node at 7B \(([0-9.]+) fp32 policy copies", text)
+    m = re.search(r"each rank still reads it whole in the compute dtype and rank 0 publishes it once: ([0-9.]+) GiB "
+                  r"per 4-rank node at 7B \(([0-9.]+) fp32 policy copies", text)
     assert abs(float(m[1]) - figures["host_peak_per_node_gib"]) <= 0.06
     assert abs(float(m[2]) - figures["host_peak_vs_fp32_copy"]) <= 0.006
+    # Colocated: sharded like the policy, rank 0 reads it (the figures quoted before the async ones).
+    colocated = plan_figures(argv[:-1], capsys)
+    m = re.search(r"one tensor at a time into bf16 shards: ([0-9.]+) GiB per node at 7B, ([0-9.]+) fp32", text)
+    assert abs(float(m[1]) - colocated["host_peak_per_node_gib"]) <= 0.06
+    assert abs(float(m[2]) - colocated["host_peak_vs_fp32_copy"]) <= 0.006

@@ -259,6 +259,10 @@ def loading_plan(cfg: WMTPConfig, policy_params: int, critic_params: int | None,
                                                                          or cfg.model.checkpoint) else []
     if critic_params is not None:
         models.append(("critic", critic_params, bool(cfg.value_model.checkpoint)))
+    live_reference = cfg.recipe == "rho1_weighted" and not cfg.data.reference_losses
+    if live_reference and orch.placement == "colocated":
+        # Sharded like the policy (Rho1WeightedRecipe.sharded_reference): rank 0 reads it, one head.
+        models.append(("reference", policy_params - extra_head_params(cfg), True))
     ranks_on_node = orch.num_workers // orch.fsdp_replicas
     host = load_host_bytes([(n, largest, ckpt) for _, n, ckpt in models],
                            ranks_on_node=ranks_on_node, transients_on_host=not orch.use_gpu)
@@ -269,14 +273,15 @@ def loading_plan(cfg: WMTPConfig, policy_params: int, critic_params: int | None,
     }
     for name, _, ckpt in models:
         out[name] = "read from its checkpoint by rank 0 only" if ckpt else "initialised from the seed on rank 0's device"
-    if cfg.recipe == "rho1_weighted" and not cfg.data.reference_losses:
-        # Not on the sharded path yet: every rank reads the whole live reference (one head) on its
-        # host in the compute dtype before sharding it (rho1_weighted.build_scorer), after the policy.
+    if live_reference and orch.placement != "colocated":
+        # async: every rank reads the whole reference (one head) on its host in the compute dtype
+        # and rank 0 publishes it to the experience actors once (rho1_weighted.build_scorer).
         from wmtp.model.memory import COMPUTE_BYTES
 
         reference = (policy_params - extra_head_params(cfg)) * COMPUTE_BYTES[cfg.train.precision]
         host = max(host, ranks_on_node * reference)
-        out["reference"] = f"read whole by each of the {ranks_on_node} ranks of a node (compute dtype), then sharded"
+        out["reference"] = (f"read whole by each of the {ranks_on_node} ranks of a node (compute dtype), "
+                            "published once to the experience actors")
     if critic_params is not None and not cfg.value_model.checkpoint and cfg.value_model.init_from_policy:
         out["critic"] += ", then its trunk copied from the policy's shards (no communication)"
     out.update(host_peak_per_node_gib=host / gib, fp32_copy_gib=fp32_copy / gib, host_peak_vs_fp32_copy=host / fp32_copy)

@@ -197,12 +197,10 @@ class CriticSnapshot:
         self.version = int(state["version"])
 
 
-def frozen_scoring_model(model: nn.Module, precision: str, device: torch.device, mesh=None) -> nn.Module:
-    """A frozen model (the Rho-1 reference) as the learner holds it: no grad, no optimizer, compute
-    dtype, on `device`, and FSDP2-sharded over the learners' `mesh` when given (1/world of it per
-    rank; `fully_shard` moves only this rank's shards to the device)."""
-    from wmtp.parallel.fsdp import apply_fsdp
-
+def frozen_scoring_model(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
+    """A frozen model (the Rho-1 reference) as one unsharded learner holds it: no grad, no
+    optimizer, compute dtype, on `device` (under FSDP2 the recipe builds it sharded instead:
+    `Rho1WeightedRecipe.sharded_reference`)."""
     dtype = compute_dtype(precision)
     with torch.no_grad():  # cast by assignment, not `.to()`: the memory trace's fake tensors cannot be swapped
         for module in model.modules():
@@ -210,10 +208,9 @@ def frozen_scoring_model(model: nn.Module, precision: str, device: torch.device,
                 if p is not None:
                     module._parameters[name] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
     model = model.eval()
-    (model.backbone if isinstance(model, ValueModel) else model).init_rope()
-    if mesh is not None:
-        apply_fsdp(model, mesh=mesh, mixed_precision=False)
+    if device.type == "meta":
         return model
+    (model.backbone if isinstance(model, ValueModel) else model).init_rope()
     return model.to(device)
 
 

@@ -84,6 +84,8 @@ class Rho1WeightedRecipe:
             return PrecomputedScorer(PrecomputedReferenceLosses(cfg.data.reference_losses, cfg.data.max_seq_len))
         from wmtp.model.checkpoint import load_model
 
+        if self.scorer_factory is None and C.builds_sharded(cfg, self.layout):
+            return LearnerScorer(*self.sharded_reference())
         # Frozen: no optimizer; read in the compute dtype, scored under the learner's autocast.
         reference = load_model(C.materialize(cfg.rho1.reference, cfg), device="cpu",
                                dtype=compute_dtype(cfg.train.precision))
@@ -93,12 +95,33 @@ class Rho1WeightedRecipe:
             scorer = self.scorer_factory(spec, None)
             scorer.publish_critic(reference, 0)  # once: the reference never changes
             return scorer
-        mesh = None
-        if self.layout.distributed and cfg.orchestration.fsdp:
-            from wmtp.parallel.fsdp import fsdp_mesh
+        return LearnerScorer(spec, frozen_scoring_model(reference, cfg.train.precision, self.layout.device))
 
-            mesh = fsdp_mesh(self.layout.device.type, self.layout.world_size, cfg.orchestration.fsdp_replicas)
-        return LearnerScorer(spec, frozen_scoring_model(reference, cfg.train.precision, self.layout.device, mesh))
+    def sharded_reference(self):
+        """(spec, reference) under FSDP2: the reference is built on the meta device in the compute
+        dtype, sharded over the learners' mesh, and filled from `rho1.reference` read by rank 0
+        alone, one tensor at a time (`wmtp.parallel.materialize`), like the policy."""
+        from wmtp.model.checkpoint import read_checkpoint_args, read_model_state
+        from wmtp.model.transformer import build_model
+        from wmtp.parallel.fsdp import apply_fsdp, fsdp_mesh
+        from wmtp.parallel.materialize import build_sharded
+
+        cfg, layout = self.cfg, self.layout
+
+        def shapes():
+            folder = C.materialize(cfg.rho1.reference, cfg)
+            return folder, read_checkpoint_args(folder)
+        folder, args = C.from_rank0(shapes, layout)
+        model = build_model(args, device="meta")
+        frozen_scoring_model(model, cfg.train.precision, torch.device("meta"))  # no grad, compute dtype
+        mesh = fsdp_mesh(layout.device.type, layout.world_size, cfg.orchestration.fsdp_replicas)
+
+        def source():
+            return read_model_state(folder, args)[1].pop
+        reference = build_sharded(model, lambda m: apply_fsdp(m, mesh=mesh, mixed_precision=False), layout.device,
+                                  source if layout.is_main else None)
+        spec = ExperienceSpec("rho1", args, chunk_size=cfg.train.loss_chunk_size, precision=cfg.train.precision)
+        return spec, reference.eval()
 
     def weights(self, policy_losses, ref_losses, labels, global_stats: bool = True):
         r = self.cfg.rho1
