@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,10 +37,19 @@ def run(path: str, steps: int, out: Path) -> dict:
            "local-light", f"train.steps={steps}", f"run.output_dir={out}", "run.name=startup"]
     if path == "local":
         cmd.insert(4, "--local")
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # The Ray run's session files in a short private folder: Ray's sockets live there and AF_UNIX
+    # paths stop at 107 bytes (a deep TMPDIR, e.g. pytest's, is too long).
+    ray_tmp = tempfile.mkdtemp(prefix="wsu", dir="/tmp") if path == "ray" else None
+    if ray_tmp:
+        env["RAY_TMPDIR"] = ray_tmp
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                          env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"})
-    wall = time.perf_counter() - t0
+    try:
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+        wall = time.perf_counter() - t0
+    finally:
+        if ray_tmp:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
     if proc.returncode != 0:
         sys.exit(f"{path} run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     summary = json.loads((out / "startup" / "summary.json").read_text())
