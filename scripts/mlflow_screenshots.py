@@ -3,11 +3,21 @@
     python scripts/mlflow_screenshots.py --output-dir runs --out screenshots/
     python scripts/mlflow_screenshots.py --output-dir runs --run-dir runs/verifiable-local-light --out shots/
 
-Serves `mlflow ui` on 127.0.0.1 (a free port) over `<output-dir>/mlflow.db`, then saves
-experiment.png (the runs table), run.png (the run's overview: status, tags, params),
-metrics.png (the run's model-metrics charts) and artifacts.png (the artifact browser) of the run
-recorded in `<run-dir>/mlflow_run.json` (default: the newest run dir under output-dir). Needs a
-Chromium (`apt-get install -y chromium`); prints the PNG paths, one per line.
+Serves `mlflow ui` on 127.0.0.1 (a free port) over `<output-dir>/mlflow.db` and opens, in one
+headless Chromium driven over the DevTools protocol, the pages of the run recorded in
+`<run-dir>/mlflow_run.json` (default: the newest run dir under output-dir), in MLflow's
+model-training view:
+
+    experiment.png  the experiment's runs table
+    run.png         the run's overview: status, source + git commit, tags, metrics, params
+    metrics.png     the run's model-metrics charts
+    heatmap.png     the newest token-weight heatmap PNG in the artifact browser (weighted recipes)
+
+Each page is captured once its text shows what it must (the run name, the tag values, the metric
+names, the heatmap's file name) and saved with that text beside it (`<page>.txt`, the page's
+`innerText`). A capture of one flat colour (a blank or unrendered page) is an error. `--width`
+downscales the saved PNGs (the docs keep small ones). Needs a Chromium (`apt-get install -y
+chromium`); prints the PNG paths, one per line.
 """
 
 from __future__ import annotations
@@ -16,23 +26,22 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
-# page → (URL fragment, text that appears once the page has rendered)
-PAGES = {
-    "experiment": ("#/experiments/{exp}", "{name}"),
-    "run": ("#/experiments/{exp}/runs/{run}", "wmtp.recipe"),
-    "metrics": ("#/experiments/{exp}/runs/{run}/model-metrics", "train/loss"),
-    "artifacts": ("#/experiments/{exp}/runs/{run}/artifacts", "summary.json"),
-}
+# MLflow >= 3.17 opens the GenAI view unless asked (wmtp.tracking.console.MODEL_TRAINING_VIEW).
+VIEW = "?workflowType=machine_learning"
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome")
 
 
 def free_port() -> int:
@@ -41,130 +50,255 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    sys.exit("no Chromium found: apt-get install -y chromium")
+def find_browser() -> str | None:
+    return next((found for found in map(shutil.which, BROWSERS) if found), None)
 
 
-def serve(db: Path, port: int) -> subprocess.Popen:
+def stop(proc: subprocess.Popen) -> None:
+    """End a process this script started in its own session, with everything it spawned (its
+    process group: Chromium's renderers, the server's workers), politely first."""
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers of the group once its leader is gone
+    except ProcessLookupError:
+        pass
+
+
+def serve(db: Path, port: int, timeout: float) -> subprocess.Popen:
+    """`mlflow ui` over the SQLite store `db` on 127.0.0.1:`port`, once it answers its API."""
     mlflow = Path(sys.executable).with_name("mlflow")
     proc = subprocess.Popen([str(mlflow), "ui", "--backend-store-uri", f"sqlite:///{db.resolve()}",
                              "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600  # minutes on a busy 2-core machine
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            # no background job runners (judges, optimisers): a read-only UI
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+    deadline = time.monotonic() + timeout  # ~30 s quiet; minutes on a busy 2-core machine
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             sys.exit(f"mlflow ui exited with {proc.returncode}")
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5)
-            return proc
-        except urllib.error.HTTPError:  # an answer, even an error page: the server is up
+            api(port, "experiments/search?max_results=1")
             return proc
         except OSError:
             time.sleep(0.5)
-    proc.kill()
-    sys.exit("mlflow ui did not answer within 600 s")
+    stop(proc)
+    sys.exit(f"mlflow ui did not answer within {timeout:.0f} s")
 
 
-def screenshot(browser: str, url: str, path: Path, wait_for: str, size: tuple[int, int] = (1600, 1000),
-               timeout: float = 240.0) -> None:
-    """Open `url` in headless Chromium, wait until the page's text contains `wait_for` (MLflow's UI
-    renders after its API calls return: a screenshot at the load event shows a skeleton), then
-    save a PNG. Drives Chromium over the DevTools protocol (aiohttp, which Ray brings along)."""
-    asyncio.run(_screenshot(browser, url, path, wait_for, size, timeout))
+def api(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/ajax-api/2.0/mlflow/{path}", timeout=30) as r:
+        return json.load(r)
 
 
-async def _screenshot(browser: str, url: str, path: Path, wait_for: str, size: tuple[int, int],
-                      timeout: float) -> None:
-    import aiohttp
+def newest_heatmap(port: int, run_id: str) -> str | None:
+    """Artifact path of the run's last `heatmaps/*.png` (step-numbered names sort by step)."""
+    query = urllib.parse.urlencode({"run_id": run_id, "path": "heatmaps"})
+    files = api(port, f"artifacts/list?{query}").get("files", [])
+    pngs = sorted(f["path"] for f in files if f["path"].endswith(".png"))
+    return pngs[-1] if pngs else None
 
-    port = free_port()
-    with tempfile.TemporaryDirectory(prefix="wmtp-chromium-") as profile:
-        proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                                 "--hide-scrollbars", f"--user-data-dir={profile}", f"--remote-debugging-port={port}",
-                                 "--remote-allow-origins=*", f"--window-size={size[0]},{size[1]}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.monotonic() + timeout
-            async with aiohttp.ClientSession() as http:
-                ws_url = None
-                while ws_url is None:
-                    if time.monotonic() > deadline:
-                        raise TimeoutError("Chromium's DevTools endpoint did not come up")
-                    try:
-                        async with http.get(f"http://127.0.0.1:{port}/json/list") as r:
-                            pages = [p for p in await r.json() if p.get("type") == "page"]
-                            ws_url = pages[0]["webSocketDebuggerUrl"] if pages else None
-                    except (aiohttp.ClientError, OSError):
-                        pass
-                    await asyncio.sleep(0.5)
-                async with http.ws_connect(ws_url, max_msg_size=0) as ws:
-                    counter = iter(range(1, 1 << 30))
 
-                    async def call(method: str, **params):
-                        msg_id = next(counter)
-                        await ws.send_json({"id": msg_id, "method": method, "params": params})
-                        while True:
-                            msg = await ws.receive_json()
-                            if msg.get("id") == msg_id:
-                                return msg.get("result", {})
+def flat(png: bytes) -> bool:
+    """True when the image is (nearly) one colour: a blank or unrendered page."""
+    import io
 
-                    await call("Page.navigate", url=url)
-                    while True:
-                        found = await call("Runtime.evaluate", returnByValue=True,
-                                           expression=f"document.body && document.body.innerText.includes({json.dumps(wait_for)})")
-                        if found.get("result", {}).get("value"):
-                            break
-                        if time.monotonic() > deadline:
-                            raise TimeoutError(f"{url}: {wait_for!r} did not appear within {timeout:.0f} s")
-                        await asyncio.sleep(1.0)
-                    await asyncio.sleep(3.0)  # charts and tables finish drawing
-                    shot = await call("Page.captureScreenshot", format="png")
-                    path.write_bytes(base64.b64decode(shot["data"]))
-        finally:
-            proc.terminate()
+    from PIL import Image, ImageStat
+
+    image = Image.open(io.BytesIO(png)).convert("L")
+    return max(ImageStat.Stat(image).stddev) < 2.0 or len(image.getcolors(1 << 16) or range(1 << 16)) < 4
+
+
+def save(png: bytes, path: Path, width: int | None) -> None:
+    """Write `png`, downscaled to `width` pixels and quantised to 256 colours when `width` is set."""
+    if not width:
+        path.write_bytes(png)
+        return
+    import io
+
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    if image.width > width:
+        image = image.resize((width, round(image.height * width / image.width)), Image.LANCZOS)
+    image.quantize(256, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+
+
+class Browser:
+    """One headless Chromium tab driven over the DevTools protocol (aiohttp, which Ray brings)."""
+
+    def __init__(self, executable: str, size: tuple[int, int]):
+        self.executable, self.size = executable, size
+
+    async def __aenter__(self) -> Browser:
+        import aiohttp
+
+        self._profile = tempfile.TemporaryDirectory(prefix="wmtp-chromium-")
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [self.executable, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+             "--hide-scrollbars", "--no-first-run", f"--user-data-dir={self._profile.name}",
+             f"--remote-debugging-port={port}", "--remote-allow-origins=*",
+             f"--window-size={self.size[0]},{self.size[1]}", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.http = aiohttp.ClientSession()
+        deadline = time.monotonic() + 120
+        ws_url = None
+        while ws_url is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("Chromium's DevTools endpoint did not come up")
             try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+                async with self.http.get(f"http://127.0.0.1:{port}/json/list") as r:
+                    pages = [p for p in await r.json() if p.get("type") == "page"]
+                    ws_url = pages[0]["webSocketDebuggerUrl"] if pages else None
+            except (aiohttp.ClientError, OSError):
+                pass
+            await asyncio.sleep(0.5)
+        self.ws = await self.http.ws_connect(ws_url, max_msg_size=0)
+        self._ids = iter(range(1, 1 << 30))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        try:
+            await self.ws.close()
+            await self.http.close()
+        finally:
+            stop(self.proc)
+            self._profile.cleanup()
+
+    async def call(self, method: str, **params) -> dict:
+        msg_id = next(self._ids)
+        await self.ws.send_json({"id": msg_id, "method": method, "params": params})
+        while True:
+            msg = await self.ws.receive_json()
+            if msg.get("id") == msg_id:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error']}")
+                return msg.get("result", {})
+
+    async def js(self, expression: str):
+        result = await self.call("Runtime.evaluate", expression=expression, returnByValue=True)
+        return result.get("result", {}).get("value")
+
+    async def capture(self, url: str, expect: list[str], timeout: float, ready: str = "true") -> tuple[bytes, str]:
+        """Open `url`, wait until the page's text contains every string of `expect` and the JS
+        expression `ready` holds (MLflow's UI renders after its API calls return: a capture at the
+        load event shows a skeleton), then return (PNG bytes, the page's text)."""
+        await self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + timeout
+        check = (f"(() => {{ const t = document.body ? document.body.innerText : '';"
+                 f" return {json.dumps(expect)}.filter(s => !t.includes(s)).concat(({ready}) ? [] : ['<ready>']); }})()")
+        while True:
+            missing = await self.js(check)
+            if missing == []:
+                break
+            if time.monotonic() > deadline:
+                images = await self.js("[...document.images].map(i => `${i.src.slice(0, 60)} ${i.naturalWidth}`)")
+                raise TimeoutError(f"{url}: {missing} not on the page within {timeout:.0f} s (images: {images})")
+            await asyncio.sleep(1.0)
+        # The assistant side panel opens itself on a fresh profile; close it (it hides the page).
+        await self.js("document.querySelector('[data-component-id=\"mlflow.assistant.chat_panel.close\"]')?.click()")
+        await asyncio.sleep(3.0)  # charts and tables finish drawing, the panel closes
+        shot = await self.call("Page.captureScreenshot", format="png")
+        return base64.b64decode(shot["data"]), await self.js("document.body.innerText")
+
+
+# Clicks the header of each named chart section that is still open; true once none is.
+FOLD_SECTIONS = """((names) => {
+  let open = 0;
+  for (const h of document.querySelectorAll('[class*="collapse-header"][aria-expanded="true"]')) {
+    const title = h.querySelector('[data-testid="experiment-view-compare-runs-section-header"]');
+    if (title && names.includes((title.innerText.match(/^[^(\\s]+/) || [''])[0])) { h.click(); open++; }
+  }
+  return open === 0;
+})"""
+
+
+def pages(record: dict, run_name: str, tags: dict[str, str], heatmap: str | None) -> dict:
+    """page → (URL fragment, texts the rendered page must show, JS readiness test, window height)."""
+    exp, run = record["experiment_id"], record["run_id"]
+    tag_texts = [tags[k] for k in ("wmtp.recipe", "wmtp.preset") if k in tags]
+    commit = tags.get("mlflow.source.git.commit", "")[:7]
+    out = {
+        "experiment": (f"#/experiments/{exp}{VIEW}", [run_name, "matching runs"], "true", 700),
+        "run": (f"#/experiments/{exp}/runs/{run}{VIEW}", [run_name, "wmtp.recipe", *tag_texts,
+                                                           *([commit] if commit else []), "train/loss"], "true", 1500),
+        # Charts come in sections by prefix, alphabetically (perf, time, train, val) and only those in
+        # view are drawn: fold perf and time away so the loss curves are on screen.
+        "metrics": (f"#/experiments/{exp}/runs/{run}/model-metrics{VIEW}", [run_name, "(train/loss)"],
+                    f"{FOLD_SECTIONS}(['perf', 'time']) && document.querySelectorAll('.js-plotly-plot').length > 0",
+                    1000),
+    }
+    if heatmap:
+        name = heatmap.rsplit("/", 1)[-1]
+        out["heatmap"] = (f"#/experiments/{exp}/runs/{run}/artifacts/{heatmap}{VIEW}", [run_name, name],
+                          # the artifact viewer shows the PNG as an <img> (a blob: or get-artifact URL)
+                          "[...document.images].some(i => i.complete && i.naturalWidth >= 400)", 700)
+    return out
+
+
+async def shoot(browser: str, port: int, record: dict, run_name: str, out: Path, width: int | None,
+                timeout: float) -> list[Path]:
+    run = api(port, f"runs/get?run_id={record['run_id']}")["run"]
+    tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+    heatmap = newest_heatmap(port, record["run_id"])
+    saved = []
+    async with Browser(browser, (1600, 1000)) as tab:
+        for name, (fragment, expect, ready, height) in pages(record, run_name, tags, heatmap).items():
+            await tab.call("Emulation.setDeviceMetricsOverride", width=1600, height=height, deviceScaleFactor=1,
+                           mobile=False)
+            png, text = await tab.capture(f"http://127.0.0.1:{port}/{fragment}", expect, timeout, ready)
+            saved.append(keep(name, png, text, out, width))
+    return saved
+
+
+def keep(name: str, png: bytes, text: str, out: Path, width: int | None) -> Path:
+    """Check a capture is not blank, then save it and its page text."""
+    if flat(png):
+            raise RuntimeError(f"{name}: the capture is one flat colour (the page did not render)")
+    path = out / f"{name}.png"
+    save(png, path, width)
+    (out / f"{name}.txt").write_text(text)
+    print(path, flush=True)
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output-dir", default="runs", help="run.output_dir holding mlflow.db")
     parser.add_argument("--run-dir", default=None, help="a run folder with mlflow_run.json (default: the newest)")
-    parser.add_argument("--out", default="screenshots", help="folder for the PNGs")
+    parser.add_argument("--out", default="screenshots", help="folder for the PNGs and their page texts")
+    parser.add_argument("--width", type=int, default=None, help="downscale the PNGs to this width (pixels)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per page and for the server start")
     args = parser.parse_args(argv)
     output_dir = Path(args.output_dir)
     db = output_dir / "mlflow.db"
     if not db.is_file():
-        sys.exit(f"{db}: no MLflow store (run wmtp train first)")
+        sys.exit(f"{db}: no MLflow store (run wmtp train with tracking.backends including mlflow first)")
     records = [Path(args.run_dir) / "mlflow_run.json"] if args.run_dir else \
         sorted(output_dir.glob("*/mlflow_run.json"), key=lambda p: p.stat().st_mtime)
     if not records or not records[-1].is_file():
         sys.exit(f"no mlflow_run.json under {args.run_dir or output_dir}")
     record = json.loads(records[-1].read_text())
+    browser = find_browser()
+    if browser is None:
+        sys.exit(f"no Chromium found (looked for {', '.join(BROWSERS)}): apt-get install -y chromium")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    browser = chromium()
     port = free_port()
-    proc = serve(db, port)
+    proc = serve(db, port, args.timeout)
     try:
-        run_name = records[-1].parent.name
-        for name, (fragment, wait_for) in PAGES.items():
-            path = out / f"{name}.png"
-            url = f"http://127.0.0.1:{port}/{fragment.format(exp=record['experiment_id'], run=record['run_id'])}"
-            screenshot(browser, url, path, wait_for.format(name=run_name))
-            print(path, flush=True)
+        asyncio.run(shoot(browser, port, record, records[-1].parent.name, out, args.width, args.timeout))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     return 0
 
 

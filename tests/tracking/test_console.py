@@ -81,7 +81,7 @@ def test_summary_block_and_file(tmp_path):
     assert summary["best"] == {"metric": "val/ce", "value": 2.0, "step": 10}
     assert summary["final"]["val/ce"] == 2.2 and summary["final"]["train/loss"] == 1.5
     assert summary["paths"]["checkpoint"].endswith("checkpoints/step_000020")
-    assert summary["mlflow"]["ui_url"] == "http://127.0.0.1:5000/#/experiments/3/runs/abc"
+    assert summary["mlflow"]["ui_url"] == "http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning"
     assert summary["next"]["eval"].startswith("wmtp eval --checkpoint ")
     assert summary["next"]["mlflow_ui"] == f"mlflow ui --backend-store-uri sqlite:///{tmp_path}/mlflow.db"
     text = buf.getvalue()

@@ -69,6 +69,11 @@ def ensure_ray(address: str | None = None, *, local_cpus: float | None = None, j
         return
     if local_cpus is not None:
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(local_cpus))
+    # A fresh cluster's raylet starts one idle Python worker per CPU when the driver connects. A
+    # run uses none of them but the console relay: Ray Train's controller, workers and helper
+    # actors carry a runtime_env (its propagated env vars) and get fresh processes, so on a
+    # 2-core laptop the prestarted ones only compete with the run's own start (benchmarks/startup.py).
+    os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     port = metrics_port()
     ctx = ray.init(address="local", log_to_driver=verbose, _metrics_export_port=port, **kwargs)
     dashboard = ctx.dashboard_url or "off (pip install 'ray[default]')"

@@ -108,10 +108,16 @@ def latest_checkpoint(candidates: list[Path]) -> Path | None:
     return best[1] if best else None
 
 
+# MLflow >= 3.17 picks the UI's view from a global GenAI / Model-training switch (default GenAI,
+# remembered per browser), not from the experiment's kind tag; this query selects the model-training
+# view, so the printed link opens the run as docs/TRACKING.md shows it.
+MODEL_TRAINING_VIEW = "?workflowType=machine_learning"
+
+
 def mlflow_ui_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
     """The page of the run: a server's own URL, or what `mlflow ui` serves on its default port."""
     base = tracking_uri.rstrip("/") if tracking_uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}{MODEL_TRAINING_VIEW}"
 
 
 class RunConsole:

@@ -94,6 +94,7 @@ def token_weight_heatmap_png(weights: list[list[float]], path, title: str,
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
     from matplotlib.colors import TwoSlopeNorm
 
@@ -112,6 +113,7 @@ def token_weight_heatmap_png(weights: list[list[float]], path, title: str,
     ax.set_yticks(range(len(weights)), row_labels or [f"sample {i}" for i in range(len(weights))])
     for tick, label in zip(ax.get_yticklabels(), row_labels or []):
         tick.set_color("#1a7f37" if "✓" in label else "#cf222e" if "✗" in label else "black")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))  # token positions, not 2.5
     ax.set_xlabel("response token")
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="loss weight")

@@ -162,7 +162,9 @@ def trial_label(trial_id: str, params: Mapping[str, Any]) -> str:
 def run_tags(cfg) -> dict[str, str]:
     """MLflow tags that make runs read at a glance (and filter in the UI)."""
     tags = {"wmtp.recipe": cfg.recipe, "wmtp.preset": cfg.run.preset or "-", "wmtp.model": cfg.model.preset,
-            "wmtp.path": "ray" if cfg.orchestration.enabled else "local"}
+            "wmtp.path": "ray" if cfg.orchestration.enabled else "local",
+            # the run page's "Source" row (MLflow shows the git commit beside it, not in the tags)
+            "mlflow.source.name": "wmtp", "mlflow.source.type": "LOCAL"}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
