@@ -46,6 +46,12 @@ class PrecomputedScorer:
     def get(self) -> ScoredBatch:
         return self._ready.pop(0)
 
+    def in_flight(self) -> list[ScoredBatch]:
+        return list(self._ready)
+
+    def resume_in_flight(self, scored: ScoredBatch) -> None:
+        self._ready.append(scored)
+
     def publish_critic(self, state_dict, version: int) -> None:
         """The reference is frozen: nothing to publish."""
 
