@@ -145,7 +145,17 @@ class Rho1WeightedRecipe:
                 **C.head_metrics("train/weighted_ce", C.global_sum(wce, self.layout)),
                 "train/grad_norm": norms[0], **C.lr_metrics(self.state),
                 # over the step's global batch (every micro-batch, every rank), as docs/MATH.md says
-                **C.stat_tensors("train/rho1", step_rho1_stats(rho1_parts, C.reduce_fn(self.layout)))}, tokens
+                **C.stat_tensors("train/rho1", step_rho1_stats(rho1_parts, C.reduce_fn(self.layout))),
+                **self.rank_metrics(fed, rho1_parts)}, tokens
+
+    def rank_metrics(self, fed, rho1_parts) -> dict[str, torch.Tensor]:
+        """Per-rank values (`rank/<r>/...`, 2+ ranks) that find a straggler or a skewed shard: the
+        real tokens this rank learned from this step, and its head-1 targets and their mean excess
+        loss over the reference (global `train/rho1/mean_excess/head1` = Σ_r n_r · e_r / Σ_r n_r)."""
+        mine = step_rho1_stats(rho1_parts)  # this rank's micro-batches only
+        targets = sum(n[0] for _, n in rho1_parts).double()
+        return C.per_rank_values({"train/tokens": float(sum(t for _, t in fed)), "train/rho1/targets/head1": targets,
+                                  "train/rho1/mean_excess/head1": mine.mean_excess[0]}, self.layout)
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
