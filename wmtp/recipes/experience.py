@@ -262,8 +262,11 @@ class ExperienceFeed:
         for saved in state["ahead"]:
             batch = self.stream.next()
             if not torch.equal(batch.row.cpu(), saved["rows"]):
-                raise RuntimeError(f"checkpointed experience queue: the sampler drew rows {batch.row.tolist()} "
-                                   f"where the checkpoint scored rows {saved['rows'].tolist()} (different data?)")
+                from wmtp.data.errors import DataError
+
+                raise DataError(f"the checkpoint's experience queue holds rows {saved['rows'].tolist()} scored ahead, "
+                                f"but the data now gives rows {batch.row.tolist()} there: the training data changed "
+                                f"since the checkpoint; resume with the same data, or start a new run.name")
             device = batch.tokens.device
             self.scorer.resume_in_flight(ScoredBatch(
                 batch, **{f: None if saved[f] is None else saved[f].to(device) for f in SCORED_FIELDS},
