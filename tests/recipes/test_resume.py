@@ -31,6 +31,8 @@ def kill_after_checkpoint(cmd: list[str], checkpoints, step: int, timeout: float
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
     finally:
+        if proc.poll() is None:  # also when no checkpoint came in time: never wait for the whole run
+            proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
