@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 
 from tests.fixtures.distributed import run_distributed
+from tests.recipes.harness import recipe_config, run
 from tests.recipes.learner_runs import rank_train
+from wmtp.config.paths import export_dir
 
 PER_RANK = ("train/tokens", "train/weights/targets", "train/weights/mean")
 
@@ -33,3 +35,18 @@ def test_two_ranks_log_per_rank_values_that_make_up_the_global_ones(tmp_path):
     # the shards differ (what the per-rank values are for): renormalised to 1 globally, not per rank
     assert ranks[0]["metrics"][1]["train/weights/mean"] == pytest.approx(1.0, abs=1e-9)
     assert ranks[0]["metrics"][1]["rank/0/train/weights/mean"] != pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.distributed
+def test_rho1_per_rank_values_make_up_the_global_mean_excess(tmp_path):
+    reference = recipe_config("ref_tuning", tmp_path / "ref", "train.steps=1", "train.heatmap_samples=0",
+                              "model.n_future_tokens=1")
+    run(reference)
+    ranks = run_distributed(rank_train, 2, "rho1_weighted", str(tmp_path / "rho1"),
+                            ("train.steps=1", "train.heatmap_samples=0", f"rho1.reference={export_dir(reference)}"))
+    logged = ranks[0]["metrics"][1]
+    n = [logged[f"rank/{r}/train/rho1/targets/head1"] for r in (0, 1)]
+    e = [logged[f"rank/{r}/train/rho1/mean_excess/head1"] for r in (0, 1)]
+    assert all(c > 0 for c in n) and all(logged[f"rank/{r}/train/tokens"] > 0 for r in (0, 1))
+    assert sum(c * x for c, x in zip(n, e)) / sum(n) == pytest.approx(logged["train/rho1/mean_excess/head1"],
+                                                                      rel=1e-9, abs=1e-12)
