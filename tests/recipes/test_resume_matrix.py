@@ -7,6 +7,8 @@ normaliser × grad_accum, on 1 rank in-process and on 1 and 2 Ray workers.
   the Ray cells, compared with an uninterrupted run of the same command.
 - `test_resume_in_process` (CI): a handful of cells in this process, the crash raised from the
   logger right after a checkpoint (what SIGKILL leaves behind: the checkpoint, not the process).
+- `test_resume_async_in_process` (CI): async with queue_depth 2 in this process, its experience
+  actors on a local Ray cluster, crashed after the step-3 checkpoint the same way.
 
 Placement, interval, queue depth and normaliser belong to the critic-weighted recipe
 (verifiable); the other recipes vary grad_accum and ranks. Checkpoints every 3 steps, killed in
@@ -14,8 +16,6 @@ step 4: with interval 2 the last publish (step 2) and the checkpoint (step 3) di
 scorer that is not checkpointed shows (the critic snapshot is checkpointed: exact). With async and
 queue_depth > 0 the batches scored ahead of the checkpoint by an earlier critic are checkpointed
 with their scores (`ExperienceFeed.state_dict`) and queued again as scored on resume.
-- `test_resume_async_in_process` (CI): async with queue_depth 2 in this process, its experience
-  actors on a local Ray cluster, crashed after the step-3 checkpoint as above.
 """
 
 from __future__ import annotations
