@@ -15,7 +15,7 @@ STEPS = 12
 RESUME = (f"train.steps={STEPS}", "train.checkpoint_every=2", "train.eval_every=6")
 
 
-def kill_after_checkpoint(cmd: list[str], checkpoints, step: int, timeout: float = 120.0) -> None:
+def kill_after_checkpoint(cmd: list[str], checkpoints, step: int, timeout: float = 300.0) -> None:
     proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
