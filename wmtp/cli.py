@@ -137,9 +137,9 @@ def run_train(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _stopped)  # `ray job stop`, `kill`: KILLED, not FAILED
     try:
         if target[0] == "wmtp.recipes":
-            from wmtp.tracking.registry import build_run_logger
+            from wmtp.tracking.registry import build_run_logger, end_dead_attempt
 
-            result = entry(cfg, make_logger=build_run_logger)
+            result = entry(cfg, make_logger=build_run_logger, end_dead_attempt=end_dead_attempt)
         else:
             result = entry(cfg)
     except BaseException as e:

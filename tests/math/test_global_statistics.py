@@ -82,3 +82,72 @@ def test_two_ranks_report_the_one_process_statistics():
         assert r.keys() == one.keys()
         for key, value in one.items():
             assert r[key] == pytest.approx(value, abs=1e-12), key
+
+
+# ------------------------------------------------------------------------------------------ Rho-1
+H = 2
+
+
+def rho1_global_batch():
+    """Two micro-batches of 4 rows each; rank r holds rows 2r, 2r+1 of each micro-batch."""
+    g = torch.Generator().manual_seed(2)
+    B, S = 4, 10
+    micro = []
+    for _ in range(2):
+        policy = torch.rand(B, S, H, generator=g, dtype=torch.float64) * 3
+        ref = torch.rand(B, S, generator=g, dtype=torch.float64) * 3
+        tokens = torch.randint(1, 50, (B, S), generator=g)
+        labels = torch.full((B, S), -100)
+        for b in range(B):  # responses of unequal length per rank
+            start, end = int(torch.randint(1, 4, (1,), generator=g)), int(torch.randint(6, S + 1, (1,), generator=g))
+            labels[b, start:end] = tokens[b, start:end]
+        micro.append((policy, ref, labels))
+    return micro
+
+
+def rho1_statistics(micro, mode, layout):
+    """What the Rho-1 recipe logs (`train/rho1/*`), computed as it computes them."""
+    from wmtp.losses.alignment import valid_mask
+    from wmtp.weighting.rho1 import rho1_weights, step_rho1_stats
+
+    dist_kw = ({"gather_fn": lambda x: C.gather_cat(x, layout), "reduce_fn": C.reduce_fn(layout)}
+               if layout.distributed else {})
+    parts, weights = [], []
+    for policy, ref, labels in micro:
+        w, stats = rho1_weights(policy, ref, labels, mode=mode, ratio=0.4, temperature=0.8, clip_min=0.5,
+                                clip_max=1.6, **dist_kw)
+        parts.append((stats, valid_mask(labels, H).sum((0, 1))))
+        weights.append(w)
+    stats = step_rho1_stats(parts, C.reduce_fn(layout))
+    return {f"{name}/head{k + 1}": float(v) for name in ("kept_fraction", "mean_weight", "mean_excess")
+            for k, v in enumerate(getattr(stats, name))}, weights
+
+
+def _rho1_rank(rank: int, world_size: int, mode: str) -> dict:
+    mine = [tuple(t[2 * rank:2 * rank + 2] for t in m) for m in rho1_global_batch()]
+    return rho1_statistics(mine, mode, DistEnv.from_env("cpu"))[0]
+
+
+@pytest.mark.parametrize("mode", ["topk", "continuous"])
+def test_two_ranks_report_the_one_process_rho1_statistics(mode):
+    from wmtp.losses.alignment import align_target_weights, valid_mask
+
+    micro = rho1_global_batch()
+    one, weights = rho1_statistics(micro, mode, DistEnv.from_env("cpu"))
+    # the 1-process values are the obvious ones: over every valid target of the step
+    valid = torch.cat([valid_mask(lab, H) for _, _, lab in micro])
+    w = torch.cat(weights)
+    e = torch.cat([p - align_target_weights(r, H) for p, r, _ in micro])
+    for k in range(H):
+        v = valid[..., k]
+        assert one[f"mean_weight/head{k + 1}"] == pytest.approx(float(w[..., k][v].mean()), abs=1e-12)
+        assert one[f"mean_excess/head{k + 1}"] == pytest.approx(float(e[..., k][v].mean()), abs=1e-12)
+        if mode == "topk":
+            assert one[f"kept_fraction/head{k + 1}"] == pytest.approx(float((w[..., k][v] > 0).double().mean()),
+                                                                      abs=1e-12)
+    assert 0 < one["kept_fraction/head2"] < 1
+
+    for r in run_distributed(_rho1_rank, 2, mode):
+        assert r.keys() == one.keys()
+        for key, value in one.items():
+            assert r[key] == pytest.approx(value, abs=1e-12), key

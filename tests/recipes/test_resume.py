@@ -15,7 +15,7 @@ STEPS = 12
 RESUME = (f"train.steps={STEPS}", "train.checkpoint_every=2", "train.eval_every=6")
 
 
-def kill_after_checkpoint(cmd: list[str], checkpoints, step: int, timeout: float = 120.0) -> None:
+def kill_after_checkpoint(cmd: list[str], checkpoints, step: int, timeout: float = 300.0) -> None:
     proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
@@ -31,6 +31,8 @@ def kill_after_checkpoint(cmd: list[str], checkpoints, step: int, timeout: float
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)
     finally:
+        if proc.poll() is None:  # also when no checkpoint came in time: never wait for the whole run
+            proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
@@ -120,3 +122,33 @@ def test_a_second_start_of_a_running_run_exits_2_naming_the_holder(tmp_path):
     # The running run's files are left alone.
     assert (run_directory / "config.yaml").read_text() == "the running run's config\n"
     assert not (run_directory / "metrics.jsonl").exists()
+
+
+def test_the_rerun_ends_a_sigkilled_drivers_mlflow_run_killed_and_continues_it(tmp_path):
+    """SIGKILL leaves the MLflow run RUNNING (nothing could end it); the rerun of the same command
+    takes over the stale lock, ends that attempt KILLED with "driver died: stale lock of pid N
+    taken over", then continues the run: FINISHED at the end, the dead attempt in
+    `wmtp.previous_attempts`, no stale reason tag."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "out"
+    cmd = cli_command("baseline", out, "train.steps=6", "train.checkpoint_every=2", "train.eval_every=6",
+                      "tracking.backends=[jsonl,mlflow]")
+    run_directory = out / "baseline-local-light"
+    kill_after_checkpoint(cmd, run_directory / "checkpoints", 2)
+    dead_pid = json.loads((run_directory / "run.lock").read_text())["pid"]
+    record = json.loads((run_directory / "mlflow_run.json").read_text())
+    client = MlflowClient(record["tracking_uri"])
+    assert client.get_run(record["run_id"]).info.status == "RUNNING"  # what the kill leaves
+
+    done = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run_directory / "mlflow_run.json").read_text())["run_id"] == record["run_id"]
+    run = client.get_run(record["run_id"])
+    assert run.info.status == "FINISHED" and "wmtp.status_reason" not in run.data.tags
+    assert run.data.tags["wmtp.previous_attempts"].startswith(
+        f"KILLED: driver died: stale lock of pid {dead_pid} taken over"), run.data.tags
+    assert [m.step for m in sorted(client.get_metric_history(record["run_id"], "train/loss"),
+                                   key=lambda m: m.step)][-1] == 6

@@ -7,13 +7,15 @@ normaliser × grad_accum, on 1 rank in-process and on 1 and 2 Ray workers.
   the Ray cells, compared with an uninterrupted run of the same command.
 - `test_resume_in_process` (CI): a handful of cells in this process, the crash raised from the
   logger right after a checkpoint (what SIGKILL leaves behind: the checkpoint, not the process).
+- `test_resume_async_in_process` (CI): async with queue_depth 2 in this process, its experience
+  actors on a local Ray cluster, crashed after the step-3 checkpoint the same way.
 
 Placement, interval, queue depth and normaliser belong to the critic-weighted recipe
 (verifiable); the other recipes vary grad_accum and ranks. Checkpoints every 3 steps, killed in
 step 4: with interval 2 the last publish (step 2) and the checkpoint (step 3) differ, so a
-scorer that is not checkpointed shows (the critic snapshot is checkpointed: exact). Cells marked
-xfail are async with queue_depth > 0: batches scored ahead of the checkpoint are rescored with the
-restored critic on resume (the in-flight scored batches are not checkpointed).
+scorer that is not checkpointed shows (the critic snapshot is checkpointed: exact). With async and
+queue_depth > 0 the batches scored ahead of the checkpoint by an earlier critic are checkpointed
+with their scores (`ExperienceFeed.state_dict`) and queued again as scored on resume.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ COMMON = (f"train.steps={STEPS}", "train.checkpoint_every=3", "train.eval_every=
 KEYS = {"baseline": ("train/loss", "train/grad_norm"), "ref_tuning": ("train/loss",),
         "critic": ("train/value_loss",), "rho1_weighted": ("train/loss", "train/weighted_ce_head1"),
         "verifiable": ("train/loss", "train/value_loss", "train/weights/mean")}
-SCORED_AHEAD = pytest.mark.xfail(strict=True, reason="async queue_depth > 0: in-flight scored batches are not checkpointed")
 
 
 def cell_overrides(recipe, placement, interval, depth, normaliser, accum, ranks) -> tuple[str, ...]:
@@ -70,8 +71,7 @@ def cells():
         recipe, placement, interval, depth, normaliser, accum, ranks = cell
         name = (f"{recipe}-{placement}-i{interval}-q{depth}-{normaliser}-ga{accum}-"
                 f"{'local' if ranks == 0 else f'ray{ranks}'}")
-        marks = [SCORED_AHEAD] if recipe == "verifiable" and depth > 0 else []
-        params.append(pytest.param(cell, id=name, marks=marks))
+        params.append(pytest.param(cell, id=name))
     return params
 
 
@@ -158,3 +158,46 @@ def test_resume_in_process(cell, inputs, tmp_path):
         assert series(resumed, key) == pytest.approx(series(reference, key), rel=1e-6, abs=1e-9), key
 
 
+
+
+def run_async_in_process(cfg, attempt: str, crash_after: int | None = None) -> None:
+    """`cfg` (placement async) in this process with experience actors on the test's Ray cluster:
+    what a Ray Train worker builds (`wmtp.orchestration.launch`), without Ray Train. `attempt`
+    names the actors (a killed attempt's names may not be free yet)."""
+    from wmtp.config.paths import run_dir
+    from wmtp.orchestration.experience import async_scorer_factory
+    from wmtp.recipes import build_recipe
+    from wmtp.tracking.registry import build_run_logger
+    from wmtp.training.checkpoint import LocalCheckpointSink
+
+    logger = build_run_logger(cfg)
+    if crash_after is not None:
+        logger = _CrashingLogger(logger, after=crash_after)
+    recipe = build_recipe(cfg, logger=logger, checkpoint_sink=LocalCheckpointSink(run_dir(cfg)),
+                          scorer_factory=async_scorer_factory(cfg, run=f"resume-{attempt}", rank=0))
+    try:
+        recipe.setup()
+        recipe.train()
+    finally:
+        recipe.close()
+        logger.close()
+
+
+@pytest.mark.ray
+def test_resume_async_in_process(ray_cluster, inputs, tmp_path):
+    """Async, queue_depth 2, interval 1: before the in-flight batches were checkpointed, step 4
+    after the resume scored with the step-3 critic what the uninterrupted run scored with the
+    step-1 one (train/value_loss differed from step 4 on)."""
+    cell = ("verifiable", "async", 1, 2, "zscore", 1, 1)
+    overrides = (*COMMON, *inputs, *cell_overrides(*cell))
+    straight = recipe_config("verifiable", tmp_path / "straight", *overrides)
+    run_async_in_process(straight, "straight")
+    crashed = recipe_config("verifiable", tmp_path / "crashed", *overrides)
+    with pytest.raises(_Crash):
+        run_async_in_process(crashed, "crashed", crash_after=3)
+    run_async_in_process(crashed, "resumed")
+    reference, resumed = tmp_path / "straight" / "verifiable-local-light", tmp_path / "crashed" / "verifiable-local-light"
+    assert steps_of(resumed, "train/loss") == list(range(1, STEPS + 1))
+    assert max(series(reference, "train/critic_staleness")) == 2  # batches were scored ahead
+    for key in (*KEYS["verifiable"], "train/critic_staleness"):
+        assert series(resumed, key) == pytest.approx(series(reference, key), rel=1e-6, abs=1e-9), key

@@ -84,3 +84,42 @@ def test_embedded_default_and_nested_runs(tmp_path):
     exp = client.get_experiment(run.info.experiment_id)
     assert exp.artifact_location == (out.resolve() / "mlartifacts").as_uri()
     assert Path(out / "trial_0" / "metrics.jsonl").exists()
+
+
+def test_a_dead_attempt_is_ended_killed_then_continued_with_its_end_kept(mlflow_sqlite, tmp_path):
+    """What a start that took over a SIGKILLed driver's stale lock does (`wmtp train` reruns the
+    same command): the RUNNING run the dead attempt left is ended KILLED with the reason; the rerun
+    continues it RUNNING, the dead attempt's end kept in `wmtp.previous_attempts`; an ended run is
+    never touched."""
+    import socket
+    import subprocess
+    import sys
+
+    from wmtp.tracking.registry import end_dead_attempt
+    from wmtp.training.runlock import hold_run_lock
+
+    run_dir = tmp_path / "demo"
+    first = MlflowLogger(run_dir, run_name="demo", uri=mlflow_sqlite.uri)  # never ended: killed
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])  # its pid: gone (or reused, started later)
+    dead.wait()
+    (run_dir / "run.lock").write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid,
+                                                   "pid_start": "1", "started": "2026-01-01T00:00:00Z"}))
+    lock = hold_run_lock(run_dir)
+    try:
+        reason = lock.takeover_reason
+        assert reason.startswith(f"driver died: stale lock of pid {dead.pid} taken over")
+        end_dead_attempt(run_dir, reason)
+        run = first.client.get_run(first.run_id)
+        assert run.info.status == "KILLED" and run.data.tags["wmtp.status_reason"] == reason
+
+        rerun = MlflowLogger(run_dir, run_name="demo", uri=mlflow_sqlite.uri)
+        assert rerun.run_id == first.run_id
+        run = rerun.client.get_run(rerun.run_id)
+        assert run.info.status == "RUNNING" and "wmtp.status_reason" not in run.data.tags
+        assert run.data.tags["wmtp.previous_attempts"] == f"KILLED: {reason}"
+        rerun.end("FINISHED")
+        end_dead_attempt(run_dir, "driver died: again?")  # ended runs are left alone
+        run = rerun.client.get_run(rerun.run_id)
+        assert run.info.status == "FINISHED" and "wmtp.status_reason" not in run.data.tags
+    finally:
+        lock.release()

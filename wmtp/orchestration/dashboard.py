@@ -55,10 +55,12 @@ class DashboardMetrics:
 
 
 def _first_match(metrics: Mapping[str, float], suffixes: tuple[str, ...]) -> float | None:
-    """First finite training metric equal to a suffix or ending in `/<suffix>` (validation skipped)."""
+    """First finite training metric equal to a suffix or ending in `/<suffix>` (validation and
+    per-rank values skipped)."""
     for suffix in suffixes:
         for key, value in metrics.items():
-            if key.startswith(_VALIDATION_PREFIXES) or not isinstance(value, int | float):
+            # (per-rank copies `rank/<r>/...` are not the step's value: the gauges carry the rank tag)
+            if key.startswith(_VALIDATION_PREFIXES + ("rank/",)) or not isinstance(value, int | float):
                 continue
             if (key == suffix or key.endswith("/" + suffix)) and math.isfinite(value):
                 return float(value)

@@ -20,6 +20,8 @@ deterministic: with `critic_sync_interval=1` and `queue_depth=0` it equals `colo
                          ranks through a tiny board actor; every pool loads that one object, which
                          each node's object store fetches once (`publish_bytes` in
                          wmtp.model.weight_sync counts it)
+    in_flight()          the batches in flight with their scores, for the learner's checkpoint;
+    resume_in_flight(s)  a resumed run queues them again as scored (no rescoring with a newer critic)
 Actor failures (process killed, node lost): actors restart (`max_restarts`); a call that failed is
 retried after the actor reloads the last published weights — the learner never sees the failure.
 """
@@ -41,14 +43,13 @@ from torch import Tensor
 
 from wmtp.config.schema import WMTPConfig
 from wmtp.orchestration.resources import EXPERIENCE_ACTOR_CPUS, run_resources
-from wmtp.recipes.interfaces import ScoredBatch
+from wmtp.recipes.interfaces import SCORED_FIELDS, ScoredBatch
 
 ACTOR_MAX_RESTARTS = 3
 # How long the learner waits for its experience actors to be scheduled before saying why not.
 ACTOR_START_TIMEOUT_S = 180.0
 # How long a failed call waits for its restarted actor before the learner gives up.
 ACTOR_RECOVERY_TIMEOUT_S = 120.0
-_SCORED_FIELDS = ("values_old", "advantages", "returns", "ref_losses")
 
 
 def experience_actor_resources(cfg: WMTPConfig) -> tuple[int, dict[str, float]]:
@@ -119,7 +120,7 @@ class ExperienceActor:
             # A restarted actor (or one created before any publish): the scorer reloads and retries.
             return {"needs_weights": True}
         scored = score_batch(self.spec, self.model, batch.to(self.device), self.version)
-        out: dict[str, Any] = {f: _to_cpu(getattr(scored, f)) for f in _SCORED_FIELDS}
+        out: dict[str, Any] = {f: _to_cpu(getattr(scored, f)) for f in SCORED_FIELDS}
         out["critic_version"] = scored.critic_version
         out["stats"] = dict(scored.stats)
         return out
@@ -134,8 +135,9 @@ class ExperienceActor:
 class _Pending:
     batch: Any  # the learner's batch, on its device (kept here: only a CPU copy travels)
     actor_index: int
-    ref: ray.ObjectRef
+    ref: ray.ObjectRef | None
     submitted_version: int
+    result: dict[str, Any] | None = None  # once fetched (`in_flight`), or restored from a checkpoint
 
 
 class AsyncExperienceScorer:
@@ -240,7 +242,7 @@ class AsyncExperienceScorer:
         if not self._pending:
             raise RuntimeError("get() without a submitted batch")
         item = self._pending.popleft()
-        result = self._result(item)
+        result = item.result if item.result is not None else self._result(item)
         staleness = self._version - result["critic_version"]
         if staleness > self._max_staleness:
             # Too old: score again with the newest critic (the actor has it: publishes precede).
@@ -252,7 +254,7 @@ class AsyncExperienceScorer:
         device = _device_of(item.batch)
         scored = ScoredBatch(
             item.batch,
-            **{f: (None if result[f] is None else result[f].to(device)) for f in _SCORED_FIELDS},
+            **{f: (None if result[f] is None else result[f].to(device)) for f in SCORED_FIELDS},
             critic_version=result["critic_version"],
             stats={**result["stats"], "critic_staleness": float(staleness),
                    "experience_queue_depth": float(len(self._pending))},
@@ -260,6 +262,26 @@ class AsyncExperienceScorer:
         if self._on_stats is not None:
             self._on_stats(scored.stats)
         return scored
+
+    def in_flight(self) -> list[ScoredBatch]:
+        """The batches in flight as their actors scored them (waits for the results), oldest
+        first, for a checkpoint; `get` still returns them (and rescores one that is too stale
+        then, as it would have)."""
+        out = []
+        for item in self._pending:
+            if item.result is None:
+                item.result = self._result(item)
+            out.append(ScoredBatch(item.batch, **{f: item.result[f] for f in SCORED_FIELDS},
+                                   critic_version=item.result["critic_version"], stats=dict(item.result["stats"])))
+        return out
+
+    def resume_in_flight(self, scored: ScoredBatch) -> None:
+        """Queue a batch scored before a checkpoint with its saved scores (no actor call)."""
+        index = self._next_actor
+        self._next_actor = (index + 1) % len(self._actors)
+        result = {f: _to_cpu(getattr(scored, f)) for f in SCORED_FIELDS}
+        result.update(critic_version=scored.critic_version, stats=dict(scored.stats))
+        self._pending.append(_Pending(scored.batch, index, None, scored.critic_version, result))
 
     def _result(self, item: _Pending) -> dict[str, Any]:
         try:

@@ -125,6 +125,10 @@ def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None
         # A missing critic / reference is produced first (local presets), on Ray as well.
         cfg = resolve_inputs(cfg, functools.partial(run_training, brief=True))
     lock = hold_run_lock(run_dir(cfg))  # a second start of the same run exits 2, naming this one
+    if lock.takeover_reason is not None:  # a killed driver's run: KILLED before it is continued
+        from wmtp.tracking.registry import end_dead_attempt
+
+        end_dead_attempt(run_dir(cfg), lock.takeover_reason)
     try:
         storage = resolve_storage(cfg.orchestration.storage_path, cfg.run.output_dir)
         repair_checkpoint_snapshot(storage, run_name(cfg), *checkpoint_score(cfg))

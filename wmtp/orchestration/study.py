@@ -187,9 +187,10 @@ def study_trial(params: dict[str, Any], *, configs: dict[str, dict], plan: EvalP
 def run_in_process(cfg: WMTPConfig, parent_run_id: str | None = None) -> dict[str, float]:
     """`wmtp train --local` of `cfg` (local checkpoints, resumable), MLflow nested under the parent."""
     from wmtp.recipes import run_recipe
-    from wmtp.tracking.registry import build_run_logger
+    from wmtp.tracking.registry import build_run_logger, end_dead_attempt
 
-    return run_recipe(cfg, make_logger=lambda c: build_run_logger(c, is_main=True, parent_run_id=parent_run_id))
+    return run_recipe(cfg, make_logger=lambda c: build_run_logger(c, is_main=True, parent_run_id=parent_run_id),
+                      end_dead_attempt=end_dead_attempt)
 
 
 def trial_cpus(cfg: WMTPConfig) -> float:

@@ -39,11 +39,14 @@ def build_recipe(cfg: WMTPConfig, *, logger: Any, checkpoint_sink: Any, scorer_f
     return recipes[cfg.recipe](cfg, logger=logger, checkpoint_sink=checkpoint_sink, scorer_factory=scorer_factory)
 
 
-def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[..., Any], brief: bool = False) -> dict[str, float]:
+def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[..., Any], brief: bool = False,
+               end_dead_attempt: Callable[[Any, str], Any] | None = None) -> dict[str, float]:
     """Run `cfg.recipe` in this process (the debuggable path): local checkpoints (rerun the same
     command to resume), a logger from `make_logger(cfg)` (the caller picks the backends: recipes
     never import a tracking service), and the producing stages first when an input is missing
-    (`brief`: such a producing stage, whose console summary is one line)."""
+    (`brief`: such a producing stage, whose console summary is one line). `end_dead_attempt(run_dir,
+    reason)`: called when this start takes over the stale lock of a killed one, before the logger
+    continues its run (`wmtp.tracking.registry.end_dead_attempt`: MLflow marks it KILLED)."""
     from wmtp.config.paths import run_dir, write_resolved_config
     from wmtp.recipes.chain import resolve_inputs
     from wmtp.tracking.console import end_run, status_of
@@ -51,8 +54,11 @@ def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[..., Any], brief: bool 
     from wmtp.training.checkpoint import LocalCheckpointSink
     from wmtp.training.runlock import hold_run_lock
 
-    cfg = resolve_inputs(cfg, lambda stage: run_recipe(stage, make_logger=make_logger, brief=True))
+    cfg = resolve_inputs(cfg, lambda stage: run_recipe(stage, make_logger=make_logger, brief=True,
+                                                       end_dead_attempt=end_dead_attempt))
     lock = hold_run_lock(run_dir(cfg))  # a second start of the same run exits 2, naming this one
+    if lock.takeover_reason is not None and end_dead_attempt is not None:
+        end_dead_attempt(run_dir(cfg), lock.takeover_reason)  # the killed attempt could not end its run
     logger = make_logger(cfg, brief=brief) if brief else make_logger(cfg)
     recipe = build_recipe(cfg, logger=logger,
                           checkpoint_sink=LocalCheckpointSink(run_dir(cfg), keep=cfg.orchestration.keep_checkpoints))

@@ -66,6 +66,20 @@ def global_max_value(x: float, layout: DistEnv) -> float:
     return float(t)
 
 
+def per_rank_values(values: dict[str, Tensor | float], layout: DistEnv) -> dict[str, Tensor]:
+    """Every rank's `values` (0-dim, this rank's own) under per-rank names `rank/<r>/<name>`, on
+    every rank (one all_gather of a float64 vector: every rank calls it, with the same keys).
+    `{}` in one process, where the global values are the rank's (docs/TRACKING.md lists them)."""
+    if not layout.distributed:
+        return {}
+    keys = list(values)
+    mine = torch.stack([torch.as_tensor(values[k], dtype=torch.float64, device=layout.device).reshape(())
+                        for k in keys])
+    parts = [torch.empty_like(mine) for _ in range(layout.world_size)]
+    dist.all_gather(parts, mine)
+    return {f"rank/{r}/{k}": parts[r][i] for r in range(layout.world_size) for i, k in enumerate(keys)}
+
+
 def reduce_max_fn(layout: DistEnv):
     """All-reduce MAX of a copy (the weighting math's `reduce_max_fn`; None in one process)."""
     if not layout.distributed:

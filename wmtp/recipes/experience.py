@@ -32,7 +32,7 @@ from wmtp.losses.mtp import mtp_token_losses
 from wmtp.model.args import ModelArgs
 from wmtp.model.transformer import Transformer, allocate_empty, build_model
 from wmtp.model.value import ValueModel, build_value_model
-from wmtp.recipes.interfaces import ScoredBatch
+from wmtp.recipes.interfaces import SCORED_FIELDS, ScoredBatch
 from wmtp.training.precision import autocast_context, compute_dtype
 from wmtp.weighting.gae import compute_gae
 
@@ -115,6 +115,12 @@ class LearnerScorer:
 
     def get(self) -> ScoredBatch:
         return self._ready.popleft()
+
+    def in_flight(self) -> list[ScoredBatch]:
+        return list(self._ready)
+
+    def resume_in_flight(self, scored: ScoredBatch) -> None:
+        self._ready.append(scored)
 
     def publish_critic(self, model: nn.Module, version: int) -> None:
         if model is not self.model:
@@ -217,8 +223,13 @@ def frozen_scoring_model(model: nn.Module, precision: str, device: torch.device)
 class ExperienceFeed:
     """Keeps the scorer `queue_depth` batches ahead of the learner, in data order.
 
-    Checkpoints record the sampler position of the last *consumed* batch, so batches scored ahead
-    but not yet learned from are drawn again after a resume (exact resume).
+    Checkpoints (`state_dict`) record the sampler position of the last *consumed* batch and the
+    batches scored ahead of it as they were scored (`ExperienceScorer.in_flight`: their scored
+    tensors, critic version and row ids). A resumed run draws those batches again from the
+    restored sampler (same rows, checked) and hands them to the scorer with their saved scores
+    (`resume_in_flight`) before anything new is scored: batches the uninterrupted run scored
+    with an earlier critic are not rescored with the restored one, so resume is exact at any
+    `queue_depth`.
     """
 
     def __init__(self, stream, scorer, queue_depth: int = 0):
@@ -235,11 +246,35 @@ class ExperienceFeed:
         return self.scorer.get(), tokens
 
     def state_dict(self) -> dict:
-        return self._consumed
+        ahead = self.scorer.in_flight() if self._states else []
+        if len(ahead) != len(self._states):
+            raise RuntimeError(f"experience scorer holds {len(ahead)} batches, the feed submitted {len(self._states)}")
+        return {"consumed": self._consumed,
+                "ahead": [{"rows": scored.batch.row.detach().cpu().clone(), "critic_version": scored.critic_version,
+                           "stats": dict(scored.stats),
+                           **{f: None if getattr(scored, f) is None else getattr(scored, f).detach().cpu().clone()
+                              for f in SCORED_FIELDS}}
+                          for scored in ahead]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.stream.load_state_dict(state)
-        self._consumed = state
+        if "consumed" not in state:  # a checkpoint written before the feed kept its queue
+            state = {"consumed": state, "ahead": []}
+        self.stream.load_state_dict(state["consumed"])
+        self._consumed = state["consumed"]
+        self._states.clear()
+        for saved in state["ahead"]:
+            batch = self.stream.next()
+            if not torch.equal(batch.row.cpu(), saved["rows"]):
+                from wmtp.data.errors import DataError
+
+                raise DataError(f"the checkpoint's experience queue holds rows {saved['rows'].tolist()} scored ahead, "
+                                f"but the data now gives rows {batch.row.tolist()} there: the training data changed "
+                                f"since the checkpoint; resume with the same data, or start a new run.name")
+            device = batch.tokens.device
+            self.scorer.resume_in_flight(ScoredBatch(
+                batch, **{f: None if saved[f] is None else saved[f].to(device) for f in SCORED_FIELDS},
+                critic_version=int(saved["critic_version"]), stats=dict(saved["stats"])))
+            self._states.append((self.stream.state_dict(), self.stream.last_tokens))
 
 
 class PrecomputedReferenceLosses:

@@ -54,17 +54,37 @@ class ScoredBatch:
     stats: dict[str, float] = field(default_factory=dict)
 
 
+# The tensors an experience phase adds to a batch (what travels back from an actor, and what a
+# checkpoint keeps of a batch scored ahead of the learner).
+SCORED_FIELDS = ("values_old", "advantages", "returns", "ref_losses")
+
+
 class ExperienceScorer(Protocol):
     """Scores raw batches (no grad). `colocated` scores in the learner; `async` in Ray actors.
 
     The learner owns the data order: it `submit`s batches in order and `get`s scored batches back
     in the same order, up to `queue_depth` ahead. Weight normalisation that needs global batch
     statistics (zscore over all ranks, Rho-1 top-k) happens in the learner, not here.
+
+    `in_flight()` / `resume_in_flight(scored)` let a checkpoint keep the batches submitted but not
+    yet got, as they were scored (by the critic version of their submit), and a resumed run put
+    them back in the queue unchanged: rescoring them with the restored critic would differ from
+    the uninterrupted run.
     """
 
     def submit(self, batch: Any) -> None: ...
 
     def get(self) -> ScoredBatch: ...
+
+    def in_flight(self) -> list[ScoredBatch]:
+        """The submitted, not yet got batches, scored (waits for them), oldest first; `get`
+        still returns them."""
+        ...
+
+    def resume_in_flight(self, scored: ScoredBatch) -> None:
+        """Queue an already scored batch (from `in_flight` of the checkpointed run) as if it had
+        been submitted and scored: the next `get` returns it."""
+        ...
 
     def publish_critic(self, state_dict: Mapping[str, Tensor], version: int) -> None: ...
 

@@ -30,7 +30,7 @@ from wmtp.recipes.interfaces import CheckpointSink, ScoredBatch
 from wmtp.recipes.loop import train_and_export
 from wmtp.tracking.base import MetricLogger
 from wmtp.training.precision import autocast_context, compute_dtype
-from wmtp.weighting.rho1 import rho1_weights
+from wmtp.weighting.rho1 import rho1_weights, step_rho1_stats
 from wmtp.weighting.shuffle import shuffle_within_rows, step_generator
 
 
@@ -45,6 +45,12 @@ class PrecomputedScorer:
 
     def get(self) -> ScoredBatch:
         return self._ready.pop(0)
+
+    def in_flight(self) -> list[ScoredBatch]:
+        return list(self._ready)
+
+    def resume_in_flight(self, scored: ScoredBatch) -> None:
+        self._ready.append(scored)
 
     def publish_critic(self, state_dict, version: int) -> None:
         """The reference is frozen: nothing to publish."""
@@ -140,11 +146,13 @@ class Rho1WeightedRecipe:
         loss = torch.zeros((), device=dev)
         ce = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
         wce = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
+        rho1_parts = []  # (stats, valid targets) per micro-batch → the step's global statistics
         for micro, ((scored, _), lab) in enumerate(zip(fed, labels)):
             with autocast_context(dev.type, cfg.train.precision):
                 out = policy(scored.batch.tokens)
                 policy_losses = mtp_token_losses(out.hidden, policy.output.weight, lab, cfg.train.loss_chunk_size)
                 w, rstats = self.weights(policy_losses, scored.ref_losses, lab)
+                rho1_parts.append((rstats, valid_mask(lab, self.n_heads).sum((0, 1))))
                 if cfg.rho1.shuffle:  # control: the same weights at random places of each row
                     w = shuffle_within_rows(w, valid_mask(lab, self.n_heads), step_generator(
                         cfg.run.seed, self.layout.rank, step * cfg.data.grad_accum + micro))
@@ -162,7 +170,18 @@ class Rho1WeightedRecipe:
                 **C.head_metrics("train/ce", C.global_sum(ce, self.layout)),
                 **C.head_metrics("train/weighted_ce", C.global_sum(wce, self.layout)),
                 "train/grad_norm": norms[0], **C.lr_metrics(self.state),
-                **C.stat_tensors("train/rho1", rstats)}, tokens
+                # over the step's global batch (every micro-batch, every rank), as docs/MATH.md says
+                **C.stat_tensors("train/rho1", step_rho1_stats(rho1_parts, C.reduce_fn(self.layout))),
+                **self.rank_metrics(fed, rho1_parts)}, tokens
+
+    def rank_metrics(self, fed, rho1_parts) -> dict[str, torch.Tensor]:
+        """Per-rank values (`rank/<r>/...`, 2+ ranks) that find a straggler or a skewed shard: the
+        real tokens this rank learned from this step, and its head-1 targets and their mean excess
+        loss over the reference (global `train/rho1/mean_excess/head1` = Σ_r n_r · e_r / Σ_r n_r)."""
+        mine = step_rho1_stats(rho1_parts)  # this rank's micro-batches only
+        targets = sum(n[0] for _, n in rho1_parts).double()
+        return C.per_rank_values({"train/tokens": float(sum(t for _, t in fed)), "train/rho1/targets/head1": targets,
+                                  "train/rho1/mean_excess/head1": mine.mean_excess[0]}, self.layout)
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:

@@ -184,7 +184,8 @@ class VerifiableRecipe:
                  # the stalest micro-batch of any rank (the bound `stage2.max_staleness` is about)
                  "train/critic_staleness": C.global_max_value(
                      max(self.critic_version(step - 1) - s.critic_version for s in scored_batches), self.layout),
-                 "train/truncated_samples": C.truncated_samples([s.batch for s in scored_batches], self.layout)}
+                 "train/truncated_samples": C.truncated_samples([s.batch for s in scored_batches], self.layout),
+                 **self.rank_metrics(fed, step_weights, labels)}
         if self.learn_critic:
             vstats = C.global_sum(vstats, self.layout)
             stats.update({"train/value_loss": vstats[0],
@@ -193,6 +194,16 @@ class VerifiableRecipe:
                               C.global_sum(ev_moments, self.layout)),
                           "train/critic_grad_norm": norms[1]})
         return stats, tokens
+
+    def rank_metrics(self, fed, step_weights, labels) -> dict[str, torch.Tensor]:
+        """Per-rank values (`rank/<r>/...`, 2+ ranks) that find a straggler or a skewed shard: the
+        real tokens this rank learned from this step, its weighted targets and their mean weight
+        (global `train/weights/mean` = Σ_r targets_r · mean_r / Σ_r targets_r)."""
+        masks = [lab != -100 for lab in labels]
+        targets = sum(m.sum() for m in masks).double()
+        weight_sum = sum((w.double() * m).sum() for w, m in zip(step_weights, masks))
+        return C.per_rank_values({"train/tokens": float(sum(t for _, t in fed)), "train/weights/targets": targets,
+                                  "train/weights/mean": weight_sum / targets.clamp_min(1)}, self.layout)
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:

@@ -32,6 +32,9 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # Why a run ended FAILED or KILLED (shown beside the status in the run's tags).
 STATUS_REASON_TAG = "wmtp.status_reason"
+# How earlier attempts of a continued run ended ("KILLED: driver died: ..."; one line each): the
+# status and reason tag describe the attempt now running, this keeps the ones before it.
+PREVIOUS_ATTEMPTS_TAG = "wmtp.previous_attempts"
 PATH_TAG = "wmtp.path"  # "local" (in-process) or "ray"
 # MLflow's server-side limits (mlflow.utils.validation); kept here so the module imports no mlflow.
 MAX_PARAM_VAL_LENGTH = 6000
@@ -130,6 +133,7 @@ class MlflowLogger:
             self.run_id = run.info.run_id
             self._record_run_id()
         else:
+            self._note_previous_attempt()
             self.client.update_run(self.run_id, status="RUNNING")
             if tags:
                 self.set_tags(tags)
@@ -184,6 +188,19 @@ class MlflowLogger:
                      record.get("path"), self.path_kind)
             return None
         return run.info.run_id
+
+    def _note_previous_attempt(self) -> None:
+        """Continuing a run that ended FAILED / KILLED (or a dead driver's, ended by
+        `end_dead_attempt`): its status and reason move to `wmtp.previous_attempts`, so the reason
+        tag never describes the attempt now running."""
+        run = self.client.get_run(self.run_id)
+        reason = run.data.tags.get(STATUS_REASON_TAG)
+        if run.info.status in ("FAILED", "KILLED") or reason:
+            before = run.data.tags.get(PREVIOUS_ATTEMPTS_TAG)
+            line = f"{run.info.status}: {reason or '(no reason recorded)'}"
+            self.client.set_tag(self.run_id, PREVIOUS_ATTEMPTS_TAG, "\n".join(filter(None, [before, line]))[-5000:])
+        if reason is not None:
+            self.client.delete_tag(self.run_id, STATUS_REASON_TAG)
 
     def _record_run_id(self) -> None:
         record = {"run_id": self.run_id, "experiment_id": self.experiment_id,
@@ -264,6 +281,29 @@ def finalize_run(client: Any, run_id: str, status: str, reason: str | None = Non
     if status != "FINISHED" or reason:
         client.set_tag(run_id, STATUS_REASON_TAG, (reason or status)[:5000])
     client.set_terminated(run_id, status=status)
+
+
+def end_dead_attempt(run_dir: str | Path, reason: str) -> str | None:
+    """End the MLflow run recorded in `<run_dir>/mlflow_run.json` as KILLED with `reason` when it
+    is still RUNNING: its process died without ending it (a SIGKILLed driver, whose stale run lock
+    a new start took over). A rerun that continues the run keeps this in `wmtp.previous_attempts`.
+    Returns the run id ended, None when there was nothing to end."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    path = Path(run_dir) / RUN_ID_FILE
+    if not path.is_file():
+        return None
+    _quiet_mlflow()
+    record = json.loads(path.read_text())
+    client = MlflowClient(tracking_uri=record["tracking_uri"])
+    try:
+        if client.get_run(record["run_id"]).info.status != "RUNNING":
+            return None
+    except MlflowException:
+        return None  # deleted, or another store: nothing of ours to end
+    finalize_run(client, record["run_id"], "KILLED", reason)
+    return record["run_id"]
 
 
 def finalize_recorded_run(run_dir: str | Path, status: str, reason: str | None = None,

@@ -108,6 +108,24 @@ def build_logger(
     return MultiLogger(loggers)
 
 
+def end_dead_attempt(run_directory: str | Path, reason: str) -> None:
+    """End the tracking run a dead process left open in `run_directory` (MLflow: KILLED with
+    `reason`, when still RUNNING), called by a start that took over that process's stale run lock
+    (`RunLock.takeover_reason`) before it continues. A tracking failure here is a warning: it
+    never stops the rerun."""
+    import logging
+
+    from wmtp.tracking.mlflow_logger import RUN_ID_FILE  # mlflow itself stays unimported
+    from wmtp.tracking.mlflow_logger import end_dead_attempt as end_mlflow_run
+
+    if not (Path(run_directory) / RUN_ID_FILE).is_file():
+        return
+    try:
+        end_mlflow_run(run_directory, reason)
+    except Exception as exc:  # a tracking server down must not block the resume
+        logging.getLogger(__name__).warning("could not mark the dead attempt's MLflow run KILLED: %s", exc)
+
+
 def mlflow_run_id(logger: MetricLogger) -> str | None:
     """The MLflow run id behind `logger` (a MultiLogger is searched), or None without MLflow.
 

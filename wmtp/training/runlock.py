@@ -7,8 +7,10 @@
 The lock file holds the holder's host, pid, process start time and when it started. A second
 start while the holder lives gets `RunLocked` (exit 2, naming the holder). A lock whose process is
 gone (killed by SIGKILL, the machine rebooted) is stale: the next start takes it over with a
-warning. A holder on another host cannot be checked from here: the error says which file to delete
-once that run is known to be dead.
+warning, and `RunLock.takeover_reason` says so ("driver died: stale lock of pid N taken over"):
+the caller ends that attempt's tracking run with it (MLflow: KILLED, `end_dead_attempt`), since
+the dead process could not. A holder on another host cannot be checked from here: the error says
+which file to delete once that run is known to be dead.
 """
 
 from __future__ import annotations
@@ -64,10 +66,16 @@ def _describe(holder: dict, path: Path) -> str:
 
 def acquire(run_directory: str | Path) -> Path:
     """Take the lock of `run_directory` (created if needed); returns the lock file."""
+    return _take(run_directory)[0]
+
+
+def _take(run_directory: str | Path) -> tuple[Path, dict | None]:
+    """(lock file, the dead holder whose stale lock this call took over, or None)."""
     path = Path(run_directory) / LOCK_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "pid_start": _process_start(os.getpid()),
           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    dead: dict | None = None
     for _ in range(3):
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -77,7 +85,7 @@ def acquire(run_directory: str | Path) -> Path:
             except (OSError, ValueError):
                 holder = {}
             if holder and holder.get("pid") == me["pid"] and holder.get("host") == me["host"]:
-                return path  # this process holds it already (a stage run inside a run)
+                return path, None  # this process holds it already (a stage run inside a run)
             if holder and _holder_alive(holder):
                 raise RunLocked(f"run {Path(run_directory).name!r} is already running: held by "
                                 f"{_describe(holder, path)}; wait for it to finish, pick another "
@@ -89,12 +97,13 @@ def acquire(run_directory: str | Path) -> Path:
             except FileNotFoundError:
                 continue
             aside.unlink(missing_ok=True)
+            dead = holder
             log.warning("taking over the stale lock of run %r: %s is gone", Path(run_directory).name,
                         _describe(holder, path) if holder else f"an unreadable {path}")
             continue
         with os.fdopen(fd, "w") as fh:
-            json.dump(me, fh)
-        return path
+            json.dump({**me, "took_over": dead} if dead is not None else me, fh)
+        return path, dead
     raise RunLocked(f"could not take the lock {path}: another start keeps taking it")
 
 
@@ -113,12 +122,24 @@ def _held_by_me(path: Path) -> bool:
 
 
 class RunLock:
-    """A held run lock; `release()` is idempotent and also runs at interpreter exit."""
+    """A held run lock; `release()` is idempotent and also runs at interpreter exit. `took_over`:
+    the dead holder (host, pid, start) whose stale lock this start took over, else None."""
 
-    def __init__(self, path: Path, owned: bool) -> None:
-        self.path, self._owned = path, owned
+    def __init__(self, path: Path, owned: bool, took_over: dict | None = None) -> None:
+        self.path, self._owned, self.took_over = path, owned, took_over
         if owned:
             atexit.register(self.release)
+
+    @property
+    def takeover_reason(self) -> str | None:
+        """Why the previous attempt ended, for its tracking run: None unless a stale lock was taken over."""
+        if self.took_over is None:
+            return None
+        holder = self.took_over
+        if not holder:
+            return f"driver died: an unreadable stale lock {self.path} taken over by pid {os.getpid()}"
+        return (f"driver died: stale lock of pid {holder.get('pid')} taken over (host {holder.get('host')}, "
+                f"started {holder.get('started')}; taken over by pid {os.getpid()})")
 
     def release(self) -> None:
         if self._owned:
@@ -131,7 +152,8 @@ def hold_run_lock(run_directory: str | Path) -> RunLock:
     inside its run, a retried call in one process) gets a no-op handle."""
     path = Path(run_directory) / LOCK_FILE
     held_before = _held_by_me(path)
-    return RunLock(acquire(run_directory), owned=not held_before)
+    path, dead = _take(run_directory)
+    return RunLock(path, owned=not held_before, took_over=dead)
 
 
 __all__ = ["LOCK_FILE", "RunLock", "RunLocked", "acquire", "hold_run_lock", "release"]

@@ -11,12 +11,14 @@
 - `continuous`: `clip(exp(zscore_k(e) / T), min, max)`, zscore per head over its valid targets.
 Multi-rank: pass `gather_fn(x [n]) -> [n_global]` (concatenate every rank's values) for topk, and
 `reduce_fn` (all-reduce SUM of a float64 `[3]`) for continuous. Weights are detached.
+`step_rho1_stats` turns the micro-batches' stats into the step's global ones (every micro-batch,
+every rank, through `reduce_fn`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +34,8 @@ RHO1_MODES = ("topk", "continuous")
 @dataclass
 class Rho1Stats:
     """Per head `[H]` (detached, float64): kept_fraction (topk: selected share, continuous: share
-    not clipped), mean_weight, mean_excess — over this batch's valid targets."""
+    not clipped), mean_weight, mean_excess — over this batch's valid targets (`rho1_weights`), or
+    over the step's global batch (`step_rho1_stats`, what the recipe logs)."""
 
     kept_fraction: Tensor
     mean_weight: Tensor
@@ -44,6 +47,22 @@ class Rho1Stats:
             for k, v in enumerate(getattr(self, name).tolist(), start=1):
                 out[f"{prefix}{name}/head{k}"] = v
         return out
+
+
+def step_rho1_stats(parts: Sequence[tuple[Rho1Stats, Tensor]], reduce_fn: ReduceFn | None = None) -> Rho1Stats:
+    """The Rho1Stats of a whole optimizer step, over its global batch, from each micro-batch's
+    `(stats, n_valid)` (`n_valid` `[H]`: its valid head-k targets). Each micro-batch's means are
+    turned back into sums (× n_valid); the sums `[4, H]` (kept, Σw, Σe, n) are added over
+    micro-batches and all-reduced by `reduce_fn` (SUM over ranks), then divided by the global
+    count: on N ranks the values equal one process holding the same micro-batches whole."""
+    sums = torch.stack([torch.stack([s.kept_fraction, s.mean_weight, s.mean_excess]).double() * n.double()
+                        for s, n in parts]).sum(0)
+    counts = torch.stack([n.double() for _, n in parts]).sum(0)
+    total = torch.cat([sums, counts[None]])
+    if reduce_fn is not None:
+        total = reduce_fn(total)
+    n = total[3].clamp_min(1)
+    return Rho1Stats(kept_fraction=total[0] / n, mean_weight=total[1] / n, mean_excess=total[2] / n)
 
 
 def excess_loss(policy_losses: Tensor, ref_losses: Tensor, labels: Tensor,
@@ -78,7 +97,7 @@ def _topk(e: Tensor, valid: Tensor, ratio: float, keep_first_head: bool, gather_
         n_sel = (pool >= threshold).sum()  # ties at the threshold are all kept (global count)
         sel = v & (e[..., k] >= threshold)
         w[..., k] = sel.double() * (n / n_sel.double())
-        kept[k] = sel.sum() / v.sum().clamp_min(1)
+        kept[k] = sel.sum().double() / v.sum().clamp_min(1)  # float64: an int ratio is float32
     return w, kept
 
 
@@ -106,7 +125,7 @@ def rho1_weights(policy_losses: Tensor, ref_losses: Tensor, labels: Tensor, *, m
             raw = torch.exp(zscore(e[..., k], valid[..., k], reduce_fn=reduce_fn) / temperature)
             w[..., k] = torch.where(valid[..., k], raw.clamp(clip_min, clip_max), torch.zeros_like(raw))
             inside = valid[..., k] & (raw >= clip_min) & (raw <= clip_max)
-            kept[k] = inside.sum() / valid[..., k].sum().clamp_min(1)
+            kept[k] = inside.sum().double() / valid[..., k].sum().clamp_min(1)
     counts = valid.sum((0, 1)).double().clamp_min(1)
     stats = Rho1Stats(kept_fraction=kept, mean_weight=(w * valid).sum((0, 1)) / counts,
                       mean_excess=(e * valid).sum((0, 1)) / counts)
