@@ -153,7 +153,7 @@ def untracked_sharding_propagation():
         ShardingPropagator._propagate_tensor_meta_non_cached = original
 
 
-def make_tracker(recipe: Any, actor_paths: set[str] = frozenset()):
+def make_tracker(recipe: Any, actors: dict[str, Any] | None = None):
     """A `RecipeMemTracker` for every trainable, held model and live tensor of `recipe`."""
     import torch
     from torch._subclasses.fake_tensor import FakeTensor
@@ -209,7 +209,7 @@ def make_tracker(recipe: Any, actor_paths: set[str] = frozenset()):
                     self._update_and_maybe_create_winfos(p, HeldRef.REPLICATED_PARAM)
                     self._extra_hooks.append(p.register_post_accumulate_grad_hook(track_grad))
             for path, model in self.held.items():
-                kind = HeldRef.ACTOR_MODEL if path in actor_paths else HeldRef.HELD_MODEL
+                kind = HeldRef.ACTOR_MODEL if path in actor_names else HeldRef.HELD_MODEL
                 for t in [*model.parameters(), *model.buffers()]:
                     self._update_and_maybe_create_winfos(t, kind)
             for opt in self._optimizers:
@@ -244,8 +244,16 @@ def make_tracker(recipe: Any, actor_paths: set[str] = frozenset()):
             dev = snap.get(torch.device("cpu"), {})
             return {(k.value if isinstance(k, Enum) else k): v for k, v in dev.items()}
 
-    trainables, held = recipe_parts(recipe)
+    trainables, held = with_actors(*recipe_parts(recipe), actors)
+    actor_names = set(actors or {})
     return RecipeMemTracker(trainables, held)
+
+
+def with_actors(trainables: dict, held: dict, actors: dict[str, Any] | None) -> tuple[dict, dict]:
+    """`held` with the experience actors' replicas under their own names (once each)."""
+    actors = actors or {}
+    ids = {id(m) for m in actors.values()}
+    return trainables, {**{k: m for k, m in held.items() if id(m) not in ids}, **actors}
 
 
 def storage_bytes(tensors) -> int:
@@ -264,10 +272,10 @@ def storage_bytes(tensors) -> int:
     return total
 
 
-def model_table(recipe: Any, actor_paths: set[str]) -> dict[str, dict[str, Any]]:
+def model_table(recipe: Any, actors: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     import torch
 
-    trainables, held = recipe_parts(recipe)
+    trainables, held = with_actors(*recipe_parts(recipe), actors)
     out: dict[str, dict[str, Any]] = {}
     for path, t in trainables.items():
         states = [v for s in t.optimizer.state.values() for v in s.values()
@@ -275,7 +283,7 @@ def model_table(recipe: Any, actor_paths: set[str]) -> dict[str, dict[str, Any]]
         out[path] = {"params": storage_bytes(t.model.parameters()), "optimizer": storage_bytes(states),
                      "kind": "trained" + (", frozen: no steps" if not t.optimizer.state else "")}
     for path, m in held.items():
-        kind = "experience actor, own GPU" if path in actor_paths else "held without grad"
+        kind = "experience actor, own GPU" if path in (actors or {}) else "held without grad"
         out[path] = {"params": storage_bytes([*m.parameters(), *m.buffers()]), "optimizer": 0, "kind": kind}
     return out
 
@@ -565,20 +573,26 @@ def trace_recipe(cfg) -> TracedPlan:
     torch.__future__.set_swap_module_params_on_conversion(False)
 
     async_scorer = cfg.orchestration.placement == "async" and cfg.recipe in ("verifiable", "rho1_weighted")
-    factory = (lambda spec, state: _ActorStandIn(spec, state, torch.device("cpu"))) if async_scorer else None
-    actor_paths = {"scorer.inner.model"} if async_scorer else set()
+    stand_ins_made: list[_ActorStandIn] = []
+
+    def factory(spec, state):
+        stand_ins_made.append(_ActorStandIn(spec, state, torch.device("cpu")))
+        return stand_ins_made[-1]
     vocab = policy_args(cfg).vocab_size
     with stand_ins(cfg, vocab), untracked_sharding_propagation(), FakeTensorMode(allow_non_fake_inputs=True), \
             ScalarOracle():
-        recipe = build_recipe(cfg, logger=NullLogger(), checkpoint_sink=_NullSink(), scorer_factory=factory)
+        recipe = build_recipe(cfg, logger=NullLogger(), checkpoint_sink=_NullSink(),
+                              scorer_factory=factory if async_scorer else None)
         recipe.setup()
         step_owner = getattr(recipe, "loop", recipe)  # ref_tuning runs the baseline loop
-        tracker = make_tracker(step_owner, actor_paths)
+        # The actors' replicas by name, not found by walking the recipe (the scorer may be wrapped).
+        actors = {f"experience actor {i} (scorer.inner.model)": a.inner.model for i, a in enumerate(stand_ins_made)}
+        tracker = make_tracker(step_owner, actors)
         with tracker:
             for step in range(1, TRACED_STEPS + 1):
                 step_owner.step(step)
         by_category = tracker.peak()
-        models = model_table(step_owner, actor_paths)
+        models = model_table(step_owner, actors)
     total = by_category.pop("Total", 0)
     actor = by_category.pop(HeldRef.ACTOR_MODEL.value, 0)
     notes = []
