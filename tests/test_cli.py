@@ -150,12 +150,29 @@ def test_other_teams_commands_are_registered_when_present():
 
 
 def test_user_error_classification():
-    class Mine(Exception):
-        user_error = True
+    """One base (wmtp.errors.WMTPUserError) for every user error; anything else is a bug."""
+    from wmtp.config.loader import ConfigError
+    from wmtp.data.errors import DataError
+    from wmtp.errors import WMTPUserError
+    from wmtp.evaluation.benchmarks import BenchmarkError
+    from wmtp.evaluation.commands import UsageError
+    from wmtp.model.checkpoint import CheckpointError, ModelIdentityError
+    from wmtp.orchestration.resources import UnschedulableError
+    from wmtp.parallel.checkpointing import CheckpointDamaged
+    from wmtp.recipes.chain import MissingInputError
+    from wmtp.storage.errors import StorageError
+    from wmtp.training.nonfinite import NonFiniteLossError
+    from wmtp.training.runlock import RunLocked
 
-    DataError = type("DataError", (ValueError,), {"__module__": "wmtp.data.errors"})
-    assert is_user_error(Mine()) and is_user_error(DataError("x"))
-    assert not is_user_error(RuntimeError("bug"))
+    class Mine(WMTPUserError):
+        pass
+
+    for cls in (Mine, ConfigError, DataError, BenchmarkError, UsageError, CheckpointError, ModelIdentityError,
+                UnschedulableError, CheckpointDamaged, MissingInputError, StorageError, NonFiniteLossError,
+                RunLocked):
+        assert is_user_error(cls("x")), cls
+    assert issubclass(ConfigError, ValueError) and issubclass(StorageError, RuntimeError)  # still catchable as before
+    assert not is_user_error(RuntimeError("bug")) and not is_user_error(KeyError("bug"))
 
 
 def test_python_dash_m_entry_point(tmp_path):

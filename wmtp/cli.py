@@ -12,7 +12,6 @@ User mistakes print one message on stderr and exit 2, without a traceback.
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 import signal
 import sys
@@ -23,23 +22,10 @@ from pathlib import Path
 from wmtp.config.arguments import add_config_arguments, config_from_args
 from wmtp.config.loader import ConfigError, dump_config
 from wmtp.config.schema import WMTPConfig
-
-COMMAND_MODULES = ("wmtp.data.commands", "wmtp.evaluation.commands", "wmtp.orchestration.commands",
-                   "wmtp.orchestration.study_command")
-
-# Exceptions that mean "the user gave bad input", matched by (module, class name) so that
-# reporting them never imports torch or the data stack.
-USER_ERROR_CLASSES = {("wmtp.data.errors", "DataError"), ("wmtp.data.records", "DataError"),
-                      ("wmtp.model.checkpoint", "CheckpointError")}
+from wmtp.errors import is_user_error
 
 # Recipes whose run trains (or at least loads) a critic next to, or instead of, the policy.
 CRITIC_RECIPES = {"verifiable": "trained (value loss)", "critic": "trained (pre-training)"}
-
-
-def is_user_error(exc: BaseException) -> bool:
-    if isinstance(exc, ConfigError) or getattr(exc, "user_error", False):
-        return True
-    return any((c.__module__, c.__name__) in USER_ERROR_CLASSES for c in type(exc).__mro__)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -64,10 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_arguments(validate)
     validate.set_defaults(func=run_config_validate)
 
-    for name in COMMAND_MODULES:
-        module = import_optional(name)
-        if module is not None:
-            module.register(sub)
+    from wmtp.data import commands as data_commands
+    from wmtp.evaluation import commands as eval_commands
+    from wmtp.orchestration import commands as tune_commands
+    from wmtp.orchestration import study_command
+
+    for module in (data_commands, eval_commands, tune_commands, study_command):
+        module.register(sub)
     return parser
 
 
@@ -82,18 +71,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train in this process without Ray (sets orchestration.enabled=false)")
     parser.add_argument("--verbose", action="store_true",
                         help="show every log line (Ray workers' output, Ray Train's reports, MLflow's set-up)")
-
-
-def import_optional(name: str):
-    """Import a module another team provides; None while it does not exist yet."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        # Only the module itself (or its package) being absent counts; a missing dependency
-        # inside an existing module is a real bug and must surface.
-        if e.name is not None and (name == e.name or name.startswith(f"{e.name}.")):
-            return None
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,26 +99,19 @@ def run_train(args: argparse.Namespace) -> int:
             print(traced.summary(formula_gib=plan.memory_gib))
             print(f"traced_peak_gib_per_gpu: {traced.peak_gib:.2f}")
         return 0
-    if cfg.orchestration.enabled:
-        target = ("wmtp.orchestration.launch", "run_training")
-    else:
-        target = ("wmtp.recipes", "run_recipe")
-    module = import_optional(target[0])
-    entry = getattr(module, target[1], None) if module is not None else None
-    if entry is None:
-        print(f"wmtp: error: training is not available in this installation: {target[0]}.{target[1]} "
-              f"does not exist yet (try --dry-run{'' if args.local else ', or --local'})", file=sys.stderr)
-        return 1
     if args.verbose:
         os.environ["WMTP_VERBOSE"] = "1"
     previous = signal.signal(signal.SIGTERM, _stopped)  # `ray job stop`, `kill`: KILLED, not FAILED
     try:
-        if target[0] == "wmtp.recipes":
+        if cfg.orchestration.enabled:
+            from wmtp.orchestration.launch import run_training
+
+            result = run_training(cfg)
+        else:
+            from wmtp.recipes import run_recipe
             from wmtp.tracking.registry import build_run_logger, end_dead_attempt
 
-            result = entry(cfg, make_logger=build_run_logger, end_dead_attempt=end_dead_attempt)
-        else:
-            result = entry(cfg)
+            result = run_recipe(cfg, make_logger=build_run_logger, end_dead_attempt=end_dead_attempt)
     except BaseException as e:
         # The run already printed its traceback and summary block (last on the console).
         if getattr(e, "wmtp_reported", False) and not is_user_error(e):

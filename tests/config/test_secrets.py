@@ -72,7 +72,7 @@ def test_redacted_run_record_still_resumes_and_redact_text_masks_userinfo(tmp_pa
     logger = MlflowLogger(tmp_path / "run", run_name="r", uri=uri)
     logger.close()
     caplog.set_level(logging.INFO)
-    from wmtp.tracking.redaction import redact_text
+    from wmtp.config.redaction import redact_text
 
     assert redact_text(f"http://alice:{SECRET}@h:5000") == "http://<redacted>@h:5000"
     record = (tmp_path / "run" / "mlflow_run.json").read_text()

@@ -21,12 +21,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from wmtp.config.schema import WMTPConfig
+from wmtp.errors import WMTPUserError
 
 
-class ConfigError(ValueError):
+class ConfigError(WMTPUserError, ValueError):
     """A user mistake in configuration: the CLI prints the message and exits 2, no traceback."""
-
-    user_error = True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,7 +363,7 @@ def load_config(config_path: str | Path | None = "configs/defaults.yaml", recipe
 def override_label(text: str) -> str:
     """How an override is named in messages: its text, or `key=<redacted>` when the key or the
     value looks like a credential (error messages must not echo secrets)."""
-    from wmtp.tracking.redaction import is_secret
+    from wmtp.config.redaction import is_secret
 
     key, _, raw = text.partition("=")
     return f"override '{key.strip()}={REDACTED}'" if is_secret(key.strip(), raw) else f"override {text!r}"
@@ -377,7 +376,7 @@ def move_tracking_credentials(tree: Mapping[str, Any]) -> Mapping[str, Any]:
     params, mlflow_run.json, console lines — never holds them (docs/TRACKING.md "Credentials")."""
     import os
 
-    from wmtp.tracking.redaction import split_uri_credentials
+    from wmtp.config.redaction import split_uri_credentials
 
     tracking = tree.get("tracking") if isinstance(tree, Mapping) else None
     uri = tracking.get("uri") if isinstance(tracking, Mapping) else None
@@ -421,8 +420,8 @@ REDACTED = "<redacted>"
 
 def is_secret_key(dotted_key: str, value: Any = None) -> bool:
     """True for entries whose values must never reach params, logs or artifacts (one rule for
-    the whole project: `wmtp.tracking.redaction.is_secret`, by key and by value)."""
-    from wmtp.tracking.redaction import is_secret
+    the whole project: `wmtp.config.redaction.is_secret`, by key and by value)."""
+    from wmtp.config.redaction import is_secret
 
     return is_secret(dotted_key, value)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from wmtp.errors import WMTPUserError
 
-class DataError(ValueError):
+
+class DataError(WMTPUserError, ValueError):
     """A user-facing data problem: a malformed file, a missing field, a bad argument."""

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from wmtp.errors import WMTPUserError
+
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
 Mode = Literal["humaneval", "program", "stdio"]
@@ -43,7 +45,7 @@ class EvalTask:
         return completion
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(WMTPUserError, ValueError):
     """Malformed benchmark file: the message names file, line and key."""
 
 

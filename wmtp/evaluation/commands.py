@@ -16,13 +16,13 @@ import sys
 import time
 from pathlib import Path
 
+from wmtp.errors import WMTPUserError
+
 log = logging.getLogger(__name__)
 
 
-class UsageError(ValueError):
+class UsageError(WMTPUserError, ValueError):
     """A user mistake: printed without a traceback, exit code 2."""
-
-    user_error = True
 
 
 def _parse_ks(text: str) -> list[int]:

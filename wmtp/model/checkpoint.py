@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from wmtp.errors import WMTPUserError
 from wmtp.model.args import ModelArgs
 from wmtp.model.transformer import Transformer
 from wmtp.model.value import ValueModel
@@ -51,7 +52,7 @@ _SHARD_DIM: list[tuple[str, int | None]] = [
 ]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(WMTPUserError, ValueError):
     """A checkpoint folder that cannot be read: names the path, the key and the shapes."""
 
 

@@ -255,7 +255,7 @@ def repair_checkpoint_snapshot(storage: Any, name: str, score_attribute: str, sc
 def user_error_of(error: BaseException) -> BaseException | None:
     """The user error (bad config, damaged checkpoint, ...) a worker failed with, if any: the CLI
     then prints it in one line and exits 2 instead of showing Ray's wrapped traceback."""
-    from wmtp.cli import is_user_error
+    from wmtp.errors import is_user_error
 
     pending: list[Any] = [error, *getattr(error, "worker_failures", {}).values()]
     seen: set[int] = set()

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from wmtp.config.schema import WMTPConfig
+from wmtp.errors import WMTPUserError
 
 # Recipes whose learner asks the experience side to score batches (they take a scorer_factory).
 SCORING_RECIPES = ("verifiable", "rho1_weighted")
@@ -28,10 +29,8 @@ EXPERIENCE_ACTOR_CPUS = 1.0
 TRIAL_DRIVER_CPUS = 0.01
 
 
-class UnschedulableError(RuntimeError):
+class UnschedulableError(WMTPUserError, RuntimeError):
     """The cluster can never hold the run (user error: exit 2, no traceback)."""
-
-    user_error = True
 
 
 @dataclass(frozen=True)

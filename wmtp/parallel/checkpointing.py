@@ -39,6 +39,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from torch.optim import Optimizer
 
+from wmtp.errors import WMTPUserError
 from wmtp.parallel.reduce import barrier, rank, world_size
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,8 @@ MANIFEST_FORMAT = 1
 _CHUNK = 1 << 22
 
 
-class CheckpointDamaged(RuntimeError):
+class CheckpointDamaged(WMTPUserError, RuntimeError):
     """A checkpoint folder that fails verification; the message names the folder and the file."""
-
-    user_error = True  # the CLI prints it in one line and exits 2
 
 
 def _check_names(models: dict[str, nn.Module], optimizers: dict[str, Optimizer]) -> None:

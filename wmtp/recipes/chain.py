@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from wmtp.config.paths import export_dir, run_name
 from wmtp.config.schema import WMTPConfig
+from wmtp.errors import WMTPUserError
 from wmtp.recipes import components as C
 
 log = logging.getLogger(__name__)
@@ -26,10 +27,8 @@ NEEDS: dict[str, tuple[str, str, Callable[[WMTPConfig, str], WMTPConfig]]] = {
 }
 
 
-class MissingInputError(ValueError):
+class MissingInputError(WMTPUserError, ValueError):
     """A recipe's input is not configured on a cluster configuration (user error)."""
-
-    user_error = True
 
 
 def _configured(cfg: WMTPConfig, key: str) -> bool:

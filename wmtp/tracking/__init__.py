@@ -3,8 +3,8 @@
 Importing this package does not import mlflow (only `wmtp.tracking.mlflow_logger` does, lazily).
 """
 
+from wmtp.config.redaction import redact
 from wmtp.tracking.base import MetricLogger, MultiLogger, NullLogger
-from wmtp.tracking.redaction import redact
 from wmtp.tracking.registry import LOGGER_BACKENDS, build_logger, mlflow_run_id, register_backend
 
 __all__ = [

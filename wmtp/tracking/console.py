@@ -379,10 +379,9 @@ def report_failure(exc: BaseException) -> None:
 
     if getattr(exc, "wmtp_reported", False):
         return
-    # wmtp.cli.is_user_error's rule, without importing the CLI (and through it the whole stack).
-    user_error = getattr(exc, "user_error", False) or any(
-        c.__name__ in ("ConfigError", "DataError", "CheckpointError") for c in type(exc).__mro__)
-    if not isinstance(exc, KeyboardInterrupt) and not user_error:
+    from wmtp.errors import is_user_error
+
+    if not isinstance(exc, KeyboardInterrupt) and not is_user_error(exc):
         traceback.print_exception(exc, file=sys.stderr)
         sys.stderr.flush()
     try:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from wmtp.tracking.redaction import redact
+from wmtp.config.redaction import redact
 
 
 def _jsonable(value: float) -> float | str:

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from wmtp.tracking.redaction import redact, redact_text
+from wmtp.config.redaction import redact, redact_text
 
 log = logging.getLogger(__name__)
 

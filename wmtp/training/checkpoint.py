@@ -28,6 +28,8 @@ from typing import Any
 
 import torch
 
+from wmtp.errors import WMTPUserError
+
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -36,7 +38,7 @@ MANIFEST = "manifest.json"
 LATEST = "latest"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(WMTPUserError, RuntimeError):
     """A checkpoint that cannot be loaded as asked (names the directory and what is missing)."""
 
 

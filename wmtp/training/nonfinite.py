@@ -13,15 +13,15 @@ from pathlib import Path
 
 import torch
 
+from wmtp.errors import WMTPUserError
+
 log = logging.getLogger(__name__)
 
 POLICIES = ("stop", "skip")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(WMTPUserError, RuntimeError):
     """Training stopped on a non-finite loss (the message is meant for the user)."""
-
-    user_error = True  # the CLI prints the message (step, last checkpoint, what to change), no traceback
 
 
 class NonFiniteGuard:

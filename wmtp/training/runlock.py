@@ -23,15 +23,15 @@ import socket
 import time
 from pathlib import Path
 
+from wmtp.errors import WMTPUserError
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = "run.lock"
 
 
-class RunLocked(RuntimeError):
+class RunLocked(WMTPUserError, RuntimeError):
     """The run directory is held by a live run (names the holder and the lock file)."""
-
-    user_error = True  # the CLI prints it in one line and exits 2
 
 
 def _process_start(pid: int) -> str | None:
