@@ -64,23 +64,38 @@ def statement(report: Any, reference: str) -> list[str]:
         lines.append(f"- **{measure}**: " + "; ".join(parts) + ".")
     best = max(((row["pass@1"][0], m) for m, row in report.table.items()
                 if "pass@1" in row and math.isfinite(row["pass@1"][0])), default=None)
-    if best is not None and best[0] < 0.1:
+    if best is not None and best[0] == 0:
+        lines.append("- **budget**: no run solved any held-out task (greedy pass@1 is 0 for every run), so pass@k "
+                     "cannot separate the methods at this budget; validation CE, tokens to a CE level and the "
+                     "decisive-token measures carry the comparison.")
+    elif best is not None and best[0] < 0.1:
         lines.append(f"- **budget**: the held-out tasks are mostly unsolved at this budget (best mean pass@1 "
                      f"{best[0]:.3f}, `{best[1]}`), so pass@k can hardly separate the methods; validation CE, "
                      "tokens to a CE level and the decisive-token measures carry the comparison.")
     dec = {m: row["decisive/auc"] for m, row in report.table.items()
            if "decisive/auc" in row and math.isfinite(row["decisive/auc"][0])}
+    recipe = {m: c.recipe for m, c in report.plan.configs.items()}
     for method, (mean, lo, hi, n) in dec.items():
+        shuffled = next((m for m in dec if "shuffled" in m and recipe.get(m) == recipe.get(method)), None)
         where = "below" if hi < 0.5 else "above" if lo > 0.5 else "not distinguishable from"
-        what = {"below": "decisive tokens get less weight than the rest: the weights single out where the "
-                         "solution goes wrong, by down-weighting it",
-                "above": "decisive tokens get more weight than the rest: the weights single out where the "
-                         "solution goes wrong, by up-weighting it",
-                "not distinguishable from": "the weights do not single out where the solution goes wrong"}[where]
+        what = {"below": "decisive tokens get less weight than the rest",
+                "above": "decisive tokens get more weight than the rest",
+                "not distinguishable from": "no preference"}[where]
         if n < 2:
             where, what = "from a single run, so not compared with", "no spread to judge by"
+        vs = ""
+        if shuffled and method != shuffled and n >= 2 and dec[shuffled][3] >= 2:
+            _, slo, shi, _ = dec[shuffled]
+            rel = "below" if hi < slo else "above" if lo > shi else "tied with"
+            vs = f"; {rel} the shuffled control `{shuffled}` ({dec[shuffled][0]:.3f})"
         lines.append(f"- **decisive tokens**, `{method}`: weight AUC {mean:.3f} [{lo:.3f}, {hi:.3f}], {where} 0.5 "
-                     f"({what}).")
+                     f"({what}){vs}.")
+    if dec:
+        lines.append("- The decisive-token CIs resample seeds only: every run scores the same incorrect validation "
+                     "solutions (a frozen critic gives the same weights in every seed), so they understate the "
+                     "uncertainty. The AUC pools tokens over solutions, so weights that differ between solutions "
+                     "move it away from 0.5 even when placed at random within each one: the shuffled control, not "
+                     "0.5, is the reference for 'the weights locate the error'.")
     return lines
 
 
@@ -208,6 +223,8 @@ Mean [95% bootstrap CI] n=runs. The CI resamples seeds, and tasks within each se
 out; n counts those that did). `decisive/*`: weights on incorrect validation solutions, tokens where
 the solution differs from its closest correct variant vs the rest (`mass_share` of weight on them,
 `token_share` their share of tokens, `auc` of the weights separating them; 0.5 = no information).
+`perf/tokens_per_s` is wall-clock training throughput on a shared machine: the one column a rerun
+does not reproduce (training is seeded and deterministic on CPU, so every other number is).
 
 {format_table(report.table, report.measures, markdown=True)}
 
