@@ -137,15 +137,25 @@ def test_smoke_study_end_to_end(ray_cluster, mlflow_sqlite, tmp_path):
     assert len(parent) == 1
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
     assert len(children) == 3
+    # the invocation's own record (wall time, what it trained): `--report-only` rewrites the same file
+    assert "3 run(s) trained and measured" in text and "stage(s) `critic`, `ref_tuning` trained" in text
+    from wmtp.orchestration.study import report_only
+
+    regenerated = tmp_path / "again" / "RESULTS.md"
+    report_only(spec, output_dir=str(tmp_path / "runs"), results=str(regenerated))
+    assert regenerated.read_text() == text
     # a rerun reuses the stages and the measured runs (resumable): same numbers, no training
-    again = run_study(spec, output_dir=str(tmp_path / "runs"), results=None, log=lambda s: None)
+    again = run_study(spec, output_dir=str(tmp_path / "runs"), results=str(regenerated), log=lambda s: None)
     assert again.table["mtp"]["pass@1"] == report.table["mtp"]["pass@1"]
+    rerun = regenerated.read_text()
+    assert "0 run(s) trained and measured" in rerun and "3 run(s) measured by an earlier launch and reused" in rerun
+    assert rerun.split("## Table", 1)[1] == text.split("## Table", 1)[1]
 
 
 @pytest.mark.slow
 @pytest.mark.ray
 def test_full_micro_study(tmp_path):
-    """The whole shipped micro study (about 35 minutes on a busy 2-core box), from nothing."""
+    """The whole shipped micro study (about an hour on a busy 2-core box: configs/study.micro.yaml), from nothing."""
     import subprocess
     import sys
 

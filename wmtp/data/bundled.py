@@ -20,7 +20,7 @@ from wmtp.data.synth import generate
 from wmtp.data.template import format_prompt
 from wmtp.model.tokenizer import train_tokenizer
 
-BUNDLE_VERSION = 1  # bump whenever the generator, template or tokenizer training changes the output
+BUNDLE_VERSION = 2  # bump whenever the generator, template or tokenizer training changes the output (2: decisive_span)
 _DONE = "bundle.json"
 
 

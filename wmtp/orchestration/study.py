@@ -26,6 +26,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from wmtp.config.paths import export_dir, run_dir
@@ -34,6 +35,20 @@ from wmtp.config.study import STAGE_FOR_RECIPE, StudySpec, check_budgets, method
 from wmtp.evaluation.study_metrics import EvalPlan, RunMeasures
 
 MEASURES_FILE = "study_measures.json"
+
+
+def record_path(plan: StudyPlan) -> Path:
+    """`<output_dir>/study-<name>.json`: what the invocation that ran the grid measured about itself
+    (wall time, load, runs trained vs reused), so `--report-only` can restate it."""
+    first = next(iter(plan.configs.values()))
+    return Path(first.run.output_dir) / f"study-{plan.spec.name}.json"
+
+
+def read_record(plan: StudyPlan) -> dict[str, Any] | None:
+    try:
+        return json.loads(record_path(plan).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def eval_plan(spec: StudySpec) -> EvalPlan:
@@ -130,6 +145,7 @@ class StudyReport:
     families: list[str]
     wall_s: float
     missing: list[str] = field(default_factory=list)
+    record: dict[str, Any] | None = None  # the grid-running invocation's own record (record_path)
 
     def format(self) -> str:
         from wmtp.evaluation.study_metrics import format_table
@@ -221,6 +237,8 @@ def run_study(spec: StudySpec, *, output_dir: str | None = None, results: str | 
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # Stages once, shared (an existing export is reused).
     exports: dict[str, str] = {}
+    measured_before = len(collect(plan)[0])
+    stages_trained = []
     for name, stage in plan.stages.items():
         stage = with_absolute_paths(stage)
         export = export_dir(stage)
@@ -229,6 +247,7 @@ def run_study(spec: StudySpec, *, output_dir: str | None = None, results: str | 
         else:
             log(f"[wmtp] study {spec.name}: running stage {name} (run {stage.run.name})")
             run_training(stage) if stage.orchestration.enabled else run_in_process(stage)
+            stages_trained.append(name)
         exports[name] = str(export)
     configs = {m: with_absolute_paths(_with_stage_outputs(c, exports)).model_dump(mode="json")
                for m, c in plan.configs.items()}
@@ -256,6 +275,13 @@ def run_study(spec: StudySpec, *, output_dir: str | None = None, results: str | 
             )
         tuner.fit()
         report = build_report(plan, time.perf_counter() - t0)
+        report.record = {"wall_s": report.wall_s, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                         "loadavg": list(os.getloadavg()), "command": command,
+                         "runs_measured": len(report.runs), "runs_reused": measured_before,
+                         "stages_trained": stages_trained, "stages_reused": [n for n in plan.stages
+                                                                            if n not in stages_trained]}
+        record_path(plan).parent.mkdir(parents=True, exist_ok=True)
+        record_path(plan).write_text(json.dumps(report.record, indent=1))
         table = report.table
         if parent is not None:
             parent.log_params({"study.methods": ",".join(spec.methods), "study.seeds": ",".join(map(str, spec.seeds)),
@@ -290,7 +316,9 @@ def build_report(plan: StudyPlan, wall_s: float) -> StudyReport:
 def report_only(spec: StudySpec, *, output_dir: str | None = None, results: str | None = "spec",
                 command: str = "") -> StudyReport:
     """The table and report from the runs already measured on disk (nothing trains; no Ray)."""
-    report = build_report(plan_study(spec, output_dir), float("nan"))
+    plan = plan_study(spec, output_dir)
+    report = build_report(plan, float("nan"))
+    report.record = read_record(plan)
     target = spec.results if results == "spec" else results
     if target:
         from wmtp.orchestration.study_report import write_results
@@ -326,4 +354,4 @@ def machine() -> str:
             f"python {platform.python_version()}, torch {torch.__version__}")
 
 
-__all__ = ["run_study", "plan_study", "StudyPlan", "StudyReport", "study_trial", "collect", "eval_plan"]
+__all__ = ["run_study", "plan_study", "StudyPlan", "StudyReport", "study_trial", "collect", "eval_plan", "record_path", "read_record"]

@@ -62,12 +62,40 @@ def statement(report: Any, reference: str) -> list[str]:
         if tied:
             parts.append("tied (CIs overlap): " + ", ".join(f"`{m}`" for m in tied))
         lines.append(f"- **{measure}**: " + "; ".join(parts) + ".")
+    best = max(((row["pass@1"][0], m) for m, row in report.table.items()
+                if "pass@1" in row and math.isfinite(row["pass@1"][0])), default=None)
+    if best is not None and best[0] == 0:
+        lines.append("- **budget**: no run solved any held-out task (greedy pass@1 is 0 for every run), so pass@k "
+                     "cannot separate the methods at this budget; validation CE, tokens to a CE level and the "
+                     "decisive-token measures carry the comparison.")
+    elif best is not None and best[0] < 0.1:
+        lines.append(f"- **budget**: the held-out tasks are mostly unsolved at this budget (best mean pass@1 "
+                     f"{best[0]:.3f}, `{best[1]}`), so pass@k can hardly separate the methods; validation CE, "
+                     "tokens to a CE level and the decisive-token measures carry the comparison.")
     dec = {m: row["decisive/auc"] for m, row in report.table.items()
            if "decisive/auc" in row and math.isfinite(row["decisive/auc"][0])}
-    for method, (mean, lo, hi, _) in dec.items():
+    recipe = {m: c.recipe for m, c in report.plan.configs.items()}
+    for method, (mean, lo, hi, n) in dec.items():
+        shuffled = next((m for m in dec if "shuffled" in m and recipe.get(m) == recipe.get(method)), None)
         where = "below" if hi < 0.5 else "above" if lo > 0.5 else "not distinguishable from"
+        what = {"below": "decisive tokens get less weight than the rest",
+                "above": "decisive tokens get more weight than the rest",
+                "not distinguishable from": "no preference"}[where]
+        if n < 2:
+            where, what = "from a single run, so not compared with", "no spread to judge by"
+        vs = ""
+        if shuffled and method != shuffled and n >= 2 and dec[shuffled][3] >= 2:
+            _, slo, shi, _ = dec[shuffled]
+            rel = "below" if hi < slo else "above" if lo > shi else "tied with"
+            vs = f"; {rel} the shuffled control `{shuffled}` ({dec[shuffled][0]:.3f})"
         lines.append(f"- **decisive tokens**, `{method}`: weight AUC {mean:.3f} [{lo:.3f}, {hi:.3f}], {where} 0.5 "
-                     f"({'decisive tokens get less weight than the rest' if where == 'below' else 'decisive tokens get more weight' if where == 'above' else 'the weights do not locate the error'}).")
+                     f"({what}){vs}.")
+    if dec:
+        lines.append("- The decisive-token CIs resample seeds only: every run scores the same incorrect validation "
+                     "solutions (a frozen critic gives the same weights in every seed), so they understate the "
+                     "uncertainty. The AUC pools tokens over solutions, so weights that differ between solutions "
+                     "move it away from 0.5 even when placed at random within each one: the shuffled control, not "
+                     "0.5, is the reference for 'the weights locate the error'.")
     return lines
 
 
@@ -83,6 +111,50 @@ def _reused(stage_cfg: Any, started: float) -> str:
         return ""
 
 
+def _stage_minutes(stage_cfg: Any) -> str:
+    """', N min': a stage's own wall time from its run folder (first file written → export), so it is
+    stated also when the grid's invocation reused it."""
+    from wmtp.config.paths import export_dir, run_dir
+
+    starts = [p.stat().st_mtime for p in (run_dir(stage_cfg) / "mlflow_run.json", run_dir(stage_cfg) / "config.yaml")
+              if p.is_file()]
+    end = export_dir(stage_cfg) / "params.json"
+    if not starts or not end.is_file():
+        return ""
+    return f", {(end.stat().st_mtime - min(starts)) / 60:.1f} min"
+
+
+def _seed_spread(report: Any, measure: str = "val/ce_head1") -> str:
+    """'; the largest seed-to-seed range of <measure> within one method here: …' (from the runs)."""
+    ranges = []
+    for method in dict.fromkeys(r.method for r in report.runs):
+        vals = [r.scalars[measure] for r in report.runs if r.method == method and math.isfinite(r.scalars.get(measure, math.nan))]
+        if len(vals) >= 2:
+            ranges.append((max(vals) - min(vals), method))
+    if not ranges:
+        return ""
+    spread, method = max(ranges)
+    return f"; the largest seed-to-seed range of {measure} within one method here is {spread:.3f} (`{method}`)"
+
+
+def _wall_line(report: Any) -> str:
+    """The wall time of the invocation that ran the grid (its record), with what it reused."""
+    rec = report.record
+    if not rec:
+        return f"not measured (report written by `--report-only` from {len(report.runs)} measured runs)"
+    trained = rec["runs_measured"] - rec["runs_reused"]
+    parts = [f"{rec['wall_s'] / 60:.1f} min (`{rec['command'] or 'wmtp study'}`, finished {rec['finished']}): "
+             f"{trained} run(s) trained and measured"]
+    if rec["stages_trained"]:
+        parts.append("stage(s) " + ", ".join(f"`{n}`" for n in rec["stages_trained"]) + " trained")
+    if rec["runs_reused"]:
+        parts.append(f"{rec['runs_reused']} run(s) measured by an earlier launch and reused (not in this time)")
+    if rec["stages_reused"]:
+        parts.append("stage(s) " + ", ".join(f"`{n}`" for n in rec["stages_reused"]) + " reused (not in this time)")
+    load = ", ".join(f"{x:.0f}" for x in rec["loadavg"])
+    return "; ".join(parts) + f"; load average {load} at its end"
+
+
 def write_results(report: Any, path: str | Path, *, command: str) -> Path:
     from wmtp.config.loader import ConfigError
     from wmtp.evaluation.study_metrics import format_table, plot_curves
@@ -94,20 +166,34 @@ def write_results(report: Any, path: str | Path, *, command: str) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_name(f"results_{spec.name}.png")
-    plot_curves(report.runs, [("val/ce", "validation CE (head 1)"), ("eval/pass_at_1", "pass@1 (greedy, 8 valid tasks)")],
+    from wmtp.recipes.components import GENERATE_EVAL_TASKS
+
+    plot_curves(report.runs, [("val/ce", "validation CE (head 1)"),
+                              ("eval/pass_at_1", f"pass@1 (greedy, {GENERATE_EVAL_TASKS} validation tasks)")],
                 png, n_bootstrap=min(spec.bootstrap, 300))
     reference = "mtp" if "mtp" in report.table else next(iter(report.table))
     first = next(iter(plan.configs.values()))
     methods = "\n".join(f"| `{m}` | {plan.configs[m].recipe} | {spec.methods[m].description or ''} |"
                         for m in spec.methods)
-    started = time.time() - (report.wall_s if math.isfinite(report.wall_s) else 0.0)
-    wall = (f"{report.wall_s / 60:.1f} min for {len(report.runs)} runs + stages" if math.isfinite(report.wall_s)
-            else f"not measured (report written by `--report-only` from {len(report.runs)} measured runs)")
-    stages = ", ".join(f"`{n}` ({c.train.steps} steps{_reused(c, started)})" for n, c in plan.stages.items()) or "none"
-    load = ", ".join(f"{x:.0f}" for x in os.getloadavg())
+    rec = report.record
+    wall = _wall_line(report)
+    if rec and rec.get("command"):  # the command that ran the grid, also when `--report-only` rewrites this
+        command = rec["command"]
+    if rec:  # the grid-running invocation's own view: `--report-only` then rewrites the same file
+        produced = rec["finished"]
+        reused = {n: ", made by an earlier launch of this command and reused" if n in rec["stages_reused"] else ""
+                  for n in plan.stages}
+        shared = "shared with other jobs while it ran"
+    else:
+        produced = dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')
+        started = time.time() - (report.wall_s if math.isfinite(report.wall_s) else 0.0)
+        reused = {n: _reused(c, started) for n, c in plan.stages.items()}
+        shared = f"load average {', '.join(f'{x:.0f}' for x in os.getloadavg())} when this report was written"
+    stages = ", ".join(f"`{n}` ({c.train.steps} steps{_stage_minutes(c)}{reused[n]})"
+                       for n, c in plan.stages.items()) or "none"
     text = f"""# Results: does weighting help?
 
-Produced by `wmtp study` on {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}; every number
+Produced by `wmtp study` on {produced}; every number
 below comes from this command (rerun it to reproduce; a rerun with the same output folder reuses
 finished runs):
 
@@ -115,14 +201,15 @@ finished runs):
 {command}
 ```
 
-- Machine: {machine()}, shared with other jobs while it ran (load average {load} at the end).
+- Machine: {machine()}, {shared}.
 - Wall time: {wall}.
 - Grid: {len(spec.methods)} methods × {len(spec.seeds)} seeds ({', '.join(map(str, spec.seeds))}), model
   `{first.model.preset}`, {first.train.steps} steps × {first.data.batch_size} sequences × max_seq_len
   {first.data.max_seq_len} per run (the same token budget for every method: {plan.budget:,} token slots);
   shared stages: {stages}.
 - Held-out evaluation: pass@1 greedy and pass@k sampled (n={spec.evaluation.n_samples},
-  T={spec.evaluation.temperature}) on {spec.evaluation.tasks_per_family or 'all'} test task(s) per template family.
+  T={spec.evaluation.temperature}) on {spec.evaluation.tasks_per_family or 'all'} test task(s) per template family
+  ({len(report.runs[0].per_task.get('pass@1', []))} held-out tasks per run, the same for every run).
 {('- Missing runs (not finished when this report was written; the command above runs them and keeps the rest): ' + ', '.join(report.missing)) if report.missing else ''}
 
 | method | recipe | what |
@@ -136,6 +223,8 @@ Mean [95% bootstrap CI] n=runs. The CI resamples seeds, and tasks within each se
 out; n counts those that did). `decisive/*`: weights on incorrect validation solutions, tokens where
 the solution differs from its closest correct variant vs the rest (`mass_share` of weight on them,
 `token_share` their share of tokens, `auc` of the weights separating them; 0.5 = no information).
+`perf/tokens_per_s` is wall-clock training throughput on a shared machine: the one column a rerun
+does not reproduce (training is seeded and deterministic on CPU, so every other number is).
 
 {format_table(report.table, report.measures, markdown=True)}
 
@@ -151,7 +240,7 @@ Per template family, pass@1 (greedy):
 
 - Differences inside the confidence intervals are ties, not wins; a measure with fewer than 2
   valid runs on either side is not compared at all (a single run's interval is a point). With
-  {len(spec.seeds)} seeds the intervals are wide; seed spread at micro scale alone can reach tens of points of pass@1.
+  {len(spec.seeds)} seeds the intervals are wide{_seed_spread(report)}.
 - This is a ~2M-parameter model trained for minutes on a synthetic task. It says nothing about
   7B models: the published anchors are Meta's multi-token prediction paper (7B models trained on
   1T tokens with 4 heads, where MTP *fine-tuning* of a pretrained model did not beat NTP
