@@ -419,11 +419,20 @@ def stand_ins(cfg, vocab_size: int):
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts)
 
+    real_read_args = ckpt.read_checkpoint_args
+
+    def read_checkpoint_args(path):
+        # A stand-in folder of a producing stage's export (traced_config) holds params.json only.
+        folder = Path(path)
+        weights = [*folder.glob("*.safetensors"), *folder.glob("consolidated*.pth")]
+        return params_of(folder) if (folder / "params.json").is_file() and not weights else real_read_args(path)
+
     saved = (C.BatchStream.next, C.load_data, C.gather_cat, ckpt.load_model, ckpt.load_value_model,
-             ckpt.read_model_state, ckpt.read_value_state)
+             ckpt.read_model_state, ckpt.read_value_state, ckpt.read_checkpoint_args)
     C.BatchStream.next, C.load_data, C.gather_cat = next_batch, load_data, gather_cat
     ckpt.load_model, ckpt.load_value_model = load_model, load_value_model
     ckpt.read_model_state, ckpt.read_value_state = read_model_state, read_value_state
+    ckpt.read_checkpoint_args = read_checkpoint_args
     # FSDP2 slices the HSDP mesh's "shard" dimension inside fully_shard; a mesh computes its
     # coordinates from its rank table, which must be real tensors, not the trace's fake ones.
     from torch._subclasses.fake_tensor import unset_fake_temporarily
@@ -441,7 +450,7 @@ def stand_ins(cfg, vocab_size: int):
     finally:
         DeviceMesh.__getitem__ = getitem
         (C.BatchStream.next, C.load_data, C.gather_cat, ckpt.load_model, ckpt.load_value_model,
-         ckpt.read_model_state, ckpt.read_value_state) = saved
+         ckpt.read_model_state, ckpt.read_value_state, ckpt.read_checkpoint_args) = saved
 
 
 class ShapeOnlyData:
