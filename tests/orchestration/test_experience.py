@@ -169,6 +169,41 @@ def test_unschedulable_actors_fail_with_the_reason(ray_cluster, critic_spec, mon
                               max_staleness=0, use_gpu=True)  # the test cluster has no GPU
 
 
+def test_dedicated_scoring_nodes_need_the_custom_resource(ray_cluster, critic_spec, monkeypatch):
+    from wmtp.orchestration import experience
+
+    monkeypatch.setattr(experience, "ACTOR_START_TIMEOUT_S", 2.0)
+    spec, state = critic_spec
+    # The test cluster has CPUs but no node with `wmtp_experience`: never placed, said so at once.
+    with pytest.raises(RuntimeError, match="not scheduled.*wmtp_experience.*experience_nodes=dedicated"):
+        AsyncExperienceScorer(spec, state, name_prefix="wmtp-experience-t7-r0", num_actors=1, queue_depth=0,
+                              max_staleness=0, dedicated_nodes=True)
+
+
+def test_experience_nodes_choice_reaches_the_plan_the_fit_check_and_the_actor_options():
+    from wmtp.config.schema import WMTPConfig
+    from wmtp.orchestration.experience import actor_placement, experience_actor_resources
+    from wmtp.orchestration.resources import UnschedulableError, check_fits, ray_start_flags, run_resources
+
+    cfg = WMTPConfig(recipe="verifiable")
+    cfg.orchestration.placement, cfg.orchestration.num_workers = "async", 2
+    count, options = experience_actor_resources(cfg)
+    placed = actor_placement(options, "a" * 56)
+    assert count == 2 and "resources" not in options
+    assert placed["scheduling_strategy"].node_id == "a" * 56 and placed["scheduling_strategy"].soft is False
+
+    cfg.orchestration.experience_nodes = "dedicated"
+    need = run_resources(cfg)
+    count, options = experience_actor_resources(cfg)
+    assert options["resources"] == {"wmtp_experience": 1.0} and "scheduling_strategy" not in actor_placement(options, "x")
+    assert need.bundle() == {"CPU": 4.0, "wmtp_experience": 2.0}
+    assert "--resources='{\"wmtp_experience\": 2}'" in ray_start_flags(need.bundle())
+    assert "nodes with 2 wmtp_experience" in need.explain()
+    check_fits(need, {"CPU": 8.0, "wmtp_experience": 2.0})
+    with pytest.raises(UnschedulableError, match="missing: 2 wmtp_experience"):
+        check_fits(need, {"CPU": 8.0})
+
+
 def test_cpus_needed_counts_workers_and_experience_actors():
     from wmtp.config.schema import WMTPConfig
     from wmtp.orchestration.ray_runtime import cpus_needed

@@ -195,6 +195,9 @@ class OrchestrationConfig(Section):
     placement: Literal["colocated", "async"] = Field("colocated", description="Where the experience phase runs.")
     num_experience_actors: int = Field(1, ge=1, description="Async placement: experience actors holding critic replicas.")
     queue_depth: int = Field(2, ge=0, description="Async placement: scored batches prepared ahead of the learner.")
+    experience_nodes: Literal["learner", "dedicated"] = Field(
+        "learner", description="Async placement: experience actors on their learner's node (hard node affinity), "
+        "or on dedicated scoring nodes started with the custom resource `wmtp_experience` (one per actor).")
     storage_path: str | None = Field(None, description="Ray Train storage (local path or s3://); default <output_dir>/ray.")
     max_failures: int = Field(1, ge=-1, description="Worker-group restarts before the run fails (-1: unlimited).")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept (best by validation metric).")

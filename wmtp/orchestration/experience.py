@@ -42,7 +42,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from torch import Tensor
 
 from wmtp.config.schema import WMTPConfig
-from wmtp.orchestration.resources import EXPERIENCE_ACTOR_CPUS, run_resources
+from wmtp.orchestration.resources import EXPERIENCE_ACTOR_CPUS, EXPERIENCE_RESOURCE, run_resources
 from wmtp.recipes.interfaces import SCORED_FIELDS, ScoredBatch
 
 ACTOR_MAX_RESTARTS = 3
@@ -54,10 +54,23 @@ ACTOR_RECOVERY_TIMEOUT_S = 120.0
 
 def experience_actor_resources(cfg: WMTPConfig) -> tuple[int, dict[str, float]]:
     """How many experience actors `placement: async` creates, and the Ray resources each asks for
-    (`num_cpus`, `num_gpus`): read from `wmtp.orchestration.resources.run_resources`, the one
-    statement the launcher, the dry run and the scorer share. `colocated` creates none."""
+    (`num_cpus`, `num_gpus`, and `resources` on dedicated nodes): read from
+    `wmtp.orchestration.resources.run_resources`, the one statement the launcher, the dry run and
+    the scorer share. `colocated` creates none."""
     need = run_resources(cfg)
-    return need.experience_actors, {"num_cpus": need.cpus_per_actor, "num_gpus": need.gpus_per_actor}
+    options: dict = {"num_cpus": need.cpus_per_actor, "num_gpus": need.gpus_per_actor}
+    if need.dedicated_actor_nodes:
+        options["resources"] = {EXPERIENCE_RESOURCE: 1.0}
+    return need.experience_actors, options
+
+
+def actor_placement(options: dict, learner_node_id: str) -> dict:
+    """Ray options that place one experience actor: on dedicated nodes, wherever the custom
+    resource is (`options["resources"]`); else on its learner's node (hard affinity: the actor
+    never lands on another node, where its batches would cross the network)."""
+    if "resources" in options:
+        return dict(options)
+    return {**options, "scheduling_strategy": NodeAffinitySchedulingStrategy(learner_node_id, soft=False)}
 
 
 def async_fit_problem(cfg: WMTPConfig, cluster_gpus: float) -> str | None:
@@ -155,8 +168,10 @@ class AsyncExperienceScorer:
         use_gpu: bool = False,
         on_stats: Callable[[Mapping[str, float]], None] | None = None,
         board_name: str | None = None,
+        dedicated_nodes: bool = False,
     ) -> None:
         self._spec = spec
+        self._dedicated_nodes = dedicated_nodes
         self._board_name = board_name
         self._names = [f"{name_prefix}-{i}" for i in range(num_actors)]
         self._queue_depth, self._max_staleness = queue_depth, max_staleness
@@ -175,26 +190,37 @@ class AsyncExperienceScorer:
 
     # ----------------------------------------------------------------------------------- actors
     def _create_actor(self, name: str) -> Any:
+        # As experience_actor_resources states (the plan and the fit check use the same numbers).
+        options = {"num_cpus": EXPERIENCE_ACTOR_CPUS, "num_gpus": 1 if self._use_gpu else 0}
+        if self._dedicated_nodes:
+            options["resources"] = {EXPERIENCE_RESOURCE: 1.0}
         return _remote_actor_class().options(
             name=name,
-            num_cpus=EXPERIENCE_ACTOR_CPUS,
-            num_gpus=1 if self._use_gpu else 0,  # as experience_actor_resources states
             max_restarts=ACTOR_MAX_RESTARTS,
             max_task_retries=0,  # the scorer retries itself, after reloading the weights
-            scheduling_strategy=NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True),
+            **actor_placement(options, ray.get_runtime_context().get_node_id()),
         ).remote(self._spec, "cuda" if self._use_gpu else "cpu")
 
     def _wait_until_scheduled(self) -> None:
         """Fail with the reason, not a silent hang, when the cluster cannot place the actors."""
         pending = [actor.pid.remote() for actor in self._actors]
         ready, _ = ray.wait(pending, num_returns=len(pending), timeout=ACTOR_START_TIMEOUT_S)
-        if len(ready) < len(pending):
-            need = {"CPU": EXPERIENCE_ACTOR_CPUS, **({"GPU": 1} if self._use_gpu else {})}
+        failed = 0  # a hard node affinity that cannot hold the actor fails its creation at once
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except ray.exceptions.RayError:
+                failed += 1
+        if failed or len(ready) < len(pending):
+            need = {"CPU": EXPERIENCE_ACTOR_CPUS, **({"GPU": 1} if self._use_gpu else {}),
+                    **({EXPERIENCE_RESOURCE: 1} if self._dedicated_nodes else {})}
+            where = (f"a node with the custom resource {EXPERIENCE_RESOURCE} (orchestration.experience_nodes="
+                     "dedicated)" if self._dedicated_nodes else "the learner's own node")
             for actor in self._actors:  # do not leave pending actors holding their names
                 ray.kill(actor, no_restart=True)
             raise RuntimeError(
-                f"{len(pending) - len(ready)} of {len(pending)} experience actors ({self._names[0]}...) were not "
-                f"scheduled within {ACTOR_START_TIMEOUT_S:.0f}s: each needs {need}, the cluster has "
+                f"{len(pending) - len(ready) + failed} of {len(pending)} experience actors ({self._names[0]}...) were not "
+                f"scheduled within {ACTOR_START_TIMEOUT_S:.0f}s: each needs {need} on {where}, the cluster has "
                 f"{ray.available_resources()} free. Lower orchestration.num_experience_actors or "
                 f"num_workers, add nodes, or use orchestration.placement=colocated.")
 
@@ -362,6 +388,7 @@ def async_scorer_factory(cfg: WMTPConfig, *, run: str, rank: int,
             use_gpu=orch.use_gpu,
             on_stats=on_stats,
             board_name=f"wmtp-weights-{run}",
+            dedicated_nodes=orch.experience_nodes == "dedicated",
         )
 
     return factory

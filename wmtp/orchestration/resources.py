@@ -25,6 +25,10 @@ SCORING_RECIPES = ("verifiable", "rho1_weighted")
 # Each experience actor runs one scoring forward at a time.
 EXPERIENCE_ACTOR_CPUS = 1.0
 
+# `orchestration.experience_nodes: dedicated`: nodes that host experience actors advertise this
+# custom resource (`ray start ... --resources='{"wmtp_experience": N}'`), one unit per actor.
+EXPERIENCE_RESOURCE = "wmtp_experience"
+
 # A Tune trial's function only drives its TorchTrainer; Tune refuses an empty request.
 TRIAL_DRIVER_CPUS = 0.01
 
@@ -41,6 +45,7 @@ class RunResources:
     experience_actors: int  # all ranks together
     cpus_per_actor: float
     gpus_per_actor: int
+    dedicated_actor_nodes: bool = False  # actors need EXPERIENCE_RESOURCE (one unit each)
 
     @property
     def cpus(self) -> float:
@@ -55,6 +60,8 @@ class RunResources:
         out = {"CPU": self.cpus}
         if self.gpus:
             out["GPU"] = float(self.gpus)
+        if self.dedicated_actor_nodes and self.experience_actors:
+            out[EXPERIENCE_RESOURCE] = float(self.experience_actors)
         return out
 
     def explain(self) -> str:
@@ -71,6 +78,8 @@ class RunResources:
         text = f"{' + '.join(cpu)} = {self.cpus:g} CPU"
         if gpu:
             text += f"; {' + '.join(gpu)} = {self.gpus} GPU"
+        if self.dedicated_actor_nodes and self.experience_actors:
+            text += f"; the experience actors on nodes with {self.experience_actors} {EXPERIENCE_RESOURCE}"
         return text
 
 
@@ -90,12 +99,17 @@ def run_resources(cfg: WMTPConfig) -> RunResources:
         experience_actors=orch.num_workers * experience_actors_per_rank(cfg),
         cpus_per_actor=EXPERIENCE_ACTOR_CPUS,
         gpus_per_actor=gpu,
+        dedicated_actor_nodes=orch.experience_nodes == "dedicated",
     )
 
 
 def ray_start_flags(need: Mapping[str, float]) -> str:
-    """`--num-cpus=4 --num-gpus=0`: the smallest `ray start --head` that holds `need`."""
-    return f"--num-cpus={math.ceil(need.get('CPU', 0))} --num-gpus={math.ceil(need.get('GPU', 0))}"
+    """`--num-cpus=4 --num-gpus=0`: the smallest `ray start --head` that holds `need` (on one node;
+    with dedicated experience nodes, their custom resource too)."""
+    flags = f"--num-cpus={math.ceil(need.get('CPU', 0))} --num-gpus={math.ceil(need.get('GPU', 0))}"
+    if need.get(EXPERIENCE_RESOURCE):
+        flags += f" --resources='{{\"{EXPERIENCE_RESOURCE}\": {math.ceil(need[EXPERIENCE_RESOURCE])}}}'"
+    return flags
 
 
 def check_fits(need: RunResources, cluster: Mapping[str, float], *, what: str = "this run",
