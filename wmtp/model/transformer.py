@@ -284,6 +284,17 @@ def allocate_empty(model: nn.Module, device: str | torch.device, dtype: torch.dt
     return model
 
 
+def cast_parameters(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Every parameter of `model` in `dtype`, frozen (no grad). Assigns new tensors instead of
+    swapping them in place (`.to()`), so it also works on meta and under `FakeTensorMode`."""
+    with torch.no_grad():
+        for module in model.modules():
+            for name, p in module._parameters.items():
+                if p is not None:
+                    module._parameters[name] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
+    return model
+
+
 def build_model(args: ModelArgs, device: str | torch.device = "cpu", seed: int | None = 0,
                 with_output: bool = True) -> Transformer:
     """Build and initialise; `device="meta"` builds shapes only (big models, FSDP)."""

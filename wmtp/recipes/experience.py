@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from wmtp.data.collator import Batch
 from wmtp.losses.mtp import mtp_token_losses
 from wmtp.model.args import ModelArgs
-from wmtp.model.transformer import Transformer, allocate_empty, build_model
+from wmtp.model.transformer import Transformer, allocate_empty, build_model, cast_parameters
 from wmtp.model.value import ValueModel, build_value_model
 from wmtp.recipes.interfaces import SCORED_FIELDS, ScoredBatch
 from wmtp.training.precision import autocast_context, compute_dtype
@@ -159,12 +159,8 @@ class CriticSnapshot:
 
         first = next(critic.parameters())
         device = local_tensor(first).device
-        model = build_value_model(critic.args, critic.value_head.kind, device="meta")
-        with torch.no_grad():  # the compute dtype, still shapes only (assigned, not swapped: see below)
-            for module in model.modules():
-                for name, p in module._parameters.items():
-                    if p is not None:
-                        module._parameters[name] = nn.Parameter(torch.empty_like(p, dtype=dtype), requires_grad=False)
+        # The compute dtype, still shapes only (assigned, not swapped: see below).
+        model = cast_parameters(build_value_model(critic.args, critic.value_head.kind, device="meta"), dtype)
         mesh = getattr(first, "device_mesh", None)
         if is_fake(local_tensor(first)):
             # The memory trace (FakeTensorMode) cannot swap tensors as `to_empty` does: allocate
@@ -207,13 +203,7 @@ def frozen_scoring_model(model: nn.Module, precision: str, device: torch.device)
     """A frozen model (the Rho-1 reference) as one unsharded learner holds it: no grad, no
     optimizer, compute dtype, on `device` (under FSDP2 the recipe builds it sharded instead:
     `Rho1WeightedRecipe.sharded_reference`)."""
-    dtype = compute_dtype(precision)
-    with torch.no_grad():  # cast by assignment, not `.to()`: the memory trace's fake tensors cannot be swapped
-        for module in model.modules():
-            for name, p in module._parameters.items():
-                if p is not None:
-                    module._parameters[name] = nn.Parameter(p.detach().to(dtype), requires_grad=False)
-    model = model.eval()
+    model = cast_parameters(model, compute_dtype(precision)).eval()
     if device.type == "meta":
         return model
     (model.backbone if isinstance(model, ValueModel) else model).init_rope()
