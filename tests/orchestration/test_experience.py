@@ -13,6 +13,7 @@ import torch
 from wmtp.data.collator import Batch
 from wmtp.model.value import build_value_model, value_args_from_policy
 from wmtp.orchestration.experience import AsyncExperienceScorer
+from wmtp.orchestration.resources import EXPERIENCE_RESOURCE
 from wmtp.recipes.experience import ExperienceSpec, LearnerScorer, build_scoring_model
 
 pytestmark = pytest.mark.ray
@@ -166,7 +167,7 @@ def test_unschedulable_actors_fail_with_the_reason(ray_cluster, critic_spec, mon
     spec, state = critic_spec
     with pytest.raises(RuntimeError, match="not scheduled.*GPU.*placement=colocated"):
         AsyncExperienceScorer(spec, state, name_prefix="wmtp-experience-t5-r0", num_actors=1, queue_depth=0,
-                              max_staleness=0, use_gpu=True)  # the test cluster has no GPU
+                              max_staleness=0, actor_options={"num_cpus": 1.0, "num_gpus": 1})  # the test cluster has no GPU
 
 
 def test_dedicated_scoring_nodes_need_the_custom_resource(ray_cluster, critic_spec, monkeypatch):
@@ -177,7 +178,8 @@ def test_dedicated_scoring_nodes_need_the_custom_resource(ray_cluster, critic_sp
     # The test cluster has CPUs but no node with `wmtp_experience`: never placed, said so at once.
     with pytest.raises(RuntimeError, match="not scheduled.*wmtp_experience.*experience_nodes=dedicated"):
         AsyncExperienceScorer(spec, state, name_prefix="wmtp-experience-t7-r0", num_actors=1, queue_depth=0,
-                              max_staleness=0, dedicated_nodes=True)
+                              max_staleness=0,
+                              actor_options={"num_cpus": 1.0, "num_gpus": 0, "resources": {EXPERIENCE_RESOURCE: 1.0}})
 
 
 def test_experience_nodes_choice_reaches_the_plan_the_fit_check_and_the_actor_options():

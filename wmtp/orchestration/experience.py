@@ -165,17 +165,18 @@ class AsyncExperienceScorer:
         num_actors: int,
         queue_depth: int,
         max_staleness: int,
-        use_gpu: bool = False,
+        actor_options: Mapping[str, Any] | None = None,
         on_stats: Callable[[Mapping[str, float]], None] | None = None,
         board_name: str | None = None,
-        dedicated_nodes: bool = False,
     ) -> None:
         self._spec = spec
-        self._dedicated_nodes = dedicated_nodes
+        # Each actor's Ray resources, as `experience_actor_resources(cfg)` states them (the plan,
+        # the fit check and the actors use the one statement); default one CPU.
+        self._options = dict(actor_options or {"num_cpus": EXPERIENCE_ACTOR_CPUS, "num_gpus": 0})
+        self._use_gpu = bool(self._options.get("num_gpus"))
         self._board_name = board_name
         self._names = [f"{name_prefix}-{i}" for i in range(num_actors)]
         self._queue_depth, self._max_staleness = queue_depth, max_staleness
-        self._use_gpu = use_gpu
         self._on_stats = on_stats
         self._pending: deque[_Pending] = deque()
         self._next_actor = 0
@@ -190,15 +191,11 @@ class AsyncExperienceScorer:
 
     # ----------------------------------------------------------------------------------- actors
     def _create_actor(self, name: str) -> Any:
-        # As experience_actor_resources states (the plan and the fit check use the same numbers).
-        options = {"num_cpus": EXPERIENCE_ACTOR_CPUS, "num_gpus": 1 if self._use_gpu else 0}
-        if self._dedicated_nodes:
-            options["resources"] = {EXPERIENCE_RESOURCE: 1.0}
         return _remote_actor_class().options(
             name=name,
             max_restarts=ACTOR_MAX_RESTARTS,
             max_task_retries=0,  # the scorer retries itself, after reloading the weights
-            **actor_placement(options, ray.get_runtime_context().get_node_id()),
+            **actor_placement(self._options, ray.get_runtime_context().get_node_id()),
         ).remote(self._spec, "cuda" if self._use_gpu else "cpu")
 
     def _wait_until_scheduled(self) -> None:
@@ -212,10 +209,11 @@ class AsyncExperienceScorer:
             except ray.exceptions.RayError:
                 failed += 1
         if failed or len(ready) < len(pending):
-            need = {"CPU": EXPERIENCE_ACTOR_CPUS, **({"GPU": 1} if self._use_gpu else {}),
-                    **({EXPERIENCE_RESOURCE: 1} if self._dedicated_nodes else {})}
+            dedicated = "resources" in self._options
+            need = {"CPU": self._options.get("num_cpus", 0), **({"GPU": self._options["num_gpus"]} if self._use_gpu else {}),
+                    **self._options.get("resources", {})}
             where = (f"a node with the custom resource {EXPERIENCE_RESOURCE} (orchestration.experience_nodes="
-                     "dedicated)" if self._dedicated_nodes else "the learner's own node")
+                     "dedicated)" if dedicated else "the learner's own node")
             for actor in self._actors:  # do not leave pending actors holding their names
                 ray.kill(actor, no_restart=True)
             raise RuntimeError(
@@ -385,10 +383,9 @@ def async_scorer_factory(cfg: WMTPConfig, *, run: str, rank: int,
             num_actors=orch.num_experience_actors,
             queue_depth=orch.queue_depth,
             max_staleness=cfg.stage2.max_staleness,
-            use_gpu=orch.use_gpu,
+            actor_options=experience_actor_resources(cfg)[1],
             on_stats=on_stats,
             board_name=f"wmtp-weights-{run}",
-            dedicated_nodes=orch.experience_nodes == "dedicated",
         )
 
     return factory
