@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 import pytest
 from ray import tune
@@ -153,3 +154,52 @@ def test_sweep_summary_fates_best_yaml_and_rerun_resumes(ray_cluster, tmp_path, 
         other = space.model_copy(update={"num_samples": 5})
         with pytest.raises(ConfigError, match="already exists"):
             run_tune(cfg, other, recipe_builder=builder)
+
+
+def test_the_sweep_driver_frees_a_group_whose_creating_actor_died_and_nothing_else(ray_cluster):
+    """What a stopped trial leaves (Ray Train's controller, an actor, made its worker group; the
+    group outlives it, reserved for the job): removed. A group of a live actor, the driver's own,
+    and a detached one stay."""
+    import ray
+    from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
+
+    from wmtp.orchestration.ray_runtime import remove_orphaned_placement_groups
+    from wmtp.orchestration.tune import GroupReaper
+
+    @ray.remote(num_cpus=0)
+    class Controller:
+        def make(self, lifetime=None):
+            group = placement_group([{"CPU": 0.01}], lifetime=lifetime)
+            ray.get(group.ready())
+            return group
+
+    stopped, live = Controller.remote(), Controller.remote()
+    orphan, kept = ray.get(stopped.make.remote()), ray.get(live.make.remote())
+    detached = ray.get(stopped.make.remote("detached"))
+    own = placement_group([{"CPU": 0.01}])
+    ray.get(own.ready())
+    ray.kill(stopped)
+    try:
+        deadline = time.monotonic() + 60
+        while placement_group_table(orphan)["state"] != "CREATED" or not _creator_dead(orphan):
+            assert time.monotonic() < deadline, "the killed actor's group never showed its creator dead"
+            time.sleep(0.2)
+        assert placement_group_table(orphan)["state"] == "CREATED"  # the leak: still reserved
+        reaper = GroupReaper(interval_s=0.0)
+        reaper.on_step_end(0, [])
+        assert reaper.removed == 1
+        assert placement_group_table(orphan)["state"] == "REMOVED"
+        assert {placement_group_table(g)["state"] for g in (kept, own, detached)} == {"CREATED"}
+        assert remove_orphaned_placement_groups() == []
+    finally:
+        for group in (kept, own, detached):
+            remove_placement_group(group)
+        ray.kill(live)
+
+
+def _creator_dead(group) -> bool:
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    raw = state._connect_and_get_accessor().get_placement_group_info(group.id)
+    return gcs_pb2.PlacementGroupTableData.FromString(raw).creator_actor_dead

@@ -97,3 +97,36 @@ def metrics_port() -> int:
 def cpus_needed(cfg: WMTPConfig) -> float:
     """Logical CPUs a run reserves (wmtp.orchestration.resources.run_resources)."""
     return run_resources(cfg).cpus
+
+
+def remove_orphaned_placement_groups() -> list[str]:
+    """Remove this job's placement groups whose creating actor has died; returns their ids (hex).
+
+    A placement group that an actor creates lives as long as the JOB, not the actor. Under Tune,
+    Ray Train V2's controller (an actor of the trial) creates its worker group's group; when Tune
+    stops the trial (ASHA), the trial's actors die and the group can stay reserved, with no
+    worker in it, until the sweep ends (Ray issue 54305; Ray Train's own detached cleaner misses
+    some stops). On a cluster sized for the sweep, the next trials then wait for ever. The Tune
+    driver calls this as trials end (`wmtp.orchestration.tune`). Groups made by a driver (no
+    creating actor), by a live actor, detached ones and other jobs' are never touched.
+    """
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    table = gcs_pb2.PlacementGroupTableData
+    job = ray.get_runtime_context().get_job_id()
+    nil_actor = ray.ActorID.nil().binary()
+    removed = []
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        group = table.FromString(raw)
+        if (group.state == table.REMOVED or group.is_detached or not group.creator_actor_dead
+                or group.creator_actor_id in (b"", nil_actor) or group.creator_job_id.hex() != job):
+            continue
+        try:
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(group.placement_group_id)))
+        except Exception as exc:  # already removed by Ray Train's cleaner meanwhile
+            logging.getLogger(__name__).debug("placement group %s: %s", group.placement_group_id.hex(), exc)
+            continue
+        removed.append(group.placement_group_id.hex())
+    return removed

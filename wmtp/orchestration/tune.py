@@ -19,8 +19,10 @@ the sampler is seeded with it too (the same command samples the same trials).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +40,14 @@ from wmtp.config.schema import WMTPConfig
 from wmtp.config.tune import AshaScheduler, Choice, LogUniform, RandInt, TuneSpace, Uniform
 from wmtp.orchestration.console import trial_status_callback
 from wmtp.orchestration.launch import RecipeBuilder, build_trainer, run_training, with_absolute_paths
-from wmtp.orchestration.ray_runtime import ensure_ray
+from wmtp.orchestration.ray_runtime import ensure_ray, remove_orphaned_placement_groups
 from wmtp.orchestration.resources import TRIAL_DRIVER_CPUS, check_fits, run_resources
 from wmtp.orchestration.storage import resolve_storage
+
+log = logging.getLogger(__name__)
+
+# How often the sweep driver looks for worker groups left by stopped trials (a GCS table read).
+REAP_INTERVAL_S = 5.0
 
 # Distribution type → ray.tune sampler.
 DISTRIBUTIONS: dict[type, Callable[[Any], Any]] = {
@@ -196,7 +203,7 @@ def run_tune(cfg: WMTPConfig, space: TuneSpace, *, recipe_builder: RecipeBuilder
                                         search_alg=BasicVariantGenerator(
                                             random_state=cfg.run.seed, max_concurrent=space.max_concurrent_trials or 0)),
             run_config=tune.RunConfig(name=sweep, storage_path=storage.path, storage_filesystem=storage.filesystem,
-                                      callbacks=[trial_status_callback(cfg, sweep)]),
+                                      callbacks=[trial_status_callback(cfg, sweep), GroupReaper()]),
         )
     try:
         grid = tuner.fit()
@@ -217,6 +224,28 @@ def run_tune(cfg: WMTPConfig, space: TuneSpace, *, recipe_builder: RecipeBuilder
         raise ConfigError(f"tune space metric {space.metric!r} was never reported by any trial; "
                           f"reported metrics: {', '.join(reported) or 'none'}")
     return summary
+
+
+class GroupReaper(tune.Callback):
+    """Frees the worker groups of trials that Tune ended, while the sweep runs (every
+    `REAP_INTERVAL_S`): `remove_orphaned_placement_groups`. Without it a stopped trial's group can
+    stay reserved and the next trials wait for its CPUs for ever."""
+
+    def __init__(self, interval_s: float = REAP_INTERVAL_S) -> None:
+        self.interval_s, self._last, self.removed = interval_s, 0.0, 0
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.monotonic() - self._last < self.interval_s:
+            return
+        self._last = time.monotonic()
+        try:
+            removed = remove_orphaned_placement_groups()
+        except Exception as exc:  # a private Ray table: never let a change there break a sweep
+            log.warning("could not check for placement groups left by stopped trials: %s", exc)
+            return
+        if removed:
+            self.removed += len(removed)
+            print(f"[wmtp] freed {len(removed)} placement group(s) left reserved by ended trials", flush=True)
 
 
 def _join(storage_path: str, name: str) -> str:
