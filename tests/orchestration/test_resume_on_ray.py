@@ -124,7 +124,7 @@ def rerun(cmd: list[str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("recipe, target, extra, keys", [
-    ("baseline", "driver", (), ("train/loss", "train/grad_norm")),
+    ("baseline", "driver", ("tracking.backends=[jsonl,mlflow]",), ("train/loss", "train/grad_norm")),
     ("baseline", "cluster", (), ("train/loss", "train/grad_norm")),
     ("baseline", "RayTrainWorker", ("orchestration.max_failures=1",), ("train/loss", "train/grad_norm")),
     ("verifiable", "ExperienceActor", ASYNC, ("train/loss", "train/value_loss", "train/weights/mean")),
@@ -141,8 +141,23 @@ def test_a_killed_process_then_the_same_command_resumes_exactly(recipe, target, 
         assert max(steps_of(run_directory, "train/loss")) < STEPS, "the run finished before the kill"
         done = rerun(cmd)
         assert done.returncode == 0, done.stderr[-4000:]
+        if target == "driver":
+            assert_killed_attempt_continued(run_directory)
     else:  # the run recovers by itself: Ray restarts the worker group / the actor
         assert first.returncode == 0, first.stderr[-4000:]
     assert steps_of(run_directory, "train/loss") == list(range(1, STEPS + 1))
     for key in keys:
         assert series(run_directory, key) == pytest.approx(series(reference, key), rel=1e-6, abs=1e-9), key
+
+
+def assert_killed_attempt_continued(run_directory: Path) -> None:
+    """The SIGKILLed driver left its MLflow run RUNNING; the rerun took over its stale lock, ended
+    that attempt KILLED with the reason, and continued the same run to FINISHED."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+
+    record = json.loads((run_directory / "mlflow_run.json").read_text())
+    run = MlflowClient(record["tracking_uri"]).get_run(record["run_id"])
+    assert run.info.status == "FINISHED" and "wmtp.status_reason" not in run.data.tags, run.data.tags
+    assert run.data.tags["wmtp.previous_attempts"].startswith("KILLED: driver died: stale lock of pid"), run.data.tags
