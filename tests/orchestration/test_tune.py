@@ -10,6 +10,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from tests.orchestration.helpers import short_config
+from tests.recipes.harness import REPO
 from tests.orchestration.toy_recipe import ToyRecipeBuilder
 from wmtp.config.loader import ConfigError
 from wmtp.config.schema import WMTPConfig
@@ -154,6 +155,35 @@ def test_sweep_summary_fates_best_yaml_and_rerun_resumes(ray_cluster, tmp_path, 
         other = space.model_copy(update={"num_samples": 5})
         with pytest.raises(ConfigError, match="already exists"):
             run_tune(cfg, other, recipe_builder=builder)
+
+
+def test_best_yaml_pins_the_critic_the_sweep_trained_when_it_lies_below_the_working_dir(tmp_path, monkeypatch):
+    """The trials scored with the critic the sweep's first stage made; `best.yaml` (run name
+    `<name>-best`) names it, relative to the working dir, so training it does not train another
+    critic. A critic outside the working dir (a job's temporary upload as cwd) is not pinned."""
+    from wmtp.config.loader import load_config
+    from wmtp.orchestration.tune import produced_inputs, write_best_config
+
+    monkeypatch.chdir(tmp_path)
+    given = load_config(str(REPO / "configs/defaults.yaml"),
+                        str(REPO / "configs/recipe.verifiable.yaml"), "local-light")
+    assert given.value_model.checkpoint is None
+    space = load_tune_space(str(REPO / "tune_spaces/verifiable.yaml"))
+    best = {"stage2.value_weighting.weight_temperature": 0.5}
+    made = given.model_copy(deep=True)
+    made.value_model.checkpoint = str(tmp_path / "runs/verifiable-local-light-critic/export")
+    inputs = produced_inputs(given, made)
+    assert inputs == {"value_model.checkpoint": "runs/verifiable-local-light-critic/export"}
+    path = write_best_config(given, space, best, tmp_path / "runs/tune-x/best.yaml", inputs=inputs)
+    text = path.read_text()
+    assert str(tmp_path) not in text
+    written = load_config(str(path))
+    assert written.value_model.checkpoint == "runs/verifiable-local-light-critic/export"
+    assert written.run.name == "verifiable-local-light-best" and written.stage2.value_weighting.weight_temperature == 0.5
+    elsewhere = given.model_copy(deep=True)
+    elsewhere.value_model.checkpoint = "/somewhere/else/critic/export"
+    assert produced_inputs(given, elsewhere) == {}
+    assert produced_inputs(made, made) == {}  # given by the user: already in the config
 
 
 def test_the_sweep_driver_frees_a_group_whose_creating_actor_died_and_nothing_else(ray_cluster):

@@ -218,7 +218,8 @@ def run_tune(cfg: WMTPConfig, space: TuneSpace, *, recipe_builder: RecipeBuilder
         if parent is not None:
             parent.close()
     if summary.best_params is not None:
-        summary.best_config = write_best_config(given, space, summary.best_params, sweep_dir / "best.yaml")
+        summary.best_config = write_best_config(given, space, summary.best_params, sweep_dir / "best.yaml",
+                                                inputs=produced_inputs(given, cfg))
     if summary.best_params is None and not summary.interrupted:
         reported = sorted({k for t in summary.trials for k in t.get("metrics", [])})
         raise ConfigError(f"tune space metric {space.metric!r} was never reported by any trial; "
@@ -252,11 +253,34 @@ def _join(storage_path: str, name: str) -> str:
     return f"{storage_path.rstrip('/')}/{name}"
 
 
-def write_best_config(given: WMTPConfig, space: TuneSpace, best: Mapping[str, Any], path: Path) -> Path:
-    """`given` + the space's fixed values + the best values, under run name `<run name>-best`."""
+def produced_inputs(given: WMTPConfig, resolved: WMTPConfig) -> dict[str, str]:
+    """The inputs the sweep's first stage produced for its trials (a critic, a reference), as
+    dotted key → path relative to the working dir, where they lie below it (relative inputs are
+    read from the working dir). `best.yaml` pins them, so training it reuses the sweep's critic
+    instead of training one for the `-best` run name; one outside the working dir (a job's
+    temporary upload) is left out and named in the summary."""
+    from wmtp.recipes.chain import NEEDS
+
+    if given.recipe not in NEEDS:
+        return {}
+    key = NEEDS[given.recipe][0]
+    section, name = key.split(".")
+    before, after = getattr(getattr(given, section), name), getattr(getattr(resolved, section), name)
+    if before is not None or after is None:
+        return {}
+    try:
+        return {key: str(Path(after).resolve().relative_to(Path.cwd()))}
+    except ValueError:
+        return {}
+
+
+def write_best_config(given: WMTPConfig, space: TuneSpace, best: Mapping[str, Any], path: Path,
+                      inputs: Mapping[str, str] | None = None) -> Path:
+    """`given` + the space's fixed values + the best values (+ `inputs`, see `produced_inputs`),
+    under run name `<run name>-best`."""
     from wmtp.config.loader import dump_config
 
-    cfg = apply_dotted(given, {**space.fixed, **best})
+    cfg = apply_dotted(given, {**space.fixed, **best, **(inputs or {})})
     cfg.run.name = f"{run_name(given)}-best"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_config(cfg), encoding="utf-8")
