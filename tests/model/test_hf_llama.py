@@ -119,8 +119,8 @@ def test_export_writes_meta_and_hf_beside_the_wmtp_export(tmp_path):
     """`export_model` with `train.export_formats=[meta, hf]`: `export/meta` (Meta layout) and
     `export/hf` (HF LLaMA of head 1) read back with the model's logits."""
     from wmtp.config.loader import load_config
+    from wmtp.parallel.export import export_model
     from wmtp.parallel.reduce import DistEnv
-    from wmtp.recipes.components import export_model
 
     model = _mtp_model()
     cfg = load_config(overrides=[f"run.output_dir={tmp_path}", "run.name=x", "train.export_formats=[meta,hf]"])
