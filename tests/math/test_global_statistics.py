@@ -46,7 +46,7 @@ def statistics(adv, mask, v_old, v_new, returns, versions, layout):
         clipped += vl.clip_fraction.double() * mask[sl].sum()
         moments += explained_variance_moments(v_old[sl], returns[sl], mask[sl])
     out = {f"weights/{k}": float(getattr(ws, k)) for k in ("mean", "std", "min", "max", "entropy",
-                                                            "frac_clipped", "mean_before_renorm")}
+                                                           "frac_clipped", "mean_before_renorm")}
     out["clip_fraction"] = float(global_sum(clipped, layout) / value_denom)
     out["explained_variance"] = float(explained_variance_from_moments(global_sum(moments, layout)))
     out["critic_staleness"] = global_max_value(max(versions), layout)

@@ -46,7 +46,7 @@ def test_restored_feed_gives_the_scored_ahead_batches_with_their_scores(tmp_path
 
     def stream(seed: int = cfg.run.seed):
         return train_stream(data.train, cfg.model_copy(update={"run": cfg.run.model_copy(update={"seed": seed})}),
-                              layout, samples="all")
+                            layout, samples="all")
 
     first = ExperienceFeed(stream(), scorer(args, seed=1, version=0), queue_depth=2)
     first.next()

@@ -76,7 +76,7 @@ class BaselineRecipe:
 
     def evaluate(self, step: int) -> dict[str, float]:
         generated = evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, self.cfg,
-                                          self.layout, step)
+                                        self.layout, step)
         return {**validate_policy(self.policy.model, self.valid, self.cfg, self.layout, self.cfg.data.samples),
                 **generated}
 

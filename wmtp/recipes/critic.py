@@ -50,7 +50,7 @@ class CriticRecipe:
         self.pairwise = cfg.critic.loss == "pairwise"
         # The critic always sees correct and incorrect solutions.
         self.stream = streams.train_stream(self.data.train, cfg, self.layout, samples="all",
-                                     sampler="pairwise" if self.pairwise else None)
+                                           sampler="pairwise" if self.pairwise else None)
         self.valid = streams.valid_batches(self.data.valid, cfg, self.layout)
         self.meter = throughput_meter(critic.backbone, cfg, self.layout)
         self.state = LoopState(self.stream, nonfinite_guard(cfg, self.sink), self.meter, {"critic": self.critic})

@@ -194,13 +194,13 @@ class Rho1WeightedRecipe:
         mine = step_rho1_stats(rho1_parts)  # this rank's micro-batches only
         targets = sum(n[0] for _, n in rho1_parts).double()
         return reduce.per_rank_values({"train/tokens": float(sum(t for _, t in fed)), "train/rho1/targets/head1": targets,
-                                  "train/rho1/mean_excess/head1": mine.mean_excess[0]}, self.layout)
+                                       "train/rho1/mean_excess/head1": mine.mean_excess[0]}, self.layout)
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
         cfg, policy = self.cfg, self.policy.model
         generated = evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
-                                          self.layout, step)
+                                        self.layout, step)
         metrics = generated | validate_policy(policy, self.valid, cfg, self.layout, cfg.data.samples)
         # Heatmap with the colocated live reference (stored losses cover training rows only).
         # Every rank runs the forward (a sharded policy needs all ranks); rank 0 logs.
@@ -213,7 +213,7 @@ class Rho1WeightedRecipe:
                                 global_stats=False)
             if self.layout.is_main:
                 log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
-                                     f"rho1 token weights (head 1), step {step}")
+                                   f"rho1 token weights (head 1), step {step}")
         return metrics
 
     def train(self) -> dict[str, float]:

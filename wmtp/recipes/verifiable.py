@@ -114,7 +114,7 @@ class VerifiableRecipe:
             stateful["critic_snapshot"] = self.snapshot
             models["critic_snapshot"] = self.snapshot.model
         self.state = LoopState(self.feed, nonfinite_guard(cfg, self.sink), self.meter, trainables, stateful,
-                                 models)
+                               models)
         self.start = resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
         # The experience side scores with the published critic of step `start` (restored).
         self.scorer.publish_critic(self.published_critic(), self.critic_version(self.start))
@@ -225,7 +225,7 @@ class VerifiableRecipe:
         targets = sum(m.sum() for m in masks).double()
         weight_sum = sum((w.double() * m).sum() for w, m in zip(step_weights, masks))
         return reduce.per_rank_values({"train/tokens": float(sum(t for _, t in fed)), "train/weights/targets": targets,
-                                  "train/weights/mean": weight_sum / targets.clamp_min(1)}, self.layout)
+                                       "train/weights/mean": weight_sum / targets.clamp_min(1)}, self.layout)
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
@@ -233,7 +233,7 @@ class VerifiableRecipe:
         pairwise accuracy (mean state values), and a token-weight heatmap."""
         cfg, vw = self.cfg, self.cfg.stage2.value_weighting
         generated = evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
-                                          self.layout, step)
+                                        self.layout, step)
         metrics = generated | validate_policy(self.policy.model, self.valid, cfg, self.layout, cfg.data.samples)
         critic = self.critic_model.eval()
         finals, means, outcomes = [], [], []
@@ -252,7 +252,7 @@ class VerifiableRecipe:
         if self.layout.is_main and cfg.train.heatmap_samples:
             w, _ = self.weights(scored.advantages, streams.response_mask(batch), update=False, global_stats=False)
             log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
-                                 f"verifiable token weights, step {step}")
+                               f"verifiable token weights, step {step}")
         return metrics
 
     def train(self) -> dict[str, float]:
