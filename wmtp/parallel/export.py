@@ -55,7 +55,8 @@ def export_handoff_formats(model: Transformer, folder: Path, formats: list[str])
     """`folder/meta` (Meta's params.json + consolidated.00.pth) and `folder/hf` (HF LLaMA
     safetensors + config.json of head 1: the inverse of the HF import) for a plain (unsharded)
     policy; tensors are converted one at a time (`wmtp.model.checkpoint.save_hf_llama`)."""
-    from wmtp.model.checkpoint import iter_full_tensors, save_hf_llama, save_meta_checkpoint
+    from wmtp.model.checkpoint import save_hf_llama, save_meta_checkpoint
+    from wmtp.parallel.gather import iter_full_tensors
 
     if "meta" in formats:
         save_meta_checkpoint(model, folder / "meta")
