@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from wmtp.data.collator import Batch
+from wmtp.losses.alignment import to_next_token
 from wmtp.losses.mtp import mtp_token_losses
 from wmtp.model.args import ModelArgs
 from wmtp.model.transformer import Transformer, allocate_empty, build_model, cast_parameters
@@ -82,7 +83,7 @@ def reference_token_losses(reference: Transformer, batch: Batch, chunk_size: int
     """`ℓ^ref(j) = −log p_ref(x_j | x_{<j})`, target-indexed `[B, S]` (0 where j is no target)."""
     out = reference(batch.tokens, n_heads=1)
     next_token = mtp_token_losses(out.hidden, reference.output.weight, batch.labels, chunk_size)[..., 0]
-    return torch.cat([torch.zeros_like(next_token[:, :1]), next_token[:, :-1]], dim=1).float()
+    return to_next_token(next_token).float()
 
 
 @torch.no_grad()

@@ -131,10 +131,10 @@ def log_weight_heatmap(logger, tokenizer, batch, weights, step: int, n_samples: 
     import tempfile
     from pathlib import Path
 
-    import torch
+    from wmtp.losses.alignment import to_next_token
 
     if weights.dim() == 3:
-        weights = torch.cat([torch.zeros_like(weights[:, :1, 0]), weights[:, :-1, 0]], dim=1)
+        weights = to_next_token(weights[..., 0])
     rows, vals = [], []
     for i in range(min(n_samples, batch.tokens.shape[0])):
         s, e = int(batch.response_start[i]), int(batch.response_end[i])
