@@ -363,7 +363,8 @@ def full_length_batch(batch_size: int, seq_len: int, vocab_size: int, device, co
 @contextlib.contextmanager
 def stand_ins(cfg, vocab_size: int):
     """Full-length batches from every `BatchStream`, data and checkpoints read as shapes only, and
-    `gather_cat` without its size exchange."""
+    `gather_cat` without its size exchange (recipes call `streams.load_data` and
+    `reduce.gather_cat` through their modules, so these module attributes are what they get)."""
     from wmtp.data import streams
     from wmtp.data.collator import PairBatch
     from wmtp.model import checkpoint as ckpt

@@ -13,6 +13,9 @@ learner's own (FSDP-sharded) critic before its update when `critic_sync_interval
 is the critic of the last publish), and with a `CriticSnapshot` otherwise: a second module sharded
 like the critic, in the compute dtype, refreshed from this rank's local shards at each publish (no
 gather) and checkpointed with its version. Rho-1's frozen reference is sharded the same way.
+
+(Over 300 lines on purpose: the scorers, the snapshot, the feed and the stored reference losses
+are the two sides of one contract, `ScoredBatch`, and read best together.)
 """
 
 from __future__ import annotations
