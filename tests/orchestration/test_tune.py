@@ -10,8 +10,8 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from tests.orchestration.helpers import short_config
-from tests.recipes.harness import REPO
 from tests.orchestration.toy_recipe import ToyRecipeBuilder
+from tests.recipes.harness import REPO
 from wmtp.config.loader import ConfigError
 from wmtp.config.schema import WMTPConfig
 from wmtp.config.tune import TuneSpace, load_tune_space
