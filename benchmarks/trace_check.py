@@ -54,9 +54,9 @@ def measured_peak(cfg, device: str) -> int:
     import torch
 
     from wmtp.parallel import fsdp
+    from wmtp.parallel.build import policy_args
     from wmtp.parallel.trace import TRACED_STEPS, _NullSink, stand_ins, traced_config
     from wmtp.recipes import build_recipe
-    from wmtp.recipes.components import policy_args
     from wmtp.tracking.base import NullLogger
 
     cfg = traced_config(cfg, Path(tempfile.mkdtemp(prefix="wmtp-trace-check-")))

@@ -166,8 +166,8 @@ def build_plan(cfg: WMTPConfig) -> Plan:
     """Build the model(s) (meta device above model.meta_device_threshold) and size the run."""
     from wmtp.model.transformer import build_model
     from wmtp.model.value import build_value_model
-    from wmtp.recipes.components import critic_args as critic_args_for
-    from wmtp.recipes.components import policy_args
+    from wmtp.parallel.build import critic_args as critic_args_for
+    from wmtp.parallel.build import policy_args
 
     check_local_paths(cfg)
     args = policy_args(cfg)
@@ -261,7 +261,7 @@ def loading_plan(cfg: WMTPConfig, policy_params: int, critic_params: int | None,
 def extra_head_params(cfg: WMTPConfig) -> int:
     """Parameters of the policy's extra heads (the one-head reference drops them)."""
     from wmtp.model.transformer import build_model
-    from wmtp.recipes.components import policy_args
+    from wmtp.parallel.build import policy_args
 
     policy = build_model(policy_args(cfg), device="meta")
     return sum(p.numel() for p in policy.extra_heads.parameters())

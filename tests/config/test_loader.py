@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from wmtp.config.fields import iter_fields
 from wmtp.config.loader import (
     REPO_ROOT,
     ConfigError,
@@ -18,7 +19,6 @@ from wmtp.config.loader import (
     load_config_text,
     parse_override,
 )
-from wmtp.config.reference import iter_fields
 from wmtp.config.schema import WMTPConfig
 
 RECIPES = ["baseline", "ref_tuning", "critic", "verifiable", "rho1_weighted"]

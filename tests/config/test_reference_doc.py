@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from wmtp.config.fields import iter_fields
 from wmtp.config.loader import REPO_ROOT
-from wmtp.config.reference import END, START, iter_fields, render_reference
+from wmtp.config.reference import END, START, render_reference
 
 
 def test_config_doc_embeds_the_current_reference():

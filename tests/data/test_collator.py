@@ -95,8 +95,8 @@ def test_batches_follow_sampler_and_resume(small_bundle, small_tokenizer):
 
 
 def test_truncated_samples_are_counted(small_tokenizer):
+    from wmtp.data.streams import truncated_samples
     from wmtp.parallel.reduce import DistEnv
-    from wmtp.recipes.components import truncated_samples
 
     col = Collator(small_tokenizer, max_seq_len=40)
     batches = [col([Record("p", "add", "", "x = 1\n" * n, True) for n in (1, 100, 100)]),

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from wmtp.evaluation.metrics import roc_auc
 from wmtp.evaluation.study_metrics import (
     RunMeasures,
     aggregate,
@@ -20,7 +21,6 @@ from wmtp.evaluation.study_metrics import (
     time_to_threshold,
     weight_share,
 )
-from wmtp.recipes.components import roc_auc
 
 
 def test_weight_share_hand_numbers():

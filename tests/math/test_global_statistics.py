@@ -15,8 +15,7 @@ from wmtp.losses.value import (
     explained_variance_from_moments,
     explained_variance_moments,
 )
-from wmtp.parallel.reduce import DistEnv
-from wmtp.recipes import components as C
+from wmtp.parallel.reduce import DistEnv, gather_cat, global_max_value, global_sum, reduce_fn, reduce_max_fn
 from wmtp.weighting.weights import advantage_weights
 
 pytestmark = pytest.mark.distributed
@@ -38,8 +37,8 @@ def global_batch():
 def statistics(adv, mask, v_old, v_new, returns, versions, layout):
     """What the verifiable recipe logs, computed as it computes them (micro-batches of 1 row)."""
     _, ws = advantage_weights(adv, mask, temperature=0.7, clip_min=0.3, clip_max=2.0, renormalize=True,
-                              reduce_fn=C.reduce_fn(layout), reduce_max_fn=C.reduce_max_fn(layout))
-    value_denom = C.global_sum(mask.sum().double(), layout)
+                              reduce_fn=reduce_fn(layout), reduce_max_fn=reduce_max_fn(layout))
+    value_denom = global_sum(mask.sum().double(), layout)
     clipped, moments = torch.zeros((), dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
     for i in range(adv.shape[0]):
         sl = slice(i, i + 1)
@@ -47,10 +46,10 @@ def statistics(adv, mask, v_old, v_new, returns, versions, layout):
         clipped += vl.clip_fraction.double() * mask[sl].sum()
         moments += explained_variance_moments(v_old[sl], returns[sl], mask[sl])
     out = {f"weights/{k}": float(getattr(ws, k)) for k in ("mean", "std", "min", "max", "entropy",
-                                                            "frac_clipped", "mean_before_renorm")}
-    out["clip_fraction"] = float(C.global_sum(clipped, layout) / value_denom)
-    out["explained_variance"] = float(explained_variance_from_moments(C.global_sum(moments, layout)))
-    out["critic_staleness"] = C.global_max_value(max(versions), layout)
+                                                           "frac_clipped", "mean_before_renorm")}
+    out["clip_fraction"] = float(global_sum(clipped, layout) / value_denom)
+    out["explained_variance"] = float(explained_variance_from_moments(global_sum(moments, layout)))
+    out["critic_staleness"] = global_max_value(max(versions), layout)
     return out
 
 
@@ -110,7 +109,7 @@ def rho1_statistics(micro, mode, layout):
     from wmtp.losses.alignment import valid_mask
     from wmtp.weighting.rho1 import rho1_weights, step_rho1_stats
 
-    dist_kw = ({"gather_fn": lambda x: C.gather_cat(x, layout), "reduce_fn": C.reduce_fn(layout)}
+    dist_kw = ({"gather_fn": lambda x: gather_cat(x, layout), "reduce_fn": reduce_fn(layout)}
                if layout.distributed else {})
     parts, weights = [], []
     for policy, ref, labels in micro:
@@ -118,7 +117,7 @@ def rho1_statistics(micro, mode, layout):
                                 clip_max=1.6, **dist_kw)
         parts.append((stats, valid_mask(labels, H).sum((0, 1))))
         weights.append(w)
-    stats = step_rho1_stats(parts, C.reduce_fn(layout))
+    stats = step_rho1_stats(parts, reduce_fn(layout))
     return {f"{name}/head{k + 1}": float(v) for name in ("kept_fraction", "mean_weight", "mean_excess")
             for k, v in enumerate(getattr(stats, name))}, weights
 

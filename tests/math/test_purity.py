@@ -8,7 +8,6 @@ import sys
 MODULES = [
     "wmtp.losses.alignment", "wmtp.losses.mtp", "wmtp.losses.value", "wmtp.losses.registry",
     "wmtp.weighting.gae", "wmtp.weighting.normalize", "wmtp.weighting.weights", "wmtp.weighting.rho1",
-    "wmtp.weighting.registry",
 ]
 
 

@@ -1,4 +1,4 @@
-"""Rho-1 excess-loss weights and the weighting-scheme registry."""
+"""Rho-1 excess-loss weights."""
 
 from __future__ import annotations
 
@@ -6,11 +6,6 @@ import pytest
 import torch
 
 from wmtp.losses.alignment import IGNORE_INDEX, valid_mask
-from wmtp.weighting.registry import (
-    WEIGHTING_SCHEMES,
-    get_weighting_scheme,
-    register_weighting_scheme,
-)
 from wmtp.weighting.rho1 import excess_loss, rho1_weights
 
 I = IGNORE_INDEX  # noqa: E741
@@ -91,22 +86,3 @@ def test_bad_mode_and_ratio():
         rho1_weights(pol, ref, labels, mode="soft")
     with pytest.raises(ValueError, match="ratio"):
         rho1_weights(pol, ref, labels, ratio=0.0)
-
-
-def test_weighting_registry_schemes():
-    assert {"uniform", "baseline", "verifiable", "rho1"} <= set(WEIGHTING_SCHEMES)
-    assert get_weighting_scheme("baseline")().weights is None
-    values = torch.rand(2, 6, dtype=torch.float64)
-    mask = torch.zeros(2, 6, dtype=torch.bool)
-    mask[:, 2:5] = True
-    res = get_weighting_scheme("verifiable")(values=values, response_mask=mask,
-                                             rewards=torch.tensor([1.0, 0.0]))
-    assert res.weights.shape == (2, 6) and (res.weights[~mask] == 0).all()
-    assert res.weights[mask].mean().item() == pytest.approx(1.0)
-    assert {"advantages", "returns"} <= set(res.extras) and "weights/entropy" in res.metrics
-    labels, ref, pol = hand_case()
-    assert get_weighting_scheme("rho1")(policy_losses=pol, ref_losses=ref, labels=labels).weights.shape == pol.shape
-    with pytest.raises(ValueError, match="allowed"):
-        get_weighting_scheme("critic")
-    with pytest.raises(ValueError, match="already registered"):
-        register_weighting_scheme("rho1")(lambda **_: None)

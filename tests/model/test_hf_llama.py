@@ -97,7 +97,8 @@ def _mtp_model():
 def test_hf_export_round_trips_head_1(tmp_path, max_shard_bytes):
     """Head 1 of a 3-head model exported as HF LLaMA: the HF import and transformers both read
     back the same logits as head 1 (identical for the import, the inverse permutation exactly)."""
-    from wmtp.model.checkpoint import iter_full_tensors, save_hf_llama
+    from wmtp.model.checkpoint import save_hf_llama
+    from wmtp.parallel.gather import iter_full_tensors
 
     model = _mtp_model()
     folder = save_hf_llama(iter_full_tensors(model), model.args, tmp_path / "hf", max_shard_bytes=max_shard_bytes)
@@ -119,8 +120,8 @@ def test_export_writes_meta_and_hf_beside_the_wmtp_export(tmp_path):
     """`export_model` with `train.export_formats=[meta, hf]`: `export/meta` (Meta layout) and
     `export/hf` (HF LLaMA of head 1) read back with the model's logits."""
     from wmtp.config.loader import load_config
+    from wmtp.parallel.export import export_model
     from wmtp.parallel.reduce import DistEnv
-    from wmtp.recipes.components import export_model
 
     model = _mtp_model()
     cfg = load_config(overrides=[f"run.output_dir={tmp_path}", "run.name=x", "train.export_formats=[meta,hf]"])
@@ -136,8 +137,9 @@ def _sharded_export(rank: int, world_size: int, folder: str) -> dict:
     held at once (proof that gathering is one tensor at a time)."""
     from pathlib import Path
 
-    from wmtp.model.checkpoint import iter_full_tensors, save_hf_llama
+    from wmtp.model.checkpoint import save_hf_llama
     from wmtp.parallel.fsdp import apply_fsdp
+    from wmtp.parallel.gather import iter_full_tensors
 
     model = _mtp_model()
     apply_fsdp(model, mixed_precision=False)

@@ -11,7 +11,7 @@ from wmtp.config.loader import load_config
 from wmtp.model.args import PRESETS
 from wmtp.model.checkpoint import ModelIdentityError, save_meta_checkpoint
 from wmtp.model.transformer import build_model
-from wmtp.recipes import components as C
+from wmtp.parallel.build import build_policy, policy_args
 
 
 @pytest.fixture
@@ -36,20 +36,20 @@ TOKENS = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0)
 def test_fewer_heads_drop_the_extra_heads(meta_4_heads):
     model, folder = meta_4_heads
     cfg = _cfg(folder, "model.n_future_tokens=1")
-    args = C.policy_args(cfg)
+    args = policy_args(cfg)
     assert (args.n_future_tokens, args.n_layers, args.n_trunk_layers) == (1, 3, 3)
-    policy = C.build_policy(cfg, None, torch.device("cpu"))
+    policy = build_policy(cfg, None, torch.device("cpu"))
     assert policy.n_heads == 1 and len(policy.extra_heads) == 0
     # Head 1 is untouched: its logits equal the 4-head model's head 1.
     assert torch.equal(_logits(policy, TOKENS)[:, :, 0], _logits(model, TOKENS)[:, :, 0])
 
-    two = C.build_policy(_cfg(folder, "model.n_future_tokens=2"), None, torch.device("cpu"))
+    two = build_policy(_cfg(folder, "model.n_future_tokens=2"), None, torch.device("cpu"))
     assert torch.equal(_logits(two, TOKENS), _logits(model, TOKENS)[:, :, :2])
 
 
 def test_more_heads_start_from_the_last_trunk_block(meta_4_heads):
     model, folder = meta_4_heads
-    policy = C.build_policy(_cfg(folder, "model.n_future_tokens=6"), None, torch.device("cpu"))
+    policy = build_policy(_cfg(folder, "model.n_future_tokens=6"), None, torch.device("cpu"))
     assert policy.n_heads == 6 and policy.args.n_layers == 8 and policy.args.n_trunk_layers == 3
     logits, ref = _logits(policy, TOKENS), _logits(model, TOKENS)
     assert torch.equal(logits[:, :, :4], ref)
@@ -61,8 +61,8 @@ def test_more_heads_start_from_the_last_trunk_block(meta_4_heads):
 def test_no_override_loads_the_checkpoint_as_it_is(meta_4_heads):
     model, folder = meta_4_heads
     cfg = _cfg(folder, "model.preset=micro")  # the preset does not shape a checkpointed model
-    assert C.policy_args(cfg) == model.args.replace(max_seq_len=2048)
-    assert C.policy_args(_cfg(folder, "model.params.max_seq_len=128")).max_seq_len == 128
+    assert policy_args(cfg) == model.args.replace(max_seq_len=2048)
+    assert policy_args(_cfg(folder, "model.params.max_seq_len=128")).max_seq_len == 128
 
 
 @pytest.mark.parametrize("override, message", [
@@ -73,14 +73,14 @@ def test_no_override_loads_the_checkpoint_as_it_is(meta_4_heads):
 def test_other_shape_conflicts_are_named_errors(meta_4_heads, override, message):
     _, folder = meta_4_heads
     with pytest.raises(ModelIdentityError, match=message):
-        C.policy_args(_cfg(folder, override))
+        policy_args(_cfg(folder, override))
 
 
 def test_both_values_of_every_conflict_are_listed(meta_4_heads):
     _, folder = meta_4_heads
     with pytest.raises(ModelIdentityError, match=r"dim: config 64, checkpoint 32; vocab_size: config 99, "
                                                  r"checkpoint 64"):
-        C.policy_args(_cfg(folder, "model.params.dim=64", "model.params.vocab_size=99"))
+        policy_args(_cfg(folder, "model.params.dim=64", "model.params.vocab_size=99"))
 
 
 def test_dry_run_reads_the_checkpoint(meta_4_heads, capsys):
@@ -99,6 +99,6 @@ def test_dry_run_reads_the_checkpoint(meta_4_heads, capsys):
 
 def test_the_run_logs_the_final_shapes(meta_4_heads, capsys):
     _, folder = meta_4_heads
-    C.build_policy(_cfg(folder, "model.n_future_tokens=1"), None, torch.device("cpu"))
+    build_policy(_cfg(folder, "model.n_future_tokens=1"), None, torch.device("cpu"))
     assert (f"[wmtp] policy from {folder}: dim=32 n_layers=3 (trunk 2 + 1 head(s))"
             in capsys.readouterr().out)

@@ -10,13 +10,14 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from tests.orchestration.helpers import short_config
-from tests.recipes.harness import REPO
 from tests.orchestration.toy_recipe import ToyRecipeBuilder
+from tests.recipes.harness import REPO
 from wmtp.config.loader import ConfigError
 from wmtp.config.schema import WMTPConfig
 from wmtp.config.tune import TuneSpace, load_tune_space
+from wmtp.config.update import update_config
 from wmtp.orchestration import commands
-from wmtp.orchestration.tune import apply_dotted, build_scheduler, run_tune, to_search_space
+from wmtp.orchestration.tune import build_scheduler, run_tune, to_search_space
 
 
 def test_shipped_space_converts_to_ray_tune_samplers():
@@ -39,12 +40,12 @@ def test_shipped_space_converts_to_ray_tune_samplers():
 
 
 def test_trial_values_are_applied_and_validated():
-    cfg = apply_dotted(WMTPConfig(), {"stage2.value_weighting.weight_temperature": 0.5, "train.steps": 7})
+    cfg = update_config(WMTPConfig(), {"stage2.value_weighting.weight_temperature": 0.5, "train.steps": 7}, "tune trial")
     assert cfg.stage2.value_weighting.weight_temperature == 0.5 and cfg.train.steps == 7
     with pytest.raises(ConfigError, match="weight_temperature"):
-        apply_dotted(WMTPConfig(), {"stage2.value_weighting.weight_temperature": -1.0})
+        update_config(WMTPConfig(), {"stage2.value_weighting.weight_temperature": -1.0}, "tune trial")
     with pytest.raises(ConfigError, match="no section"):
-        apply_dotted(WMTPConfig(), {"nope.lr": 1.0})
+        update_config(WMTPConfig(), {"nope.lr": 1.0}, "tune trial")
 
 
 def test_tune_command_is_registered_with_config_flags():

@@ -23,9 +23,9 @@ def _critic():
 def _rank(rank: int, world_size: int, out: str) -> dict:
     from tests.recipes.harness import recipe_config
     from wmtp.model.weight_sync import weight_sync_cost
+    from wmtp.parallel.export import export_model
     from wmtp.parallel.fsdp import apply_fsdp
     from wmtp.parallel.reduce import DistEnv
-    from wmtp.recipes.components import export_model
     from wmtp.recipes.experience import CriticSnapshot
 
     critic = apply_fsdp(_critic(), mixed_precision=False)

@@ -1,4 +1,4 @@
-"""Build on the meta device → FSDP2 → load (`wmtp.parallel.materialize`, `components.policy_model`
+"""Build on the meta device → FSDP2 → load (`wmtp.parallel.materialize`, `wmtp.parallel.build.policy_model`
 / `critic_model`): on 2 gloo ranks, every full tensor after gathering equals what one process
 builds — from a Meta consolidated checkpoint (fewer and more heads too), a tiny HF LLaMA, a
 critic checkpoint, the seeded init (flat mesh and HSDP), and a seeded critic started from the
@@ -21,9 +21,10 @@ from wmtp.model.checkpoint import (
 )
 from wmtp.model.transformer import build_model
 from wmtp.model.value import build_value_model, value_args_from_policy
+from wmtp.parallel.build import build_critic, build_policy, critic_model, is_fsdp_sharded, policy_model
 from wmtp.parallel.gather import gather_state_dict
 from wmtp.parallel.materialize import load_host_bytes
-from wmtp.recipes import components as C
+from wmtp.parallel.reduce import process_layout
 
 ARGS = PRESETS["tiny"].replace(n_layers=6, n_future_tokens=4)  # 3 trunk blocks + 3 extra heads
 # Big enough (≈ 60 M parameters, 230 MiB fp32) for its load to stand out of the resident set.
@@ -79,14 +80,14 @@ def _peak_rss_bytes(reset: bool = False) -> int:
 
 
 def _rank(rank, world_size, folders):
-    layout = C.process_layout()
+    layout = process_layout()
     out = {}
 
     # Host memory, measured: the peak resident set grows by what loading holds. On CPU the shards
     # are host memory too.
     before = _peak_rss_bytes(reset=True)
     cfg = load_config(overrides=[f"model.checkpoint={folders['big']}", "data.max_seq_len=32"])
-    big = C.policy_model(cfg, None, layout)
+    big = policy_model(cfg, None, layout)
     out["rss_growth"] = _peak_rss_bytes() - before
     out["shard_bytes"] = sum(p.to_local().numel() * p.element_size() for p in big.parameters())
     del big
@@ -94,19 +95,19 @@ def _rank(rank, world_size, folders):
     # Seeded policy (flat mesh, then HSDP 2 x 1): today's one-process seeded init.
     for name, extra in (("seeded", []), ("seeded_hsdp", ["orchestration.fsdp_replicas=2", "orchestration.storage_path=/tmp/shared"])):
         cfg = _cfg(*extra)
-        policy = C.policy_model(cfg, None, layout)
-        assert C.is_fsdp_sharded(policy)
-        out[name] = _equal(policy, C.build_policy(cfg, None, torch.device("cpu")))
+        policy = policy_model(cfg, None, layout)
+        assert is_fsdp_sharded(policy)
+        out[name] = _equal(policy, build_policy(cfg, None, torch.device("cpu")))
 
     # A seeded critic started from the policy trunk, and one that is not.
     cfg = _cfg("train.activation_checkpointing=true")
-    policy = C.policy_model(cfg, None, layout)
-    ref_policy = C.build_policy(cfg, None, torch.device("cpu"))
-    critic = C.critic_model(cfg, policy.args, layout, policy)
-    out["critic_from_policy"] = _equal(critic, C.build_critic(cfg, ref_policy.args, torch.device("cpu"), ref_policy))
+    policy = policy_model(cfg, None, layout)
+    ref_policy = build_policy(cfg, None, torch.device("cpu"))
+    critic = critic_model(cfg, policy.args, layout, policy)
+    out["critic_from_policy"] = _equal(critic, build_critic(cfg, ref_policy.args, torch.device("cpu"), ref_policy))
     cfg = _cfg("value_model.init_from_policy=false", "value_model.head=mlp")
-    critic = C.critic_model(cfg, policy.args, layout, policy, requires_grad=False)
-    out["critic_seeded"] = _equal(critic, C.build_critic(cfg, ref_policy.args, torch.device("cpu"), ref_policy))
+    critic = critic_model(cfg, policy.args, layout, policy, requires_grad=False)
+    out["critic_seeded"] = _equal(critic, build_critic(cfg, ref_policy.args, torch.device("cpu"), ref_policy))
     out["critic_frozen"] = not any(p.requires_grad for p in critic.parameters())
 
     # Checkpoints: Meta (4 heads, then 2 and 6 heads), HF LLaMA, a critic. Only rank 0 reads weights.
@@ -114,19 +115,19 @@ def _rank(rank, world_size, folders):
     for name, folder, extra in (("meta", folders["meta"], []), ("meta_fewer", folders["meta"], ["model.n_future_tokens=2"]),
                                 ("meta_more", folders["meta"], ["model.n_future_tokens=6"]), ("hf", folders["hf"], [])):
         cfg = load_config(overrides=[f"model.checkpoint={folder}", "data.max_seq_len=32", *extra])
-        policy, files = _files_opened(lambda cfg=cfg: C.policy_model(cfg, None, layout), folders["root"])
+        policy, files = _files_opened(lambda cfg=cfg: policy_model(cfg, None, layout), folders["root"])
         opened += files
-        out[name] = _equal(policy, C.build_policy(cfg, None, torch.device("cpu")))
+        out[name] = _equal(policy, build_policy(cfg, None, torch.device("cpu")))
     cfg = load_config(overrides=[f"value_model.checkpoint={folders['critic']}", "data.max_seq_len=32"])
-    critic, files = _files_opened(lambda: C.critic_model(cfg, ARGS, layout), folders["root"])
+    critic, files = _files_opened(lambda: critic_model(cfg, ARGS, layout), folders["root"])
     opened += files
-    out["critic_checkpoint"] = _equal(critic, C.build_critic(cfg, ARGS, torch.device("cpu")))
+    out["critic_checkpoint"] = _equal(critic, build_critic(cfg, ARGS, torch.device("cpu")))
     out["opened"] = opened
 
     # A setting the checkpoint contradicts is refused on every rank (rank 0 reads, all raise).
     cfg = load_config(overrides=[f"model.checkpoint={folders['meta']}", "data.max_seq_len=32", "model.params.dim=64"])
     with pytest.raises(ModelIdentityError, match="dim: config 64"):
-        C.policy_model(cfg, None, layout)
+        policy_model(cfg, None, layout)
     return out
 
 

@@ -13,8 +13,8 @@ from types import SimpleNamespace
 import torch
 
 from wmtp.data.collator import Batch
+from wmtp.evaluation.metrics import final_values, roc_auc
 from wmtp.parallel.reduce import DistEnv
-from wmtp.recipes import components as C
 from wmtp.recipes.critic import CriticRecipe
 
 # rows: correct, correct, incorrect, incorrect; scores at e−1: 0.9, 0.4, 0.6, 0.1
@@ -49,11 +49,11 @@ class HandCritic(torch.nn.Module):
 
 def test_final_values_reads_the_last_trained_state():
     batch = hand_batch()
-    finals = C.final_values(HandCritic()(batch.tokens), batch)
+    finals = final_values(HandCritic()(batch.tokens), batch)
     assert torch.equal(finals, SCORES)
-    assert C.roc_auc(finals, CORRECT) == 0.75
+    assert roc_auc(finals, CORRECT) == 0.75
     untrained = HandCritic()(batch.tokens).gather(1, END[:, None]).squeeze(1)
-    assert C.roc_auc(untrained, CORRECT) == 0.25  # what the EOS position would have reported
+    assert roc_auc(untrained, CORRECT) == 0.25  # what the EOS position would have reported
 
 
 def test_critic_recipe_validation_scores_trained_positions():

@@ -12,8 +12,10 @@ import torch
 
 from tests.recipes.harness import recipe_config
 from wmtp.data.errors import DataError
+from wmtp.data.streams import load_data, train_stream
 from wmtp.model.value import value_args_from_policy
-from wmtp.recipes import components as C
+from wmtp.parallel.build import build_policy
+from wmtp.parallel.reduce import process_layout
 from wmtp.recipes.experience import ExperienceFeed, ExperienceSpec, LearnerScorer, build_scoring_model
 
 
@@ -38,13 +40,13 @@ def roundtrip(state: dict) -> dict:
 
 def test_restored_feed_gives_the_scored_ahead_batches_with_their_scores(tmp_path):
     cfg = recipe_config("verifiable", tmp_path)
-    layout = C.process_layout(False)
-    data = C.load_data(cfg)
-    args = value_args_from_policy(C.build_policy(cfg, data.tokenizer.vocab_size, layout.device).args)
+    layout = process_layout(False)
+    data = load_data(cfg)
+    args = value_args_from_policy(build_policy(cfg, data.tokenizer.vocab_size, layout.device).args)
 
     def stream(seed: int = cfg.run.seed):
-        return C.train_stream(data.train, cfg.model_copy(update={"run": cfg.run.model_copy(update={"seed": seed})}),
-                              layout, samples="all")
+        return train_stream(data.train, cfg.model_copy(update={"run": cfg.run.model_copy(update={"seed": seed})}),
+                            layout, samples="all")
 
     first = ExperienceFeed(stream(), scorer(args, seed=1, version=0), queue_depth=2)
     first.next()

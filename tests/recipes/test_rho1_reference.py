@@ -16,9 +16,10 @@ from tests.recipes.learner_runs import fingerprint, train
 
 def reference_export(folder: Path, output_dir: Path) -> Path:
     """A one-head reference of the tiny policy's shapes (what ref_tuning exports), seeded."""
+    from wmtp.data.streams import load_data
     from wmtp.model.checkpoint import save_model
     from wmtp.model.transformer import build_model
-    from wmtp.recipes.components import load_data, policy_args
+    from wmtp.parallel.build import policy_args
 
     cfg = recipe_config("rho1_weighted", output_dir)
     args = policy_args(cfg, load_data(cfg).tokenizer.vocab_size).replace(n_future_tokens=1)
@@ -27,8 +28,8 @@ def reference_export(folder: Path, output_dir: Path) -> Path:
 
 
 def rank_reference(rank: int, world_size: int, reference: str, output_dir: str) -> dict:
+    from wmtp.parallel.reduce import process_layout
     from wmtp.recipes import build_recipe
-    from wmtp.recipes.components import process_layout
     from wmtp.tracking.base import NullLogger
 
     cfg = recipe_config("rho1_weighted", output_dir, f"rho1.reference={reference}", "orchestration.fsdp=true")

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from wmtp.config.fields import field_at, section_at
 from wmtp.config.schema import WMTPConfig
 from wmtp.errors import WMTPUserError
 
@@ -214,34 +215,6 @@ def parse_override(text: str) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------
 # Validation errors that name the key path, the value, the allowed values and the layer.
-def _section_at(loc: Sequence[Any], root: type[BaseModel] = WMTPConfig) -> type[BaseModel] | None:
-    """The pydantic model class reached by walking field names `loc` from `root`."""
-    cls: Any = root
-    for part in loc:
-        if not (isinstance(cls, type) and issubclass(cls, BaseModel)) or part not in cls.model_fields:
-            return None
-        cls = _unwrap_model(cls.model_fields[part].annotation)
-    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
-
-
-def _unwrap_model(annotation: Any) -> Any:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
-    return annotation
-
-
-def _field_info(loc: Sequence[Any], root: type[BaseModel] = WMTPConfig):
-    if not loc:
-        return None
-    parent = _section_at(loc[:-1], root)
-    if parent is None or loc[-1] not in parent.model_fields:
-        return None
-    return parent.model_fields[loc[-1]]
-
-
 def _allowed_values(annotation: Any) -> list[Any] | None:
     if get_origin(annotation) is Literal:
         return list(get_args(annotation))
@@ -289,7 +262,7 @@ def format_validation_error(err: ValidationError, origins: Mapping[str, str] | N
         where = f" [set in {src}]" if src else ""
         if item["type"] == "extra_forbidden":
             parent = loc[:-1]
-            section = _section_at(parent, root)
+            section = section_at(parent, root)
             allowed = sorted(section.model_fields) if section else []
             under = f"under {'.'.join(map(str, parent))}" if parent else "at the top level"
             close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
@@ -299,7 +272,7 @@ def format_validation_error(err: ValidationError, origins: Mapping[str, str] | N
             shown = ", ".join(leaves[:5]) + (f" (+{len(leaves) - 5} more)" if len(leaves) > 5 else "")
             lines.append(f"unknown key {shown}{where}; allowed keys {under}: {', '.join(allowed)}{hint}")
             continue
-        field = _field_info([p for p in loc if isinstance(p, str)], root)
+        field = field_at([p for p in loc if isinstance(p, str)], root)
         allowed = []
         if field is not None:
             choices = _allowed_values(field.annotation)

@@ -13,13 +13,10 @@ from typing import Any, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
+from wmtp.config.fields import section_of
 from wmtp.config.schema import WMTPConfig
 
 START, END = "<!-- reference:start -->", "<!-- reference:end -->"
-
-
-def _is_section(annotation: Any) -> bool:
-    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
 def _type_text(annotation: Any) -> str:
@@ -49,21 +46,12 @@ def _bounds(field) -> str:
     return ", ".join(parts)
 
 
-def iter_fields(cls: type[BaseModel] = WMTPConfig, prefix: str = ""):
-    """Yield `(dotted_key, field)` for every leaf field, depth first in schema order."""
-    for name, field in cls.model_fields.items():
-        if _is_section(field.annotation):
-            yield from iter_fields(field.annotation, f"{prefix}{name}.")
-        else:
-            yield f"{prefix}{name}", field
-
-
 def render_reference() -> str:
     """Markdown: one table per section (`key | type | default | allowed | description`)."""
     out = [START, ""]
 
     def section(cls: type[BaseModel], prefix: str, title: str, description: str) -> None:
-        leaves = [(n, f) for n, f in cls.model_fields.items() if not _is_section(f.annotation)]
+        leaves = [(n, f) for n, f in cls.model_fields.items() if section_of(f.annotation) is None]
         if leaves:
             out.append(f"### `{title}`" + (f": {description}" if description else ""))
             out.append("")
@@ -76,8 +64,8 @@ def render_reference() -> str:
                 out.append("| " + " | ".join(cells) + " |")
             out.append("")
         for name, field in cls.model_fields.items():
-            if _is_section(field.annotation):
-                section(field.annotation, f"{prefix}{name}.", f"{prefix}{name}", field.description or "")
+            if (sub := section_of(field.annotation)) is not None:
+                section(sub, f"{prefix}{name}.", f"{prefix}{name}", field.description or "")
 
     section(WMTPConfig, "", "(top level)", "")
     out.append(END)

@@ -38,10 +38,10 @@ class BundledData:
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("WMTP_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "wmtp"
+    """`cache_dir`, else wmtp's cache root (`wmtp.storage.s3.cache_root`)."""
+    from wmtp.storage.s3 import cache_root as wmtp_cache_root
+
+    return Path(cache_dir) if cache_dir is not None else wmtp_cache_root()
 
 
 def _paths(root: Path, stats: dict) -> BundledData:

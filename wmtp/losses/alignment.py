@@ -71,8 +71,15 @@ def align_target_weights(weights: Tensor, n_heads: int) -> Tensor:
     return torch.stack([_shift_left(weights, k, 0) for k in range(1, n_heads + 1)], dim=-1)
 
 
+def to_next_token(x: Tensor) -> Tensor:
+    """Position-indexed → target-indexed: `[B, S]` → `[B, S]`, `out[:, j] = x[:, j-1]` (0 at j=0).
+    What position t computes about token t+1 (head 1's loss or weight, the critic's value of the
+    prefix `x_{≤t}`) moves to index t+1. Gradients flow through."""
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+
+
 def state_values(values: Tensor) -> Tensor:
     """Value of the state before each token: `[B, S]` → `[B, S]`, `out[:, j] = values[:, j-1]`
     (0 at j=0). GAE and the value losses index everything on response tokens j, whose state is
     the prefix `x_{<j}` scored by the critic at position j-1. Gradients flow through."""
-    return torch.cat([torch.zeros_like(values[:, :1]), values[:, :-1]], dim=1)
+    return to_next_token(values)

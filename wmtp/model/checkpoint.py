@@ -114,8 +114,8 @@ def read_checkpoint(path: str | Path) -> tuple[ModelArgs, dict[str, Tensor]]:
 
 
 def save_model(model: nn.Module, path: str | Path) -> Path:
-    """Write `params.json` + `model.safetensors`. Under FSDP every rank must call it (it gathers);
-    rank 0 writes."""
+    """Write `params.json` + `model.safetensors` of an unsharded model (`wmtp.parallel.export`
+    gathers a sharded one onto rank 0 first)."""
     model = _unwrap(model)
     if not isinstance(model, Transformer):
         raise TypeError(f"save_model expects a Transformer, got {type(model).__name__} (use save_value_model)")
@@ -576,23 +576,12 @@ def hf_key(key: str, args: ModelArgs, tensor: Tensor) -> tuple[str, Tensor] | No
     return f"model.layers.{m[1]}.{_META_TO_HF[m[2]]}.weight", tensor
 
 
-def iter_full_tensors(model: nn.Module):
-    """(key, full CPU tensor) of `model`'s state dict, one at a time: an FSDP2-sharded parameter
-    is gathered (`DTensor.full_tensor`, a collective every rank must join, in the same order)
-    just before it is yielded, so no rank ever holds more than one gathered tensor."""
-    from torch.distributed.tensor import DTensor
-
-    for key, value in _unwrap(model).state_dict().items():
-        full = value.full_tensor() if isinstance(value, DTensor) else value
-        yield key, full.detach().to("cpu")
-
-
 def save_hf_llama(tensors, args: ModelArgs, path: str | Path, *, dtype: torch.dtype | None = None,
                   max_shard_bytes: int = 2 << 30, write: bool = True) -> Path:
     """Write head 1 of a Meta-layout model as an HF LLaMA folder: `config.json` + safetensors
     shards (+ `model.safetensors.index.json` when there is more than one). `tensors` is an
-    iterable of (Meta key, tensor), e.g. `iter_full_tensors(model)`: each is converted and
-    buffered until a shard reaches `max_shard_bytes`, so host memory stays at one shard plus one
+    iterable of (Meta key, tensor), e.g. `wmtp.parallel.gather.iter_full_tensors(model)`: each is
+    converted and buffered until a shard reaches `max_shard_bytes`, so host memory stays at one shard plus one
     tensor. `write=False` (other ranks of a sharded model) consumes the iterable and writes
     nothing. An MTP model's extra heads are dropped: the result is the NTP model of head 1.
     `load_model` (and transformers' LlamaForCausalLM) read it back with the same head-1 logits."""
@@ -688,13 +677,8 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 
 def _full_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """Full, unsharded CPU tensors (gathers DTensor shards under FSDP2: a collective)."""
-    from torch.distributed.tensor import DTensor
-
-    if any(isinstance(p, DTensor) for p in model.parameters()):
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    """CPU tensors of an unsharded model (a sharded one is gathered first, one tensor at a time, by
+    `wmtp.parallel.export.export_model`)."""
     return {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
 
 
@@ -717,7 +701,7 @@ def _write(path: str | Path, args: ModelArgs, state: dict[str, Tensor], extra: d
 
 
 __all__ = [
-    "CheckpointError", "ModelIdentityError", "hf_config", "hf_permute", "iter_full_tensors", "save_hf_llama", "adapt_heads", "describe_args", "read_checkpoint_args",
+    "CheckpointError", "ModelIdentityError", "hf_config", "hf_permute", "save_hf_llama", "adapt_heads", "describe_args", "read_checkpoint_args",
     "reconcile_args", "check_state_dict", "hf_unpermute", "load_model", "load_value_model", "read_checkpoint",
     "read_model_state", "read_value_args", "read_value_state",
     "save_meta_checkpoint", "save_model", "save_value_model",

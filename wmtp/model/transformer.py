@@ -4,7 +4,7 @@ Layout (docs/MODEL.md): `tok_embeddings` → `layers[0..T-2]` (the shared trunk)
 `layers[T-1]`, heads 2..H are `extra_heads[0..H-2]`; every head is one transformer block fed the
 trunk output, then the shared `norm` and `output`. Head k at position t predicts token t+k.
 
-This file says *what* the model is; FSDP2, activation checkpointing and compile are applied from
+This file says *what* the model is; FSDP2 and activation checkpointing are applied from
 outside (`wmtp/parallel/`).
 """
 

@@ -68,13 +68,13 @@ def _needs_stage(cfg: WMTPConfig) -> str | None:
 
 
 def _with_stage_outputs(cfg: WMTPConfig, exports: dict[str, str]) -> WMTPConfig:
-    from wmtp.recipes.components import replace_config
+    from wmtp.config.update import update_config
 
     stage = _needs_stage(cfg)
     if stage == "critic":
-        return replace_config(cfg, value_model={"checkpoint": exports["critic"]})
+        return update_config(cfg, {"value_model.checkpoint": exports["critic"]}, "study stage outputs")
     if stage == "ref_tuning":
-        return replace_config(cfg, rho1={"reference": exports["ref_tuning"]})
+        return update_config(cfg, {"rho1.reference": exports["ref_tuning"]}, "study stage outputs")
     return cfg
 
 
@@ -175,13 +175,14 @@ def study_trial(params: dict[str, Any], *, configs: dict[str, dict], plan: EvalP
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from wmtp.config.paths import write_resolved_config
+    from wmtp.config.update import update_config
     from wmtp.evaluation.study_metrics import measure_run
     from wmtp.orchestration.launch import build_trainer
-    from wmtp.recipes.components import replace_config
 
     method, seed = params["method"], int(params["seed"])
     cfg = WMTPConfig.model_validate(configs[method])
-    cfg = replace_config(cfg, run={"seed": seed, "name": cfg.run.name.rsplit("-s", 1)[0] + f"-s{seed}"})
+    cfg = update_config(cfg, {"run.seed": seed, "run.name": cfg.run.name.rsplit("-s", 1)[0] + f"-s{seed}"},
+                        "study seed")
     done = run_dir(cfg) / MEASURES_FILE
     if done.is_file():
         measures = RunMeasures.from_json(json.loads(done.read_text()))
@@ -329,12 +330,13 @@ def report_only(spec: StudySpec, *, output_dir: str | None = None, results: str 
 
 def collect(plan: StudyPlan) -> tuple[list[RunMeasures], list[str]]:
     """The measures of every (method, seed) run found on disk; names of those without."""
-    from wmtp.recipes.components import replace_config
+    from wmtp.config.update import update_config
 
     runs, missing = [], []
     for _method, cfg in plan.configs.items():
         for seed in plan.spec.seeds:
-            c = replace_config(cfg, run={"seed": seed, "name": cfg.run.name.rsplit("-s", 1)[0] + f"-s{seed}"})
+            c = update_config(cfg, {"run.seed": seed, "run.name": cfg.run.name.rsplit("-s", 1)[0] + f"-s{seed}"},
+                              "study seed")
             path = run_dir(c) / MEASURES_FILE
             if path.is_file():
                 from wmtp.evaluation.study_metrics import drop_empty_validation

@@ -166,7 +166,7 @@ def write_results(report: Any, path: str | Path, *, command: str) -> Path:
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     png = out.with_name(f"results_{spec.name}.png")
-    from wmtp.recipes.components import GENERATE_EVAL_TASKS
+    from wmtp.evaluation.metrics import GENERATE_EVAL_TASKS
 
     plot_curves(report.runs, [("val/ce", "validation CE (head 1)"),
                               ("eval/pass_at_1", f"pass@1 (greedy, {GENERATE_EVAL_TASKS} validation tasks)")],

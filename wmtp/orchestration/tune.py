@@ -34,10 +34,11 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import BasicVariantGenerator
 
-from wmtp.config.loader import ConfigError, validate_config
+from wmtp.config.loader import ConfigError
 from wmtp.config.paths import run_name
 from wmtp.config.schema import WMTPConfig
 from wmtp.config.tune import AshaScheduler, Choice, LogUniform, RandInt, TuneSpace, Uniform
+from wmtp.config.update import update_config
 from wmtp.orchestration.console import trial_status_callback
 from wmtp.orchestration.launch import RecipeBuilder, build_trainer, run_training, with_absolute_paths
 from wmtp.orchestration.ray_runtime import ensure_ray, remove_orphaned_placement_groups
@@ -69,21 +70,6 @@ def build_scheduler(space: TuneSpace) -> TrialScheduler:
         return ASHAScheduler(time_attr="training_iteration", metric=space.metric, mode=space.mode,
                              max_t=s.max_t, grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     return FIFOScheduler()
-
-
-def apply_dotted(cfg: WMTPConfig, values: Mapping[str, Any]) -> WMTPConfig:
-    """`cfg` with dotted-key values set (validated once; errors name the key)."""
-    tree = cfg.model_dump(mode="json")
-    for key, value in values.items():
-        node = tree
-        *sections, leaf = key.split(".")
-        for part in sections:
-            if not isinstance(node.get(part), dict):
-                raise ConfigError(f"tune: {key} does not name a config field (no section {part!r})")
-            node = node[part]
-        # numpy scalars from a search algorithm → Python values (the schema is strict about types)
-        node[leaf] = value.item() if type(value).__module__ == "numpy" and hasattr(value, "item") else value
-    return validate_config(tree)
 
 
 FATE_COMPLETED = "completed"
@@ -140,7 +126,7 @@ def _short(value: Any) -> str:
 def wmtp_tune_trial(params: dict[str, Any], *, base: dict[str, Any], fixed: dict[str, Any],
                     sweep: str, parent_run_id: str | None, recipe_builder: RecipeBuilder | None) -> None:
     """One trial: the base config + fixed + this trial's values, trained by one TorchTrainer."""
-    cfg = apply_dotted(WMTPConfig.model_validate(base), {**fixed, **params})
+    cfg = update_config(WMTPConfig.model_validate(base), {**fixed, **params}, "tune trial")
     cfg.run.name = f"{sweep}-{tune.get_context().get_trial_id()}"
     from wmtp.tracking.registry import trial_label
 
@@ -280,7 +266,7 @@ def write_best_config(given: WMTPConfig, space: TuneSpace, best: Mapping[str, An
     under run name `<run name>-best`."""
     from wmtp.config.loader import dump_config
 
-    cfg = apply_dotted(given, {**space.fixed, **best, **(inputs or {})})
+    cfg = update_config(given, {**space.fixed, **best, **(inputs or {})}, "tune best trial")
     cfg.run.name = f"{run_name(given)}-best"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(dump_config(cfg), encoding="utf-8")
@@ -362,7 +348,7 @@ def _fate(result: Any, metrics: Mapping[str, Any], status: str | None, space: Tu
     steps = None
     if base is not None:
         try:
-            steps = apply_dotted(base, {**space.fixed, **params}).train.steps
+            steps = update_config(base, {**space.fixed, **params}, "tune trial").train.steps
         except ConfigError:
             steps = None
     step = metrics.get("step")
@@ -399,4 +385,4 @@ class _ParentRun:
         self.logger.close()
 
 
-__all__ = ["run_tune", "to_search_space", "build_scheduler", "apply_dotted", "TuneSummary"]
+__all__ = ["run_tune", "to_search_space", "build_scheduler", "TuneSummary"]

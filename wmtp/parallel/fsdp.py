@@ -1,10 +1,9 @@
-"""How models are parallelised: activation checkpointing, compile and FSDP2, applied from outside
-the model in this order (torchtitan's `parallelize`):
+"""How models are parallelised: activation checkpointing and FSDP2, applied from outside the model
+in this order (torchtitan's `parallelize`):
 
 1. `apply_activation_checkpointing(model)`: per block, composable (hooks), so parameter names and
    state-dict keys do not change.
-2. `apply_compile(model)` (optional): `torch.compile` per block, in place (names unchanged).
-3. `apply_fsdp(model, ...)`: `fully_shard` per trunk block, per MTP head block (a value model: per
+2. `apply_fsdp(model, ...)`: `fully_shard` per trunk block, per MTP head block (a value model: per
    block and the value head), the root last.
 
 Gradient reduction is a **sum** over ranks (divide factor 1, SUM collectives): wmtp's losses
@@ -42,14 +41,6 @@ def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
 
     for block in transformer_blocks(model):
         checkpoint(block)
-    return model
-
-
-def apply_compile(model: nn.Module, **compile_kwargs) -> nn.Module:
-    """`torch.compile` each block in place (`nn.Module.compile`: names unchanged). Blocks share one
-    graph, so compile time does not grow with depth."""
-    for block in transformer_blocks(model):
-        block.compile(**compile_kwargs)
     return model
 
 
@@ -116,5 +107,5 @@ def fsdp_mesh(device_type: str, world_size: int, replicas: int = 1) -> DeviceMes
     return _MESHES[key]
 
 
-__all__ = ["apply_activation_checkpointing", "apply_compile", "apply_fsdp", "fsdp_mesh", "transformer_blocks",
+__all__ = ["apply_activation_checkpointing", "apply_fsdp", "fsdp_mesh", "transformer_blocks",
            "uses_mixed_precision"]

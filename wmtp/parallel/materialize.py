@@ -1,7 +1,7 @@
 """Build on the meta device, then shard, then load: how a distributed FSDP2 run gets its models.
 
 1. The model is created on the meta device (shapes only, no memory).
-2. Activation checkpointing and FSDP2 are applied to it (`components.shard_model`): the
+2. Activation checkpointing and FSDP2 are applied to it (`wmtp.parallel.build.shard_model`): the
    parameters become DTensors of meta shards.
 3. `to_empty(device)` allocates this rank's shards only (1/N of the model per rank).
 4. `load_full_tensors`: rank 0 produces the full tensors one at a time, in state-dict order —

@@ -81,9 +81,68 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return tensor
 
 
-def global_sum(tensor: Tensor) -> Tensor:
-    """Sum over ranks of a copy (the input is untouched; autograd does not flow through it)."""
+def process_layout(use_gpu: bool = False) -> DistEnv:
+    """This process's rank, world size and device: the GPU of `LOCAL_RANK` when asked for and
+    present, else the CPU."""
+    env = DistEnv.from_env("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+    return env
+
+
+def global_sum(tensor: Tensor, layout: DistEnv | None = None) -> Tensor:
+    """Sum over ranks of a copy (the input is untouched; autograd does not flow through it).
+    With the `layout` of one process: `tensor` itself. Float64/long stay exact."""
+    if layout is not None and not layout.distributed:
+        return tensor
     return all_reduce_sum(tensor.detach().clone())
+
+
+def reduce_fn(layout: DistEnv):
+    """The `reduce_fn` callback of the weighting math (None when there is nothing to reduce)."""
+    return (lambda t: global_sum(t, layout)) if layout.distributed else None
+
+
+def reduce_max_fn(layout: DistEnv):
+    """All-reduce MAX of a copy (the weighting math's `reduce_max_fn`; None in one process)."""
+    return global_max if layout.distributed else None
+
+
+def global_max_value(x: float, layout: DistEnv) -> float:
+    """The largest `x` over ranks (a host number, e.g. the stalest micro-batch of the step)."""
+    if not layout.distributed:
+        return float(x)
+    t = torch.tensor([float(x)], dtype=torch.float64, device=layout.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
+
+
+def per_rank_values(values: dict[str, Tensor | float], layout: DistEnv) -> dict[str, Tensor]:
+    """Every rank's `values` (0-dim, this rank's own) under per-rank names `rank/<r>/<name>`, on
+    every rank (one all_gather of a float64 vector: every rank calls it, with the same keys).
+    `{}` in one process, where the global values are the rank's (docs/TRACKING.md lists them)."""
+    if not layout.distributed:
+        return {}
+    keys = list(values)
+    mine = torch.stack([torch.as_tensor(values[k], dtype=torch.float64, device=layout.device).reshape(())
+                        for k in keys])
+    parts = [torch.empty_like(mine) for _ in range(layout.world_size)]
+    dist.all_gather(parts, mine)
+    return {f"rank/{r}/{k}": parts[r][i] for r in range(layout.world_size) for i, k in enumerate(keys)}
+
+
+def gather_cat(x: Tensor, layout: DistEnv) -> Tensor:
+    """Concatenate a 1-D tensor from every rank (validation statistics such as AUC)."""
+    if not layout.distributed:
+        return x
+    sizes = [torch.zeros(1, dtype=torch.long, device=x.device) for _ in range(layout.world_size)]
+    dist.all_gather(sizes, torch.tensor([x.numel()], device=x.device))
+    n = max(int(s) for s in sizes)
+    padded = torch.zeros(n, dtype=x.dtype, device=x.device)
+    padded[:x.numel()] = x
+    parts = [torch.zeros_like(padded) for _ in range(layout.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([p[:int(s)] for p, s in zip(parts, sizes)])
 
 
 def global_mean(tensor: Tensor) -> Tensor:
@@ -105,6 +164,7 @@ def barrier() -> None:
 
 
 __all__ = [
-    "DistEnv", "all_reduce_sum", "barrier", "global_max", "global_mean", "global_sum",
-    "init_process_group_if_needed", "is_distributed", "rank", "world_size",
+    "DistEnv", "all_reduce_sum", "barrier", "gather_cat", "global_max", "global_max_value", "global_mean",
+    "global_sum", "init_process_group_if_needed", "is_distributed", "per_rank_values", "process_layout", "rank",
+    "reduce_fn", "reduce_max_fn", "world_size",
 ]

@@ -8,7 +8,7 @@ How (torchtitan's memory estimator, applied to a whole recipe):
   runs on fake CPU tensors with the GPU run's dtypes and policies: FSDP2's bf16 all-gathers and
   fp32 reduction (`wmtp.parallel.fsdp.GPU_POLICIES_ON_CPU`), bf16 autocast, fp32 masters;
 - the recipe is built by `wmtp.recipes.build_recipe` and its own `setup()` and `step()` run: the
-  same model building, sharding (`components.shard_model`), optimizers, scorer and losses as a
+  same model building, sharding (`wmtp.parallel.build.shard_model`), optimizers, scorer and losses as a
   training run — one path, not a copy;
 - `torch.distributed._tools.fsdp2_mem_tracker.FSDPMemTracker`, extended to several roots and
   optimizers (`RecipeMemTracker`), attributes every live storage to a category; the peak over the
@@ -99,7 +99,7 @@ def recipe_parts(recipe: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     by walking the recipe's attributes (a scorer's model, a reference, a snapshot...)."""
     from torch import nn
 
-    from wmtp.recipes.components import Trainable
+    from wmtp.training.step import Trainable
 
     trainables: dict[str, Trainable] = {}
     held: dict[str, nn.Module] = {}
@@ -170,7 +170,7 @@ def make_tracker(recipe: Any, actors: dict[str, Any] | None = None):
             MemTracker.__init__(self)  # FSDPMemTracker's own __init__ accepts one FSDP root only
             from torch.utils.weak import WeakIdKeyDictionary
 
-            from wmtp.recipes.components import is_fsdp_sharded
+            from wmtp.parallel.build import is_fsdp_sharded
 
             self.trainables, self.held = trainables, held
             sharded = [t.model for t in trainables.values() if is_fsdp_sharded(t.model)]
@@ -244,16 +244,17 @@ def make_tracker(recipe: Any, actors: dict[str, Any] | None = None):
             dev = snap.get(torch.device("cpu"), {})
             return {(k.value if isinstance(k, Enum) else k): v for k, v in dev.items()}
 
-    trainables, held = with_actors(*recipe_parts(recipe), actors)
+    trainables, held = recipe_parts(recipe)
+    held = with_actors(held, actors)
     actor_names = set(actors or {})
     return RecipeMemTracker(trainables, held)
 
 
-def with_actors(trainables: dict, held: dict, actors: dict[str, Any] | None) -> tuple[dict, dict]:
+def with_actors(held: dict, actors: dict[str, Any] | None) -> dict:
     """`held` with the experience actors' replicas under their own names (once each)."""
     actors = actors or {}
     ids = {id(m) for m in actors.values()}
-    return trainables, {**{k: m for k, m in held.items() if id(m) not in ids}, **actors}
+    return {**{k: m for k, m in held.items() if id(m) not in ids}, **actors}
 
 
 def storage_bytes(tensors) -> int:
@@ -275,7 +276,8 @@ def storage_bytes(tensors) -> int:
 def model_table(recipe: Any, actors: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     import torch
 
-    trainables, held = with_actors(*recipe_parts(recipe), actors)
+    trainables, held = recipe_parts(recipe)
+    held = with_actors(held, actors)
     out: dict[str, dict[str, Any]] = {}
     for path, t in trainables.items():
         states = [v for s in t.optimizer.state.values() for v in s.values()
@@ -361,13 +363,15 @@ def full_length_batch(batch_size: int, seq_len: int, vocab_size: int, device, co
 @contextlib.contextmanager
 def stand_ins(cfg, vocab_size: int):
     """Full-length batches from every `BatchStream`, data and checkpoints read as shapes only, and
-    `gather_cat` without its size exchange."""
+    `gather_cat` without its size exchange (recipes call `streams.load_data` and
+    `reduce.gather_cat` through their modules, so these module attributes are what they get)."""
+    from wmtp.data import streams
     from wmtp.data.collator import PairBatch
     from wmtp.model import checkpoint as ckpt
     from wmtp.model.args import ModelArgs
     from wmtp.model.transformer import build_model
     from wmtp.model.value import build_value_model
-    from wmtp.recipes import components as C
+    from wmtp.parallel import reduce
 
     seq = cfg.data.max_seq_len
 
@@ -405,7 +409,7 @@ def stand_ins(cfg, vocab_size: int):
 
     def load_data(cfg):
         data = ShapeOnlyData(cfg.data.max_seq_len, vocab_size)
-        return C.RecipeData(data.tokenizer, data, data)
+        return streams.RecipeData(data.tokenizer, data, data)
 
     def gather_cat(x, layout):
         # The real one exchanges sizes first (values a fake group does not carry): every rank is
@@ -427,9 +431,9 @@ def stand_ins(cfg, vocab_size: int):
         weights = [*folder.glob("*.safetensors"), *folder.glob("consolidated*.pth")]
         return params_of(folder) if (folder / "params.json").is_file() and not weights else real_read_args(path)
 
-    saved = (C.BatchStream.next, C.load_data, C.gather_cat, ckpt.load_model, ckpt.load_value_model,
+    saved = (streams.BatchStream.next, streams.load_data, reduce.gather_cat, ckpt.load_model, ckpt.load_value_model,
              ckpt.read_model_state, ckpt.read_value_state, ckpt.read_checkpoint_args)
-    C.BatchStream.next, C.load_data, C.gather_cat = next_batch, load_data, gather_cat
+    streams.BatchStream.next, streams.load_data, reduce.gather_cat = next_batch, load_data, gather_cat
     ckpt.load_model, ckpt.load_value_model = load_model, load_value_model
     ckpt.read_model_state, ckpt.read_value_state = read_model_state, read_value_state
     ckpt.read_checkpoint_args = read_checkpoint_args
@@ -449,7 +453,7 @@ def stand_ins(cfg, vocab_size: int):
         yield
     finally:
         DeviceMesh.__getitem__ = getitem
-        (C.BatchStream.next, C.load_data, C.gather_cat, ckpt.load_model, ckpt.load_value_model,
+        (streams.BatchStream.next, streams.load_data, reduce.gather_cat, ckpt.load_model, ckpt.load_value_model,
          ckpt.read_model_state, ckpt.read_value_state, ckpt.read_checkpoint_args) = saved
 
 
@@ -494,19 +498,20 @@ def traced_config(cfg, workdir: Path):
     """The configuration the trace runs: the user's, with shapes pinned (the preset's vocabulary
     unless a tokenizer is configured), a stand-in reference/critic of the producing stage's shapes
     where none is configured, and run files in `workdir`."""
+    from wmtp.config.update import update_config
     from wmtp.model.checkpoint import VALUE_FILE
-    from wmtp.recipes.components import critic_args, policy_args, replace_config
+    from wmtp.parallel.build import critic_args, policy_args
 
-    updates: dict[str, dict] = {"run": {"output_dir": str(workdir)}, "tracking": {"backends": []}}
+    updates: dict[str, Any] = {"run.output_dir": str(workdir), "tracking.backends": []}
     if cfg.model.tokenizer is None and "vocab_size" not in cfg.model.params:
-        updates["model"] = {"params": {**cfg.model.params, "vocab_size": policy_args(cfg).vocab_size}}
-    cfg = replace_config(cfg, **updates)
+        updates["model.params"] = {**cfg.model.params, "vocab_size": policy_args(cfg).vocab_size}
+    cfg = update_config(cfg, updates, "the memory trace")
     args = policy_args(cfg)
     if cfg.recipe == "rho1_weighted" and not cfg.data.reference_losses and not cfg.rho1.reference:
         ref = workdir / "reference-shapes"  # ref_tuning's export: the policy with one head
         ref.mkdir(parents=True, exist_ok=True)
         (ref / "params.json").write_text(json.dumps(args.replace(n_future_tokens=1).to_params_json()))
-        cfg = replace_config(cfg, rho1={"reference": str(ref)})
+        cfg = update_config(cfg, {"rho1.reference": str(ref)}, "the memory trace")
     if cfg.value_model.checkpoint and "://" not in cfg.value_model.checkpoint:
         pass  # a local critic checkpoint: its params.json gives the shapes
     elif cfg.value_model.checkpoint:
@@ -514,7 +519,7 @@ def traced_config(cfg, workdir: Path):
         crit.mkdir(parents=True, exist_ok=True)
         (crit / "params.json").write_text(json.dumps(critic_args(cfg, args).to_params_json()))
         (crit / VALUE_FILE).write_text(json.dumps({"head": cfg.value_model.head}))
-        cfg = replace_config(cfg, value_model={"checkpoint": str(crit)})
+        cfg = update_config(cfg, {"value_model.checkpoint": str(crit)}, "the memory trace")
     return cfg
 
 
@@ -563,8 +568,8 @@ def trace_recipe(cfg) -> TracedPlan:
     from torch.testing._internal.distributed.fake_pg import FakeStore
 
     from wmtp.parallel import fsdp
+    from wmtp.parallel.build import policy_args
     from wmtp.recipes import build_recipe
-    from wmtp.recipes.components import policy_args
     from wmtp.tracking.base import NullLogger
 
     world = cfg.orchestration.num_workers

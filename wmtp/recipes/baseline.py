@@ -10,12 +10,25 @@ from __future__ import annotations
 import torch
 
 from wmtp.config.schema import WMTPConfig
+from wmtp.data import streams
+from wmtp.evaluation.metrics import evaluate_generation, generation_eval_tasks, validate_policy
 from wmtp.losses.mtp import mtp_cross_entropy
-from wmtp.recipes import components as C
+from wmtp.parallel import reduce
+from wmtp.parallel.build import policy_model
+from wmtp.parallel.export import export_model
 from wmtp.recipes.interfaces import CheckpointSink
-from wmtp.recipes.loop import train_and_export
+from wmtp.recipes.loop import due, head_metrics, log_step, save_checkpoint, validation_due
 from wmtp.tracking.base import MetricLogger
+from wmtp.tracking.phases import timed
 from wmtp.training.precision import autocast_context
+from wmtp.training.state import LoopState, lr_metrics, nonfinite_guard, resume_or_start, throughput_meter
+from wmtp.training.step import (
+    build_trainable,
+    head_coefficients,
+    n_heads_of,
+    optimizer_step,
+    step_denominators,
+)
 
 
 class BaselineRecipe:
@@ -25,25 +38,25 @@ class BaselineRecipe:
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.layout = C.process_layout(cfg.orchestration.use_gpu)
-        self.data = C.load_data(cfg)
-        policy = C.policy_model(cfg, self.data.tokenizer.vocab_size, self.layout)
-        self.policy = C.build_trainable(policy, cfg, cfg.optim.lr)
-        self.n_heads = C.n_heads_of(policy)
-        self.coefs = C.head_coefficients(cfg, self.n_heads)
-        self.stream = C.train_stream(self.data.train, cfg, self.layout)
-        self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
-        self.meter = C.throughput_meter(policy, cfg, self.layout)
-        self.gen_tasks = C.generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []
-        self.state = C.LoopState(self.stream, C.nonfinite_guard(cfg, self.sink), self.meter, {"policy": self.policy})
-        self.start = C.resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
+        self.layout = reduce.process_layout(cfg.orchestration.use_gpu)
+        self.data = streams.load_data(cfg)
+        policy = policy_model(cfg, self.data.tokenizer.vocab_size, self.layout)
+        self.policy = build_trainable(policy, cfg, cfg.optim.lr)
+        self.n_heads = n_heads_of(policy)
+        self.coefs = head_coefficients(cfg, self.n_heads)
+        self.stream = streams.train_stream(self.data.train, cfg, self.layout)
+        self.valid = streams.valid_batches(self.data.valid, cfg, self.layout)
+        self.meter = throughput_meter(policy, cfg, self.layout)
+        self.gen_tasks = generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []
+        self.state = LoopState(self.stream, nonfinite_guard(cfg, self.sink), self.meter, {"policy": self.policy})
+        self.start = resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
 
     def step(self, step: int):
         cfg, policy = self.cfg, self.policy.model
         batches = [self.stream.next() for _ in range(cfg.data.grad_accum)]
         tokens = self.stream.last_tokens * len(batches) * self.layout.world_size
-        labels = [C.policy_labels(b, cfg.data.samples) for b in batches]
-        denom = C.step_denominators(labels, self.n_heads, self.layout)
+        labels = [streams.policy_labels(b, cfg.data.samples) for b in batches]
+        denom = step_denominators(labels, self.n_heads, self.layout)
         loss = torch.zeros((), device=self.layout.device)
         ce = torch.zeros(self.n_heads, dtype=torch.float64, device=self.layout.device)
         for batch, lab in zip(batches, labels):
@@ -54,21 +67,38 @@ class BaselineRecipe:
             res.loss.backward()
             loss += res.loss.detach()
             ce += res.ce_per_head.double()
-        norms = C.optimizer_step([self.policy], loss, cfg, self.layout, self.state.guard, step)
+        norms = optimizer_step([self.policy], loss, cfg, self.layout, self.state.guard, step)
         if norms is None:
             return None, tokens
-        return {"train/loss": C.global_sum(loss, self.layout),
-                **C.head_metrics("train/ce", C.global_sum(ce, self.layout)),
-                "train/grad_norm": norms[0], **C.lr_metrics(self.state)}, tokens
+        return {"train/loss": reduce.global_sum(loss, self.layout),
+                **head_metrics("train/ce", reduce.global_sum(ce, self.layout)),
+                "train/grad_norm": norms[0], **lr_metrics(self.state)}, tokens
 
     def evaluate(self, step: int) -> dict[str, float]:
-        generated = C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, self.cfg,
-                                          self.layout, step)
-        return {**C.validate_policy(self.policy.model, self.valid, self.cfg, self.layout, self.cfg.data.samples),
+        generated = evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, self.cfg,
+                                        self.layout, step)
+        return {**validate_policy(self.policy.model, self.valid, self.cfg, self.layout, self.cfg.data.samples),
                 **generated}
 
     def train(self) -> dict[str, float]:
-        return train_and_export(self, self.policy.model)
+        tcfg, last_train, last_val = self.cfg.train, {}, {}
+        with timed("loop"):
+            self.meter.start()
+            for step in range(self.start + 1, tcfg.steps + 1):
+                stats, tokens = self.step(step)
+                self.meter.update(tokens)
+                if due(step, tcfg.log_every, tcfg.steps):
+                    last_train = log_step(self.logger, step, stats, last_train, self.state)
+                if validation_due(step, tcfg):
+                    with timed("validation"):
+                        last_val = self.evaluate(step)
+                    self.logger.log_metrics(last_val, step)
+                if due(step, tcfg.checkpoint_every, tcfg.steps):
+                    with timed("checkpoints"):
+                        save_checkpoint(self.sink, self.state, step, {**last_train, **last_val})
+        with timed("export"):
+            export_model(self.policy.model, self.cfg, self.layout, self.data.tokenizer)
+        return {**last_train, **last_val}
 
     def close(self) -> None:
         pass

@@ -13,17 +13,17 @@ from collections.abc import Callable
 
 from wmtp.config.paths import export_dir, run_name
 from wmtp.config.schema import WMTPConfig
+from wmtp.config.update import update_config
 from wmtp.errors import WMTPUserError
-from wmtp.recipes import components as C
 
 log = logging.getLogger(__name__)
 
 # recipe → (config key of its input, producing recipe, how the input is set from the export)
 NEEDS: dict[str, tuple[str, str, Callable[[WMTPConfig, str], WMTPConfig]]] = {
     "verifiable": ("value_model.checkpoint", "critic",
-                   lambda cfg, path: C.replace_config(cfg, value_model={"checkpoint": path})),
+                   lambda cfg, path: update_config(cfg, {"value_model.checkpoint": path}, "stage chaining")),
     "rho1_weighted": ("rho1.reference", "ref_tuning",
-                      lambda cfg, path: C.replace_config(cfg, rho1={"reference": path})),
+                      lambda cfg, path: update_config(cfg, {"rho1.reference": path}, "stage chaining")),
 }
 
 
@@ -41,10 +41,10 @@ def _configured(cfg: WMTPConfig, key: str) -> bool:
 def producer_config(cfg: WMTPConfig, producer: str) -> WMTPConfig:
     """The producing stage: same data, model shapes, budget and placement; its own run name."""
     name = f"{run_name(cfg)}-{producer}"
-    updates: dict = {"recipe": producer, "run": {"name": name}}
+    updates: dict = {"recipe": producer, "run.name": name}
     if producer == "ref_tuning":
-        updates["model"] = {"n_future_tokens": 1}
-    return C.replace_config(cfg, **updates)
+        updates["model.n_future_tokens"] = 1
+    return update_config(cfg, updates, "stage chaining")
 
 
 def resolve_inputs(cfg: WMTPConfig, run: Callable[[WMTPConfig], dict]) -> WMTPConfig:

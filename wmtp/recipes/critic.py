@@ -15,13 +15,20 @@ from __future__ import annotations
 import torch
 
 from wmtp.config.schema import WMTPConfig
+from wmtp.data import streams
+from wmtp.evaluation.metrics import final_values, pairwise_accuracy, roc_auc
 from wmtp.losses.alignment import state_values
 from wmtp.losses.value import explained_variance, mean_response_value
-from wmtp.recipes import components as C
+from wmtp.parallel import reduce
+from wmtp.parallel.build import critic_model, policy_args, source_policy
+from wmtp.parallel.export import export_model
 from wmtp.recipes.interfaces import CheckpointSink
-from wmtp.recipes.loop import train_and_export
+from wmtp.recipes.loop import due, log_step, save_checkpoint, validation_due
 from wmtp.tracking.base import MetricLogger
+from wmtp.tracking.phases import timed
 from wmtp.training.precision import autocast_context
+from wmtp.training.state import LoopState, lr_metrics, nonfinite_guard, resume_or_start, throughput_meter
+from wmtp.training.step import build_trainable, optimizer_step
 from wmtp.weighting.gae import lambda_returns
 
 
@@ -32,22 +39,22 @@ class CriticRecipe:
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.layout = C.process_layout(cfg.orchestration.use_gpu)
-        self.data = C.load_data(cfg)
-        args = C.policy_args(cfg, self.data.tokenizer.vocab_size)
+        self.layout = reduce.process_layout(cfg.orchestration.use_gpu)
+        self.data = streams.load_data(cfg)
+        args = policy_args(cfg, self.data.tokenizer.vocab_size)
         # The policy checkpoint is read only to shape the critic and (init_from_policy) start its trunk.
-        policy = C.source_policy(cfg, self.data.tokenizer.vocab_size, self.layout) if cfg.model.checkpoint else None
-        critic = C.critic_model(cfg, policy.args if policy is not None else args, self.layout, policy)
+        policy = source_policy(cfg, self.data.tokenizer.vocab_size, self.layout) if cfg.model.checkpoint else None
+        critic = critic_model(cfg, policy.args if policy is not None else args, self.layout, policy)
         del policy
-        self.critic = C.build_trainable(critic, cfg, cfg.optim.critic_lr)
+        self.critic = build_trainable(critic, cfg, cfg.optim.critic_lr)
         self.pairwise = cfg.critic.loss == "pairwise"
         # The critic always sees correct and incorrect solutions.
-        self.stream = C.train_stream(self.data.train, cfg, self.layout, samples="all",
-                                     sampler="pairwise" if self.pairwise else None)
-        self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
-        self.meter = C.throughput_meter(critic.backbone, cfg, self.layout)
-        self.state = C.LoopState(self.stream, C.nonfinite_guard(cfg, self.sink), self.meter, {"critic": self.critic})
-        self.start = C.resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
+        self.stream = streams.train_stream(self.data.train, cfg, self.layout, samples="all",
+                                           sampler="pairwise" if self.pairwise else None)
+        self.valid = streams.valid_batches(self.data.valid, cfg, self.layout)
+        self.meter = throughput_meter(critic.backbone, cfg, self.layout)
+        self.state = LoopState(self.stream, nonfinite_guard(cfg, self.sink), self.meter, {"critic": self.critic})
+        self.start = resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
 
     def objective(self, batch, n_global: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss share of this micro-batch, pairwise accuracy or NaN)."""
@@ -57,10 +64,10 @@ class CriticRecipe:
         loss_fn = get_value_loss(cfg.critic.loss)
         if self.pairwise:
             v_pos, v_neg = critic(batch.chosen.tokens), critic(batch.rejected.tokens)
-            return loss_fn(state_values(v_pos), C.response_mask(batch.chosen), state_values(v_neg),
-                           C.response_mask(batch.rejected), denominator=n_global)
+            return loss_fn(state_values(v_pos), streams.response_mask(batch.chosen), state_values(v_neg),
+                           streams.response_mask(batch.rejected), denominator=n_global)
         values = critic(batch.tokens)
-        mask, rewards = C.response_mask(batch), batch.is_correct.to(values.dtype)
+        mask, rewards = streams.response_mask(batch), batch.is_correct.to(values.dtype)
         if cfg.critic.loss == "lambda_return":
             targets = lambda_returns(values.detach(), mask, rewards, cfg.critic.gamma, cfg.critic.lam,
                                      truncated=batch.truncated)
@@ -74,9 +81,9 @@ class CriticRecipe:
         batches = [self.stream.next() for _ in range(cfg.data.grad_accum)]
         tokens = self.stream.last_tokens * len(batches) * self.layout.world_size
         # Global denominator: pairs (pairwise) or response states (regression) of the whole step.
-        local = sum((torch.tensor(float(len(b.chosen))) if self.pairwise else C.response_mask(b).sum().double())
+        local = sum((torch.tensor(float(len(b.chosen))) if self.pairwise else streams.response_mask(b).sum().double())
                     for b in batches)
-        n_global = C.global_sum(torch.as_tensor(local, dtype=torch.float64, device=self.layout.device), self.layout)
+        n_global = reduce.global_sum(torch.as_tensor(local, dtype=torch.float64, device=self.layout.device), self.layout)
         loss = torch.zeros((), device=self.layout.device)
         acc = torch.zeros((), dtype=torch.float64, device=self.layout.device)
         for batch in batches:
@@ -85,15 +92,15 @@ class CriticRecipe:
             part.backward()
             loss += part.detach()
             acc += pacc.double() / len(batches)
-        norms = C.optimizer_step([self.critic], loss, cfg, self.layout, self.state.guard, step)
+        norms = optimizer_step([self.critic], loss, cfg, self.layout, self.state.guard, step)
         if norms is None:
             return None, tokens
-        stats = {"train/value_loss": C.global_sum(loss, self.layout), "train/grad_norm": norms[0],
-                 **C.lr_metrics(self.state)}
+        stats = {"train/value_loss": reduce.global_sum(loss, self.layout), "train/grad_norm": norms[0],
+                 **lr_metrics(self.state)}
         if not self.pairwise:
-            stats["train/truncated_samples"] = C.truncated_samples(batches, self.layout)
+            stats["train/truncated_samples"] = streams.truncated_samples(batches, self.layout)
         if self.pairwise:
-            stats["train/pairwise_accuracy"] = C.global_sum(acc, self.layout) / self.layout.world_size
+            stats["train/pairwise_accuracy"] = reduce.global_sum(acc, self.layout) / self.layout.world_size
         return stats, tokens
 
     @torch.no_grad()
@@ -102,21 +109,39 @@ class CriticRecipe:
         finals, means, outcomes = [], [], []
         for batch in self.valid:
             values = critic(batch.tokens)
-            finals.append(C.final_values(values, batch))
-            means.append(mean_response_value(state_values(values), C.response_mask(batch)))
+            finals.append(final_values(values, batch))
+            means.append(mean_response_value(state_values(values), streams.response_mask(batch)))
             outcomes.append(batch.is_correct)
         critic.train()
-        finals = C.gather_cat(torch.cat(finals).double(), self.layout)
-        means = C.gather_cat(torch.cat(means).double(), self.layout)
-        outcomes = C.gather_cat(torch.cat(outcomes).long(), self.layout).bool()
+        finals = reduce.gather_cat(torch.cat(finals).double(), self.layout)
+        means = reduce.gather_cat(torch.cat(means).double(), self.layout)
+        outcomes = reduce.gather_cat(torch.cat(outcomes).long(), self.layout).bool()
         ones = torch.ones_like(finals, dtype=torch.bool)
-        return {"val/critic_auc": C.roc_auc(finals, outcomes),
-                "val/critic_mean_value_auc": C.roc_auc(means, outcomes),
-                "val/pairwise_accuracy": C.pairwise_accuracy(means, outcomes),
+        return {"val/critic_auc": roc_auc(finals, outcomes),
+                "val/critic_mean_value_auc": roc_auc(means, outcomes),
+                "val/pairwise_accuracy": pairwise_accuracy(means, outcomes),
                 "val/explained_variance": float(explained_variance(finals, outcomes.double(), ones))}
 
     def train(self) -> dict[str, float]:
-        return train_and_export(self, self.critic.model, value_head=self.cfg.value_model.head)
+        tcfg, last_train, last_val = self.cfg.train, {}, {}
+        with timed("loop"):
+            self.meter.start()
+            for step in range(self.start + 1, tcfg.steps + 1):
+                stats, tokens = self.step(step)
+                self.meter.update(tokens)
+                if due(step, tcfg.log_every, tcfg.steps):
+                    last_train = log_step(self.logger, step, stats, last_train, self.state)
+                if validation_due(step, tcfg):
+                    with timed("validation"):
+                        last_val = self.evaluate(step)
+                    self.logger.log_metrics(last_val, step)
+                if due(step, tcfg.checkpoint_every, tcfg.steps):
+                    with timed("checkpoints"):
+                        save_checkpoint(self.sink, self.state, step, {**last_train, **last_val})
+        with timed("export"):
+            export_model(self.critic.model, self.cfg, self.layout, self.data.tokenizer,
+                         value_head=self.cfg.value_model.head)
+        return {**last_train, **last_val}
 
     def close(self) -> None:
         pass

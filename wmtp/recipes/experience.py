@@ -13,6 +13,9 @@ learner's own (FSDP-sharded) critic before its update when `critic_sync_interval
 is the critic of the last publish), and with a `CriticSnapshot` otherwise: a second module sharded
 like the critic, in the compute dtype, refreshed from this rank's local shards at each publish (no
 gather) and checkpointed with its version. Rho-1's frozen reference is sharded the same way.
+
+(Over 300 lines on purpose: the scorers, the snapshot, the feed and the stored reference losses
+are the two sides of one contract, `ScoredBatch`, and read best together.)
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from wmtp.data.collator import Batch
+from wmtp.losses.alignment import to_next_token
 from wmtp.losses.mtp import mtp_token_losses
 from wmtp.model.args import ModelArgs
 from wmtp.model.transformer import Transformer, allocate_empty, build_model, cast_parameters
@@ -82,7 +86,7 @@ def reference_token_losses(reference: Transformer, batch: Batch, chunk_size: int
     """`ℓ^ref(j) = −log p_ref(x_j | x_{<j})`, target-indexed `[B, S]` (0 where j is no target)."""
     out = reference(batch.tokens, n_heads=1)
     next_token = mtp_token_losses(out.hidden, reference.output.weight, batch.labels, chunk_size)[..., 0]
-    return torch.cat([torch.zeros_like(next_token[:, :1]), next_token[:, :-1]], dim=1).float()
+    return to_next_token(next_token).float()
 
 
 @torch.no_grad()

@@ -1,30 +1,35 @@
-"""The step loop every recipe runs: step → guard → log → validate → checkpoint, on a fixed cadence
-that every rank follows (Ray requires the same number of reports from each rank).
+"""The small pieces every recipe's `train()` loop uses; the loop itself is written out in each
+recipe file (step → log → validate → checkpoint, then export).
 
-A recipe supplies three callables; the loop owns nothing else:
-- `step_fn(step) -> (stats, tokens)`: one optimizer step; `stats` are 0-dim tensors (not synced),
-  `tokens` a host int. Returns `None` stats when the non-finite guard skipped the batch.
-- `evaluate_fn(step) -> dict[str, float]`: validation metrics (globally reduced).
-- `write_fn(dir, step)`: fills a checkpoint directory with this rank's shards and state.
+Every rank runs the same loop, so every rank logs and checkpoints (Ray: reports) the same number
+of times. A step returns `(stats, tokens)`: `stats` are 0-dim tensors, not synced, or None when
+the non-finite guard skipped the batch; `tokens` a host int.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
 
 import torch
+from torch import Tensor
 
 from wmtp.config.schema import TrainConfig
 from wmtp.recipes.interfaces import CheckpointSink
 from wmtp.tracking.base import MetricLogger
-from wmtp.tracking.phases import timed
-from wmtp.training.throughput import ThroughputMeter
-
-StepFn = Callable[[int], tuple[Mapping[str, torch.Tensor] | None, int]]
+from wmtp.training.state import LoopState
 
 
 def due(step: int, every: int, last: int) -> bool:
+    """Every `every` steps, and at the last step."""
     return step % every == 0 or step == last
+
+
+def validation_due(step: int, tcfg: TrainConfig) -> bool:
+    """Validation at its cadence, and at the pass@1 cadence (`train.eval_generate_every`)."""
+    return due(step, tcfg.eval_every, tcfg.steps) or bool(tcfg.eval_generate_every
+                                                          and step % tcfg.eval_generate_every == 0)
 
 
 def to_floats(stats: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
@@ -36,43 +41,35 @@ def to_floats(stats: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
     return out
 
 
-def run_steps(*, start: int, tcfg: TrainConfig, step_fn: StepFn, evaluate_fn: Callable[[int], dict[str, float]],
-              write_fn, sink: CheckpointSink, logger: MetricLogger, meter: ThroughputMeter,
-              extra_metrics: Callable[[], dict[str, float]] | None = None) -> dict[str, float]:
-    """Steps `start+1 .. tcfg.steps`; returns the last validation metrics (plus the last train stats)."""
-    last_val: dict[str, float] = {}
-    last_train: dict[str, float] = {}
-    meter.start()
-    for step in range(start + 1, tcfg.steps + 1):
-        stats, tokens = step_fn(step)
-        meter.update(tokens)
-        if due(step, tcfg.log_every, tcfg.steps):
-            # A skipped (non-finite) step still logs the loop's own metrics, e.g. the skip count.
-            if stats is not None:
-                last_train = to_floats(stats)
-            logger.log_metrics({**(last_train if stats is not None else {}), **meter.metrics(),
-                                **(extra_metrics() if extra_metrics else {})}, step)
-        # Validation at its cadence, and at the pass@1 cadence (`train.eval_generate_every`).
-        if due(step, tcfg.eval_every, tcfg.steps) or (tcfg.eval_generate_every and step % tcfg.eval_generate_every == 0):
-            with timed("validation"):
-                last_val = evaluate_fn(step)
-            logger.log_metrics(last_val, step)
-        if due(step, tcfg.checkpoint_every, tcfg.steps):
-            with timed("checkpoints"):
-                sink.save(step, lambda path, step=step: write_fn(path, step),
-                          {**last_train, **last_val, "step": float(step)})
-    return {**last_train, **last_val}
+def log_step(logger: MetricLogger, step: int, stats: Mapping[str, Tensor] | None, last_train: dict[str, float],
+             state: LoopState) -> dict[str, float]:
+    """Log this step's train stats with the meter's and the loop's own metrics; returns the train
+    stats to keep. A skipped (non-finite) step still logs the loop's metrics, e.g. the skip count."""
+    if stats is not None:
+        last_train = to_floats(stats)
+    logger.log_metrics({**(last_train if stats is not None else {}), **state.meter.metrics(), **state.metrics()},
+                       step)
+    return last_train
 
 
-def train_and_export(recipe, model, value_head: str | None = None) -> dict[str, float]:
-    """A recipe's `train()`: the step loop over its `step`/`evaluate`/`state`, then the export of
-    `model` (with the recipe's tokenizer) to `<run_dir>/export`."""
-    from wmtp.recipes.components import export_model
+def save_checkpoint(sink: CheckpointSink, state: LoopState, step: int, metrics: Mapping[str, float]) -> None:
+    """`state` written as the checkpoint of `step` (every rank its shards), published by `sink`."""
+    sink.save(step, lambda path: state.write(path, step), {**metrics, "step": float(step)})
 
-    with timed("loop"):
-        metrics = run_steps(start=recipe.start, tcfg=recipe.cfg.train, step_fn=recipe.step,
-                            evaluate_fn=recipe.evaluate, write_fn=recipe.state.write, sink=recipe.sink,
-                            logger=recipe.logger, meter=recipe.meter, extra_metrics=recipe.state.metrics)
-    with timed("export"):
-        export_model(model, recipe.cfg, recipe.layout, recipe.data.tokenizer, value_head=value_head)
-    return metrics
+
+def head_metrics(prefix: str, values: Tensor) -> dict[str, Tensor]:
+    """`[H]` tensor → {prefix_head1: 0-dim tensor, ...} (synced later, once, by the loop)."""
+    return {f"{prefix}_head{k + 1}": v for k, v in enumerate(values.unbind())}
+
+
+def stat_tensors(prefix: str, stats: Any) -> dict[str, Tensor]:
+    """A stats dataclass (WeightStats, Rho1Stats) as unsynced tensors for the loop to log:
+    0-dim fields as `prefix/name`, `[H]` fields as `prefix/name/head<k>`."""
+    out: dict[str, Tensor] = {}
+    for f in dataclasses.fields(stats):
+        value = getattr(stats, f.name)
+        if value.dim() == 0:
+            out[f"{prefix}/{f.name}"] = value
+        else:
+            out.update({f"{prefix}/{f.name}/head{k + 1}": v for k, v in enumerate(value.unbind())})
+    return out

@@ -7,7 +7,7 @@ It *is* the baseline recipe with one head and correct-only data.
 from __future__ import annotations
 
 from wmtp.config.schema import WMTPConfig
-from wmtp.recipes import components as C
+from wmtp.config.update import update_config
 from wmtp.recipes.baseline import BaselineRecipe
 from wmtp.recipes.interfaces import CheckpointSink
 from wmtp.tracking.base import MetricLogger
@@ -16,7 +16,7 @@ from wmtp.tracking.base import MetricLogger
 class RefTuningRecipe:
     def __init__(self, cfg: WMTPConfig, *, logger: MetricLogger, checkpoint_sink: CheckpointSink,
                  scorer_factory=None) -> None:
-        reference_cfg = C.replace_config(cfg, model={"n_future_tokens": 1}, data={"samples": "correct"})
+        reference_cfg = update_config(cfg, {"model.n_future_tokens": 1, "data.samples": "correct"}, "recipe ref_tuning")
         self.cfg = reference_cfg
         self.loop = BaselineRecipe(reference_cfg, logger=logger, checkpoint_sink=checkpoint_sink)
 

@@ -15,9 +15,13 @@ from __future__ import annotations
 import torch
 
 from wmtp.config.schema import WMTPConfig
+from wmtp.data import streams
+from wmtp.evaluation.metrics import evaluate_generation, generation_eval_tasks, validate_policy
 from wmtp.losses.alignment import valid_mask
 from wmtp.losses.mtp import mtp_cross_entropy, mtp_token_losses
-from wmtp.recipes import components as C
+from wmtp.parallel import reduce
+from wmtp.parallel.build import builds_sharded, from_rank0, materialize, policy_model, sharded_from_rank0
+from wmtp.parallel.export import export_model
 from wmtp.recipes.experience import (
     ExperienceFeed,
     ExperienceSpec,
@@ -27,9 +31,19 @@ from wmtp.recipes.experience import (
     reference_token_losses,
 )
 from wmtp.recipes.interfaces import CheckpointSink, ScoredBatch
-from wmtp.recipes.loop import train_and_export
+from wmtp.recipes.loop import due, head_metrics, log_step, save_checkpoint, stat_tensors, validation_due
 from wmtp.tracking.base import MetricLogger
+from wmtp.tracking.heatmap import log_weight_heatmap
+from wmtp.tracking.phases import timed
 from wmtp.training.precision import autocast_context, compute_dtype
+from wmtp.training.state import LoopState, lr_metrics, nonfinite_guard, resume_or_start, throughput_meter
+from wmtp.training.step import (
+    build_trainable,
+    head_coefficients,
+    n_heads_of,
+    optimizer_step,
+    step_denominators,
+)
 from wmtp.weighting.rho1 import rho1_weights, step_rho1_stats
 from wmtp.weighting.shuffle import shuffle_within_rows, step_generator
 
@@ -67,21 +81,21 @@ class Rho1WeightedRecipe:
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.layout = C.process_layout(cfg.orchestration.use_gpu)
-        self.data = C.load_data(cfg)
-        policy = C.policy_model(cfg, self.data.tokenizer.vocab_size, self.layout)
-        self.n_heads = C.n_heads_of(policy)
-        self.coefs = C.head_coefficients(cfg, self.n_heads)
-        self.policy = C.build_trainable(policy, cfg, cfg.optim.lr)
+        self.layout = reduce.process_layout(cfg.orchestration.use_gpu)
+        self.data = streams.load_data(cfg)
+        policy = policy_model(cfg, self.data.tokenizer.vocab_size, self.layout)
+        self.n_heads = n_heads_of(policy)
+        self.coefs = head_coefficients(cfg, self.n_heads)
+        self.policy = build_trainable(policy, cfg, cfg.optim.lr)
         self.scorer = self.build_scorer()
-        stream = C.train_stream(self.data.train, cfg, self.layout)
+        stream = streams.train_stream(self.data.train, cfg, self.layout)
         depth = cfg.orchestration.queue_depth if self.scorer_factory is not None else 0
         self.feed = ExperienceFeed(stream, self.scorer, depth)
-        self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
-        self.meter = C.throughput_meter(policy, cfg, self.layout)
-        self.gen_tasks = C.generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []
-        self.state = C.LoopState(self.feed, C.nonfinite_guard(cfg, self.sink), self.meter, {"policy": self.policy})
-        self.start = C.resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
+        self.valid = streams.valid_batches(self.data.valid, cfg, self.layout)
+        self.meter = throughput_meter(policy, cfg, self.layout)
+        self.gen_tasks = generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []
+        self.state = LoopState(self.feed, nonfinite_guard(cfg, self.sink), self.meter, {"policy": self.policy})
+        self.start = resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
 
     def build_scorer(self):
         """Precomputed losses when configured; else a live frozen reference (colocated or actors)."""
@@ -90,10 +104,10 @@ class Rho1WeightedRecipe:
             return PrecomputedScorer(PrecomputedReferenceLosses(cfg.data.reference_losses, cfg.data.max_seq_len))
         from wmtp.model.checkpoint import load_model
 
-        if self.scorer_factory is None and C.builds_sharded(cfg, self.layout):
+        if self.scorer_factory is None and builds_sharded(cfg, self.layout):
             return LearnerScorer(*self.sharded_reference())
         # Frozen: no optimizer; read in the compute dtype, scored under the learner's autocast.
-        reference = load_model(C.materialize(cfg.rho1.reference, cfg), device="cpu",
+        reference = load_model(materialize(cfg.rho1.reference, cfg), device="cpu",
                                dtype=compute_dtype(cfg.train.precision))
         spec = ExperienceSpec("rho1", reference.args, chunk_size=cfg.train.loss_chunk_size,
                               precision=cfg.train.precision)
@@ -110,28 +124,27 @@ class Rho1WeightedRecipe:
         from wmtp.model.checkpoint import read_checkpoint_args, read_model_state
         from wmtp.model.transformer import build_model
         from wmtp.parallel.fsdp import apply_fsdp, fsdp_mesh
-        from wmtp.parallel.materialize import build_sharded
 
         cfg, layout = self.cfg, self.layout
 
         def shapes():
-            folder = C.materialize(cfg.rho1.reference, cfg)
+            folder = materialize(cfg.rho1.reference, cfg)
             return folder, read_checkpoint_args(folder)
-        folder, args = C.from_rank0(shapes, layout)
+        folder, args = from_rank0(shapes, layout)
         model = build_model(args, device="meta")
         frozen_scoring_model(model, cfg.train.precision, torch.device("meta"))  # no grad, compute dtype
         mesh = fsdp_mesh(layout.device.type, layout.world_size, cfg.orchestration.fsdp_replicas)
 
         def source():
             return read_model_state(folder, args)[1].pop
-        reference = build_sharded(model, lambda m: apply_fsdp(m, mesh=mesh, mixed_precision=False), layout.device,
-                                  source if layout.is_main else None)
+        reference = sharded_from_rank0(model, lambda m: apply_fsdp(m, mesh=mesh, mixed_precision=False), source,
+                                       layout)
         spec = ExperienceSpec("rho1", args, chunk_size=cfg.train.loss_chunk_size, precision=cfg.train.precision)
         return spec, reference.eval()
 
     def weights(self, policy_losses, ref_losses, labels, global_stats: bool = True):
         r = self.cfg.rho1
-        dist_kw = ({"gather_fn": lambda x: C.gather_cat(x, self.layout), "reduce_fn": C.reduce_fn(self.layout)}
+        dist_kw = ({"gather_fn": lambda x: reduce.gather_cat(x, self.layout), "reduce_fn": reduce.reduce_fn(self.layout)}
                    if global_stats else {})
         return rho1_weights(policy_losses, ref_losses, labels, mode=r.mode, ratio=r.ratio,
                             keep_first_head=r.keep_first_head, temperature=r.temperature, clip_min=r.clip_min,
@@ -141,8 +154,8 @@ class Rho1WeightedRecipe:
         cfg, policy, dev = self.cfg, self.policy.model, self.layout.device
         fed = [self.feed.next() for _ in range(cfg.data.grad_accum)]
         tokens = sum(t for _, t in fed) * self.layout.world_size
-        labels = [C.policy_labels(s.batch, cfg.data.samples) for s, _ in fed]
-        denom = C.step_denominators(labels, self.n_heads, self.layout)
+        labels = [streams.policy_labels(s.batch, cfg.data.samples) for s, _ in fed]
+        denom = step_denominators(labels, self.n_heads, self.layout)
         loss = torch.zeros((), device=dev)
         ce = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
         wce = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
@@ -163,15 +176,15 @@ class Rho1WeightedRecipe:
             loss += res.loss.detach()
             ce += res.ce_per_head.double()
             wce += res.weighted_ce_per_head.double()
-        norms = C.optimizer_step([self.policy], loss, cfg, self.layout, self.state.guard, step)
+        norms = optimizer_step([self.policy], loss, cfg, self.layout, self.state.guard, step)
         if norms is None:
             return None, tokens
-        return {"train/loss": C.global_sum(loss, self.layout),
-                **C.head_metrics("train/ce", C.global_sum(ce, self.layout)),
-                **C.head_metrics("train/weighted_ce", C.global_sum(wce, self.layout)),
-                "train/grad_norm": norms[0], **C.lr_metrics(self.state),
+        return {"train/loss": reduce.global_sum(loss, self.layout),
+                **head_metrics("train/ce", reduce.global_sum(ce, self.layout)),
+                **head_metrics("train/weighted_ce", reduce.global_sum(wce, self.layout)),
+                "train/grad_norm": norms[0], **lr_metrics(self.state),
                 # over the step's global batch (every micro-batch, every rank), as docs/MATH.md says
-                **C.stat_tensors("train/rho1", step_rho1_stats(rho1_parts, C.reduce_fn(self.layout))),
+                **stat_tensors("train/rho1", step_rho1_stats(rho1_parts, reduce.reduce_fn(self.layout))),
                 **self.rank_metrics(fed, rho1_parts)}, tokens
 
     def rank_metrics(self, fed, rho1_parts) -> dict[str, torch.Tensor]:
@@ -180,31 +193,48 @@ class Rho1WeightedRecipe:
         loss over the reference (global `train/rho1/mean_excess/head1` = Σ_r n_r · e_r / Σ_r n_r)."""
         mine = step_rho1_stats(rho1_parts)  # this rank's micro-batches only
         targets = sum(n[0] for _, n in rho1_parts).double()
-        return C.per_rank_values({"train/tokens": float(sum(t for _, t in fed)), "train/rho1/targets/head1": targets,
-                                  "train/rho1/mean_excess/head1": mine.mean_excess[0]}, self.layout)
+        return reduce.per_rank_values({"train/tokens": float(sum(t for _, t in fed)), "train/rho1/targets/head1": targets,
+                                       "train/rho1/mean_excess/head1": mine.mean_excess[0]}, self.layout)
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
         cfg, policy = self.cfg, self.policy.model
-        generated = C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
-                                          self.layout, step)
-        metrics = generated | C.validate_policy(policy, self.valid, cfg, self.layout, cfg.data.samples)
+        generated = evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
+                                        self.layout, step)
+        metrics = generated | validate_policy(policy, self.valid, cfg, self.layout, cfg.data.samples)
         # Heatmap with the colocated live reference (stored losses cover training rows only).
         # Every rank runs the forward (a sharded policy needs all ranks); rank 0 logs.
         if cfg.train.heatmap_samples and isinstance(self.scorer, LearnerScorer):
             batch = self.valid[0]
             ref = reference_token_losses(self.scorer.model, batch, cfg.train.loss_chunk_size)
             out = policy(batch.tokens)
-            lab = C.policy_labels(batch, "all")
+            lab = streams.policy_labels(batch, "all")
             w, _ = self.weights(mtp_token_losses(out.hidden, policy.output.weight, lab), ref, lab,
                                 global_stats=False)
             if self.layout.is_main:
-                C.log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
-                                     f"rho1 token weights (head 1), step {step}")
+                log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
+                                   f"rho1 token weights (head 1), step {step}")
         return metrics
 
     def train(self) -> dict[str, float]:
-        return train_and_export(self, self.policy.model)
+        tcfg, last_train, last_val = self.cfg.train, {}, {}
+        with timed("loop"):
+            self.meter.start()
+            for step in range(self.start + 1, tcfg.steps + 1):
+                stats, tokens = self.step(step)
+                self.meter.update(tokens)
+                if due(step, tcfg.log_every, tcfg.steps):
+                    last_train = log_step(self.logger, step, stats, last_train, self.state)
+                if validation_due(step, tcfg):
+                    with timed("validation"):
+                        last_val = self.evaluate(step)
+                    self.logger.log_metrics(last_val, step)
+                if due(step, tcfg.checkpoint_every, tcfg.steps):
+                    with timed("checkpoints"):
+                        save_checkpoint(self.sink, self.state, step, {**last_train, **last_val})
+        with timed("export"):
+            export_model(self.policy.model, self.cfg, self.layout, self.data.tokenizer)
+        return {**last_train, **last_val}
 
     def close(self) -> None:
         # A setup() that failed part-way leaves no scorer: close what exists, hide nothing.

@@ -23,7 +23,17 @@ from __future__ import annotations
 
 import torch
 
+from wmtp.config.paths import export_dir
 from wmtp.config.schema import WMTPConfig
+from wmtp.data import streams
+from wmtp.evaluation.metrics import (
+    evaluate_generation,
+    final_values,
+    generation_eval_tasks,
+    pairwise_accuracy,
+    roc_auc,
+    validate_policy,
+)
 from wmtp.losses.alignment import state_values
 from wmtp.losses.mtp import mtp_cross_entropy
 from wmtp.losses.value import (
@@ -32,7 +42,9 @@ from wmtp.losses.value import (
     explained_variance_moments,
     mean_response_value,
 )
-from wmtp.recipes import components as C
+from wmtp.parallel import reduce
+from wmtp.parallel.build import critic_model, policy_model
+from wmtp.parallel.export import export_model
 from wmtp.recipes.experience import (
     CriticSnapshot,
     ExperienceFeed,
@@ -41,9 +53,19 @@ from wmtp.recipes.experience import (
     critic_experience,
 )
 from wmtp.recipes.interfaces import CheckpointSink
-from wmtp.recipes.loop import train_and_export
+from wmtp.recipes.loop import due, head_metrics, log_step, save_checkpoint, stat_tensors, validation_due
 from wmtp.tracking.base import MetricLogger
+from wmtp.tracking.heatmap import log_weight_heatmap
+from wmtp.tracking.phases import timed
 from wmtp.training.precision import autocast_context, compute_dtype
+from wmtp.training.state import LoopState, lr_metrics, nonfinite_guard, resume_or_start, throughput_meter
+from wmtp.training.step import (
+    build_trainable,
+    head_coefficients,
+    n_heads_of,
+    optimizer_step,
+    step_denominators,
+)
 from wmtp.weighting.normalize import build_normalizer
 from wmtp.weighting.shuffle import shuffle_within_rows, step_generator
 from wmtp.weighting.weights import advantage_weights
@@ -57,43 +79,43 @@ class VerifiableRecipe:
 
     def setup(self) -> None:
         cfg, vw = self.cfg, self.cfg.stage2.value_weighting
-        self.layout = C.process_layout(cfg.orchestration.use_gpu)
-        self.data = C.load_data(cfg)
+        self.layout = reduce.process_layout(cfg.orchestration.use_gpu)
+        self.data = streams.load_data(cfg)
         self.learn_critic = cfg.stage2.value_loss.enabled
-        policy = C.policy_model(cfg, self.data.tokenizer.vocab_size, self.layout)
+        policy = policy_model(cfg, self.data.tokenizer.vocab_size, self.layout)
         # A frozen critic gets no optimizer (and so no optimizer state in checkpoints).
-        critic = C.critic_model(cfg, policy.args, self.layout, policy, requires_grad=self.learn_critic)
-        self.n_heads = C.n_heads_of(policy)
-        self.coefs = C.head_coefficients(cfg, self.n_heads)
+        critic = critic_model(cfg, policy.args, self.layout, policy, requires_grad=self.learn_critic)
+        self.n_heads = n_heads_of(policy)
+        self.coefs = head_coefficients(cfg, self.n_heads)
         self.spec = ExperienceSpec("verifiable", critic.args, cfg.value_model.head, vw.gae_gamma, vw.gae_lambda,
                                    vw.reward, cfg.train.loss_chunk_size, cfg.train.precision)
-        self.policy = C.build_trainable(policy, cfg, cfg.optim.lr)
+        self.policy = build_trainable(policy, cfg, cfg.optim.lr)
         self.critic_model = critic
         trainables = {"policy": self.policy}
         if self.learn_critic:
-            self.critic = trainables["critic"] = C.build_trainable(self.critic_model, cfg, cfg.optim.critic_lr)
+            self.critic = trainables["critic"] = build_trainable(self.critic_model, cfg, cfg.optim.critic_lr)
         # Scores between publishes when they are further apart than one step (checkpointed).
         self.snapshot = (CriticSnapshot(self.critic_model, compute_dtype(cfg.train.precision))
                          if self.learn_critic and cfg.stage2.critic_sync_interval > 1 else None)
         self.normalizer = build_normalizer(vw.td_error_normalization, momentum=vw.ema_momentum,
                                            warmup_steps=vw.ema_warmup_steps)
         # The critic sees correct and incorrect solutions; the policy mask picks what it learns from.
-        stream = C.train_stream(self.data.train, cfg, self.layout, samples="all")
+        stream = streams.train_stream(self.data.train, cfg, self.layout, samples="all")
         self.scorer = (self.scorer_factory(self.spec, None) if self.scorer_factory is not None
                        else LearnerScorer(self.spec, self.published_critic()))
         self.feed = ExperienceFeed(stream, self.scorer, 0 if self.scorer_factory is None
                                    else cfg.orchestration.queue_depth)
-        self.valid = C.valid_batches(self.data.valid, cfg, self.layout)
-        self.meter = C.throughput_meter(policy, cfg, self.layout)
-        self.gen_tasks = C.generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []
+        self.valid = streams.valid_batches(self.data.valid, cfg, self.layout)
+        self.meter = throughput_meter(policy, cfg, self.layout)
+        self.gen_tasks = generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []
         stateful = {"normalizer": self.normalizer} if hasattr(self.normalizer, "state_dict") else {}
         models = {}
         if self.snapshot is not None:
             stateful["critic_snapshot"] = self.snapshot
             models["critic_snapshot"] = self.snapshot.model
-        self.state = C.LoopState(self.feed, C.nonfinite_guard(cfg, self.sink), self.meter, trainables, stateful,
-                                 models)
-        self.start = C.resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
+        self.state = LoopState(self.feed, nonfinite_guard(cfg, self.sink), self.meter, trainables, stateful,
+                               models)
+        self.start = resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
         # The experience side scores with the published critic of step `start` (restored).
         self.scorer.publish_critic(self.published_critic(), self.critic_version(self.start))
 
@@ -113,19 +135,19 @@ class VerifiableRecipe:
         vw = self.cfg.stage2.value_weighting
         return advantage_weights(advantages, mask, vw.weight_temperature, vw.weight_clip_min,
                                  vw.weight_clip_max, vw.renormalize, self.normalizer, update=update,
-                                 reduce_fn=C.reduce_fn(self.layout) if global_stats else None,
-                                 reduce_max_fn=C.reduce_max_fn(self.layout) if global_stats else None)
+                                 reduce_fn=reduce.reduce_fn(self.layout) if global_stats else None,
+                                 reduce_max_fn=reduce.reduce_max_fn(self.layout) if global_stats else None)
 
     def step_weights(self, scored_batches, labels, step: int = 0):
         """Weights of every micro-batch of the step from ONE normalisation over the global batch
         (all micro-batches, all ranks), so grad accumulation does not change them; the EMA
         normaliser is updated once per step."""
-        adv = C.stack_padded([s.advantages for s in scored_batches])
-        mask = C.stack_padded([lab != -100 for lab in labels])
+        adv = streams.stack_padded([s.advantages for s in scored_batches])
+        mask = streams.stack_padded([lab != -100 for lab in labels])
         w, wstats = self.weights(adv, mask, update=True)
         if self.cfg.stage2.value_weighting.shuffle:  # control: the same weights at random places of each row
             w = shuffle_within_rows(w, mask, step_generator(self.cfg.run.seed, self.layout.rank, step))
-        return C.split_padded(w, [lab.shape for lab in labels]), wstats
+        return streams.split_padded(w, [lab.shape for lab in labels]), wstats
 
     def step(self, step: int):
         cfg, vl = self.cfg, self.cfg.stage2.value_loss
@@ -133,10 +155,10 @@ class VerifiableRecipe:
         fed = [self.feed.next() for _ in range(cfg.data.grad_accum)]
         scored_batches = [s for s, _ in fed]
         tokens = sum(t for _, t in fed) * self.layout.world_size
-        labels = [C.policy_labels(s.batch, cfg.data.samples) for s in scored_batches]
-        denom = C.step_denominators(labels, self.n_heads, self.layout)
-        resp = [C.response_mask(s.batch) for s in scored_batches]
-        value_denom = C.global_sum(sum(r.sum() for r in resp).double(), self.layout)
+        labels = [streams.policy_labels(s.batch, cfg.data.samples) for s in scored_batches]
+        denom = step_denominators(labels, self.n_heads, self.layout)
+        resp = [streams.response_mask(s.batch) for s in scored_batches]
+        value_denom = reduce.global_sum(sum(r.sum() for r in resp).double(), self.layout)
         dev = self.layout.device
         loss, ce, wce = (torch.zeros((), device=dev), torch.zeros(self.n_heads, dtype=torch.float64, device=dev),
                          torch.zeros(self.n_heads, dtype=torch.float64, device=dev))
@@ -168,7 +190,7 @@ class VerifiableRecipe:
             ce += res.ce_per_head.double()
             wce += res.weighted_ce_per_head.double()
         parts = [self.policy, self.critic] if self.learn_critic else [self.policy]
-        norms = C.optimizer_step(parts, loss, cfg, self.layout, self.state.guard, step)
+        norms = optimizer_step(parts, loss, cfg, self.layout, self.state.guard, step)
         self.state.settle(accepted=norms is not None)  # the EMA moves only on an accepted step
         if self.learn_critic and step % cfg.stage2.critic_sync_interval == 0:
             if self.snapshot is not None:
@@ -176,22 +198,22 @@ class VerifiableRecipe:
             self.scorer.publish_critic(self.published_critic(), self.critic_version(step))
         if norms is None:
             return None, tokens
-        stats = {"train/loss": C.global_sum(loss, self.layout),
-                 **C.head_metrics("train/ce", C.global_sum(ce, self.layout)),
-                 **C.head_metrics("train/weighted_ce", C.global_sum(wce, self.layout)),
-                 "train/grad_norm": norms[0], **C.lr_metrics(self.state),
-                 **C.stat_tensors("train/weights", wstats),
+        stats = {"train/loss": reduce.global_sum(loss, self.layout),
+                 **head_metrics("train/ce", reduce.global_sum(ce, self.layout)),
+                 **head_metrics("train/weighted_ce", reduce.global_sum(wce, self.layout)),
+                 "train/grad_norm": norms[0], **lr_metrics(self.state),
+                 **stat_tensors("train/weights", wstats),
                  # the stalest micro-batch of any rank (the bound `stage2.max_staleness` is about)
-                 "train/critic_staleness": C.global_max_value(
+                 "train/critic_staleness": reduce.global_max_value(
                      max(self.critic_version(step - 1) - s.critic_version for s in scored_batches), self.layout),
-                 "train/truncated_samples": C.truncated_samples([s.batch for s in scored_batches], self.layout),
+                 "train/truncated_samples": streams.truncated_samples([s.batch for s in scored_batches], self.layout),
                  **self.rank_metrics(fed, step_weights, labels)}
         if self.learn_critic:
-            vstats = C.global_sum(vstats, self.layout)
+            vstats = reduce.global_sum(vstats, self.layout)
             stats.update({"train/value_loss": vstats[0],
                           "train/value_clip_fraction": vstats[1] / value_denom.clamp_min(1.0),
                           "train/explained_variance": explained_variance_from_moments(
-                              C.global_sum(ev_moments, self.layout)),
+                              reduce.global_sum(ev_moments, self.layout)),
                           "train/critic_grad_norm": norms[1]})
         return stats, tokens
 
@@ -202,43 +224,59 @@ class VerifiableRecipe:
         masks = [lab != -100 for lab in labels]
         targets = sum(m.sum() for m in masks).double()
         weight_sum = sum((w.double() * m).sum() for w, m in zip(step_weights, masks))
-        return C.per_rank_values({"train/tokens": float(sum(t for _, t in fed)), "train/weights/targets": targets,
-                                  "train/weights/mean": weight_sum / targets.clamp_min(1)}, self.layout)
+        return reduce.per_rank_values({"train/tokens": float(sum(t for _, t in fed)), "train/weights/targets": targets,
+                                       "train/weights/mean": weight_sum / targets.clamp_min(1)}, self.layout)
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
         """Unweighted CE per head, critic AUC (value of the last trained state V_{e−1} vs R),
         pairwise accuracy (mean state values), and a token-weight heatmap."""
         cfg, vw = self.cfg, self.cfg.stage2.value_weighting
-        generated = C.evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
-                                          self.layout, step)
-        metrics = generated | C.validate_policy(self.policy.model, self.valid, cfg, self.layout, cfg.data.samples)
+        generated = evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
+                                        self.layout, step)
+        metrics = generated | validate_policy(self.policy.model, self.valid, cfg, self.layout, cfg.data.samples)
         critic = self.critic_model.eval()
         finals, means, outcomes = [], [], []
         for batch in self.valid:
             scored = critic_experience(critic, batch, gamma=vw.gae_gamma, lam=vw.gae_lambda,
                                        reward_mode=vw.reward, version=step)
-            finals.append(C.final_values(scored.values_old, batch))
-            means.append(mean_response_value(state_values(scored.values_old), C.response_mask(batch)))
+            finals.append(final_values(scored.values_old, batch))
+            means.append(mean_response_value(state_values(scored.values_old), streams.response_mask(batch)))
             outcomes.append(batch.is_correct)
         critic.train()
-        finals = C.gather_cat(torch.cat(finals), self.layout)
-        means = C.gather_cat(torch.cat(means).double(), self.layout)
-        outcomes = C.gather_cat(torch.cat(outcomes).long(), self.layout).bool()
-        metrics["val/critic_auc"] = C.roc_auc(finals, outcomes)
-        metrics["val/pairwise_accuracy"] = C.pairwise_accuracy(means, outcomes)
+        finals = reduce.gather_cat(torch.cat(finals), self.layout)
+        means = reduce.gather_cat(torch.cat(means).double(), self.layout)
+        outcomes = reduce.gather_cat(torch.cat(outcomes).long(), self.layout).bool()
+        metrics["val/critic_auc"] = roc_auc(finals, outcomes)
+        metrics["val/pairwise_accuracy"] = pairwise_accuracy(means, outcomes)
         if self.layout.is_main and cfg.train.heatmap_samples:
-            w, _ = self.weights(scored.advantages, C.response_mask(batch), update=False, global_stats=False)
-            C.log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
-                                 f"verifiable token weights, step {step}")
+            w, _ = self.weights(scored.advantages, streams.response_mask(batch), update=False, global_stats=False)
+            log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
+                               f"verifiable token weights, step {step}")
         return metrics
 
     def train(self) -> dict[str, float]:
-        metrics = train_and_export(self, self.policy.model)
+        tcfg, last_train, last_val = self.cfg.train, {}, {}
+        with timed("loop"):
+            self.meter.start()
+            for step in range(self.start + 1, tcfg.steps + 1):
+                stats, tokens = self.step(step)
+                self.meter.update(tokens)
+                if due(step, tcfg.log_every, tcfg.steps):
+                    last_train = log_step(self.logger, step, stats, last_train, self.state)
+                if validation_due(step, tcfg):
+                    with timed("validation"):
+                        last_val = self.evaluate(step)
+                    self.logger.log_metrics(last_val, step)
+                if due(step, tcfg.checkpoint_every, tcfg.steps):
+                    with timed("checkpoints"):
+                        save_checkpoint(self.sink, self.state, step, {**last_train, **last_val})
+        with timed("export"):
+            export_model(self.policy.model, self.cfg, self.layout, self.data.tokenizer)
         if self.learn_critic:  # the critic it ended with (continual learning), beside the policy
-            C.export_model(self.critic.model, self.cfg, self.layout, value_head=self.cfg.value_model.head,
-                           out=critic_export_dir(self.cfg))
-        return metrics
+            export_model(self.critic.model, self.cfg, self.layout, value_head=self.cfg.value_model.head,
+                         out=critic_export_dir(self.cfg))
+        return {**last_train, **last_val}
 
     def close(self) -> None:
         # A setup() that failed part-way leaves no scorer: close what exists, hide nothing.
@@ -248,4 +286,4 @@ class VerifiableRecipe:
 
 def critic_export_dir(cfg: WMTPConfig):
     """`<run_dir>/export_critic`: the critic a verifiable run with continual learning ended with."""
-    return C.export_dir(cfg).with_name("export_critic")
+    return export_dir(cfg).with_name("export_critic")

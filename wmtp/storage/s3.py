@@ -221,10 +221,15 @@ def pull(uri: str, local_dir: str | Path, *, endpoint_url: str | None = None, pr
     return local_dir / objects[0].rel if single else local_dir
 
 
-def default_cache_dir() -> Path:
-    """`$WMTP_CACHE/s3` or `~/.cache/wmtp/s3`."""
+def cache_root() -> Path:
+    """Where wmtp caches what it downloads or generates: `$WMTP_CACHE`, else `~/.cache/wmtp`."""
     base = os.environ.get("WMTP_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "wmtp") / "s3"
+    return Path(base) if base else Path.home() / ".cache" / "wmtp"
+
+
+def default_cache_dir() -> Path:
+    """`<cache_root>/s3`."""
+    return cache_root() / "s3"
 
 
 def materialize(

@@ -119,3 +119,40 @@ def token_weight_heatmap_png(weights: list[list[float]], path, title: str,
     fig.colorbar(image, ax=ax, label="loss weight")
     fig.savefig(path)
     plt.close(fig)
+
+
+def log_weight_heatmap(logger, tokenizer, batch, weights, step: int, n_samples: int,
+                       title: str) -> None:
+    """Heatmap of the response tokens of the first `n_samples` rows (HTML with the tokens, and a
+    PNG), each row marked correct / incorrect, logged as artifacts under `heatmaps/`.
+
+    weights: `[B, S]` target-indexed (the weight of token j) or `[B, S, H]` (head 1's, shifted to
+    the token it predicts)."""
+    import tempfile
+    from pathlib import Path
+
+    from wmtp.losses.alignment import to_next_token
+
+    if weights.dim() == 3:
+        weights = to_next_token(weights[..., 0])
+    rows, vals = [], []
+    for i in range(min(n_samples, batch.tokens.shape[0])):
+        s, e = int(batch.response_start[i]), int(batch.response_end[i])
+        ids = batch.tokens[i, s:e + 1].tolist()
+        rows.append([tokenizer.decode([t]) or tokenizer_piece(tokenizer, t) for t in ids])
+        vals.append(weights[i, s:e + 1].double().tolist())
+    correct = getattr(batch, "is_correct", None)
+    labels = outcome_labels([None if correct is None else bool(correct[i]) for i in range(len(rows))])
+    html = token_weight_heatmap_html(rows, vals, title, row_labels=labels)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"token_weights_step{step:06d}.html"
+        path.write_text(html, encoding="utf-8")
+        logger.log_artifact(path, "heatmaps")
+        png = path.with_suffix(".png")
+        token_weight_heatmap_png(vals, png, title, row_labels=labels)
+        logger.log_artifact(png, "heatmaps")
+
+
+def tokenizer_piece(tokenizer, token_id: int) -> str:
+    """Readable stand-in for tokens that decode to nothing (EOS, control pieces)."""
+    return "⟨eos⟩" if token_id == tokenizer.eos_id else f"⟨{token_id}⟩"

@@ -1,13 +1,7 @@
 """Training components shared by every recipe: optimizer, LR schedule, precision, seeding,
-checkpoint state, non-finite loss policy, throughput (no ray, no mlflow)."""
+the local checkpoint sink, non-finite loss policy, throughput (no ray, no mlflow)."""
 
-from wmtp.training.checkpoint import (
-    CheckpointError,
-    LocalCheckpointSink,
-    checkpoint_step,
-    load_checkpoint,
-    save_checkpoint,
-)
+from wmtp.training.checkpoint import LocalCheckpointSink, checkpoint_step
 from wmtp.training.nonfinite import NonFiniteGuard, NonFiniteLossError
 from wmtp.training.optim import build_optimizer, param_groups
 from wmtp.training.precision import autocast_context
@@ -16,7 +10,6 @@ from wmtp.training.seeding import rng_state, seed_everything, set_rng_state
 from wmtp.training.throughput import ThroughputMeter, peak_flops
 
 __all__ = [
-    "CheckpointError",
     "LocalCheckpointSink",
     "NonFiniteGuard",
     "NonFiniteLossError",
@@ -26,11 +19,9 @@ __all__ = [
     "build_optimizer",
     "build_scheduler",
     "checkpoint_step",
-    "load_checkpoint",
     "param_groups",
     "peak_flops",
     "rng_state",
-    "save_checkpoint",
     "seed_everything",
     "set_rng_state",
 ]

@@ -1,18 +1,10 @@
-"""Single-process checkpoint state and the local `CheckpointSink`.
+"""The local `CheckpointSink`: `<run_dir>/checkpoints/step_NNNNNN`, published atomically.
 
-A checkpoint directory holds one `torch.save` file per component plus a manifest:
-    manifest.json            names of the saved models / optimizers / schedulers
-    model.<name>.pt          state_dict of each model ("policy", "critic", ...)
-    optim.<name>.pt          optimizer state_dict
-    sched.<name>.pt          LR scheduler state_dict
-    extra.pt                 step, sampler state, EMA statistics, RNG, tokens seen, skip counters
-Files load with `torch.load(weights_only=True)`: `extra` may hold tensors, numbers, strings,
-None and lists/tuples/dicts of them (`wmtp.training.seeding.rng_state()` already complies).
-
-Atomicity: a checkpoint is written into a hidden temporary sibling directory and renamed into
-place, and `LocalCheckpointSink` writes its `latest` marker only after that rename. A run killed
-at any moment (SIGKILL) leaves the previously marked checkpoint intact and still `latest`.
-(The sharded DCP path for Ray workers is wmtp.orchestration's; it keeps the same layout idea.)
+What a checkpoint holds is the recipe's (`wmtp.training.state.LoopState.write`: DCP shards plus
+per-rank extra state, `wmtp.parallel.checkpointing`); the sink gives it a fresh directory, then
+publishes it. Atomicity: the checkpoint is written into a hidden temporary sibling directory and
+renamed into place, and the `latest` marker is rewritten only after that rename. A run killed at
+any moment (SIGKILL) leaves the previously marked checkpoint intact and still `latest`.
 """
 
 from __future__ import annotations
@@ -24,29 +16,11 @@ import re
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-
-from wmtp.errors import WMTPUserError
 
 log = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-MANIFEST = "manifest.json"
 LATEST = "latest"
-
-
-class CheckpointError(WMTPUserError, RuntimeError):
-    """A checkpoint that cannot be loaded as asked (names the directory and what is missing)."""
-
-
-def _save_file(obj: Any, path: Path) -> None:
-    with open(path, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -55,49 +29,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _check_names(kind: str, names) -> None:
-    for name in names:
-        if not _NAME.match(name):
-            raise ValueError(f"{kind} name {name!r} must match {_NAME.pattern} (it becomes a file name)")
-
-
-def save_checkpoint(
-    directory: str | Path,
-    *,
-    models: Mapping[str, torch.nn.Module],
-    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
-    schedulers: Mapping[str, Any] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write the state of `models`/`optimizers`/`schedulers` plus `extra` to `directory`, atomically.
-
-    `directory` may not exist yet, be empty (a sink's fresh directory), or hold an older checkpoint
-    (replaced). Returns `directory`.
-    """
-    optimizers, schedulers, extra = optimizers or {}, schedulers or {}, dict(extra or {})
-    for kind, group in (("model", models), ("optimizer", optimizers), ("scheduler", schedulers)):
-        _check_names(kind, group)
-    directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = directory.parent / f".{directory.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    for name, model in models.items():
-        _save_file(model.state_dict(), tmp / f"model.{name}.pt")
-    for name, opt in optimizers.items():
-        _save_file(opt.state_dict(), tmp / f"optim.{name}.pt")
-    for name, sched in schedulers.items():
-        _save_file(sched.state_dict(), tmp / f"sched.{name}.pt")
-    _save_file(extra, tmp / "extra.pt")
-    manifest = {"format": 1, "models": sorted(models), "optimizers": sorted(optimizers),
-                "schedulers": sorted(schedulers), "torch": torch.__version__}
-    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    _fsync_dir(tmp)
-    _publish(tmp, directory)
-    return directory
 
 
 def _publish(tmp: Path, directory: Path) -> None:
@@ -113,41 +44,6 @@ def _publish(tmp: Path, directory: Path) -> None:
     _fsync_dir(directory.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(
-    directory: str | Path,
-    models: Mapping[str, torch.nn.Module],
-    optimizers: Mapping[str, torch.optim.Optimizer] | None = None,
-    schedulers: Mapping[str, Any] | None = None,
-    map_location: str | torch.device = "cpu",
-) -> dict[str, Any]:
-    """Load state into the given objects (strict for models); returns `extra`.
-
-    Only the components named here are loaded (a checkpoint may hold more).
-    """
-    directory = Path(directory)
-    manifest_path = directory / MANIFEST
-    if not manifest_path.exists():
-        raise CheckpointError(f"{directory} is not a wmtp checkpoint (no {MANIFEST})")
-    manifest = json.loads(manifest_path.read_text())
-    optimizers, schedulers = optimizers or {}, schedulers or {}
-    for kind, key, wanted in (("model", "models", models), ("optimizer", "optimizers", optimizers),
-                              ("scheduler", "schedulers", schedulers)):
-        missing = sorted(set(wanted) - set(manifest[key]))
-        if missing:
-            raise CheckpointError(f"checkpoint {directory} has no {kind} {missing}; it holds {manifest[key]}")
-
-    def read(name: str) -> Any:
-        return torch.load(directory / name, map_location=map_location, weights_only=True)
-
-    for name, model in models.items():
-        model.load_state_dict(read(f"model.{name}.pt"), strict=True)
-    for name, opt in optimizers.items():
-        opt.load_state_dict(read(f"optim.{name}.pt"))
-    for name, sched in schedulers.items():
-        sched.load_state_dict(read(f"sched.{name}.pt"))
-    return read("extra.pt")
 
 
 def checkpoint_step(path: str | Path) -> int:
