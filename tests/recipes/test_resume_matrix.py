@@ -39,7 +39,7 @@ KEYS = {"baseline": ("train/loss", "train/grad_norm"), "ref_tuning": ("train/los
 
 
 def cell_overrides(recipe, placement, interval, depth, normaliser, accum, ranks) -> tuple[str, ...]:
-    out = [f"data.grad_accum={accum}", f"orchestration.num_workers={ranks}"]
+    out = [f"data.grad_accum={accum}"] + ([f"orchestration.num_workers={ranks}"] if ranks else [])  # 0: in-process
     if recipe == "verifiable":
         out += [f"orchestration.placement={placement}", f"stage2.critic_sync_interval={interval}",
                 f"orchestration.queue_depth={depth}",
