@@ -8,6 +8,7 @@ No subcommand means `train`. `config show|validate` print or check the resolved 
 and wmtp.orchestration.commands (each sets `func=handler`, `handler(args) -> int`).
 User mistakes print one message on stderr and exit 2, without a traceback.
 """
+# One module (over 300 lines): the parser and the dry-run plan, which prints from the same parsed config; subcommands live in their floors.
 
 from __future__ import annotations
 

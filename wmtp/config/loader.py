@@ -8,6 +8,7 @@ Layers, later wins (dicts merge deeply; lists and scalars replace):
 The merged tree is validated once against `WMTPConfig`. Every mistake raises `ConfigError`
 whose message names the full key path, the bad value, what is allowed, and which layer set it.
 """
+# One module (over 300 lines): layering, overrides, origins and error messages are one merge: each error names where its value was set.
 
 from __future__ import annotations
 

@@ -19,6 +19,7 @@ The parent enforces the wall-clock timeout, then kills the whole process group a
 left with the slot's uid (a fork bomb's survivors included). `docs/EVALUATION.md` lists what these
 guarantees do and do not cover.
 """
+# One module (over 300 lines): the child's limits, namespaces, verdict channel and the parent's checks are one security boundary, reviewed together.
 
 from __future__ import annotations
 

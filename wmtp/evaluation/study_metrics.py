@@ -14,6 +14,7 @@ Per run (`measure_run`, in the process that drove the run; no Ray):
 Aggregation (`bootstrap_ci`): mean with a 95% percentile bootstrap that resamples seeds, and tasks
 within each resampled seed where a measure is per task (pass@k).
 """
+# One module (over 300 lines): every measure a study records for one run, computed from the same export and logs.
 
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ Every reader returns the model in Meta's key layout and checks the state dict ag
 the params describe: a missing, unknown or mis-shaped key is a `CheckpointError` naming it.
 Local folders only; `s3://` URIs are pulled by `wmtp.storage` first.
 """
+# One module (over 300 lines): the checkpoint formats (Meta, safetensors, HF) share their key maps and shape checks; split by format they would import each other.
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ trunk output, then the shared `norm` and `output`. Head k at position t predicts
 This file says *what* the model is; FSDP2 and activation checkpointing are applied from
 outside (`wmtp/parallel/`).
 """
+# One module (over 300 lines): the model as Meta's reference lays it out (blocks, heads, RoPE, KV cache side by side), compared with that code.
 
 from __future__ import annotations
 

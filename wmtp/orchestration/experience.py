@@ -25,6 +25,7 @@ deterministic: with `critic_sync_interval=1` and `queue_depth=0` it equals `colo
 Actor failures (process killed, node lost): actors restart (`max_restarts`); a call that failed is
 retried after the actor reloads the last published weights — the learner never sees the failure.
 """
+# One module (over 300 lines): the async scorer's actors, pool, retries and weight board are one protocol.
 
 from __future__ import annotations
 

@@ -17,6 +17,7 @@ held-out measures and bootstrap confidence intervals (docs/RESULTS.md).
 5. The table (mean [95% CI] over seeds, and tasks within seeds for pass@k) is printed; the report,
    with a plot, goes to `spec.results`.
 """
+# One module (over 300 lines): a study's grid, resume and shared stages are one Tune experiment.
 
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ the sampler is seeded with it too (the same command samples the same trials).
 - Resume: the same command again continues the sweep in `<storage>/tune-<run name>`; `best.yaml`
   and `sweep.json` (what the sweep is, checked on resume) are in `<output_dir>/tune-<run name>/`.
 """
+# One module (over 300 lines): search space, trial function, resume, summary and best.yaml all hang on the sweep's identity.
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ Kernel differences that the trace leaves out are listed in docs/MEMORY.md.
 The fake process group cannot be undone inside a process: `trace_in_subprocess` runs the trace in
 a fresh interpreter (`python -m wmtp.parallel.trace`), as the CLI does.
 """
+# One module (over 300 lines): the memory trace is one procedure (fake tensors, a fake process group, stand-ins, the tracker, the report) whose parts have no other user.
 
 from __future__ import annotations
 

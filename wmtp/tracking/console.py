@@ -13,6 +13,7 @@ What it prints:
   best metrics, where the export / checkpoints / config / MLflow run are, the next commands),
   also written to `<run_dir>/summary.json`.
 """
+# One module (over 300 lines): the progress line, the summary block and the failure report share one state and one formatting.
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ Layout of the embedded default (MLflow ≥ 3.13 refuses plain `./mlruns` file st
     <output_dir>/<run>/mlflow_run.json  the MLflow run id of this run dir (resume continues it)
 Run `mlflow ui --backend-store-uri sqlite:///<output_dir>/mlflow.db` to browse.
 """
+# One module (over 300 lines): one backend: runs, nesting, the status on every exit path and the recorded-run file.
 
 from __future__ import annotations
 
