@@ -69,7 +69,7 @@ def train(model, sequences, steps: int, batch_size: int, seq_len: int, device, s
     """Plain MTP cross-entropy on every position (head k at t predicts token t+k)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
-    H = model.n_heads
+    H = model.n_future_heads
     model.train()
     loss = torch.tensor(0.0)
     for step in range(steps):

@@ -24,7 +24,7 @@ class OracleMTP:
     """
 
     def __init__(self, n_heads: int, wrong=lambda x, k: False):
-        self.n_heads, self.wrong = n_heads, wrong
+        self.n_future_heads, self.wrong = n_heads, wrong
         self.args = SimpleNamespace(max_seq_len=256)
         self.tok_embeddings = SimpleNamespace(weight=torch.zeros(1))
         self.forwards = 0
@@ -32,9 +32,9 @@ class OracleMTP:
     def allocate_cache(self, batch, max_seq_len):
         return SimpleNamespace(max_seq_len=max_seq_len)
 
-    def __call__(self, tokens, *, start_pos=0, cache=None, n_heads=None, return_logits=False):
+    def __call__(self, tokens, *, start_pos=0, cache=None, n_future_heads=None, return_logits=False):
         self.forwards += 1
-        H = n_heads or self.n_heads
+        H = n_future_heads or self.n_future_heads
         B, S = tokens.shape
         logits = torch.zeros(B, S, H, V)
         for b in range(B):

@@ -39,7 +39,7 @@ def test_fewer_heads_drop_the_extra_heads(meta_4_heads):
     args = policy_args(cfg)
     assert (args.n_future_tokens, args.n_layers, args.n_trunk_layers) == (1, 3, 3)
     policy = build_policy(cfg, None, torch.device("cpu"))
-    assert policy.n_heads == 1 and len(policy.extra_heads) == 0
+    assert policy.n_future_heads == 1 and len(policy.extra_heads) == 0
     # Head 1 is untouched: its logits equal the 4-head model's head 1.
     assert torch.equal(_logits(policy, TOKENS)[:, :, 0], _logits(model, TOKENS)[:, :, 0])
 
@@ -50,7 +50,7 @@ def test_fewer_heads_drop_the_extra_heads(meta_4_heads):
 def test_more_heads_start_from_the_last_trunk_block(meta_4_heads):
     model, folder = meta_4_heads
     policy = build_policy(_cfg(folder, "model.n_future_tokens=6"), None, torch.device("cpu"))
-    assert policy.n_heads == 6 and policy.args.n_layers == 8 and policy.args.n_trunk_layers == 3
+    assert policy.n_future_heads == 6 and policy.args.n_layers == 8 and policy.args.n_trunk_layers == 3
     logits, ref = _logits(policy, TOKENS), _logits(model, TOKENS)
     assert torch.equal(logits[:, :, :4], ref)
     # Heads 5 and 6 are copies of head 1 (the last trunk block): same logits, separate tensors.

@@ -109,10 +109,10 @@ def test_hidden_are_normed_head_outputs(tiny_model, tiny_args):
 def test_n_heads_subset_equals_prefix(tiny_model, tiny_args):
     tokens = _tokens(tiny_args)
     full = tiny_model(tokens, return_logits=True).logits
-    two = tiny_model(tokens, n_heads=2, return_logits=True).logits
+    two = tiny_model(tokens, n_future_heads=2, return_logits=True).logits
     torch.testing.assert_close(two, full[:, :, :2])
-    with pytest.raises(ValueError, match="n_heads"):
-        tiny_model(tokens, n_heads=5)
+    with pytest.raises(ValueError, match="n_future_heads"):
+        tiny_model(tokens, n_future_heads=5)
 
 
 def test_rope_is_relative():
@@ -263,7 +263,7 @@ def test_value_model_init_from_policy(tiny_model, tiny_args):
     vm.init_from_policy(tiny_model)
     tokens = _tokens(tiny_args)
     # The critic backbone's hidden equals the policy's head-1 hidden (same trunk + layers[-1] + norm).
-    torch.testing.assert_close(vm.backbone(tokens).hidden[0], tiny_model(tokens, n_heads=1).hidden[0])
+    torch.testing.assert_close(vm.backbone(tokens).hidden[0], tiny_model(tokens, n_future_heads=1).hidden[0])
     with pytest.raises(ValueError, match="layers"):
         ValueModel(tiny_args.replace(n_layers=8, n_future_tokens=1)).init_from_policy(tiny_model)
 

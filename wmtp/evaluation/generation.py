@@ -3,7 +3,7 @@
 Prompts of different lengths are left-padded to a common length `L`; `cache.key_padding_mask`
 hides the pads from every query. RoPE only sees relative positions, so a left-padded prompt gives
 the same logits as the unpadded one (to float tolerance). Plain decoding runs only head 1
-(`n_heads=1`): the extra MTP heads are for training and self-speculative decoding.
+(`n_future_heads=1`): the extra MTP heads are for training and self-speculative decoding.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ def generate_tokens(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: 
 
     out: list[list[int]] = [[] for _ in range(B)]
     done = [False] * B
-    logits = model(tokens, start_pos=0, cache=cache, n_heads=1, return_logits=True).logits[:, -1, 0]
+    logits = model(tokens, start_pos=0, cache=cache, n_future_heads=1, return_logits=True).logits[:, -1, 0]
     for step in range(max_new_tokens):
         next_tokens = sample_next_token(logits, temperature, top_p, generator)
         for i, tok in enumerate(next_tokens.tolist()):
@@ -112,7 +112,7 @@ def generate_tokens(model, prompts: Sequence[Sequence[int]], *, max_new_tokens: 
                 done[i] = True
         if all(done) or step == max_new_tokens - 1:
             break
-        logits = model(next_tokens[:, None], start_pos=L + step, cache=cache, n_heads=1,
+        logits = model(next_tokens[:, None], start_pos=L + step, cache=cache, n_future_heads=1,
                        return_logits=True).logits[:, -1, 0]
     return out
 
@@ -125,7 +125,7 @@ def greedy_decode_no_cache(model, prompt: Sequence[int], *, max_new_tokens: int,
     seq = list(prompt)
     out: list[int] = []
     for _ in range(max_new_tokens):
-        logits = model(torch.tensor([seq], device=device), n_heads=1, return_logits=True).logits
+        logits = model(torch.tensor([seq], device=device), n_future_heads=1, return_logits=True).logits
         tok = int(logits[0, -1, 0].argmax())
         out.append(tok)
         seq.append(tok)

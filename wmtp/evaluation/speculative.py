@@ -54,7 +54,7 @@ def speculative_greedy(model, prompt: Sequence[int], *, max_new_tokens: int, eos
     Returns the new tokens (ending with EOS when produced, at most max_new_tokens) and stats.
     """
     start = time.perf_counter()
-    H = model.n_heads
+    H = model.n_future_heads
     device = model.tok_embeddings.weight.device
     prompt = list(prompt)
     L = len(prompt)

@@ -157,7 +157,8 @@ class Transformer(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
 
     @property
-    def n_heads(self) -> int:
+    def n_future_heads(self) -> int:
+        """How many future-token (MTP) heads; `args.n_heads` is the attention heads."""
         return self.args.n_future_tokens
 
     def blocks(self) -> list[TransformerBlock]:
@@ -229,19 +230,19 @@ class Transformer(nn.Module):
         return allowed.expand(B, 1, S, total)
 
     def forward(self, tokens: Tensor, *, start_pos: int = 0, cache: KVCache | None = None,
-                n_heads: int | None = None, key_padding_mask: Tensor | None = None,
+                n_future_heads: int | None = None, key_padding_mask: Tensor | None = None,
                 return_logits: bool = False) -> MTPOutput:
         """tokens: `[B, S]` token ids at positions start_pos..start_pos+S-1.
 
-        n_heads: how many prediction heads to run (default all). With a cache, the blocks of the
+        n_future_heads: how many prediction heads to run (default all). With a cache, the blocks of the
             heads that are not run keep stale entries for these positions; decode with the same
-            n_heads throughout (or all heads, as self-speculative decoding does).
+            n_future_heads throughout (or all heads, as self-speculative decoding does).
         key_padding_mask: `[B, S_total]` bool, True for real tokens (left-padded batches).
         """
         B, S = tokens.shape
-        n_heads = n_heads or self.n_heads
-        if not 1 <= n_heads <= self.n_heads:
-            raise ValueError(f"n_heads={n_heads} must be in [1, {self.n_heads}]")
+        n_heads = n_future_heads or self.n_future_heads
+        if not 1 <= n_heads <= self.n_future_heads:
+            raise ValueError(f"n_future_heads={n_heads} must be in [1, {self.n_future_heads}]")
         if start_pos + S > self.args.max_seq_len:
             raise ValueError(f"sequence end {start_pos + S} exceeds max_seq_len={self.args.max_seq_len}")
         cos, sin = self._rope(start_pos, S)

@@ -84,7 +84,7 @@ def critic_experience(critic: ValueModel, batch: Batch, *, gamma: float, lam: fl
 @torch.no_grad()
 def reference_token_losses(reference: Transformer, batch: Batch, chunk_size: int = 1024) -> Tensor:
     """`ℓ^ref(j) = −log p_ref(x_j | x_{<j})`, target-indexed `[B, S]` (0 where j is no target)."""
-    out = reference(batch.tokens, n_heads=1)
+    out = reference(batch.tokens, n_future_heads=1)
     next_token = mtp_token_losses(out.hidden, reference.output.weight, batch.labels, chunk_size)[..., 0]
     return to_next_token(next_token).float()
 
