@@ -30,6 +30,8 @@ GOLDEN = {
     },
     'critic': {
         'train/value_loss': [0.4390754, 3.0926418, 6.1990438, 0.7798197],
+        # One 4-sample validation batch after 4 steps: the critic ranks every correct sample
+        # below every incorrect one (a run's value; one class only would give nan, not 0).
         'val/critic_auc': [0.0],
     },
     'critic_pairwise': {
