@@ -245,14 +245,13 @@ def produced_inputs(given: WMTPConfig, resolved: WMTPConfig) -> dict[str, str]:
     dotted key → path relative to the working dir, where they lie below it (relative inputs are
     read from the working dir). `best.yaml` pins them, so training it reuses the sweep's critic
     instead of training one for the `-best` run name; one outside the working dir (a job's
-    temporary upload) is left out and named in the summary."""
-    from wmtp.recipes.chain import NEEDS
+    temporary upload) is left out (docs/CLUSTER.md says what to pass then)."""
+    from wmtp.recipes.chain import NEEDS, input_value
 
     if given.recipe not in NEEDS:
         return {}
     key = NEEDS[given.recipe][0]
-    section, name = key.split(".")
-    before, after = getattr(getattr(given, section), name), getattr(getattr(resolved, section), name)
+    before, after = input_value(given, key), input_value(resolved, key)
     if before is not None or after is None:
         return {}
     try:

@@ -31,11 +31,16 @@ class MissingInputError(WMTPUserError, ValueError):
     """A recipe's input is not configured on a cluster configuration (user error)."""
 
 
+def input_value(cfg: WMTPConfig, key: str):
+    """The value of a stage input key (`value_model.checkpoint`, `rho1.reference`) in `cfg`."""
+    section, field = key.split(".")
+    return getattr(getattr(cfg, section), field)
+
+
 def _configured(cfg: WMTPConfig, key: str) -> bool:
     if cfg.recipe == "rho1_weighted" and cfg.data.reference_losses:
         return True
-    section, field = key.split(".")
-    return getattr(getattr(cfg, section), field) is not None
+    return input_value(cfg, key) is not None
 
 
 def producer_config(cfg: WMTPConfig, producer: str) -> WMTPConfig:
