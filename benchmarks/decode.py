@@ -110,7 +110,7 @@ def main() -> None:
     p.add_argument("--prompts", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
-    p.add_argument("--repeats", type=int, default=5, help="decoding rounds, the three methods round-robin")
+    p.add_argument("--repeats", type=int, default=30, help="decoding rounds, the three methods round-robin")
     p.add_argument("--save", default=None,
                    help="also save the trained model (and the bundled tokenizer) here, for `wmtp eval`")
     args = p.parse_args()

@@ -87,7 +87,7 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=2048)
     ap.add_argument("--gamma", type=float, default=0.99)
     ap.add_argument("--lam", type=float, default=0.95)
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--repeats", type=int, default=41)
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU intra-op threads for every method (GAE ops are tiny; extra threads only add sync)")
     a = ap.parse_args()

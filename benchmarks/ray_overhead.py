@@ -1,5 +1,5 @@
 """Step time of the micro baseline recipe under a 1-worker Ray Train TorchTrainer vs the same steps
-in a bare in-process loop, run back to back (docs/BENCHMARKS.md: ratio ≤ 1.05).
+in a bare in-process loop, run back to back (docs/BENCHMARKS.md).
 
 Both paths run the same recipe code (`wmtp.recipes.build_recipe`) on the same config; the only
 difference is the seams (Ray's logger/sink/report cadence vs local ones) and the process. Step time
@@ -8,10 +8,15 @@ difference is the seams (Ray's logger/sink/report cadence vs local ones) and the
 The Ray worker gets `cpus_per_worker` CPUs, and Ray pins its torch threads to that; the bare loop
 uses the same thread count.
 
-    python benchmarks/ray_overhead.py                 # ~2-3 min on 2 CPU cores
-    python benchmarks/ray_overhead.py --steps 100 --rounds 3
+Rounds alternate which path goes first (round r runs bare, Ray when r is even, Ray, bare when
+odd). Each round gives a ratio (that round's Ray median step ÷ its bare median step), so minutes
+of a busy machine fall on both sides of one ratio; the figure is the median of the rounds' ratios,
+printed with their min–max.
 
-Last line: `ray_overhead_ratio: X` (Ray median step time ÷ bare median step time).
+    python benchmarks/ray_overhead.py                 # ~4-6 min on 2 CPU cores
+    python benchmarks/ray_overhead.py --steps 100 --rounds 5
+
+Last line: `ray_overhead_ratio: X` (median over rounds of Ray median step ÷ bare median step).
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as bench  # noqa: E402
 
 
 class TimedLogger:
@@ -154,26 +163,34 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2, help="bare/Ray pairs, alternating")
+    parser.add_argument("--rounds", type=int, default=4, help="bare/Ray pairs; the first path alternates")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--out", default=None, help="run folder (default: a temp dir)")
     args = parser.parse_args(argv)
     out = Path(args.out or tempfile.mkdtemp(prefix="wmtp-ray-overhead-"))
+    bench.print_header("ray_overhead", {"ray": bench.version("ray")})
     start_ray(num_cpus=max(2, os.cpu_count() or 2))
-    pooled: dict[str, list[float]] = {"bare": [], "ray": []}
+    medians: dict[str, list[float]] = {"bare": [], "ray": []}
+    paths = (("bare", run_bare), ("ray", run_on_ray))
     for r in range(args.rounds):
-        for path, runner in (("bare", run_bare), ("ray", run_on_ray)):
+        for path, runner in paths if r % 2 == 0 else paths[::-1]:
             cfg = bench_config(out, f"{path}-{r}", args.steps, f"data.batch_size={args.batch_size}",
                                "orchestration.cpus_per_worker=1")
             record = out / f"{path}-{r}.json"
             runner(cfg, record)
             times, threads = step_times(record, args.warmup)
-            pooled[path] += times
-            print(f"round {r} {path:4s}: median step {statistics.median(times) * 1e3:8.2f} ms over "
-                  f"{len(times)} steps (torch threads {threads})", flush=True)
-    bare, ray_ = statistics.median(pooled["bare"]), statistics.median(pooled["ray"])
-    print(f"bare median step: {bare * 1e3:.2f} ms; ray median step: {ray_ * 1e3:.2f} ms")
-    print(f"ray_overhead_ratio: {ray_ / bare:.3f}")
+            medians[path].append(statistics.median(times))
+            print(f"round {r} {path:4s}: median step {medians[path][-1] * 1e3:8.2f} ms over "
+                  f"{len(times)} steps (torch threads {threads}; load {bench.loadavg()})", flush=True)
+    print(f"loadavg after: {bench.loadavg()}")
+    for path in ("bare", "ray"):
+        s = bench.summarize(medians[path])
+        print(f"{path:4s} median of round medians {s['median'] * 1e3:.2f} ms "
+              f"(min–max {s['min'] * 1e3:.2f}–{s['max'] * 1e3:.2f}, n={s['n']})")
+    r = bench.summarize(bench.paired_ratios(medians["ray"], medians["bare"]))
+    print(f"ray ÷ bare per round: median {r['median']:.3f}, IQR {r['q1']:.3f}–{r['q3']:.3f}, "
+          f"min–max {r['min']:.3f}–{r['max']:.3f}")
+    print(f"ray_overhead_ratio: {r['median']:.3f}")
     return 0
 
 

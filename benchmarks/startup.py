@@ -6,14 +6,16 @@ Each run writes `<run_dir>/summary.json` with its wall time by phase (cluster st
 setup = data + models, steps, validation, checkpoints, export, shutdown); the table puts them
 side by side, with the process's own wall time (imports and interpreter start included).
 
-    python benchmarks/startup.py                      # 20 steps each: ~5-10 min on 2 cores at load 20
+    python benchmarks/startup.py --steps 10           # 3 rounds of both paths: ~6-8 min on 2 idle cores
     python benchmarks/startup.py --steps 150          # the full local-light budget
     python benchmarks/startup.py --paths ray          # the Ray path alone (A/B repeats)
 
 Fixed overhead = process wall time − time in steps, validation, checkpoints and export (the work
-both paths share). Last line: `ray_fixed_overhead_s: X` (Ray's fixed overhead − in-process's), or
-`ray_fixed_s: X` with `--paths ray`. The load average before and after is printed: on a shared
-machine the figures move with it.
+both paths share). The paths run round-robin `--repeats` times (the order rotates each round);
+the table shows each phase's median over rounds. Last line: `ray_fixed_overhead_s: X`, the median
+over rounds of (Ray's fixed overhead − in-process's, same round), or `ray_fixed_s: X` with
+`--paths ray`. The load average before and after is printed: on a shared machine the figures move
+with it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,6 +32,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+import _common as bench  # noqa: E402
+
 WORK = ("steps", "validation", "checkpoints", "export")
 
 
@@ -59,33 +66,41 @@ def run(path: str, steps: int, out: Path) -> dict:
     return phases
 
 
-def loadavg() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=3, help="round-robin rounds over the paths")
     parser.add_argument("--paths", nargs="+", choices=["local", "ray"], default=["local", "ray"])
     args = parser.parse_args()
-    print(f"loadavg before: {loadavg()}", flush=True)
-    results = {}
-    for path in args.paths:
-        with tempfile.TemporaryDirectory(prefix=f"wmtp-startup-{path}-") as tmp:
-            results[path] = run(path, args.steps, Path(tmp))
-    print(f"loadavg after: {loadavg()}")
-    paths = [p for p in ("local", "ray") if p in results]
-    names = list(dict.fromkeys(k for p in reversed(paths) for k in results[p]))
-    print(f"baseline local-light, {args.steps} steps, {os.cpu_count()} CPUs")
+    bench.print_header("startup", {"ray": bench.version("ray")})
+    order = [p for p in ("local", "ray") if p in args.paths]
+    rounds: list[dict[str, dict]] = []
+    for r in range(args.repeats):
+        results = {}
+        for path in order[r % len(order):] + order[: r % len(order)]:
+            with tempfile.TemporaryDirectory(prefix=f"wmtp-startup-{path}-") as tmp:
+                results[path] = run(path, args.steps, Path(tmp))
+            print(f"round {r} {path}: fixed {results[path]['fixed']:.1f}s, process {results[path]['process']:.1f}s "
+                  f"(load {bench.loadavg()})", flush=True)
+        rounds.append(results)
+    print(f"loadavg after: {bench.loadavg()}")
+    names = list(dict.fromkeys(k for p in reversed(order) for k in rounds[0][p]))
+    print(f"baseline local-light, {args.steps} steps, {os.cpu_count()} CPUs; median over {args.repeats} rounds")
     titles = {"local": "in-process", "ray": "ray"}
-    print(f"{'phase':<14}" + "".join(f" {titles[p]:>11}" for p in paths))
+    print(f"{'phase':<14}" + "".join(f" {titles[p]:>11}" for p in order))
     for name in names:
-        cells = [f"{results[p][name]:.1f}s" if name in results[p] else "-" for p in paths]
+        cells = [f"{statistics.median(x[p][name] for x in rounds):.1f}s" if name in rounds[0][p] else "-"
+                 for p in order]
         print(f"{name:<14}" + "".join(f" {c:>11}" for c in cells))
-    if paths == ["local", "ray"]:
-        print(f"ray_fixed_overhead_s: {results['ray']['fixed'] - results['local']['fixed']:.1f}")
+    if order == ["local", "ray"]:
+        s = bench.summarize([x["ray"]["fixed"] - x["local"]["fixed"] for x in rounds])
+        print(f"ray fixed − in-process fixed per round: median {s['median']:.1f}s, "
+              f"min–max {s['min']:.1f}–{s['max']:.1f}s (n={s['n']})")
+        print(f"ray_fixed_overhead_s: {s['median']:.1f}")
     else:
-        print(f"{paths[0]}_fixed_s: {results[paths[0]]['fixed']:.1f}")
+        s = bench.summarize([x[order[0]]["fixed"] for x in rounds])
+        print(f"{order[0]} fixed per round: min–max {s['min']:.1f}–{s['max']:.1f}s (n={s['n']})")
+        print(f"{order[0]}_fixed_s: {s['median']:.1f}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ RAY_TINY = {
 # Whole-recipe or 1B-shape runs: minutes even tiny, so slow (they still end with `name: value`).
 SLOW_TINY = {
     "publish": ["--repeats", "1"],
-    "startup": ["--steps", "2"],
+    "startup": ["--steps", "2", "--repeats", "1"],
 }
 
 
