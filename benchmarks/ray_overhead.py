@@ -1,5 +1,5 @@
 """Step time of the micro baseline recipe under a 1-worker Ray Train TorchTrainer vs the same steps
-in a bare in-process loop, run back to back (docs/BENCHMARKS.md).
+in a bare in-process loop, run back to back (docs/BENCHMARKS.md; target ≤ 1.05, docs/DISTRIBUTED.md).
 
 Both paths run the same recipe code (`wmtp.recipes.build_recipe`) on the same config; the only
 difference is the seams (Ray's logger/sink/report cadence vs local ones) and the process. Step time
