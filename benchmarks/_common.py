@@ -66,6 +66,12 @@ def fmt_ms(s: dict[str, float]) -> str:
             f"min–max {s['min'] * 1e3:.3f}–{s['max'] * 1e3:.3f}  (n={s['n']})")
 
 
+def rotated(items: list, r: int) -> list:
+    """`items` rotated left by `r`: round r of a round-robin starts with item r (mod len)."""
+    k = r % len(items)
+    return items[k:] + items[:k]
+
+
 def round_robin(methods: dict[str, Callable[[], object]], repeats: int, *, warmup: int = 1,
                 sync: Callable[[], None] | None = None) -> dict[str, list[float]]:
     """Seconds per call of each method, `repeats` rounds; round r runs the methods in an order
@@ -74,8 +80,7 @@ def round_robin(methods: dict[str, Callable[[], object]], repeats: int, *, warmu
     names = list(methods)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(warmup + repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for n in order:
+        for n in rotated(names, r):
             gc.collect()
             if sync:
                 sync()

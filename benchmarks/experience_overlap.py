@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     per_run: dict[str, list[float]] = {n: [] for n in args.configs}
     names = list(args.configs)
     for r in range(args.rounds):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in bench.rotated(names, r):
             recipe, overrides = CONFIGS[name]
             cfg = timing.bench_config(out, f"{name}-{r}", args.steps, *overrides, f"data.batch_size={args.batch_size}",
                                       f"value_model.checkpoint={critic}", f"orchestration.queue_depth={args.queue_depth}",

@@ -244,7 +244,7 @@ def main() -> None:
     mem: dict[str, list[float]] = {n: [] for n in fns}
     names = list(fns)
     for r in range(a.memory_repeats):
-        for n in names[r % len(names):] + names[: r % len(names)]:
+        for n in bench.rotated(names, r):
             proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps({**cfg, "method": n})],
                                   capture_output=True, text=True, env=env, check=False)
             if proc.returncode != 0:

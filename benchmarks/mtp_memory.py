@@ -126,7 +126,7 @@ def main() -> None:
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
     results: dict[str, list[dict]] = {c[0]: [] for c in configs}
     for r in range(a.repeats):
-        for name, heads, loss in configs[r % len(configs):] + configs[: r % len(configs)]:
+        for name, heads, loss in bench.rotated(configs, r):
             cfg = {**base, "heads": heads, "loss": loss}
             proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(cfg)], capture_output=True,
                                   text=True, check=False, env=env)

@@ -171,9 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.print_header("ray_overhead", {"ray": bench.version("ray")})
     start_ray(num_cpus=max(2, os.cpu_count() or 2))
     medians: dict[str, list[float]] = {"bare": [], "ray": []}
-    paths = (("bare", run_bare), ("ray", run_on_ray))
+    paths = [("bare", run_bare), ("ray", run_on_ray)]
     for r in range(args.rounds):
-        for path, runner in paths if r % 2 == 0 else paths[::-1]:
+        for path, runner in bench.rotated(paths, r):
             cfg = bench_config(out, f"{path}-{r}", args.steps, f"data.batch_size={args.batch_size}",
                                "orchestration.cpus_per_worker=1")
             record = out / f"{path}-{r}.json"

@@ -77,7 +77,7 @@ def main() -> None:
     rounds: list[dict[str, dict]] = []
     for r in range(args.repeats):
         results = {}
-        for path in order[r % len(order):] + order[: r % len(order)]:
+        for path in bench.rotated(order, r):
             with tempfile.TemporaryDirectory(prefix=f"wmtp-startup-{path}-") as tmp:
                 results[path] = run(path, args.steps, Path(tmp))
             print(f"round {r} {path}: fixed {results[path]['fixed']:.1f}s, process {results[path]['process']:.1f}s "
