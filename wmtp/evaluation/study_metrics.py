@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from wmtp.weighting.diagnostics import rank_auc
+
 # ---------------------------------------------------------------------------------------------
 # Decisive tokens
 
@@ -66,23 +68,6 @@ def weight_share(weights: Tensor, decisive: Tensor, mask: Tensor) -> dict[str, f
     mass = float(w[d].sum() / w.sum())
     share = float(d.double().mean())
     return {"mass_share": mass, "token_share": share, "lift": mass / share, "auc": rank_auc(w, d)}
-
-
-def rank_auc(scores: Tensor, labels: Tensor) -> float:
-    """P(score of a positive > score of a negative), ties counted half (Mann–Whitney)."""
-    scores, labels = scores.double().flatten(), labels.bool().flatten()
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = torch.argsort(scores)
-    ranks = torch.empty_like(scores)
-    sorted_scores = scores[order]
-    # average ranks over ties
-    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    avg = ends - (counts.double() - 1) / 2
-    ranks[order] = avg[inverse]
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 # ---------------------------------------------------------------------------------------------
