@@ -156,3 +156,11 @@ def test_weight_diagnostics_keys():
     d = weight_diagnostics(w, mask).to_dict()
     assert set(d) == {"weights/ess", "weights/position_spearman", "weights/quarter_1", "weights/quarter_2",
                       "weights/quarter_3", "weights/quarter_4"}
+
+
+def test_weight_diagnostics_equal_the_single_measures():
+    w, mask = _rows(seed=7)
+    d = weight_diagnostics(w, mask)
+    assert d.ess == pytest.approx(effective_sample_size(w, mask))
+    assert d.position_spearman == pytest.approx(position_spearman(w, mask))
+    assert [d.quarter_1, d.quarter_2, d.quarter_3, d.quarter_4] == pytest.approx(quarter_means(w, mask))

@@ -43,6 +43,10 @@ GOLDEN = {
         'train/loss': [7.3645029, 6.765481, 6.1060319, 6.2996297],
         'train/value_loss': [0.1959384, 0.0733521, 0.0062269, 0.0072356],
         'train/weights/mean': [1.0, 1.0, 1.0, 1.0],
+        # The 4-step critic's weights on the validation batch's correct solutions rise with
+        # position in every row: a pure ramp (Spearman 1), half the targets effective.
+        'val/weights/ess': [0.5159464],
+        'val/weights/position_spearman': [1.0],
     },
     'verifiable_mtp4': {
         'train/loss': [7.1339331, 6.8427138, 6.3697653, 5.9265213],

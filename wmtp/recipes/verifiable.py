@@ -66,6 +66,7 @@ from wmtp.training.step import (
     optimizer_step,
     step_denominators,
 )
+from wmtp.weighting.diagnostics import pooled_diagnostics, relative_position
 from wmtp.weighting.normalize import build_normalizer
 from wmtp.weighting.shuffle import shuffle_within_rows, step_generator
 from wmtp.weighting.weights import advantage_weights
@@ -230,16 +231,26 @@ class VerifiableRecipe:
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
         """Unweighted CE per head, critic AUC (value of the last trained state V_{e−1} vs R),
-        pairwise accuracy (mean state values), and a token-weight heatmap."""
+        pairwise accuracy (mean state values), the diagnostics of the token weights the policy
+        would get on the validation batches (each batch normalised on its own rank), and a
+        token-weight heatmap."""
         cfg, vw = self.cfg, self.cfg.stage2.value_weighting
         generated = evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
                                         self.layout, step)
         metrics = generated | validate_policy(self.policy.model, self.valid, cfg, self.layout, cfg.data.samples)
         critic = self.critic_model.eval()
-        finals, means, outcomes = [], [], []
+        finals, means, outcomes, diag_w, diag_rel = [], [], [], [], []
         for batch in self.valid:
             scored = critic_experience(critic, batch, gamma=vw.gae_gamma, lam=vw.gae_lambda,
                                        reward_mode=vw.reward, version=step)
+            # the weights the policy would learn with on this batch (its rows, its shuffle)
+            learned = streams.policy_labels(batch, cfg.data.samples) != -100
+            if learned.any():
+                w, _ = self.weights(scored.advantages, learned, update=False, global_stats=False)
+                if vw.shuffle:
+                    w = shuffle_within_rows(w, learned, step_generator(cfg.run.seed, self.layout.rank, step))
+                diag_w.append(w.double()[learned])
+                diag_rel.append(relative_position(learned)[learned])
             finals.append(final_values(scored.values_old, batch))
             means.append(mean_response_value(state_values(scored.values_old), streams.response_mask(batch)))
             outcomes.append(batch.is_correct)
@@ -249,6 +260,13 @@ class VerifiableRecipe:
         outcomes = reduce.gather_cat(torch.cat(outcomes).long(), self.layout).bool()
         metrics["val/critic_auc"] = roc_auc(finals, outcomes)
         metrics["val/pairwise_accuracy"] = pairwise_accuracy(means, outcomes)
+        # docs/MATH.md "Weight diagnostics": ESS, Spearman with position, quarter means (every
+        # rank gathers, also one whose batches held no learned row)
+        empty = torch.zeros(0, dtype=torch.float64, device=self.layout.device)
+        pooled_w = reduce.gather_cat(torch.cat(diag_w) if diag_w else empty, self.layout)
+        pooled_rel = reduce.gather_cat(torch.cat(diag_rel) if diag_rel else empty, self.layout)
+        if pooled_w.numel():
+            metrics.update(pooled_diagnostics(pooled_w, pooled_rel).to_dict("val/weights/"))
         if self.layout.is_main and cfg.train.heatmap_samples:
             w, _ = self.weights(scored.advantages, streams.response_mask(batch), update=False, global_stats=False)
             log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,

@@ -335,6 +335,19 @@ def _mlflow_record(run_dir: Path) -> dict[str, str] | None:
     return record
 
 
+WEIGHTS_PREFIX = "val/weights/"
+
+
+def weights_line(final: Mapping[str, Any]) -> str | None:
+    """The token weights' diagnostics (docs/MATH.md "Weight diagnostics") on one line, or None."""
+    if f"{WEIGHTS_PREFIX}ess" not in final:
+        return None
+    quarters = "/".join(_fmt(final.get(f"{WEIGHTS_PREFIX}quarter_{i}", float("nan"))) for i in range(1, 5))
+    return (f"ess {_fmt(final[f'{WEIGHTS_PREFIX}ess'])}  "
+            f"spearman(position) {_fmt(final.get(f'{WEIGHTS_PREFIX}position_spearman', float('nan')))}  "
+            f"mean by quarter {quarters}")
+
+
 def format_summary(summary: Mapping[str, Any], *, brief: bool = False) -> list[str]:
     """The summary block as lines (the same for `--local` and Ray)."""
     status = summary["status"]
@@ -344,7 +357,8 @@ def format_summary(summary: Mapping[str, Any], *, brief: bool = False) -> list[s
         head += f" ({summary['reason']})"
     final = summary["final"]
     loss = _loss_key(final)
-    shown = ([loss] if loss else []) + [k for k in final if k.startswith(("val/", "eval/")) and "_head" not in k][:5]
+    shown = ([loss] if loss else []) + [k for k in final if k.startswith(("val/", "eval/")) and "_head" not in k
+                                         and not k.startswith(WEIGHTS_PREFIX)][:5]
     metrics = "  ".join(f"{k} {_fmt(final[k])}" for k in shown) or "-"
     paths, mlflow, nxt = summary["paths"], summary.get("mlflow"), summary["next"]
     if brief and status == "FINISHED":
@@ -355,6 +369,9 @@ def format_summary(summary: Mapping[str, Any], *, brief: bool = False) -> list[s
     lines.append("time      " + "  ".join(f"{k.replace('_', ' ')} {_seconds(v)}"
                                           for k, v in summary["phases_s"].items()))
     lines.append(f"final     {metrics}")
+    weights = weights_line(final)
+    if weights:
+        lines.append(f"weights   {weights}")
     best = summary.get("best")
     if best:
         lines.append(f"best      {best['metric']} {_fmt(best['value'])} at step {best['step']}")

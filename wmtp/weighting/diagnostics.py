@@ -128,7 +128,17 @@ class WeightDiagnostics:
         return {f"{prefix}{f.name}": float(getattr(self, f.name)) for f in fields(self)}
 
 
+def pooled_diagnostics(w: Tensor, rel: Tensor) -> WeightDiagnostics:
+    """The diagnostics from pooled 1-D `w [N]` and their relative positions `rel [N]` (what
+    `relative_position` gave at those targets), so ranks can gather pairs and pool them."""
+    w, rel = w.detach().double().flatten(), rel.double().flatten()
+    quarter = (rel * 4).floor().clamp(0, 3).long()
+    q = [float(w[quarter == i].mean()) if bool((quarter == i).any()) else float("nan") for i in range(4)]
+    ones = torch.ones_like(w, dtype=torch.bool)
+    return WeightDiagnostics(effective_sample_size(w, ones), spearman(w, rel), *q)
+
+
 def weight_diagnostics(w: Tensor, mask: Tensor) -> WeightDiagnostics:
     """w, mask `[B, S]` (target-indexed) → ESS fraction, Spearman with position, quarter means."""
-    q = quarter_means(w, mask)
-    return WeightDiagnostics(effective_sample_size(w, mask), position_spearman(w, mask), *q)
+    m = mask.bool()
+    return pooled_diagnostics(w.detach().double()[m], relative_position(m)[m])
