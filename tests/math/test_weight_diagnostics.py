@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from wmtp.weighting.diagnostics import (
+    average_ranks,
     effective_sample_size,
     position_spearman,
     quarter_means,
@@ -62,11 +63,11 @@ def test_ess_is_kish_formula_and_one_for_uniform():
     w, mask = _rows()
     vals = [float(v) for v in w[mask]]
     expected = sum(vals) ** 2 / (len(vals) * sum(v * v for v in vals))
-    assert effective_sample_size(w, mask) == pytest.approx(expected, rel=1e-12)
-    assert effective_sample_size(torch.ones_like(w), mask) == pytest.approx(1.0)
+    assert float(effective_sample_size(w, mask)) == pytest.approx(expected, rel=1e-12)
+    assert float(effective_sample_size(torch.ones_like(w), mask)) == pytest.approx(1.0)
     one_hot = torch.zeros_like(w)
     one_hot[0, 0] = 1.0
-    assert effective_sample_size(one_hot, mask) == pytest.approx(1 / int(mask.sum()))
+    assert float(effective_sample_size(one_hot, mask)) == pytest.approx(1 / int(mask.sum()))
 
 
 def test_relative_position_by_hand():
@@ -81,16 +82,16 @@ def test_spearman_matches_pearson_of_slow_ranks():
     a = [rng.choice(range(6)) for _ in range(25)]
     b = [rng.random() for _ in range(25)]
     expected = _slow_pearson(_slow_ranks(a), _slow_ranks(b))
-    assert spearman(torch.tensor(a, dtype=torch.float64), torch.tensor(b)) == pytest.approx(expected, abs=1e-12)
+    assert float(spearman(torch.tensor(a, dtype=torch.float64), torch.tensor(b))) == pytest.approx(expected, abs=1e-12)
 
 
 def test_position_spearman_and_quarters_of_a_ramp():
     mask = torch.zeros(3, 10, dtype=torch.bool)
     mask[:, 1:9] = True
     ramp = relative_position(mask) * 2  # grows towards EOS in every row
-    assert position_spearman(ramp, mask) == pytest.approx(1.0)
-    assert position_spearman(-ramp, mask) == pytest.approx(-1.0)
-    q = quarter_means(ramp, mask)
+    assert float(position_spearman(ramp, mask)) == pytest.approx(1.0)
+    assert float(position_spearman(-ramp, mask)) == pytest.approx(-1.0)
+    q = quarter_means(ramp, mask).tolist()
     # 8 targets per row: quarter i holds k = 2i, 2i+1 → rel (4i+1)/16, (4i+3)/16; weight 2·rel
     assert q == pytest.approx([(4 * i + 2) / 8 for i in range(4)])
 
@@ -104,7 +105,7 @@ def test_quarter_means_by_loop():
             q = min(3, int((k + 0.5) / len(idx) * 4))
             sums[q] += float(w[b, s])
             counts[q] += 1
-    assert quarter_means(w, mask) == pytest.approx([s / c for s, c in zip(sums, counts)], rel=1e-12)
+    assert quarter_means(w, mask).tolist() == pytest.approx([s / c for s, c in zip(sums, counts)], rel=1e-12)
 
 
 def test_within_solution_auc_is_the_mean_of_per_row_pairwise_aucs():
@@ -151,16 +152,29 @@ def test_pooled_auc_is_not_null_where_within_solution_auc_is():
     assert rank_auc(s[mask], pos[mask]) != pytest.approx(0.5)
 
 
-def test_weight_diagnostics_keys():
-    w, mask = _rows()
-    d = weight_diagnostics(w, mask).to_dict()
-    assert set(d) == {"weights/ess", "weights/position_spearman", "weights/quarter_1", "weights/quarter_2",
-                      "weights/quarter_3", "weights/quarter_4"}
+def test_average_ranks_share_ties():
+    x = torch.tensor([3.0, 1.0, 3.0, 2.0, 3.0, 1.0])
+    assert average_ranks(x).tolist() == _slow_ranks(x.tolist())
+
+
+def test_empty_and_constant_inputs_are_nan_not_errors():
+    w = torch.ones(2, 4, dtype=torch.float64)
+    none = torch.zeros(2, 4, dtype=torch.bool)
+    assert math.isnan(float(effective_sample_size(w, none)))
+    assert math.isnan(float(position_spearman(w, torch.ones_like(none))))  # constant weights
+    assert torch.isnan(quarter_means(w, none)).all()
 
 
 def test_weight_diagnostics_equal_the_single_measures():
     w, mask = _rows(seed=7)
-    d = weight_diagnostics(w, mask)
-    assert d.ess == pytest.approx(effective_sample_size(w, mask))
-    assert d.position_spearman == pytest.approx(position_spearman(w, mask))
-    assert [d.quarter_1, d.quarter_2, d.quarter_3, d.quarter_4] == pytest.approx(quarter_means(w, mask))
+    d = {k: float(v) for k, v in weight_diagnostics(w, mask, "train/weights/").items()}
+    assert d["train/weights/ess"] == pytest.approx(float(effective_sample_size(w, mask)))
+    assert d["train/weights/position_spearman"] == pytest.approx(float(position_spearman(w, mask)))
+    assert [d[f"train/weights/quarter_{i}"] for i in range(1, 5)] == pytest.approx(quarter_means(w, mask).tolist())
+
+
+def test_masked_ranks_equal_the_ranks_of_the_valid_subset():
+    w, mask = _rows(seed=9)
+    w = (w * 2).round() / 2  # ties
+    sub = w[mask]
+    assert average_ranks(w.flatten(), mask.flatten())[mask.flatten()].tolist() == _slow_ranks(sub.tolist())

@@ -9,8 +9,8 @@ CASES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "critic": ("critic", (), ("train/value_loss", "val/critic_auc")),
     "critic_pairwise": ("critic", ("critic.loss=pairwise", "data.sampler=pairwise", "train.steps=2"),
                         ("train/value_loss", "train/pairwise_accuracy")),
-    "verifiable": ("verifiable", (), ("train/loss", "train/value_loss", "train/weights/mean", "val/weights/ess",
-                                     "val/weights/position_spearman")),
+    "verifiable": ("verifiable", (), ("train/loss", "train/value_loss", "train/weights/mean", "train/weights/ess",
+                                     "train/weights/position_spearman")),
     "verifiable_mtp4": ("verifiable", ("model.n_future_tokens=4",), ("train/loss", "train/weighted_ce_head4")),
-    "rho1_live": ("rho1_weighted", (), ("train/loss", "train/weighted_ce_head1")),
+    "rho1_live": ("rho1_weighted", (), ("train/loss", "train/weighted_ce_head1", "train/weights/ess")),
 }

@@ -43,10 +43,8 @@ GOLDEN = {
         'train/loss': [7.3645029, 6.765481, 6.1060319, 6.2996297],
         'train/value_loss': [0.1959384, 0.0733521, 0.0062269, 0.0072356],
         'train/weights/mean': [1.0, 1.0, 1.0, 1.0],
-        # The 4-step critic's weights on the validation batch's correct solutions rise with
-        # position in every row: a pure ramp (Spearman 1), half the targets effective.
-        'val/weights/ess': [0.5159464],
-        'val/weights/position_spearman': [1.0],
+        'train/weights/ess': [0.5314542, 0.6215938, 0.511243, 0.5356195],
+        'train/weights/position_spearman': [0.893952, -0.3653226, 0.5096229, -0.7477591],
     },
     'verifiable_mtp4': {
         'train/loss': [7.1339331, 6.8427138, 6.3697653, 5.9265213],
@@ -55,6 +53,8 @@ GOLDEN = {
     'rho1_live': {
         'train/loss': [7.1509256, 6.4295454, 6.1824012, 5.8228035],
         'train/weighted_ce_head1': [7.1509271, 6.4295454, 6.1824012, 5.822803],
+        # top-k keeps ceil(0.6 N) targets at weight N / kept: the ESS is the kept fraction
+        'train/weights/ess': [0.6, 0.6097561, 0.6071429, 0.6060606],
     },
 }
 

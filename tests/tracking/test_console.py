@@ -109,10 +109,10 @@ def test_failed_summary_names_the_last_good_checkpoint(tmp_path):
 
 def test_summary_shows_the_weight_diagnostics_on_their_own_line(tmp_path):
     con, _, _ = _console(tmp_path, total=4)
-    con.log_metrics({"train/loss": 3.0}, 4)
-    con.log_metrics({"val/ce": 2.5, "val/weights/ess": 0.516, "val/weights/position_spearman": 0.79,
-                     "val/weights/quarter_1": 0.31, "val/weights/quarter_2": 0.6, "val/weights/quarter_3": 1.1,
-                     "val/weights/quarter_4": 2.31}, 4)
+    con.log_metrics({"train/loss": 3.0, "train/weights/ess": 0.516, "train/weights/position_spearman": 0.79,
+                     "train/weights/quarter_1": 0.31, "train/weights/quarter_2": 0.6, "train/weights/quarter_3": 1.1,
+                     "train/weights/quarter_4": 2.31}, 4)
+    con.log_metrics({"val/ce": 2.5}, 4)
     lines = format_summary(con.finish("FINISHED"))
     final = next(ln for ln in lines if ln.startswith("final "))
     assert "val/ce 2.5000" in final and "weights/" not in final

@@ -16,9 +16,12 @@ import torch
 from torch import Tensor
 
 from wmtp.config.schema import TrainConfig
+from wmtp.parallel import reduce
+from wmtp.parallel.reduce import DistEnv
 from wmtp.recipes.interfaces import CheckpointSink
 from wmtp.tracking.base import MetricLogger
 from wmtp.training.state import LoopState
+from wmtp.weighting.diagnostics import pooled_diagnostics, relative_position
 
 
 def due(step: int, every: int, last: int) -> bool:
@@ -73,3 +76,13 @@ def stat_tensors(prefix: str, stats: Any) -> dict[str, Tensor]:
         else:
             out.update({f"{prefix}/{f.name}/head{k + 1}": v for k, v in enumerate(value.unbind())})
     return out
+
+
+def weight_diagnostics(w: Tensor, mask: Tensor, layout: DistEnv, prefix: str = "train/weights") -> dict[str, Tensor]:
+    """The step's token-weight diagnostics over its global batch (docs/MATH.md "Weight
+    diagnostics"): every rank's (weight, relative position, valid) triples of `w, mask [B, S]`
+    gathered and pooled; 0-dim tensors, synced with the other stats."""
+    m = mask.bool()
+    triples = torch.stack([w.detach().double(), relative_position(m), m.double()], dim=-1).flatten()
+    pooled = reduce.gather_cat(triples, layout).view(-1, 3)
+    return pooled_diagnostics(pooled[:, 0], pooled[:, 1], pooled[:, 2] > 0, f"{prefix}/")

@@ -31,7 +31,15 @@ from wmtp.recipes.experience import (
     reference_token_losses,
 )
 from wmtp.recipes.interfaces import CheckpointSink, ScoredBatch
-from wmtp.recipes.loop import due, head_metrics, log_step, save_checkpoint, stat_tensors, validation_due
+from wmtp.recipes.loop import (
+    due,
+    head_metrics,
+    log_step,
+    save_checkpoint,
+    stat_tensors,
+    validation_due,
+    weight_diagnostics,
+)
 from wmtp.tracking.base import MetricLogger
 from wmtp.tracking.heatmap import log_weight_heatmap
 from wmtp.tracking.phases import timed
@@ -160,6 +168,7 @@ class Rho1WeightedRecipe:
         ce = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
         wce = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
         rho1_parts = []  # (stats, valid targets) per micro-batch → the step's global statistics
+        head1 = []  # (weights, valid) of head 1 per micro-batch → the step's weight diagnostics
         for micro, ((scored, _), lab) in enumerate(zip(fed, labels)):
             with autocast_context(dev.type, cfg.train.precision):
                 out = policy(scored.batch.tokens)
@@ -169,6 +178,7 @@ class Rho1WeightedRecipe:
                 if cfg.rho1.shuffle:  # control: the same weights at random places of each row
                     w = shuffle_within_rows(w, valid_mask(lab, self.n_heads), step_generator(
                         cfg.run.seed, self.layout.rank, step * cfg.data.grad_accum + micro))
+                head1.append((w[..., 0], valid_mask(lab, self.n_heads)[..., 0]))
                 res = mtp_cross_entropy(out.hidden, policy.output.weight, lab, weights=w,
                                         head_coefficients=self.coefs, denominators=denom,
                                         chunk_size=cfg.train.loss_chunk_size)
@@ -185,6 +195,9 @@ class Rho1WeightedRecipe:
                 "train/grad_norm": norms[0], **lr_metrics(self.state),
                 # over the step's global batch (every micro-batch, every rank), as docs/MATH.md says
                 **stat_tensors("train/rho1", step_rho1_stats(rho1_parts, reduce.reduce_fn(self.layout))),
+                # head 1's weights as applied (shuffle included), pooled over the global batch
+                **weight_diagnostics(streams.stack_padded([w for w, _ in head1]),
+                                     streams.stack_padded([v for _, v in head1]), self.layout),
                 **self.rank_metrics(fed, rho1_parts)}, tokens
 
     def rank_metrics(self, fed, rho1_parts) -> dict[str, torch.Tensor]:

@@ -53,7 +53,15 @@ from wmtp.recipes.experience import (
     critic_experience,
 )
 from wmtp.recipes.interfaces import CheckpointSink
-from wmtp.recipes.loop import due, head_metrics, log_step, save_checkpoint, stat_tensors, validation_due
+from wmtp.recipes.loop import (
+    due,
+    head_metrics,
+    log_step,
+    save_checkpoint,
+    stat_tensors,
+    validation_due,
+    weight_diagnostics,
+)
 from wmtp.tracking.base import MetricLogger
 from wmtp.tracking.heatmap import log_weight_heatmap
 from wmtp.tracking.phases import timed
@@ -66,7 +74,6 @@ from wmtp.training.step import (
     optimizer_step,
     step_denominators,
 )
-from wmtp.weighting.diagnostics import pooled_diagnostics, relative_position
 from wmtp.weighting.normalize import build_normalizer
 from wmtp.weighting.shuffle import shuffle_within_rows, step_generator
 from wmtp.weighting.weights import advantage_weights
@@ -142,13 +149,15 @@ class VerifiableRecipe:
     def step_weights(self, scored_batches, labels, step: int = 0):
         """Weights of every micro-batch of the step from ONE normalisation over the global batch
         (all micro-batches, all ranks), so grad accumulation does not change them; the EMA
-        normaliser is updated once per step."""
+        normaliser is updated once per step. Also returns their statistics and diagnostics
+        (`train/weights/*`, of the weights as applied, shuffle included)."""
         adv = streams.stack_padded([s.advantages for s in scored_batches])
         mask = streams.stack_padded([lab != -100 for lab in labels])
         w, wstats = self.weights(adv, mask, update=True)
         if self.cfg.stage2.value_weighting.shuffle:  # control: the same weights at random places of each row
             w = shuffle_within_rows(w, mask, step_generator(self.cfg.run.seed, self.layout.rank, step))
-        return streams.split_padded(w, [lab.shape for lab in labels]), wstats
+        return streams.split_padded(w, [lab.shape for lab in labels]), {
+            **stat_tensors("train/weights", wstats), **weight_diagnostics(w, mask, self.layout)}
 
     def step(self, step: int):
         cfg, vl = self.cfg, self.cfg.stage2.value_loss
@@ -167,7 +176,7 @@ class VerifiableRecipe:
         # the explained variance: sums over micro-batches and ranks, so both are global exactly
         vstats = torch.zeros(2, dtype=torch.float64, device=dev)
         ev_moments = torch.zeros(5, dtype=torch.float64, device=dev)
-        step_weights, wstats = self.step_weights(scored_batches, labels, step)
+        step_weights, weight_metrics = self.step_weights(scored_batches, labels, step)
         for scored, lab, rmask, w in zip(scored_batches, labels, resp, step_weights):
             batch = scored.batch
             with autocast_context(dev.type, cfg.train.precision):
@@ -203,7 +212,7 @@ class VerifiableRecipe:
                  **head_metrics("train/ce", reduce.global_sum(ce, self.layout)),
                  **head_metrics("train/weighted_ce", reduce.global_sum(wce, self.layout)),
                  "train/grad_norm": norms[0], **lr_metrics(self.state),
-                 **stat_tensors("train/weights", wstats),
+                 **weight_metrics,
                  # the stalest micro-batch of any rank (the bound `stage2.max_staleness` is about)
                  "train/critic_staleness": reduce.global_max_value(
                      max(self.critic_version(step - 1) - s.critic_version for s in scored_batches), self.layout),
@@ -231,26 +240,16 @@ class VerifiableRecipe:
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
         """Unweighted CE per head, critic AUC (value of the last trained state V_{e−1} vs R),
-        pairwise accuracy (mean state values), the diagnostics of the token weights the policy
-        would get on the validation batches (each batch normalised on its own rank), and a
-        token-weight heatmap."""
+        pairwise accuracy (mean state values), and a token-weight heatmap."""
         cfg, vw = self.cfg, self.cfg.stage2.value_weighting
         generated = evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
                                         self.layout, step)
         metrics = generated | validate_policy(self.policy.model, self.valid, cfg, self.layout, cfg.data.samples)
         critic = self.critic_model.eval()
-        finals, means, outcomes, diag_w, diag_rel = [], [], [], [], []
+        finals, means, outcomes = [], [], []
         for batch in self.valid:
             scored = critic_experience(critic, batch, gamma=vw.gae_gamma, lam=vw.gae_lambda,
                                        reward_mode=vw.reward, version=step)
-            # the weights the policy would learn with on this batch (its rows, its shuffle)
-            learned = streams.policy_labels(batch, cfg.data.samples) != -100
-            if learned.any():
-                w, _ = self.weights(scored.advantages, learned, update=False, global_stats=False)
-                if vw.shuffle:
-                    w = shuffle_within_rows(w, learned, step_generator(cfg.run.seed, self.layout.rank, step))
-                diag_w.append(w.double()[learned])
-                diag_rel.append(relative_position(learned)[learned])
             finals.append(final_values(scored.values_old, batch))
             means.append(mean_response_value(state_values(scored.values_old), streams.response_mask(batch)))
             outcomes.append(batch.is_correct)
@@ -260,13 +259,6 @@ class VerifiableRecipe:
         outcomes = reduce.gather_cat(torch.cat(outcomes).long(), self.layout).bool()
         metrics["val/critic_auc"] = roc_auc(finals, outcomes)
         metrics["val/pairwise_accuracy"] = pairwise_accuracy(means, outcomes)
-        # docs/MATH.md "Weight diagnostics": ESS, Spearman with position, quarter means (every
-        # rank gathers, also one whose batches held no learned row)
-        empty = torch.zeros(0, dtype=torch.float64, device=self.layout.device)
-        pooled_w = reduce.gather_cat(torch.cat(diag_w) if diag_w else empty, self.layout)
-        pooled_rel = reduce.gather_cat(torch.cat(diag_rel) if diag_rel else empty, self.layout)
-        if pooled_w.numel():
-            metrics.update(pooled_diagnostics(pooled_w, pooled_rel).to_dict("val/weights/"))
         if self.layout.is_main and cfg.train.heatmap_samples:
             w, _ = self.weights(scored.advantages, streams.response_mask(batch), update=False, global_stats=False)
             log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,

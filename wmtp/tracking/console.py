@@ -335,7 +335,7 @@ def _mlflow_record(run_dir: Path) -> dict[str, str] | None:
     return record
 
 
-WEIGHTS_PREFIX = "val/weights/"
+WEIGHTS_PREFIX = "train/weights/"
 
 
 def weights_line(final: Mapping[str, Any]) -> str | None:
@@ -357,8 +357,7 @@ def format_summary(summary: Mapping[str, Any], *, brief: bool = False) -> list[s
         head += f" ({summary['reason']})"
     final = summary["final"]
     loss = _loss_key(final)
-    shown = ([loss] if loss else []) + [k for k in final if k.startswith(("val/", "eval/")) and "_head" not in k
-                                         and not k.startswith(WEIGHTS_PREFIX)][:5]
+    shown = ([loss] if loss else []) + [k for k in final if k.startswith(("val/", "eval/")) and "_head" not in k][:5]
     metrics = "  ".join(f"{k} {_fmt(final[k])}" for k in shown) or "-"
     paths, mlflow, nxt = summary["paths"], summary.get("mlflow"), summary["next"]
     if brief and status == "FINISHED":

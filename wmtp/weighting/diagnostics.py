@@ -13,27 +13,31 @@ in docs/MATH.md ("Weight diagnostics"):
                                           of the same row; exactly 0.5 in expectation when s is
                                           permuted within each row
 
-Pure torch, float64, no host syncs beyond the returned floats' `.item()` in the callers.
+    pooled_diagnostics(w, rel)            the first four as 0-dim tensors for a training step's log
+
+Pure torch, float64. The step-time measures make no host sync (the loop syncs all stats once per
+log); the AUCs, used offline, return floats.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
 
 
-def average_ranks(x: Tensor) -> Tensor:
-    """1-based ranks of a 1-D tensor, ties sharing their average rank (float64)."""
+def average_ranks(x: Tensor, valid: Tensor | None = None) -> Tensor:
+    """1-based ranks of a 1-D tensor among its `valid` entries (default all), ties sharing their
+    average rank (float64; invalid entries get ranks above every valid one, to be ignored). No
+    host sync and no data-dependent shape: a value's ties span [searchsorted left, right)."""
     x = x.double().flatten()
-    order = torch.argsort(x, stable=True)
-    _, inverse, counts = torch.unique_consecutive(x[order], return_inverse=True, return_counts=True)
-    ends = torch.cumsum(counts, 0).double()
-    ranks = torch.empty_like(x)
-    ranks[order] = (ends - (counts.double() - 1) / 2)[inverse]
-    return ranks
+    if valid is not None:
+        x = torch.where(valid.flatten().bool(), x, torch.full_like(x, math.inf))
+    ordered = torch.sort(x).values
+    left = torch.searchsorted(ordered, x, right=False)
+    right = torch.searchsorted(ordered, x, right=True)
+    return (left + right + 1).double() / 2
 
 
 def rank_auc(scores: Tensor, labels: Tensor) -> float:
@@ -47,15 +51,14 @@ def rank_auc(scores: Tensor, labels: Tensor) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def effective_sample_size(w: Tensor, mask: Tensor) -> float:
-    """Kish's effective sample size as a fraction of the valid targets: (Σw)² / (N·Σw²).
-    1 = every target counts equally; 1/N = one target carries all the loss. NaN if empty."""
+def effective_sample_size(w: Tensor, mask: Tensor) -> Tensor:
+    """Kish's effective sample size as a fraction of the valid targets: (Σw)² / (N·Σw²), a 0-dim
+    float64 tensor. 1 = every target counts equally; 1/N = one target carries all the loss; NaN
+    if there is no valid target (or all weights are 0)."""
     m = mask.bool()
-    wd = w.detach().double()[m]
-    n, sq = wd.numel(), float((wd * wd).sum())
-    if n == 0 or sq <= 0:
-        return float("nan")
-    return float(wd.sum()) ** 2 / (n * sq)
+    wd = torch.where(m, w.detach().double(), torch.zeros((), dtype=torch.float64, device=w.device))
+    n, sq = m.sum().double(), (wd * wd).sum()
+    return wd.sum() ** 2 / (n * sq)  # 0/0 = NaN when empty
 
 
 def relative_position(mask: Tensor) -> Tensor:
@@ -67,35 +70,41 @@ def relative_position(mask: Tensor) -> Tensor:
     return torch.where(m, (k.double() + 0.5) / n.double(), torch.zeros((), dtype=torch.float64))
 
 
-def spearman(x: Tensor, y: Tensor) -> float:
-    """Spearman's rank correlation of two 1-D tensors (Pearson of average ranks); NaN when either
-    is constant or has fewer than 2 entries."""
-    if x.numel() < 2:
-        return float("nan")
-    rx, ry = average_ranks(x), average_ranks(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    den = float((rx * rx).sum().sqrt() * (ry * ry).sum().sqrt())
-    return float((rx * ry).sum()) / den if den > 0 else float("nan")
+def spearman(x: Tensor, y: Tensor, valid: Tensor | None = None) -> Tensor:
+    """Spearman's rank correlation of two 1-D tensors over their `valid` entries (default all):
+    the Pearson correlation of average ranks, a 0-dim float64 tensor; NaN when either is constant
+    or has fewer than 2 entries."""
+    v = torch.ones_like(x, dtype=torch.bool) if valid is None else valid.flatten().bool()
+    vd = v.double()
+    n = vd.sum()
+    rx, ry = average_ranks(x, v), average_ranks(y, v)
+    rx = torch.where(v, rx - (rx * vd).sum() / n, torch.zeros_like(rx))
+    ry = torch.where(v, ry - (ry * vd).sum() / n, torch.zeros_like(ry))
+    return (rx * ry).sum() / ((rx * rx).sum().sqrt() * (ry * ry).sum().sqrt())  # 0/0 = NaN
 
 
-def position_spearman(w: Tensor, mask: Tensor) -> float:
+def quarter_of(rel: Tensor) -> Tensor:
+    """Quarter (0..3) of the response that a relative position falls in."""
+    return (rel * 4).floor().clamp(0, 3).long()
+
+
+def quarter_means(w: Tensor, mask: Tensor) -> Tensor:
+    """`[4]` mean weight over the valid targets in each quarter of their response (by relative
+    position); NaN for an empty quarter."""
+    m = mask.bool()
+    return _quarter_means(w.flatten(), relative_position(m).flatten(), m.flatten())
+
+
+def _quarter_means(w: Tensor, rel: Tensor, valid: Tensor) -> Tensor:
+    onehot = torch.nn.functional.one_hot(quarter_of(rel), 4).double() * valid.double()[:, None]  # [N, 4]
+    return (w.detach().double()[:, None] * onehot).sum(0) / onehot.sum(0)
+
+
+def position_spearman(w: Tensor, mask: Tensor) -> Tensor:
     """Spearman(weight, relative position) over all valid targets: +1 = weights grow towards the
     end of every response, 0 = no monotone relation to position."""
     m = mask.bool()
-    return spearman(w.detach().double()[m], relative_position(m)[m])
-
-
-def quarter_means(w: Tensor, mask: Tensor) -> list[float]:
-    """Mean weight over the valid targets in each quarter of their response (by relative
-    position); NaN for an empty quarter."""
-    m = mask.bool()
-    q = (relative_position(m) * 4).floor().clamp(0, 3).long()
-    wd = w.detach().double()
-    out = []
-    for i in range(4):
-        sel = m & (q == i)
-        out.append(float(wd[sel].mean()) if bool(sel.any()) else float("nan"))
-    return out
+    return spearman(w.detach().double().flatten(), relative_position(m).flatten(), m.flatten())
 
 
 def within_solution_auc(scores: Tensor, positive: Tensor, mask: Tensor) -> tuple[float, int]:
@@ -113,32 +122,17 @@ def within_solution_auc(scores: Tensor, positive: Tensor, mask: Tensor) -> tuple
     return (sum(aucs) / len(aucs) if aucs else float("nan")), len(aucs)
 
 
-@dataclass
-class WeightDiagnostics:
-    """One batch's (or one validation pass's) diagnostics of token weights; see the module doc."""
-
-    ess: float
-    position_spearman: float
-    quarter_1: float
-    quarter_2: float
-    quarter_3: float
-    quarter_4: float
-
-    def to_dict(self, prefix: str = "weights/") -> dict[str, float]:
-        return {f"{prefix}{f.name}": float(getattr(self, f.name)) for f in fields(self)}
+def pooled_diagnostics(w: Tensor, rel: Tensor, valid: Tensor, prefix: str = "weights/") -> dict[str, Tensor]:
+    """ESS fraction, Spearman with relative position and the four quarter means, as 0-dim float64
+    tensors (no host sync, static shapes), from 1-D `w`, `rel` (`relative_position`) and `valid`
+    of the same targets, so ranks can gather their triples and pool them."""
+    w, rel, valid = w.detach().double().flatten(), rel.double().flatten(), valid.flatten().bool()
+    q = _quarter_means(w, rel, valid)
+    return {f"{prefix}ess": effective_sample_size(w, valid), f"{prefix}position_spearman": spearman(w, rel, valid),
+            **{f"{prefix}quarter_{i + 1}": q[i] for i in range(4)}}
 
 
-def pooled_diagnostics(w: Tensor, rel: Tensor) -> WeightDiagnostics:
-    """The diagnostics from pooled 1-D `w [N]` and their relative positions `rel [N]` (what
-    `relative_position` gave at those targets), so ranks can gather pairs and pool them."""
-    w, rel = w.detach().double().flatten(), rel.double().flatten()
-    quarter = (rel * 4).floor().clamp(0, 3).long()
-    q = [float(w[quarter == i].mean()) if bool((quarter == i).any()) else float("nan") for i in range(4)]
-    ones = torch.ones_like(w, dtype=torch.bool)
-    return WeightDiagnostics(effective_sample_size(w, ones), spearman(w, rel), *q)
-
-
-def weight_diagnostics(w: Tensor, mask: Tensor) -> WeightDiagnostics:
-    """w, mask `[B, S]` (target-indexed) → ESS fraction, Spearman with position, quarter means."""
+def weight_diagnostics(w: Tensor, mask: Tensor, prefix: str = "weights/") -> dict[str, Tensor]:
+    """w, mask `[B, S]` (target-indexed) → `pooled_diagnostics` of the valid targets."""
     m = mask.bool()
-    return pooled_diagnostics(w.detach().double()[m], relative_position(m)[m])
+    return pooled_diagnostics(w.flatten(), relative_position(m).flatten(), m.flatten(), prefix)
