@@ -107,16 +107,19 @@ def test_failed_summary_names_the_last_good_checkpoint(tmp_path):
     assert any("# resume" in ln for ln in lines)
 
 
-def test_summary_shows_the_weight_diagnostics_on_their_own_line(tmp_path):
+def test_summary_shows_the_weight_diagnostics_and_critic_quality_on_their_own_lines(tmp_path):
     con, _, _ = _console(tmp_path, total=4)
     con.log_metrics({"train/loss": 3.0, "train/weights/ess": 0.516, "train/weights/position_spearman": 0.79,
                      "train/weights/quarter_1": 0.31, "train/weights/quarter_2": 0.6, "train/weights/quarter_3": 1.1,
                      "train/weights/quarter_4": 2.31}, 4)
-    con.log_metrics({"val/ce": 2.5}, 4)
+    con.log_metrics({"val/ce": 2.5, "critic_quality/final_value_auc": 0.6, "critic_quality/decisive_td_auc": 0.54,
+                     "critic_quality/solutions": 64.0}, 4)
     lines = format_summary(con.finish("FINISHED"))
     final = next(ln for ln in lines if ln.startswith("final "))
     assert "val/ce 2.5000" in final and "weights/" not in final
     assert "weights   ess 0.5160  spearman(position) 0.7900  mean by quarter 0.3100/0.6000/1.1000/2.3100" in lines
+    assert ("critic    final-value AUC 0.6000 (0.5 = chance)  decisive TD-error AUC 0.5400 (0.5 = blind, low = sees "
+            "the bug)  on 64 validation solutions") in lines
 
 
 def test_status_of():

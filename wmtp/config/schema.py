@@ -76,6 +76,12 @@ class ValueModelConfig(Section):
     checkpoint: str | None = Field(None, description="Critic weights (output of the critic recipe), local path or s3:// URI.")
     init_from_policy: bool = Field(True, description="Without a checkpoint, start the critic backbone from the policy trunk.")
     n_layers: int | None = Field(None, ge=1, description="Critic backbone depth; default: the policy trunk depth.")
+    quality_min_final_value_auc: float = Field(
+        0.7, ge=0, le=1, description="Verifiable runs warn when the critic's final-value AUC on the validation solutions is below this (0.5 = chance).")
+    quality_max_decisive_td_auc: float = Field(
+        0.45, ge=0, le=1, description="Verifiable runs warn when the critic's within-solution TD-error AUC at decisive tokens is above this (0.5 = blind).")
+    quality_max_solutions: int | None = Field(
+        None, ge=1, description="Validation solutions the critic quality report reads (null = all).")
 
 
 class DataConfig(Section):

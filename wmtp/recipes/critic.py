@@ -16,6 +16,7 @@ import torch
 
 from wmtp.config.schema import WMTPConfig
 from wmtp.data import streams
+from wmtp.evaluation.critic_quality import critic_quality
 from wmtp.evaluation.metrics import final_values, pairwise_accuracy, roc_auc
 from wmtp.losses.alignment import state_values
 from wmtp.losses.value import explained_variance, mean_response_value
@@ -138,10 +139,13 @@ class CriticRecipe:
                 if due(step, tcfg.checkpoint_every, tcfg.steps):
                     with timed("checkpoints"):
                         save_checkpoint(self.sink, self.state, step, {**last_train, **last_val})
+        with timed("validation"):  # the quality report: is the critic worth its name?
+            quality = critic_quality(self.cfg, self.critic.model, self.data, self.layout)
+        self.logger.log_metrics(quality, tcfg.steps)
         with timed("export"):
             export_model(self.critic.model, self.cfg, self.layout, self.data.tokenizer,
                          value_head=self.cfg.value_model.head)
-        return {**last_train, **last_val}
+        return {**last_train, **last_val, **quality}
 
     def close(self) -> None:
         pass

@@ -26,6 +26,7 @@ import torch
 from wmtp.config.paths import export_dir
 from wmtp.config.schema import WMTPConfig
 from wmtp.data import streams
+from wmtp.evaluation.critic_quality import critic_quality, near_chance_message
 from wmtp.evaluation.metrics import (
     evaluate_generation,
     final_values,
@@ -265,8 +266,20 @@ class VerifiableRecipe:
                                f"verifiable token weights, step {step}")
         return metrics
 
+    def check_critic(self) -> dict[str, float]:
+        """The critic's quality report before training (logged at the start step); one line on the
+        console when it is near chance (thresholds `value_model.quality_*`)."""
+        quality = critic_quality(self.cfg, self.published_critic(), self.data, self.layout)
+        self.logger.log_metrics(quality, self.start)
+        message = near_chance_message(quality, self.cfg, "the critic")
+        if message and self.layout.is_main:
+            print(f"[wmtp] {message}", flush=True)
+        return quality
+
     def train(self) -> dict[str, float]:
         tcfg, last_train, last_val = self.cfg.train, {}, {}
+        with timed("validation"):
+            quality = self.check_critic()
         with timed("loop"):
             self.meter.start()
             for step in range(self.start + 1, tcfg.steps + 1):
@@ -286,7 +299,7 @@ class VerifiableRecipe:
         if self.learn_critic:  # the critic it ended with (continual learning), beside the policy
             export_model(self.critic.model, self.cfg, self.layout, value_head=self.cfg.value_model.head,
                          out=critic_export_dir(self.cfg))
-        return {**last_train, **last_val}
+        return {**quality, **last_train, **last_val}
 
     def close(self) -> None:
         # A setup() that failed part-way leaves no scorer: close what exists, hide nothing.

@@ -348,6 +348,16 @@ def weights_line(final: Mapping[str, Any]) -> str | None:
             f"mean by quarter {quarters}")
 
 
+def critic_line(final: Mapping[str, Any]) -> str | None:
+    """The critic quality report (docs/RECIPES.md) on one line, or None."""
+    auc = final.get("critic_quality/final_value_auc")
+    if auc is None:
+        return None
+    td, n = final.get("critic_quality/decisive_td_auc", float("nan")), final.get("critic_quality/solutions", 0)
+    return (f"final-value AUC {_fmt(auc)} (0.5 = chance)  decisive TD-error AUC {_fmt(td)} (0.5 = blind, low = "
+            f"sees the bug)  on {int(n)} validation solutions")
+
+
 def format_summary(summary: Mapping[str, Any], *, brief: bool = False) -> list[str]:
     """The summary block as lines (the same for `--local` and Ray)."""
     status = summary["status"]
@@ -368,9 +378,9 @@ def format_summary(summary: Mapping[str, Any], *, brief: bool = False) -> list[s
     lines.append("time      " + "  ".join(f"{k.replace('_', ' ')} {_seconds(v)}"
                                           for k, v in summary["phases_s"].items()))
     lines.append(f"final     {metrics}")
-    weights = weights_line(final)
-    if weights:
-        lines.append(f"weights   {weights}")
+    for label, line in (("weights", weights_line(final)), ("critic", critic_line(final))):
+        if line:
+            lines.append(f"{label:<9} {line}")
     best = summary.get("best")
     if best:
         lines.append(f"best      {best['metric']} {_fmt(best['value'])} at step {best['step']}")
