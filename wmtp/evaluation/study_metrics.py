@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from wmtp.evaluation.decisive import char_offsets, decisive_token_mask
+from wmtp.evaluation.paired import hierarchical_bootstrap
 from wmtp.weighting.diagnostics import rank_auc
 
 # ---------------------------------------------------------------------------------------------
@@ -98,11 +99,7 @@ def bootstrap_ci(values: Sequence[Sequence[float]], *, n_bootstrap: int = 1000, 
     mean = float(np.mean(np.concatenate(rows)))
     if len(rows) == 1 and rows[0].size == 1:
         return mean, mean, mean
-    rng = np.random.default_rng(seed)
-    stats = np.empty(n_bootstrap)
-    for i in range(n_bootstrap):
-        picked = [rows[j] for j in rng.integers(0, len(rows), len(rows))]
-        stats[i] = np.mean(np.concatenate([r[rng.integers(0, r.size, r.size)] for r in picked]))
+    stats = hierarchical_bootstrap(rows, n_bootstrap, seed)
     alpha = (1 - confidence) / 2
     return mean, float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
