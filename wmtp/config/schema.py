@@ -152,6 +152,8 @@ class ValueWeightingConfig(Section):
     ema_momentum: float = Field(0.99, ge=0, lt=1, description="Momentum of the EMA normaliser's running mean/std.")
     ema_warmup_steps: int = Field(10, ge=0, description="EMA normaliser uses batch statistics for this many updates.")
     shuffle: bool = Field(False, description="Control: permute each sequence's weights among its response targets (same weights, placement destroyed).")
+    source: Literal["critic", "position", "uniform"] = Field(
+        "critic", description="critic: GAE of the critic's values; position (control): the same GAE with V ≡ the critic's mean value, so weights depend on position and outcome only; uniform (control): every weight 1 on the same batches.")
 
     @model_validator(mode="after")
     def _clip_order(self) -> ValueWeightingConfig:
