@@ -68,6 +68,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", action="store_true",
                         help="with --dry-run: trace the recipe's setup and two optimizer steps on fake tensors "
                              "(fake process group of orchestration.num_workers ranks) and print the measured peak")
+    parser.add_argument("--cluster", metavar="FILE",
+                        help="with --dry-run: check the plan against a cluster file's nodes (GPUs, memory per GPU, "
+                             "disk, the wmtp_experience resource), e.g. cluster/a100x4.yaml; exit 2 naming a fix")
     parser.add_argument("--local", action="store_true",
                         help="train in this process without Ray (sets orchestration.enabled=false)")
     parser.add_argument("--verbose", action="store_true",
@@ -93,6 +96,10 @@ def run_train(args: argparse.Namespace) -> int:
         print(dump_config(cfg), end="")
         plan = build_plan(cfg)
         print(format_plan(plan))
+        if args.cluster:  # refuses (exit 2) with every problem and its fix, after the plan it checked
+            from wmtp.orchestration.cluster_fit import require_fit
+
+            print(require_fit(plan, cfg, args.cluster))
         if args.trace:
             from wmtp.parallel.trace import trace_in_subprocess
 
