@@ -101,6 +101,22 @@ def accumulate(models: list[nn.Module], micro_batches: list[T]) -> Iterator[T]:
             model.set_requires_all_reduce(True)
 
 
+def hsdp_sync_cost(trained_params: int, *, world_size: int, replicas: int, grad_accum: int) -> dict[str, float | str]:
+    """What HSDP's gradient all-reduce moves across nodes per optimizer step (the dry run prints it).
+
+    Each rank holds `1 / (world_size / replicas)` of every trained model's fp32 gradients and
+    all-reduces them with its R - 1 peers on the other nodes; a ring all-reduce sends
+    `2 (R - 1) / R` of the buffer per rank, so a node sends `2 (R - 1) / R × 4 × trained_params`
+    bytes per all-reduce. `accumulate` makes that once per step; syncing every micro-batch (FSDP2's
+    default) would be `grad_accum` times as much.
+    """
+    gib = 1024**3
+    per_sync = 2 * (replicas - 1) / replicas * 4 * trained_params
+    return {"mechanism": "FSDP2 all-reduce across the replicate dimension, in the last micro-batch's backward",
+            "all_reduces_per_step": 1.0, "per_step_per_node_gib": per_sync / gib,
+            "per_micro_batch_sync_would_be_gib": grad_accum * per_sync / gib}
+
+
 # The memory trace (wmtp.parallel.trace) runs on fake CPU tensors but must shard with the GPU run's
 # policies (bf16 all-gathers, fp32 reduction): it sets this for its own (sub)process only.
 GPU_POLICIES_ON_CPU = False
@@ -138,5 +154,5 @@ def fsdp_mesh(device_type: str, world_size: int, replicas: int = 1) -> DeviceMes
     return _MESHES[key]
 
 
-__all__ = ["accumulate", "apply_activation_checkpointing", "apply_fsdp", "fsdp_mesh", "transformer_blocks",
+__all__ = ["accumulate", "apply_activation_checkpointing", "apply_fsdp", "fsdp_mesh", "hsdp_sync_cost", "transformer_blocks",
            "uses_mixed_precision"]
