@@ -58,7 +58,8 @@ def test_the_doc_figures_are_what_the_quoted_dry_runs_print(column, capsys):
     rows = table(text)
     assert len(rows) >= 9 and all(len(values) == 3 for _, _, values in rows)
     for label, key, values in rows:
-        printed = (asynchronous if "async" in label else colocated)[key]
+        # A figure a column's plan does not print (HSDP's sync on one node) is 0 in the table.
+        printed = (asynchronous if "async" in label else colocated).get(key, 0.0)
         assert abs(values[column] - printed) <= 0.006, (label, key, values[column], printed)
     # Issue 12's bound: loading holds at most 1.5 fp32 copies per node.
     assert colocated["host_peak_vs_fp32_copy"] <= 1.5

@@ -68,6 +68,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", action="store_true",
                         help="with --dry-run: trace the recipe's setup and two optimizer steps on fake tensors "
                              "(fake process group of orchestration.num_workers ranks) and print the measured peak")
+    parser.add_argument("--cluster", metavar="FILE",
+                        help="with --dry-run: check the plan against a cluster file's nodes (GPUs, memory per GPU, "
+                             "disk, the wmtp_experience resource), e.g. cluster/a100x4.yaml; exit 2 naming a fix")
     parser.add_argument("--local", action="store_true",
                         help="train in this process without Ray (sets orchestration.enabled=false)")
     parser.add_argument("--verbose", action="store_true",
@@ -93,6 +96,10 @@ def run_train(args: argparse.Namespace) -> int:
         print(dump_config(cfg), end="")
         plan = build_plan(cfg)
         print(format_plan(plan))
+        if args.cluster:  # refuses (exit 2) with every problem and its fix, after the plan it checked
+            from wmtp.orchestration.cluster_fit import require_fit
+
+            print(require_fit(plan, cfg, args.cluster))
         if args.trace:
             from wmtp.parallel.trace import trace_in_subprocess
 
@@ -147,6 +154,7 @@ class Plan:
     weight_sync: dict[str, float | str] = field(default_factory=dict)  # wmtp.model.weight_sync
     loading: dict[str, float | str] = field(default_factory=dict)  # wmtp.parallel.materialize
     checkpoint_io: dict[str, float | str] = field(default_factory=dict)  # wmtp.parallel.checkpointing
+    gradient_sync: dict[str, float | str] = field(default_factory=dict)  # wmtp.parallel.fsdp.hsdp_sync_cost
 
 
 def check_local_paths(cfg: WMTPConfig) -> None:
@@ -212,9 +220,17 @@ def build_plan(cfg: WMTPConfig) -> Plan:
     # What a publish moves: the critic, or (Rho-1) the reference (the one-head policy's shape).
     synced = critic_params if critic_params is not None else total - sum(heads[1:])
     largest = max(p.numel() for p in shapes.parameters())  # the embedding / output projection
+    gradient_sync = {}
+    if orch.enabled and orch.fsdp and orch.fsdp_replicas > 1:
+        from wmtp.parallel.fsdp import hsdp_sync_cost
+
+        trained = (total if policy_trained else 0) + (critic_params if critic_is_trained(cfg) else 0)
+        gradient_sync = hsdp_sync_cost(trained, world_size=orch.num_workers, replicas=orch.fsdp_replicas,
+                                       grad_accum=cfg.data.grad_accum)
     return Plan(device, total, trunk, heads, output, policy_trained, critic_params, critic_role, memory, flops,
                 tokens, ray_resources(cfg), notes, weight_sync_cost(cfg, synced, nodes=orch.fsdp_replicas).as_dict(),
-                loading_plan(cfg, total, critic_params, largest), checkpoint_plan(cfg, total, critic_params))
+                loading_plan(cfg, total, critic_params, largest), checkpoint_plan(cfg, total, critic_params),
+                gradient_sync)
 
 
 def loading_plan(cfg: WMTPConfig, policy_params: int, critic_params: int | None, largest: int) -> dict[str, float | str]:
@@ -403,7 +419,8 @@ def format_plan(plan: Plan) -> str:
         lines.append("# weight sync (critic / reference → experience scoring; wmtp.model.weight_sync):")
         lines += [f"#   {k}: {v:.3f}" if isinstance(v, float) else f"#   {k}: {v}" for k, v in plan.weight_sync.items()]
     for title, section in (("loading (wmtp.parallel.materialize)", plan.loading),
-                           ("checkpoint I/O (wmtp.parallel.checkpointing.checkpoint_io_cost)", plan.checkpoint_io)):
+                           ("checkpoint I/O (wmtp.parallel.checkpointing.checkpoint_io_cost)", plan.checkpoint_io),
+                           ("HSDP gradient sync across nodes (wmtp.parallel.fsdp.hsdp_sync_cost)", plan.gradient_sync)):
         if section:
             lines.append(f"# {title}:")
             lines += [f"#   {k}: {v:.3f}" if isinstance(v, float) else f"#   {k}: {v}" for k, v in section.items()]

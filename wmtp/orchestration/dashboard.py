@@ -24,6 +24,11 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "value_clip_fraction": ("Fraction of value-loss terms clipped.", ("value_clip_fraction", "clip_fraction")),
     "critic_staleness": ("Critic versions the scored batch lags the learner.", ("critic_staleness",)),
     "experience_queue_depth": ("Scored batches waiting for the learner.", ("experience_queue_depth",)),
+    # GPU memory of this rank (GiB; CUDA runs only: wmtp.training.device_memory)
+    "gpu_mem_allocated_gib": ("GPU memory held by live tensors on this rank (GiB).", ("gpu_mem_allocated_gib",)),
+    "gpu_mem_reserved_gib": ("GPU memory reserved by the caching allocator on this rank (GiB).",
+                             ("gpu_mem_reserved_gib",)),
+    "gpu_mem_peak_gib": ("Peak GPU memory allocated on this rank since the start (GiB).", ("gpu_mem_peak_gib",)),
 }
 
 

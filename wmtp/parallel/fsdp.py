@@ -6,12 +6,19 @@ in this order (torchtitan's `parallelize`):
 2. `apply_fsdp(model, ...)`: `fully_shard` per trunk block, per MTP head block (a value model: per
    block and the value head), the root last.
 
+Gradient accumulation under HSDP (`fsdp_mesh` with replicas > 1): `accumulate` lets every
+micro-batch's backward reduce-scatter within the node and all-reduce across the replicas (nodes)
+only in the step's last backward, once per optimizer step (docs/DISTRIBUTED.md).
+
 Gradient reduction is a **sum** over ranks (divide factor 1, SUM collectives): wmtp's losses
 divide by global token counts (docs/MATH.md), so summing per-rank gradients gives the exact
 global gradient on any world size. Standard FSDP averaging would shrink it by the world size.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -20,6 +27,8 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from wmtp.model.transformer import Transformer
 from wmtp.model.value import ValueModel
+
+T = TypeVar("T")
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -70,6 +79,44 @@ def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh | None = None, mixed_precis
     return model
 
 
+def accumulate(models: list[nn.Module], micro_batches: list[T]) -> Iterator[T]:
+    """Yield `micro_batches` in order; an FSDP2 model's backward all-reduces its gradients across
+    HSDP replicas only in the last one (`set_requires_all_reduce`).
+
+    Before that FSDP2 sums each micro-batch's reduce-scattered (node-local) gradient into a
+    sharded fp32 buffer per parameter group (its `_partial_reduce_output`: the size of the sharded
+    gradients, which it replaces until the last backward) and the cross-node all-reduce runs once,
+    on the sum: 1/grad_accum of the bytes per-micro-batch syncing sends. The sum is the same
+    gradient (SUM collectives are linear). Full shard (one replica) and replicated models: no-op.
+    """
+    sharded = [m for m in models if isinstance(m, FSDPModule)]
+    last = len(micro_batches) - 1
+    try:
+        for i, micro in enumerate(micro_batches):
+            for model in sharded:
+                model.set_requires_all_reduce(i == last)
+            yield micro
+    finally:  # an interrupted step leaves the models syncing every backward, the FSDP2 default
+        for model in sharded:
+            model.set_requires_all_reduce(True)
+
+
+def hsdp_sync_cost(trained_params: int, *, world_size: int, replicas: int, grad_accum: int) -> dict[str, float | str]:
+    """What HSDP's gradient all-reduce moves across nodes per optimizer step (the dry run prints it).
+
+    Each rank holds `1 / (world_size / replicas)` of every trained model's fp32 gradients and
+    all-reduces them with its R - 1 peers on the other nodes; a ring all-reduce sends
+    `2 (R - 1) / R` of the buffer per rank, so a node sends `2 (R - 1) / R × 4 × trained_params`
+    bytes per all-reduce. `accumulate` makes that once per step; syncing every micro-batch (FSDP2's
+    default) would be `grad_accum` times as much.
+    """
+    gib = 1024**3
+    per_sync = 2 * (replicas - 1) / replicas * 4 * trained_params
+    return {"mechanism": "FSDP2 all-reduce across the replicate dimension, in the last micro-batch's backward",
+            "all_reduces_per_step": 1.0, "per_step_per_node_gib": per_sync / gib,
+            "per_micro_batch_sync_would_be_gib": grad_accum * per_sync / gib}
+
+
 # The memory trace (wmtp.parallel.trace) runs on fake CPU tensors but must shard with the GPU run's
 # policies (bf16 all-gathers, fp32 reduction): it sets this for its own (sub)process only.
 GPU_POLICIES_ON_CPU = False
@@ -107,5 +154,5 @@ def fsdp_mesh(device_type: str, world_size: int, replicas: int = 1) -> DeviceMes
     return _MESHES[key]
 
 
-__all__ = ["apply_activation_checkpointing", "apply_fsdp", "fsdp_mesh", "transformer_blocks",
+__all__ = ["accumulate", "apply_activation_checkpointing", "apply_fsdp", "fsdp_mesh", "hsdp_sync_cost", "transformer_blocks",
            "uses_mixed_precision"]

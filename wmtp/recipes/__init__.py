@@ -33,6 +33,9 @@ def _registry() -> dict[str, Callable[..., Recipe]]:
 
 
 def build_recipe(cfg: WMTPConfig, *, logger: Any, checkpoint_sink: Any, scorer_factory=None) -> Recipe:
+    from wmtp.training.device_memory import configure_allocator
+
+    configure_allocator()  # before any model is built (docs/MEMORY.md "The allocator")
     recipes = _registry()
     if cfg.recipe not in recipes:
         raise ValueError(f"recipe: unknown recipe {cfg.recipe!r}; allowed: {sorted(recipes)}")

@@ -16,6 +16,7 @@ from wmtp.losses.mtp import mtp_cross_entropy
 from wmtp.parallel import reduce
 from wmtp.parallel.build import policy_model
 from wmtp.parallel.export import export_model
+from wmtp.parallel.fsdp import accumulate
 from wmtp.recipes.interfaces import CheckpointSink
 from wmtp.recipes.loop import due, head_metrics, log_step, save_checkpoint, validation_due
 from wmtp.tracking.base import MetricLogger
@@ -59,7 +60,7 @@ class BaselineRecipe:
         denom = step_denominators(labels, self.n_heads, self.layout)
         loss = torch.zeros((), device=self.layout.device)
         ce = torch.zeros(self.n_heads, dtype=torch.float64, device=self.layout.device)
-        for batch, lab in zip(batches, labels):
+        for batch, lab in accumulate([policy], list(zip(batches, labels))):
             with autocast_context(self.layout.device.type, cfg.train.precision):
                 out = policy(batch.tokens)
                 res = mtp_cross_entropy(out.hidden, policy.output.weight, lab, head_coefficients=self.coefs,

@@ -23,6 +23,7 @@ from wmtp.losses.value import explained_variance, mean_response_value
 from wmtp.parallel import reduce
 from wmtp.parallel.build import critic_model, policy_args, source_policy
 from wmtp.parallel.export import export_model
+from wmtp.parallel.fsdp import accumulate
 from wmtp.recipes.interfaces import CheckpointSink
 from wmtp.recipes.loop import due, log_step, save_checkpoint, validation_due
 from wmtp.tracking.base import MetricLogger
@@ -87,7 +88,7 @@ class CriticRecipe:
         n_global = reduce.global_sum(torch.as_tensor(local, dtype=torch.float64, device=self.layout.device), self.layout)
         loss = torch.zeros((), device=self.layout.device)
         acc = torch.zeros((), dtype=torch.float64, device=self.layout.device)
-        for batch in batches:
+        for batch in accumulate([self.critic.model], batches):
             with autocast_context(self.layout.device.type, cfg.train.precision):
                 part, pacc = self.objective(batch, n_global)
             part.backward()

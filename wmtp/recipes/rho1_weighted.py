@@ -22,6 +22,7 @@ from wmtp.losses.mtp import mtp_cross_entropy, mtp_token_losses
 from wmtp.parallel import reduce
 from wmtp.parallel.build import builds_sharded, from_rank0, materialize, policy_model, sharded_from_rank0
 from wmtp.parallel.export import export_model
+from wmtp.parallel.fsdp import accumulate
 from wmtp.recipes.experience import (
     ExperienceFeed,
     ExperienceSpec,
@@ -169,7 +170,7 @@ class Rho1WeightedRecipe:
         wce = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
         rho1_parts = []  # (stats, valid targets) per micro-batch → the step's global statistics
         head1 = []  # (weights, valid) of head 1 per micro-batch → the step's weight diagnostics
-        for micro, ((scored, _), lab) in enumerate(zip(fed, labels)):
+        for micro, ((scored, _), lab) in accumulate([policy], list(enumerate(zip(fed, labels)))):
             with autocast_context(dev.type, cfg.train.precision):
                 out = policy(scored.batch.tokens)
                 policy_losses = mtp_token_losses(out.hidden, policy.output.weight, lab, cfg.train.loss_chunk_size)

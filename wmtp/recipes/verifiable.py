@@ -46,6 +46,7 @@ from wmtp.losses.value import (
 from wmtp.parallel import reduce
 from wmtp.parallel.build import critic_model, policy_model
 from wmtp.parallel.export import export_model
+from wmtp.parallel.fsdp import accumulate
 from wmtp.recipes.experience import (
     CriticSnapshot,
     ExperienceFeed,
@@ -200,7 +201,8 @@ class VerifiableRecipe:
         vstats = torch.zeros(2, dtype=torch.float64, device=dev)
         ev_moments = torch.zeros(5, dtype=torch.float64, device=dev)
         step_weights, weight_metrics = self.step_weights(scored_batches, labels, step)
-        for scored, lab, rmask, w in zip(scored_batches, labels, resp, step_weights):
+        micro = list(zip(scored_batches, labels, resp, step_weights))
+        for scored, lab, rmask, w in accumulate([policy, critic], micro):
             batch = scored.batch
             with autocast_context(dev.type, cfg.train.precision):
                 out = policy(batch.tokens)

@@ -114,7 +114,22 @@ def throughput_meter(model: nn.Module, cfg: WMTPConfig, layout: DistEnv):
 
     peak = current_device_peak_flops() if layout.device.type == "cuda" else None
     return ThroughputMeter(flops_per_token=flops_per_token(model.args, cfg.data.max_seq_len), peak_flops=peak,
-                           n_devices=layout.world_size)
+                           n_devices=layout.world_size,
+                           memory=memory_metrics(layout) if layout.device.type == "cuda" else None)
+
+
+def memory_metrics(layout: DistEnv, cuda=None):
+    """A callable for the meter: this rank's GPU memory as `perf/gpu_mem_*` (the dashboard gauges,
+    tagged by rank, read these) and every rank's as `rank/<r>/perf/gpu_mem_*` (one all_gather: the
+    meter's metrics are logged on every rank at the same steps)."""
+    from wmtp.parallel.reduce import per_rank_values
+    from wmtp.training.device_memory import gpu_memory
+
+    def metrics() -> dict[str, float]:
+        mine = {f"perf/{k}": v for k, v in gpu_memory(layout.device, cuda).items()}
+        ranks = per_rank_values(mine, layout)
+        return {**mine, **{k: float(v) for k, v in ranks.items()}}
+    return metrics
 
 
 def lr_metrics(state: LoopState) -> dict[str, float]:

@@ -61,6 +61,7 @@ class ThroughputMeter:
         n_devices: int = 1,
         smoothing: float = 0.9,
         clock: Callable[[], float] = time.perf_counter,
+        memory: Callable[[], dict[str, float]] | None = None,
     ):
         if not 0.0 <= smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
@@ -69,6 +70,7 @@ class ThroughputMeter:
         self.n_devices = n_devices
         self.smoothing = smoothing
         self.clock = clock
+        self.memory = memory  # GPU memory metrics logged beside the rate (wmtp.training.device_memory)
         self.total_tokens = 0
         self._last: float | None = None
         self._rate: float | None = None
@@ -102,6 +104,8 @@ class ThroughputMeter:
             out[f"{prefix}tokens_per_s"] = self._rate
         if self.mfu is not None:
             out[f"{prefix}mfu"] = self.mfu
+        if self.memory is not None:
+            out.update(self.memory())
         return out
 
     def state_dict(self) -> dict[str, int]:
