@@ -6,6 +6,10 @@ Modes:
 - `program` (synthetic records with `completion_is_program: true`): the completion is the whole
   function, program = completion + "\\n" + test + "\\ncheck(entry_point)";
 - `stdio` (records with `inputs`/`outputs` lists): the completion is a script, run once per case.
+
+Where the test is HumanEval-style `check(candidate)` code in call form (`wmtp.evaluation.calls`),
+the task carries its call records and the sandbox runs only `code(completion)` (no test), the
+parent judging the returned values; other tests run inside the program (`program(completion)`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from wmtp.errors import WMTPUserError
+from wmtp.evaluation.calls import Call, calls_from_test
 
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
@@ -35,14 +40,17 @@ class EvalTask:
     outputs: tuple[str, ...] = ()
     canonical_solution: str | None = field(default=None, repr=False)
     family: str | None = None  # the synthetic task's problem family (per-family tables)
+    calls: tuple[Call, ...] = field(default=(), repr=False)  # the test as call records, when it converts
+
+    def code(self, completion: str) -> str:
+        """The solution without any test: what the sandbox runs in call mode (stdio: the script)."""
+        return self.prompt + completion if self.mode == "humaneval" else completion
 
     def program(self, completion: str) -> str:
-        """The source the sandbox runs for `completion` (stdio: the script itself)."""
-        if self.mode == "humaneval":
-            return self.prompt + completion + "\n" + self.test + f"\ncheck({self.entry_point})\n"
-        if self.mode == "program":
-            return completion + "\n" + self.test + f"\ncheck({self.entry_point})\n"
-        return completion
+        """The solution followed by its test and `check(entry_point)`: the in-process check."""
+        if self.mode == "stdio":
+            return completion
+        return self.code(completion) + "\n" + self.test + f"\ncheck({self.entry_point})\n"
 
 
 class BenchmarkError(WMTPUserError, ValueError):
@@ -89,11 +97,12 @@ def task_from_record(rec: dict, where: str = "record") -> EvalTask:
         return EvalTask(str(task_id), prompt, "stdio", inputs=tuple(rec["inputs"]),
                         outputs=tuple(rec["outputs"]), canonical_solution=rec.get("canonical_solution"))
     _require(rec, ("task_id", "prompt", "test", "entry_point"), where)
+    calls = calls_from_test(rec["test"]) or ()
     if rec.get("completion_is_program"):
         return EvalTask(rec["task_id"], rec["prompt"], "program", rec["test"], rec["entry_point"],
-                        canonical_solution=rec.get("canonical_solution"), family=rec.get("family"))
+                        canonical_solution=rec.get("canonical_solution"), family=rec.get("family"), calls=calls)
     return EvalTask(rec["task_id"], rec["prompt"], "humaneval", rec["test"], rec["entry_point"],
-                    stop=HUMANEVAL_STOP, canonical_solution=rec.get("canonical_solution"))
+                    stop=HUMANEVAL_STOP, canonical_solution=rec.get("canonical_solution"), calls=calls)
 
 
 def load_jsonl_tasks(path: str | Path, limit: int | None = None) -> list[EvalTask]:
