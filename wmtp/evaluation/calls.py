@@ -2,29 +2,11 @@
 
 A *call record* is one test call: the source of its arguments (sent to the sandboxed program) and
 the check on the value it returns (kept by the parent, never sent). The sandbox runs the program,
-calls the entry point once per record and sends back only what each call returned (or the type of
-the exception it raised), as plain data; the parent decodes it and applies the checks here. The
-program therefore never holds the expected values nor any verdict it could forge
-(docs/EVALUATION.md "Sandbox: verdicts").
-
-`calls_from_test` rewrites `check(candidate)` test code when every statement of `check` is one of
-the shapes below (the message after `assert ..., "msg"` is ignored); anything else returns None and
-the task keeps the in-process check:
-
-| assert in `check` | the parent's check on the returned value `v` |
-|---|---|
-| `candidate(A) == E`, `E == candidate(A)` | `v == E` |
-| `candidate(A) is True/False/None` | `v is E` |
-| `candidate(A)` / `not candidate(A)` | `bool(v)` / `not v` |
-| `abs(candidate(A) - E) < T` (or `E - candidate(A)`, `<=`) | `abs(v - E) < T` |
-| `W(candidate(A)) == E`, W in tuple/list/set/sorted/len | `W(v) == E` |
-| `True`, a docstring, `pass`, a bare builtin name | nothing |
-
-E and T must be constants: literals, or arithmetic on literals (`2.0/3.0`, `(3 + 5, 3 * 5)`); A may be
-any expression (the program evaluates it). Values are exchanged in a tagged JSON form that keeps
-Python's types (bool vs int, tuple vs list), so `==` in the parent is `==` in the program for the
-plain types; a value of any other type (a class instance, a generator) cannot be sent and the
-call fails.
+calls the entry point once per record and sends back only what each call returned (or raised), as
+plain data; the parent decodes it and applies the checks here, so the program never holds an
+expected value nor a verdict it could forge. `calls_from_test` accepts the assert shapes listed in
+docs/EVALUATION.md ("Sandbox: verdicts") and returns None for anything else (the task then keeps
+the in-process check); `check_source` writes records back as test code.
 """
 
 from __future__ import annotations
@@ -242,6 +224,20 @@ def _harmless_top_level(node: ast.stmt) -> bool:
     return False
 
 
+def check_source(calls: tuple[Call, ...] | list[Call]) -> str:
+    """`check(candidate)` test code with one assert per call record (`calls_from_test` reads it back)."""
+    lines = ["def check(candidate):"]
+    for c in calls:
+        value = f"candidate({c.args})"
+        if c.wrap:
+            value = f"{c.wrap}({value})"
+        lines.append("    assert " + {
+            "==": f"{value} == {c.expected!r}", "is": f"{value} is {c.expected!r}", "truthy": value,
+            "falsy": f"not {value}", "close": f"abs({value} - {c.expected!r}) {'<' if c.strict else '<='} {c.tol!r}",
+        }[c.check])
+    return "\n".join(lines) + "\n"
+
+
 # ---------------------------------------------------------------- values over the channel
 # Tagged JSON written by the sandbox's runner (`sandbox.RUNNER`, `encode`): null/true/false as
 # themselves, ["i", hex], ["f", repr], ["c", re, im], ["s", str], ["b", hex], ["l"|"t"|"S"|"F", items]
@@ -293,4 +289,4 @@ def parse_line(line: bytes) -> dict:
     return data
 
 
-__all__ = ["Call", "ValueFormatError", "calls_from_test", "decode_value", "parse_line"]
+__all__ = ["Call", "ValueFormatError", "calls_from_test", "check_source", "decode_value", "parse_line"]
