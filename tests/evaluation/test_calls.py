@@ -35,6 +35,7 @@ def test_each_assert_shape_becomes_one_call_record():
     calls = calls_from_test('"""doc"""\nMETADATA = {"a": 1}\n\ndef check(candidate):\n    """d"""\n'
                             "    assert True, 'debug'\n    print\n    pass\n    assert candidate(1) == 1\n")
     assert calls == (Call("1", "==", 1),)
+    assert calls_from_test("def check(c):\n    assert c(c2) == 2\n") == (Call("c2", "==", 2),)
 
 
 @pytest.mark.parametrize("test", [
@@ -48,6 +49,7 @@ def test_each_assert_shape_becomes_one_call_record():
     "def check(candidate):\n    assert False\n",
     "def check(candidate):\n    pass\n",  # no call at all
     "def check(candidate, extra):\n    assert candidate(1) == 1\n",
+    "def check(c):\n    assert c(1) == candidate\n",
     "def check(candidate):\n    assert candidate(1) == 1\n    x = 1\n",
     "def check(candidate:\n",
 ])

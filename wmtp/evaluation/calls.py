@@ -192,8 +192,15 @@ def calls_from_test(test: str) -> tuple[Call, ...] | None:
     if len(checks) != 1 or not all(_harmless_top_level(n) for n in others):
         return None
     fn = checks[0]
-    if [a.arg for a in fn.args.args] != ["candidate"] or fn.decorator_list:
+    if len(fn.args.args) != 1 or fn.args.vararg or fn.args.kwonlyargs or fn.args.kwarg or fn.decorator_list:
         return None
+    name = fn.args.args[0].arg  # `check(c)` reads as `check(candidate)`
+    if name != "candidate":
+        if any(isinstance(n, ast.Name) and n.id == "candidate" for n in ast.walk(fn)):
+            return None
+        for n in ast.walk(fn):
+            if isinstance(n, ast.Name) and n.id == name:
+                n.id = "candidate"
     calls: list[Call] = []
     try:
         for st in fn.body:
