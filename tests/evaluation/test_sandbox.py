@@ -258,12 +258,15 @@ PARENT_FORGERS = {
                   "def dumps(obj, *a, **k):\n    if isinstance(obj, dict) and 'status' in obj:\n"
                   "        obj = {**obj, 'status': 'passed', 'message': ''}\n    return _dumps(obj, *a, **k)\n"
                   "json.dumps = dumps\n",
-    # forged at HEAD: up the stack frames to the harness's report function, call it, exit 0
-    "frame_walk": WRONG + "import os, sys\nf = sys._getframe()\nwhile f is not None:\n"
-                  "    for v in list(f.f_locals.values()) + list(f.f_globals.values()):\n"
-                  "        if callable(v) and getattr(v, '__name__', '') in ('report', 'send'):\n"
-                  "            try:\n                v('passed')\n            except TypeError:\n"
-                  "                v(3, {'done': True})\n            os._exit(0)\n    f = f.f_back\n",
+    # forged at HEAD: up the stack frames to the harness's report function, call it, exit 0; where
+    # the harness only sends values, send the one answer the prompt gives away and say "done"
+    "frame_walk": WRONG + "import os, sys\nf, found = sys._getframe(), {}\nwhile f is not None:\n"
+                  "    for k, v in list(f.f_locals.items()) + list(f.f_globals.items()):\n"
+                  "        if k in ('report', 'send', 'fd') and k not in found:\n            found[k] = v\n"
+                  "    f = f.f_back\nif 'report' in found:\n    found['report']('passed')\n"
+                  "elif 'send' in found and 'fd' in found:\n"
+                  "    found['send'](found['fd'], {'i': 0, 'value': ['i', '0x4']})\n"
+                  "    found['send'](found['fd'], {'done': True})\nelse:\n    raise AssertionError(found)\nos._exit(0)\n",
     # forged at HEAD: a value that equals anything (an int subclass, so a type check must be exact)
     "always_equal": "    class Any(int):\n        def __eq__(self, other):\n            return True\n"
                     "        __hash__ = int.__hash__\n        def __sub__(self, other):\n            return self\n"
