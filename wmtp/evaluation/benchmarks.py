@@ -40,7 +40,11 @@ class EvalTask:
     outputs: tuple[str, ...] = ()
     canonical_solution: str | None = field(default=None, repr=False)
     family: str | None = None  # the synthetic task's problem family (per-family tables)
-    calls: tuple[Call, ...] = field(default=(), repr=False)  # the test as call records, when it converts
+    calls: tuple[Call, ...] = field(default=(), init=False, repr=False, compare=False)  # the test as call records
+
+    def __post_init__(self) -> None:
+        if self.mode != "stdio":  # empty when the test is not in call form: the in-process check
+            object.__setattr__(self, "calls", calls_from_test(self.test) or ())
 
     def code(self, completion: str) -> str:
         """The solution without any test: what the sandbox runs in call mode (stdio: the script)."""
@@ -97,12 +101,11 @@ def task_from_record(rec: dict, where: str = "record") -> EvalTask:
         return EvalTask(str(task_id), prompt, "stdio", inputs=tuple(rec["inputs"]),
                         outputs=tuple(rec["outputs"]), canonical_solution=rec.get("canonical_solution"))
     _require(rec, ("task_id", "prompt", "test", "entry_point"), where)
-    calls = calls_from_test(rec["test"]) or ()
     if rec.get("completion_is_program"):
         return EvalTask(rec["task_id"], rec["prompt"], "program", rec["test"], rec["entry_point"],
-                        canonical_solution=rec.get("canonical_solution"), family=rec.get("family"), calls=calls)
+                        canonical_solution=rec.get("canonical_solution"), family=rec.get("family"))
     return EvalTask(rec["task_id"], rec["prompt"], "humaneval", rec["test"], rec["entry_point"],
-                    stop=HUMANEVAL_STOP, canonical_solution=rec.get("canonical_solution"), calls=calls)
+                    stop=HUMANEVAL_STOP, canonical_solution=rec.get("canonical_solution"))
 
 
 def load_jsonl_tasks(path: str | Path, limit: int | None = None) -> list[EvalTask]:
