@@ -356,3 +356,13 @@ def test_two_processes_sandboxing_at_once_never_kill_each_others_programs():
     for out in outs:
         results = json.loads(out.strip().splitlines()[-1])
         assert all(status == "passed" for status, _ in results), results
+
+
+def test_a_flooded_result_channel_is_cut_off():
+    from wmtp.evaluation.calls import calls_from_test
+    from wmtp.evaluation.sandbox import run_calls
+
+    calls = calls_from_test("def check(candidate):\n    assert candidate() == 1\n")
+    flood = "def f():\n    return 'x' * (1 << 20)\n"  # one 1 MiB line against a 64 KiB channel
+    r = run_calls(flood, "f", calls, config=SandboxConfig(timeout_s=5.0, max_result_bytes=1 << 16))
+    assert r.status == "failed" and "result channel over 65536 bytes" in r.message and r.duration_s < 4, r

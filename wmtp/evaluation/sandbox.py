@@ -508,19 +508,20 @@ def _launcher(config: SandboxConfig) -> tuple[str, bool]:
 
 class _ChannelReader(threading.Thread):
     """Reads the result pipe while the child runs (a child never blocks on a full pipe), up to
-    `limit` bytes; past that, `over` is set and the child is killed by the caller."""
+    `limit` bytes; past that, `over` is set and the child's process group is killed."""
 
-    def __init__(self, fd: int, limit: int) -> None:
+    def __init__(self, fd: int, limit: int, pgid: int) -> None:
         super().__init__(daemon=True)
-        self.fd, self.limit = fd, limit
+        self.fd, self.limit, self.pgid = fd, limit, pgid
         self.chunks: list[bytes] = []
-        self.size, self.over = 0, threading.Event()
+        self.size, self.over = 0, False
 
     def run(self) -> None:
         with os.fdopen(self.fd, "rb", buffering=0) as f:
             while chunk := f.read(1 << 16):
                 if self.size + len(chunk) > self.limit:
-                    self.over.set()
+                    self.over = True
+                    _kill_group(self.pgid)
                     return
                 self.chunks.append(chunk)
                 self.size += len(chunk)
@@ -559,7 +560,6 @@ def _execute(program: str, stdin: str | None, config: SandboxConfig, exe: str, d
             "calls": None if calls is None else [c.args for c in calls], "entry": entry_point,
         }
         env = {"PATH": "/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8", "PYTHONHASHSEED": "0"}
-        reader = _ChannelReader(read_fd, config.max_result_bytes)
         with open(stdin_path, "rb") as fin, open(stdout_path, "wb") as fout:
             try:
                 proc = subprocess.Popen(
@@ -573,19 +573,13 @@ def _execute(program: str, stdin: str | None, config: SandboxConfig, exe: str, d
             finally:
                 os.close(write_fd)
                 os.close(nonce_read)
+            reader = _ChannelReader(read_fd, config.max_result_bytes, proc.pid)
             reader.start()
-            deadline = start + config.timeout_s
-            timed_out = False
-            while proc.poll() is None:  # wait for the child, its timeout, or a flooded channel
-                if reader.over.is_set():
-                    break
-                if time.monotonic() >= deadline:
-                    timed_out = True
-                    break
-                try:
-                    proc.wait(timeout=min(0.05, max(0.0, deadline - time.monotonic())))
-                except subprocess.TimeoutExpired:
-                    pass
+            try:
+                proc.wait(timeout=config.timeout_s)
+                timed_out = False
+            except subprocess.TimeoutExpired:
+                timed_out = True
             _kill_group(proc.pid)
             proc.wait()
         if uid is not None:
@@ -594,7 +588,7 @@ def _execute(program: str, stdin: str | None, config: SandboxConfig, exe: str, d
         duration = time.monotonic() - start
         with open(stdout_path, "rb") as f:
             stdout = f.read(config.max_output_bytes).decode("utf-8", errors="replace")
-        if reader.over.is_set():  # in call mode everything on the channel is the program's doing
+        if reader.over:  # in call mode everything on the channel is the program's doing
             return ExecutionResult("error" if calls is None else "failed",
                                    f"result channel over {config.max_result_bytes} bytes", duration, stdout, _by(calls))
         if calls is not None:
