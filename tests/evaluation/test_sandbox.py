@@ -366,3 +366,20 @@ def test_a_flooded_result_channel_is_cut_off():
     flood = "def f():\n    return 'x' * (1 << 20)\n"  # one 1 MiB line against a 64 KiB channel
     r = run_calls(flood, "f", calls, config=SandboxConfig(timeout_s=5.0, max_result_bytes=1 << 16))
     assert r.status == "failed" and "result channel over 65536 bytes" in r.message and r.duration_s < 4, r
+
+
+def test_uid_blocks_are_exclusive_while_held(tmp_path):
+    """Two pools (as two processes would) on one lock folder get different blocks; a block frees
+    when its holder's lock goes."""
+    import os
+
+    from wmtp.evaluation.sandbox import _UidPool
+
+    a, b = _UidPool(base=70000, size=4, blocks=2, lock_dir=str(tmp_path)), _UidPool(base=70000, size=4, blocks=2,
+                                                                                    lock_dir=str(tmp_path))
+    assert (a.acquire(), b.acquire()) == (70000, 70004)
+    c = _UidPool(base=70000, size=4, blocks=2, lock_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match="all 2 uid blocks from 70000 are held"):
+        c.acquire()
+    os.close(a._lock_fd)  # what the kernel does when a's process dies
+    assert c.acquire() == 70000

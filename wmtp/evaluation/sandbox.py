@@ -40,7 +40,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Literal
@@ -357,7 +357,7 @@ class _UidPool:
 
     def _claim(self) -> None:
         lock_dir = self.lock_dir or ("/run/lock" if os.path.isdir("/run/lock") else tempfile.gettempdir())
-        busy = _uids_in_use()
+        busy = {owner for _, owner in _live_processes()}
         for b in range(self.blocks):
             first = self.base + b * self.size
             try:  # (a file someone else made there and we may not open: not our block)
@@ -399,21 +399,6 @@ class _UidPool:
         return range(self.base, self.base + self.size * self.blocks)
 
 
-def _uids_in_use() -> set[int]:
-    """Real uids of the running (non-zombie) processes."""
-    uids = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/status") as f:
-                    fields = dict(line.split(":", 1) for line in f if ":" in line)
-            except OSError:
-                continue
-            if not fields.get("State", "").strip().startswith("Z"):
-                uids.add(int(fields.get("Uid", "-1 ").split()[0]))
-    return uids
-
-
 _UIDS = _UidPool()
 _WARNED: set[str] = set()
 _WARN_LOCK = threading.Lock()
@@ -427,23 +412,30 @@ def _warn_once(message: str) -> None:
     log.warning("sandbox: %s", message)
 
 
+def _live_processes() -> Iterator[tuple[int, int]]:
+    """(pid, real uid) of every running process. Zombies are left out: they are already dead and
+    vanish when their (new) parent reaps them."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        if not fields.get("State", "").strip().startswith("Z"):
+            yield int(entry), int(fields.get("Uid", "-1 ").split()[0])
+
+
 def _kill_uid(uid: int) -> None:
     """SIGKILL every process whose real uid is `uid` (the slot's leftovers, e.g. after setsid)."""
     for _ in range(3):
         found = False
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry}/status") as f:
-                    fields = dict(line.split(":", 1) for line in f if ":" in line)
-            except OSError:
-                continue
-            # Zombies are already dead; they vanish when their (new) parent reaps them.
-            if int(fields.get("Uid", "-1 ").split()[0]) == uid and not fields.get("State", "").strip().startswith("Z"):
+        for pid, owner in _live_processes():
+            if owner == uid:
                 found = True
                 try:
-                    os.kill(int(entry), signal.SIGKILL)
+                    os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
         if not found:
