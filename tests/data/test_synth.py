@@ -112,3 +112,24 @@ def test_instruction_shows_examples_and_signature(synth60):
     assert f"`{p.family.entry}(" in p.instruction and "Examples:" in p.instruction
     assert p.input == p.family.signature()
     assert format_prompt(p.instruction, p.input) == p.eval_record()["prompt"]
+
+
+def test_hidden_tests_are_call_records_and_the_parent_agrees_with_the_labels(synth60):
+    """Every hidden test reads back as one call record per input (so `wmtp eval` judges samples in the
+    parent), and the parent's verdict on each candidate equals the label found at generation."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from wmtp.evaluation.benchmarks import task_from_record
+    from wmtp.evaluation.runner import execute_completion
+    from wmtp.evaluation.sandbox import SandboxConfig
+
+    for p in synth60.problems:
+        task = task_from_record(p.eval_record())
+        assert [c.args for c in task.calls] == list(p.inputs) and {c.check for c in task.calls} == {"=="}
+    jobs = [(task_from_record(p.eval_record()), code, ok) for p in synth60.problems[:12]
+            for code, ok in zip(p.candidates, p.passed, strict=True)]
+    config = SandboxConfig(timeout_s=10.0)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        verdicts = list(pool.map(lambda j: execute_completion(j[0], j[1], config), jobs))
+    assert [(r.passed, r.verdict_by) for r in verdicts] == [(ok, "parent") for _, _, ok in jobs]
+    assert not all(ok for _, _, ok in jobs)  # some mutants among them fail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -23,10 +24,13 @@ def test_humaneval_all_164_canonical_solutions_pass():
     assert all(t.mode == "humaneval" and t.stop == HUMANEVAL_STOP for t in tasks)
     t = tasks[0]
     assert t.program("X") == t.prompt + "X\n" + t.test + f"\ncheck({t.entry_point})\n"
-    results = run_programs([t.program(t.canonical_solution) for t in tasks],
-                           config=SandboxConfig(timeout_s=20.0), workers=2)
+    assert t.code("X") == t.prompt + "X" and t.calls  # call records: the sandbox never sees the test
+    config = SandboxConfig(timeout_s=20.0)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda t: execute_completion(t, t.canonical_solution, config), tasks))
     failed = [(t.task_id, r.status, r.message) for t, r in zip(tasks, results) if not r.passed]
     assert failed == []
+    assert sum(r.verdict_by == "parent" for r in results) == 157  # the other 7 keep the in-process check
     broken = run_programs([t.program("    return None\n") for t in tasks[:10]], workers=2)
     assert not any(r.passed for r in broken)
 

@@ -66,6 +66,26 @@ def test_greedy_generates_once_and_counts_n_times(char_model):
     first = [s["completion"] for s in res.samples if s["task_id"] == "t/pass"]
     assert len(set(first)) == 1
     assert res.metrics["pass_at_3"] == 0.5
+    # `assert True` is no test call: these tasks keep the in-process check, and the result says so
+    assert res.metrics["n_tasks_in_process_verdict"] == 2.0 and {r["verdict_by"] for r in res.tasks} == {"in-process"}
+    assert "0 tasks judged by the parent, 2 by the program's own test" in res.table()
+
+
+def test_verdicts_are_counted_by_where_they_were_decided():
+    from wmtp.evaluation.runner import score_samples
+
+    records = [{"task_id": "t/calls", "prompt": "def f(x):\n", "entry_point": "f",
+                "test": "def check(c):\n    assert c(2) == 4\n"},
+               {"task_id": "t/loop", "prompt": "def f(x):\n", "entry_point": "f",  # a loop: no call records
+                "test": "def check(c):\n    for x in (1, 2):\n        assert c(x) == 2 * x\n"}]
+    samples = [{"task_id": r["task_id"], "completion": c} for r in records for c in ("    return 2 * x\n", "    return 4\n")]
+    res = score_samples(records, samples, k=[1], n_bootstrap=0)
+    assert [(s["task_id"], s["status"], s["verdict_by"]) for s in res.samples] == [
+        ("t/calls", "passed", "parent"), ("t/calls", "passed", "parent"),  # f(2) == 4 either way
+        ("t/loop", "passed", "in-process"), ("t/loop", "failed", "in-process")]
+    assert [r["verdict_by"] for r in res.tasks] == ["parent", "in-process"]
+    assert res.metrics["n_tasks_in_process_verdict"] == 1.0
+    assert "1 tasks judged by the parent, 1 by the program's own test" in res.table()
 
 
 def _parser():

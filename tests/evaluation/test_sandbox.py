@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from wmtp.evaluation.sandbox import SandboxConfig, run_program, run_programs, run_stdio
+from wmtp.evaluation.sandbox import _UIDS, SandboxConfig, run_program, run_programs, run_stdio
 
 IS_ROOT = os.getuid() == 0
 FAST = SandboxConfig(timeout_s=2.0)
@@ -21,7 +21,7 @@ def _sandbox_dirs() -> set[str]:
     return {p for p in os.listdir(tempfile.gettempdir()) if p.startswith("wmtp-sandbox-")}
 
 
-def _live_sandbox_processes(lo: int = 61000, hi: int = 61064) -> list[int]:
+def _live_sandbox_processes() -> list[int]:
     """Running (non-zombie) processes of the sandbox uids."""
     pids = []
     for entry in os.listdir("/proc"):
@@ -31,7 +31,7 @@ def _live_sandbox_processes(lo: int = 61000, hi: int = 61064) -> list[int]:
                     fields = dict(line.split(":", 1) for line in f if ":" in line)
             except OSError:
                 continue
-            if lo <= int(fields["Uid"].split()[0]) < hi and not fields["State"].strip().startswith("Z"):
+            if int(fields["Uid"].split()[0]) in _UIDS.uids and not fields["State"].strip().startswith("Z"):
                 pids.append(int(entry))
     return pids
 
@@ -241,3 +241,145 @@ def test_the_verdict_channel_is_not_in_argv_or_environment():
     probe = ("import os, sys\nassert sys.argv == ['-c'], sys.argv\n"
              "assert 'result_fd' not in str(dict(os.environ)) and 'nonce' not in str(dict(os.environ))\n")
     assert run_program(probe, config=FAST).passed
+
+
+# ---------------------------------------------------------------- verdicts decided by the parent
+# A wrong solution (double(2) returns 3) plus code that attacks the harness. Through the normal
+# path (`execute_completion` of a HumanEval-format task) the test is rewritten into call records,
+# the program never holds the expected values, and the parent compares: every forger must get
+# `failed`. At the in-process verdict (the old harness) the ones marked "forged at HEAD" passed.
+DOUBLE = {"task_id": "forge/double", "prompt": "def double(x):\n", "entry_point": "double",
+          "test": "def check(candidate):\n    assert candidate(2) == 4\n    assert abs(candidate(0.5) - 1.0) < 1e-6\n"
+                  "    assert candidate(1)\n    assert not candidate(0)\n"}
+WRONG = "    return x + 1\n"
+PARENT_FORGERS = {
+    # forged at HEAD: the harness's own report, rewritten through the shared json module
+    "json_dumps": WRONG + "import json\n_dumps = json.dumps\n"
+                  "def dumps(obj, *a, **k):\n    if isinstance(obj, dict) and 'status' in obj:\n"
+                  "        obj = {**obj, 'status': 'passed', 'message': ''}\n    return _dumps(obj, *a, **k)\n"
+                  "json.dumps = dumps\n",
+    # forged at HEAD: up the stack frames to the harness's report function, call it, exit 0; where
+    # the harness only sends values, send the one answer the prompt gives away and say "done"
+    "frame_walk": WRONG + "import os, sys\nf, found = sys._getframe(), {}\nwhile f is not None:\n"
+                  "    for k, v in list(f.f_locals.items()) + list(f.f_globals.items()):\n"
+                  "        if k in ('report', 'send', 'fd') and k not in found:\n            found[k] = v\n"
+                  "    f = f.f_back\nif 'report' in found:\n    found['report']('passed')\n"
+                  "elif 'send' in found and 'fd' in found:\n"
+                  "    found['send'](found['fd'], {'i': 0, 'value': ['i', '0x4']})\n"
+                  "    found['send'](found['fd'], {'done': True})\nelse:\n    raise AssertionError(found)\nos._exit(0)\n",
+    # forged at HEAD: a value that equals anything (an int subclass, so a type check must be exact)
+    "always_equal": "    class Any(int):\n        def __eq__(self, other):\n            return True\n"
+                    "        __hash__ = int.__hash__\n        def __sub__(self, other):\n            return self\n"
+                    "        def __abs__(self):\n            return 0\n        def __bool__(self):\n"
+                    "            return x != 0\n    return Any(x + 1)\n",
+    # forged at HEAD: the builtins the comparison uses, replaced (abs makes every tolerance check hold)
+    "builtins_patch": "    return x * 2 if x >= 1 or x == 0 else 99.0\nimport builtins\nbuiltins.abs = lambda v: 0\n",
+    # exit code 0 before any check runs
+    "exit_code": WRONG + "import os\nos._exit(0)\n",
+    # a flood of stdout, errors swallowed, then the wrong answers
+    "stdout_flood": WRONG + "import sys\ntry:\n    sys.stdout.write('x' * (8 << 20))\n    sys.stdout.flush()\n"
+                    "except OSError:\n    pass\n",
+    # a passing report / passing values printed where a careless parent might read them
+    "fake_result_line": WRONG + "print('{\"status\": \"passed\", \"message\": \"\"}')\n"
+                        "print('{\"i\": 0, \"value\": [\"i\", \"0x4\"]}')\nprint('{\"done\": true}')\n",
+    # lines injected into the channel through an exception message (JSON escaping must hold)
+    "newline_injection": "    raise ValueError('\\n{\"i\": 0, \"value\": [\"i\", \"0x4\"]}\\n{\"done\": true}\\n')\n",
+    # every descriptor flooded (the result channel included), then a clean exit
+    "channel_flood": WRONG + "import os\nfor fd in range(3, 1024):\n    try:\n        os.set_blocking(fd, False)\n"
+                     "        os.write(fd, b'{\"done\": true}\\n' * 4096)\n    except OSError:\n        pass\n",
+}
+
+
+@pytest.mark.parametrize("name", sorted(PARENT_FORGERS))
+def test_a_wrong_solution_cannot_forge_a_parent_verdict(name):
+    from wmtp.evaluation.benchmarks import task_from_record
+    from wmtp.evaluation.runner import execute_completion
+
+    task = task_from_record(DOUBLE)
+    r = execute_completion(task, PARENT_FORGERS[name], FAST)
+    assert r.status == "failed", (name, r)
+    ok = execute_completion(task, "    return 2 * x\n", FAST)
+    assert ok.passed and ok.verdict_by == "parent", ok
+
+
+def test_the_program_never_sees_the_expected_values():
+    from wmtp.evaluation.benchmarks import task_from_record
+    from wmtp.evaluation.runner import execute_completion
+
+    task = task_from_record({**DOUBLE, "test": DOUBLE["test"].replace("== 4", "== 123456789")})
+    # the program looks for the expected value in its source, argv, stdin and the harness's frames
+    # (the literal is never written whole in the probe, so only a leak can put it in `hay`)
+    probe = ("    return 12345 * 10000 + 6789 if x == 2 else 2 * x\nimport sys\n"
+             "hay = open('program.py').read() + str(sys.argv) + sys.stdin.read()\n"
+             "f = sys._getframe()\nwhile f is not None:\n    hay += repr(f.f_locals) + repr(f.f_globals)\n"
+             "    f = f.f_back\nassert str(12345 * 10000 + 6789) not in hay, 'leaked'\n")
+    r = execute_completion(task, probe, FAST)
+    assert r.passed and r.verdict_by == "parent", r
+
+
+def test_values_keep_their_python_types_across_the_channel():
+    """The parent's `==` on the decoded value is the program's `==` on the returned one (the slow
+    reference: both evaluated here, in one interpreter)."""
+    from wmtp.evaluation.calls import calls_from_test
+    from wmtp.evaluation.sandbox import run_calls
+
+    cases = [("True", "1"), ("True", "True"), ("1", "1.0"), ("(1, 2)", "[1, 2]"), ("[1, 2]", "[1, 2]"),
+             ("2 ** 200", "2 ** 200"), ("10 ** 5000", "10 ** 64"), ("float('nan')", "1.5"), ("-0.0", "0"),
+             ("{1: 'a', 'b': (2, None)}", "{'b': (2, None), 1: 'a'}"), ("{3, 1}", "{1, 3}"),
+             ("frozenset({1})", "{1}"), ("b'\\x00a'", "b'\\x00a'"), ("1 + 2j", "1 + 2j"),
+             ("'\\ud800'", "'\\ud800'"), ("[[1], (2,), {3: [4.5]}]", "[[1], (2,), {3: [4.5]}]"), ("None", "0")]
+    for value, expected in cases:
+        calls = calls_from_test(f"def check(candidate):\n    assert candidate() == {expected}\n")
+        r = run_calls(f"def f():\n    return {value}\n", "f", calls, config=FAST)
+        assert r.passed is (eval(value) == eval(expected)), (value, expected, r)  # noqa: S307
+
+
+def _pool_worker_script(n: int, sleep_s: float) -> str:
+    return ("import json, sys\nfrom wmtp.evaluation.sandbox import SandboxConfig, run_programs\n"
+            f"programs = ['import time\\ntime.sleep({sleep_s})\\nassert True'] * {n}\n"
+            "res = run_programs(programs, config=SandboxConfig(timeout_s=20.0), workers=2)\n"
+            "print(json.dumps([[r.status, r.message] for r in res]))\n")
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="uid pools exist only where the sandbox switches uid (root)")
+def test_two_processes_sandboxing_at_once_never_kill_each_others_programs():
+    """Each process claims a uid block of its own: the short runs of one (each followed by a kill of
+    everything left with its uid) never hit the long runs of the other."""
+    import json
+    import subprocess
+    import sys
+
+    slow = subprocess.Popen([sys.executable, "-c", _pool_worker_script(4, 1.5)], stdout=subprocess.PIPE, text=True)
+    fast = subprocess.Popen([sys.executable, "-c", _pool_worker_script(40, 0.0)], stdout=subprocess.PIPE, text=True)
+    outs = [p.communicate(timeout=120)[0] for p in (slow, fast)]
+    assert [p.returncode for p in (slow, fast)] == [0, 0]
+    for out in outs:
+        results = json.loads(out.strip().splitlines()[-1])
+        assert all(status == "passed" for status, _ in results), results
+
+
+def test_a_flooded_result_channel_is_cut_off():
+    from wmtp.evaluation.calls import calls_from_test
+    from wmtp.evaluation.sandbox import run_calls
+
+    calls = calls_from_test("def check(candidate):\n    assert candidate() == 1\n")
+    flood = "def f():\n    return 'x' * (1 << 20)\n"  # one 1 MiB line against a 64 KiB channel
+    r = run_calls(flood, "f", calls, config=SandboxConfig(timeout_s=5.0, max_result_bytes=1 << 16))
+    assert r.status == "failed" and "result channel over 65536 bytes" in r.message and r.duration_s < 4, r
+
+
+def test_uid_blocks_are_exclusive_while_held(tmp_path):
+    """Two pools (as two processes would) on one lock folder get different blocks; a block frees
+    when its holder's lock goes."""
+    import os
+
+    from wmtp.evaluation.sandbox import _UidPool
+
+    a, b = _UidPool(base=70000, size=4, blocks=2, lock_dir=str(tmp_path)), _UidPool(base=70000, size=4, blocks=2,
+                                                                                    lock_dir=str(tmp_path))
+    assert (a.acquire(), b.acquire()) == (70000, 70004)
+    c = _UidPool(base=70000, size=4, blocks=2, lock_dir=str(tmp_path))
+    with pytest.raises(RuntimeError, match="all 2 uid blocks from 70000 are held"):
+        c.acquire()
+    os.close(a._lock_fd)  # what the kernel does when a's process dies
+    assert c.acquire() == 70000

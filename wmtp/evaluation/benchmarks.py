@@ -6,6 +6,10 @@ Modes:
 - `program` (synthetic records with `completion_is_program: true`): the completion is the whole
   function, program = completion + "\\n" + test + "\\ncheck(entry_point)";
 - `stdio` (records with `inputs`/`outputs` lists): the completion is a script, run once per case.
+
+Where the test is HumanEval-style `check(candidate)` code in call form (`wmtp.evaluation.calls`),
+the task carries its call records and the sandbox runs only `code(completion)` (no test), the
+parent judging the returned values; other tests run inside the program (`program(completion)`).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from wmtp.errors import WMTPUserError
+from wmtp.evaluation.calls import Call, calls_from_test
 
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 
@@ -35,14 +40,21 @@ class EvalTask:
     outputs: tuple[str, ...] = ()
     canonical_solution: str | None = field(default=None, repr=False)
     family: str | None = None  # the synthetic task's problem family (per-family tables)
+    calls: tuple[Call, ...] = field(default=(), init=False, repr=False, compare=False)  # the test as call records
+
+    def __post_init__(self) -> None:
+        if self.mode != "stdio":  # empty when the test is not in call form: the in-process check
+            object.__setattr__(self, "calls", calls_from_test(self.test) or ())
+
+    def code(self, completion: str) -> str:
+        """The solution without any test: what the sandbox runs in call mode (stdio: the script)."""
+        return self.prompt + completion if self.mode == "humaneval" else completion
 
     def program(self, completion: str) -> str:
-        """The source the sandbox runs for `completion` (stdio: the script itself)."""
-        if self.mode == "humaneval":
-            return self.prompt + completion + "\n" + self.test + f"\ncheck({self.entry_point})\n"
-        if self.mode == "program":
-            return completion + "\n" + self.test + f"\ncheck({self.entry_point})\n"
-        return completion
+        """The solution followed by its test and `check(entry_point)`: the in-process check."""
+        if self.mode == "stdio":
+            return completion
+        return self.code(completion) + "\n" + self.test + f"\ncheck({self.entry_point})\n"
 
 
 class BenchmarkError(WMTPUserError, ValueError):

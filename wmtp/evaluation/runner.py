@@ -21,7 +21,7 @@ import torch
 from wmtp.evaluation.benchmarks import EvalTask, task_from_record
 from wmtp.evaluation.generation import TextTokenizer, generate
 from wmtp.evaluation.passk import PassAtK, pass_at_k, summarize_pass_at_k
-from wmtp.evaluation.sandbox import ExecutionResult, SandboxConfig, run_program, run_stdio
+from wmtp.evaluation.sandbox import ExecutionResult, SandboxConfig, run_calls, run_program, run_stdio
 
 
 class MetricsSink(Protocol):
@@ -37,7 +37,8 @@ class EvalResult:
     """Per-sample and per-task outcomes plus the summary over tasks.
 
     metrics: `pass_at_{k}`, `pass_at_{k}_ci_low`, `pass_at_{k}_ci_high`, `n_tasks` (no `@`: MLflow
-    and most dashboards treat it badly).
+    and most dashboards treat it badly), `n_tasks_in_process_verdict` (tasks whose test could not
+    be rewritten into call records, so the program's own asserts decided: forgeable).
     """
 
     summary: dict[int, PassAtK]
@@ -52,10 +53,17 @@ class EvalResult:
             out[f"pass_at_{k}"] = s.mean
             out[f"pass_at_{k}_ci_low"] = s.ci_low
             out[f"pass_at_{k}_ci_high"] = s.ci_high
+        out["n_tasks_in_process_verdict"] = float(self.n_in_process)
         return out
 
+    @property
+    def n_in_process(self) -> int:
+        return sum(row.get("verdict_by") == "in-process" for row in self.tasks)
+
     def table(self) -> str:
-        lines = [f"{'metric':<10} {'value':>7} {'95% CI':>17} {'tasks':>6}"]
+        lines = [f"verdicts: {len(self.tasks) - self.n_in_process} tasks judged by the parent, "
+                 f"{self.n_in_process} by the program's own test in the sandbox (not in call form)"]
+        lines.append(f"{'metric':<10} {'value':>7} {'95% CI':>17} {'tasks':>6}")
         for k, s in sorted(self.summary.items()):
             ci = f"[{s.ci_low:.3f}, {s.ci_high:.3f}]"
             lines.append(f"pass@{k:<5} {s.mean:>7.3f} {ci:>17} {s.n_tasks:>6}")
@@ -83,8 +91,15 @@ def _as_tasks(records: Sequence[EvalTask | Mapping]) -> list[EvalTask]:
             for i, r in enumerate(records)]
 
 
+def _verdict_by(task: EvalTask) -> str:
+    return "parent" if task.calls or task.mode == "stdio" else "in-process"
+
+
 def execute_completion(task: EvalTask, completion: str, config: SandboxConfig) -> ExecutionResult:
-    """Run one completion: the task's program, or every stdin/stdout case until one fails."""
+    """Run one completion: its call records (judged here), the task's program with its in-process
+    check, or every stdin/stdout case until one fails."""
+    if task.calls:
+        return run_calls(task.code(completion), task.entry_point, task.calls, config=config)
     if task.mode != "stdio":
         return run_program(task.program(completion), config=config)
     result = ExecutionResult("passed")
@@ -147,7 +162,8 @@ def evaluate_pass_at_k(model, tokenizer: TextTokenizer, records: Sequence[EvalTa
             passed += r.passed
             samples.append({"task_id": task.task_id, "sample": si, "completion": completions[job],
                             **r.to_dict()})
-        row: dict[str, Any] = {"task_id": task.task_id, "n": n, "n_passed": passed}
+        row: dict[str, Any] = {"task_id": task.task_id, "n": n, "n_passed": passed,
+                               "verdict_by": _verdict_by(task)}
         for kk in k:
             row[f"pass_at_{kk}"] = pass_at_k(n, passed, kk) if n >= kk else None
         task_rows.append(row)
@@ -185,7 +201,8 @@ def score_samples(records: Sequence[EvalTask | Mapping], samples: Sequence[Mappi
         out_samples.append({**sample, "sample": n, **r.to_dict()})
     task_rows = []
     for task_id, (n, c) in counts.items():
-        row: dict[str, Any] = {"task_id": task_id, "family": tasks[task_id].family, "n": n, "n_passed": c}
+        row: dict[str, Any] = {"task_id": task_id, "family": tasks[task_id].family, "n": n, "n_passed": c,
+                               "verdict_by": _verdict_by(tasks[task_id])}
         for kk in k:
             row[f"pass_at_{kk}"] = pass_at_k(n, c, kk) if n >= kk else None
         task_rows.append(row)

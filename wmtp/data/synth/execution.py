@@ -1,18 +1,24 @@
 """Label candidate programs by running hidden tests (trusted, generated code; process pool + timeout).
 
 The reference program (the family's first correct variant) is run on the test inputs to get the
-expected outputs; the hidden test is a HumanEval-style ``check(candidate)`` with one assert per
-input; each candidate passes iff ``check`` returns without an exception within the time limit.
+expected outputs; the hidden test is a HumanEval-style ``check(candidate)`` written from call
+records (one ``assert candidate(INPUT) == EXPECTED`` per input, ``wmtp.evaluation.calls``), so an
+evaluation reads it back as call records and judges model samples outside their sandbox. Labels
+here run ``check`` in-process: the candidates are the generator's own template code, not a model's.
+Each candidate passes iff ``check`` returns without an exception within the time limit.
 """
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
+
+from wmtp.evaluation.calls import Call, check_source
 
 
 @dataclass(frozen=True)
@@ -58,9 +64,9 @@ def _in_main_thread() -> bool:
 
 
 def build_check(entry_inputs: Sequence[str], expected: Sequence[str]) -> str:
-    lines = ["def check(candidate):"]
-    lines += [f"    assert candidate({i}) == {e}" for i, e in zip(entry_inputs, expected, strict=True)]
-    return "\n".join(lines) + "\n"
+    """The hidden test from argument literals and the reference's output reprs (plain values)."""
+    calls = [Call(i, "==", ast.literal_eval(e)) for i, e in zip(entry_inputs, expected, strict=True)]
+    return check_source(calls)
 
 
 def passes(program: str, entry: str, test: str, timeout_s: float = 1.0) -> bool:
