@@ -92,7 +92,7 @@ def test_cluster_files_are_a100_80gb_and_the_two_node_command_validates():
             assert node["node_config"]["guestAccelerators"][0]["acceleratorType"] == "nvidia-a100-80gb"
     assert two["max_workers"] == 1 and len(two["available_node_types"]) == 2  # the head + one worker node
     # The command in the 2-node file's header: its overrides make a valid 2-node HSDP config.
-    header = " ".join(ln.lstrip("#").strip().rstrip("\\") for ln in two_text.splitlines()[1:5])
+    header = " ".join(ln.lstrip("#").strip().rstrip("\\") for ln in two_text.splitlines()[1:6])
     args = shlex.split(header[header.index("python -m wmtp train"):])
     overrides = [a for a in args if "=" in a and not a.startswith("-")]
     assert len(overrides) == 3, overrides
