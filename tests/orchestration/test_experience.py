@@ -263,6 +263,8 @@ def test_async_placement_that_cannot_fit_is_refused_naming_one_that_fits():
     assert experience_actor_resources(cfg) == (8, {"num_cpus": 1, "num_gpus": 1})
     problem = async_fit_problem(cfg, 4)
     assert "needs 12 GPUs" in problem and "placement=colocated" in problem
+    # fewer learners is named with the memory check it needs (at 7B two learners do not fit 80 GB)
+    assert "num_workers=1 if the plan fits 1 learner(s) per GPU memory (check with --dry-run --cluster FILE)" in problem
     assert async_fit_problem(cfg, 12) is None
     two = cfg.model_copy(update={"orchestration": cfg.orchestration.model_copy(update={"num_workers": 2})})
     assert "num_experience_actors=1" in async_fit_problem(two, 4)  # 2 learners + 2 actors fit on 4

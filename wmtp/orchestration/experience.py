@@ -83,9 +83,11 @@ def async_fit_problem(cfg: WMTPConfig, cluster_gpus: float) -> str | None:
     if need <= cluster_gpus:
         return None
     spare = int(cluster_gpus) - orch.num_workers
+    fewer = int(cluster_gpus) // (1 + orch.num_experience_actors)
+    # Fewer learners hold bigger shards each: name the memory check (at 7B on 80 GB, 2 do not fit).
     hint = (f"orchestration.num_experience_actors={spare // orch.num_workers}" if spare >= orch.num_workers
-            else f"orchestration.num_workers={int(cluster_gpus) // (1 + orch.num_experience_actors)}"
-            if int(cluster_gpus) // (1 + orch.num_experience_actors) >= 1 else None)
+            else f"orchestration.num_workers={fewer} if the plan fits {fewer} learner(s) per GPU memory "
+                 "(check with --dry-run --cluster FILE)" if fewer >= 1 else None)
     return (f"orchestration.placement=async needs {need:g} GPUs ({orch.num_workers} learners + {count} experience "
             f"actors, one GPU each: num_workers x num_experience_actors = {orch.num_workers} x "
             f"{orch.num_experience_actors}) but the cluster has {cluster_gpus:g}. Use orchestration.placement="
