@@ -11,8 +11,8 @@ import pytest
 
 from tests.recipes.harness import TINY
 from wmtp.cli import main
-from wmtp.data.errors import DataError
 from wmtp.data.dataset import TrainingData
+from wmtp.data.errors import DataError
 from wmtp.data.records import iter_records
 from wmtp.errors import WMTPUserError
 from wmtp.model.tokenizer import Tokenizer

@@ -251,6 +251,9 @@ class RunConsole:
         self._write(f"[{self.run_name}] {line}")
 
     def _write(self, line: str) -> None:
+        from wmtp.config.redaction import redact_text
+
+        line = redact_text(line)
         if self._bar is not None:
             from tqdm.auto import tqdm
 
@@ -314,8 +317,11 @@ class RunConsole:
         """Print the summary block, write `<run_dir>/summary.json`, return the summary."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        from wmtp.config.redaction import redact_strings
+
         self.close()
-        summary = self.summary(status, reason, wall_s=wall_s, resume_command=resume_command)
+        # Printed, saved and uploaded: no credential (a `user:password@` URI in the command line).
+        summary = redact_strings(self.summary(status, reason, wall_s=wall_s, resume_command=resume_command))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.run_dir / f".{SUMMARY_FILE}.tmp"
         tmp.write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
