@@ -64,6 +64,8 @@ def _short(path: str | Path | None) -> str:
     """A path relative to the cwd when it is under it (shorter to read and to paste)."""
     if path is None:
         return "-"
+    if "://" in str(path):  # a remote checkpoint (s3://...): as is
+        return str(path)
     p = Path(path)
     try:
         rel = p.resolve().relative_to(Path.cwd().resolve())
@@ -162,6 +164,9 @@ class RunConsole:
         self.step = 0
         self.phases: dict[str, float] = {}
         self.finished: dict[str, Any] | None = None
+        # The newest checkpoint uploaded to remote storage (Ray with an s3:// storage_path), which
+        # the local roots cannot show.
+        self.remote_checkpoint: str | None = None
         self._key, self._mode = key_metric(recipe)
 
     # -- MetricLogger -------------------------------------------------------------------------
@@ -303,7 +308,7 @@ class RunConsole:
             "paths": {
                 "run_dir": str(self.run_dir.resolve()),
                 "export": str(export.resolve()) if (export / "params.json").exists() else None,
-                "checkpoint": str(checkpoint.resolve()) if checkpoint else None,
+                "checkpoint": str(checkpoint.resolve()) if checkpoint else self.remote_checkpoint,
                 "config": str(config.resolve()) if config.exists() else None,
                 "metrics": str((self.run_dir / "metrics.jsonl").resolve()),
                 "summary": str((self.run_dir / SUMMARY_FILE).resolve()),
