@@ -69,6 +69,10 @@ class ForwardingConsole:
         """The run continues from the checkpoint of `step` at `where` (the driver says so)."""
         self._relay.push.remote(("resumed", int(step), str(where)))
 
+    def info(self, line: str) -> None:
+        """A line for the run's console (e.g. the tracking server is unreachable)."""
+        self._relay.push.remote(("info", str(line)))
+
     def saved(self, dir_name: str) -> None:
         """The checkpoint folder `dir_name` is in the run's storage (the summary names the newest)."""
         self._relay.push.remote(("saved", str(dir_name)))
@@ -116,6 +120,8 @@ class DriverConsole:
                 self.console.resumed(rest[0], rest[1])
                 if self.remote_root is not None and self.console.remote_checkpoint is None:
                     self.console.remote_checkpoint = f"{self.remote_root}/{str(rest[1]).rstrip('/').rsplit('/', 1)[-1]}"
+            elif kind == "info":
+                self.console.info(rest[0])
             elif kind == "saved":
                 if self.remote_root is not None:
                     self.console.remote_checkpoint = f"{self.remote_root}/{rest[0]}"

@@ -95,6 +95,7 @@ class MlflowLogger:
         None = `<output_dir>/mlartifacts` for the embedded default, the server's default otherwise.
     parent_run_id: make this a nested (child) run of that run (Tune: one child per trial).
     resume: reuse the run id recorded in `<run_dir>/mlflow_run.json` when it exists in the store.
+    say: where an outage of the server is told (the run's console); default a logged warning.
     """
 
     def __init__(
@@ -108,6 +109,7 @@ class MlflowLogger:
         parent_run_id: str | None = None,
         resume: bool = True,
         tags: Mapping[str, str] | None = None,
+        say: Any = None,
     ):
         from mlflow.tracking import MlflowClient
 
@@ -121,7 +123,7 @@ class MlflowLogger:
         if self.tracking_uri.startswith(("http:", "https:")):
             quick_http_retries()
         # Mid-run outages of the server (or its artifact store) are ridden out (wmtp.tracking.outage).
-        self.outage = TrackingOutage(redact_text(self.tracking_uri), str(self.run_dir / "metrics.jsonl"))
+        self.outage = TrackingOutage(redact_text(self.tracking_uri), str(self.run_dir / "metrics.jsonl"), say=say)
         if artifact_location is None and self.tracking_uri.startswith("sqlite:"):
             # A local store keeps its artifacts beside it (the embedded default), never in a
             # `./mlruns` of whatever folder the process happens to run in. A server decides itself.
@@ -310,7 +312,7 @@ def finalize_run(client: Any, run_id: str, status: str, reason: str | None = Non
         entries.append(Metric("time/wall_s", float(summary.get("wall_s", 0.0)), now, step))
         client.log_batch(run_id, metrics=entries, synchronous=True)
     if status != "FINISHED" or reason:
-        client.set_tag(run_id, STATUS_REASON_TAG, (reason or status)[:5000])
+        client.set_tag(run_id, STATUS_REASON_TAG, redact_text(reason or status)[:5000])
     client.set_terminated(run_id, status=status)
 
 

@@ -58,11 +58,13 @@ class TrackingOutage:
     """Calls to a tracking server that may be away; see the module docstring.
 
     where: the server, as shown to the user (redacted). kept_in: where the metrics are on disk.
+    say: how the run tells its user (the run's console, also the Ray driver's); default a warning.
     """
 
-    def __init__(self, where: str, kept_in: str, *, retry_s: float | None = None,
+    def __init__(self, where: str, kept_in: str, *, retry_s: float | None = None, say: Callable[[str], None] | None = None,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.where, self.kept_in = where, kept_in
+        self.say = say or log.warning
         self.retry_s = float(os.environ.get("WMTP_TRACKING_RETRY_S", RETRY_S)) if retry_s is None else retry_s
         self._clock, self._sleep = clock, sleep
         self.pending: list[tuple[str, Callable[[], Any]]] = []
@@ -98,13 +100,13 @@ class TrackingOutage:
             # away while the tracking server answers.
             files = [what for what, _ in self.pending if what.startswith("artifact ")]
             if files:
-                log.warning("MLflow artifact store unreachable at the end: not uploaded (kept on disk): %s",
-                            ", ".join(w.removeprefix("artifact ") for w in files))
+                self.say("MLflow artifact store unreachable at the end: not uploaded (kept on disk): "
+                         + ", ".join(w.removeprefix("artifact ") for w in files))
                 self.pending = [(w, fn) for w, fn in self.pending if not w.startswith("artifact ")]
                 self._drain()
             if self.pending:
-                log.warning("MLflow at %s still unreachable at the end: %d calls not sent (metrics are in %s)",
-                            self.where, len(self.pending), self.kept_in)
+                self.say(f"MLflow at {self.where} still unreachable at the end: {len(self.pending)} calls not sent "
+                         f"(metrics are in {self.kept_in})")
         return not self.pending
 
     def _drain(self) -> None:
@@ -122,8 +124,8 @@ class TrackingOutage:
             if self.down:
                 self.replayed += 1
         if self.down:
-            log.warning("MLflow at %s answers again after %.0f s: %d kept calls sent", self.where,
-                        self._clock() - self.down_since, self.replayed)
+            self.say(f"MLflow at {self.where} answers again after {self._clock() - self.down_since:.0f} s: "
+                     f"{self.replayed} kept calls sent")
             self.down_since = None
 
     def _went_down(self, what: str, exc: BaseException) -> None:
@@ -136,8 +138,7 @@ class TrackingOutage:
         self.replayed = 0
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         if self.outages == 1:  # said once per run; later outages go to the debug log
-            log.warning("MLflow at %s is unreachable (%s: %s): training continues; metrics are kept in %s "
-                        "and sent when it answers (tried every %.0f s, and at the end)",
-                        self.where, what, first, self.kept_in, self.retry_s)
+            self.say(f"MLflow at {self.where} is unreachable ({what}: {first}): training continues; metrics are "
+                     f"kept in {self.kept_in} and sent when it answers (tried every {self.retry_s:.0f} s, and at the end)")
         else:
             log.debug("MLflow at %s unreachable again (%s: %s)", self.where, what, first)
