@@ -45,13 +45,19 @@ def _runtime_env(tmp_path: Path, **env: str) -> Path:
     return path
 
 
-def _submit_and_stop(head: RayHead, job_id: str, runtime_env: Path, after_step: int) -> str:
-    """Submit, wait for a checkpoint past `after_step`, `ray job stop` (waits until it is stopped)."""
+def _newest_checkpoint_step(root: Path) -> int:
+    return max((checkpoint_dir_step(p.name) for p in root.glob("checkpoint_step*")), default=0)
+
+
+def _submit_and_stop(head: RayHead, job_id: str, runtime_env: Path) -> str:
+    """Submit, wait for this job's first checkpoint (the driver is then in fit()), `ray job stop`
+    (which waits until the job is stopped)."""
     root = head.wmtp_home / "runs" / "ray" / RUN
+    after_step = _newest_checkpoint_step(root)
     head.cli("ray", "job", "submit", "--address", head.address, "--submission-id", job_id, "--no-wait",
              "--runtime-env", str(runtime_env), "--working-dir", ".", *JOB, cwd=REPO)
     deadline = time.monotonic() + 600
-    while max((checkpoint_dir_step(p.name) for p in root.glob("checkpoint_step*")), default=0) <= after_step:
+    while _newest_checkpoint_step(root) <= after_step:
         if int(time.monotonic()) % 10 == 0:  # `ray job list` costs seconds: not every poll
             assert head.job_status(job_id) in ("PENDING", "RUNNING"), head.cli(
                 "ray", "job", "logs", "--address", head.address, job_id).stdout[-4000:]
@@ -77,10 +83,8 @@ def _mlflow_run(head: RayHead):
 def test_ray_job_stop_and_sigint_end_the_run_killed(head, tmp_path):
     head.start()
     summary_path = head.wmtp_home / "runs" / RUN / "summary.json"
-    after = 0
     for job_id, env, signame in (("stop-term", {}, "SIGTERM"), ("stop-int", {"RAY_JOB_STOP_SIGNAL": "SIGINT"}, "SIGINT")):
-        logs = _submit_and_stop(head, job_id, _runtime_env(tmp_path, **env), after)
-        after = json.loads(summary_path.read_text())["step"]
+        logs = _submit_and_stop(head, job_id, _runtime_env(tmp_path, **env))
         summary = json.loads(summary_path.read_text())
         assert summary["status"] == "KILLED" and signame in summary["reason"], (summary, logs[-4000:])
         assert summary["paths"]["checkpoint"] and "checkpoint_step" in summary["paths"]["checkpoint"]
