@@ -70,6 +70,7 @@ def test_unreachable_calls_are_kept_in_order_and_replayed():
     assert is_unreachable(RuntimeError("API request to http://h failed: Max retries exceeded"))
 
 
+@pytest.mark.slow  # a 60-step run around a server kill and restart: ≈ 45 s on a busy 2-core machine
 @pytest.mark.timeout(900)
 def test_mlflow_server_killed_mid_run_then_restarted(tmp_path, mlflow_server):
     out = tmp_path / "runs"
