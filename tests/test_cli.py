@@ -186,3 +186,16 @@ def test_python_dash_m_entry_point(tmp_path):
     assert "ray" not in ok.stderr.lower()
     bad = subprocess.run([*cmd, "foo.bar=1"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "foo.bar" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_interrupt_before_the_run_starts_is_one_line(monkeypatch, capsys):
+    """Ctrl-C or `ray job stop` while the driver still imports: exit 130 and one line, no traceback."""
+    import wmtp.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt("stopped by SIGTERM (e.g. ray job stop)")
+
+    monkeypatch.setattr(cli, "run_train", interrupted)
+    assert cli.main(["train", "--local"]) == 130
+    err = capsys.readouterr().err
+    assert "wmtp: stopped by SIGTERM (e.g. ray job stop) before the run started" in err and "Traceback" not in err

@@ -444,6 +444,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return 2
         return args.func(args)
+    except KeyboardInterrupt as e:  # Ctrl-C / SIGTERM before a run's own end could report it
+        if not getattr(e, "wmtp_reported", False):
+            print(f"wmtp: {e or 'interrupted (Ctrl-C)'} before the run started; rerun the same command",
+                  file=sys.stderr)
+        return 130
     except Exception as e:
         if not is_user_error(e):
             raise

@@ -86,3 +86,15 @@ def test_unknown_key_error_names_the_key_not_the_value(capsys):
     with pytest.raises(ConfigError) as e:
         load_config(overrides=[f"tracking.secret_key={SECRET}"])
     assert "tracking.secret_key" in str(e.value) and SECRET not in str(e.value)
+
+
+def test_a_pasted_redacted_uri_keeps_the_environments_credentials(clean_env):
+    """The summary's resume command shows `http://<redacted>@host`: pasted back, it uses the
+    credentials already in the environment instead of a user named `<redacted>`."""
+    import os
+
+    clean_env.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    clean_env.setenv("MLFLOW_TRACKING_PASSWORD", SECRET)
+    cfg = load_config(overrides=["tracking.uri=http://<redacted>@127.0.0.1:5000"])
+    assert cfg.tracking.uri == "http://127.0.0.1:5000"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "alice" and os.environ["MLFLOW_TRACKING_PASSWORD"] == SECRET

@@ -101,3 +101,58 @@ def test_s3_storage_on_moto_holds_checkpoints_and_resumes(ray_cluster, moto_s3, 
     metrics = run_training(cfg, recipe_builder=builder)
     assert [s for s, _ in read_losses(tmp_path / "rec")] == [1, 2, 3, 4, 5, 6]
     assert metrics["step"] == 6
+
+
+@pytest.mark.slow  # the uploads' backoff (2+5+10+20 s) runs out against a dead endpoint: ≈ 1.5 min
+@pytest.mark.timeout(900)
+def test_s3_endpoint_dying_mid_upload_keeps_the_checkpoint_and_names_the_uploaded_one(ray_cluster, tmp_path,
+                                                                                     monkeypatch):
+    """At HEAD: exit 1 with a traceback, and the summary said there was no checkpoint although
+    step 2's was uploaded."""
+    import json
+    import subprocess
+    import sys
+
+    import boto3
+
+    from tests.fixtures.services import _stop, _wait_http, free_port
+    from wmtp.storage.errors import StorageError
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    moto = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    for key, value in {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    try:
+        _wait_http(f"{endpoint}/moto-api/", moto)
+        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        s3.create_bucket(Bucket="ckpt")
+        cfg = short_config(tmp_path, "s3dies", steps=8, workers=1, storage_path="s3://ckpt/ray")
+
+        def kill_after_first_upload() -> None:
+            while moto.poll() is None:
+                try:
+                    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="ckpt").get("Contents", [])]
+                except Exception:
+                    return
+                if any("checkpoint_step00000002/" in k for k in keys):
+                    time.sleep(0.5)  # the upload's last objects
+                    _stop(moto)
+                    return
+                time.sleep(0.1)
+
+        killer = threading.Thread(target=kill_after_first_upload, daemon=True)
+        killer.start()
+        with pytest.raises(StorageError, match=r"checkpoint_step0000000[4-8] could not be uploaded .* kept at"):
+            run_training(cfg, recipe_builder=ToyRecipeBuilder(str(tmp_path / "rec"), step_sleep_s=1.0))
+        killer.join(timeout=30)
+    finally:
+        _stop(moto)
+    run = Path(cfg.run.output_dir) / "s3dies"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "FAILED"
+    assert summary["paths"]["checkpoint"] == "s3://ckpt/ray/s3dies/checkpoint_step00000002"
+    kept = list((run / "checkpoints_not_uploaded").glob("checkpoint_step*/*"))
+    assert kept, "the checkpoint that could not be uploaded is kept locally"

@@ -54,3 +54,45 @@ def test_skipped_steps_do_not_move_the_ema_normaliser(tmp_path):
         extra = torch.load(out / "checkpoints" / f"step_{step:06d}" / "extra_rank0.pt", weights_only=False)
         states[step] = extra["stateful"]["normalizer"]
     assert states[4]["steps"] == 1 and states[3] == states[4]
+
+
+def _checkpoints(out):
+    root = out / "checkpoints"
+    return sorted(p.name for p in root.glob("step_*")) if root.is_dir() else []
+
+
+def test_skip_never_checkpoints_nonfinite_weights(tmp_path, monkeypatch):
+    """Step 1's loss and gradients are finite, but its update leaves a NaN weight (injected here, as
+    an overflowing update would: torch refuses an lr that overflows float32 outright). Every later
+    batch is skipped. At HEAD the skipped steps were checkpointed with the NaN weight, and a later
+    stop called that checkpoint the last good one."""
+    import torch
+
+    import wmtp.recipes.baseline as baseline
+
+    real = baseline.optimizer_step
+
+    def overflowing_step(parts, loss, cfg, layout, guard, step):
+        norms = real(parts, loss, cfg, layout, guard, step)
+        if step == 1:
+            with torch.no_grad():
+                next(parts[0].model.parameters()).view(-1)[0] = float("nan")
+        return norms
+
+    monkeypatch.setattr(baseline, "optimizer_step", overflowing_step)
+    cfg = recipe_config("baseline", tmp_path, "train.nonfinite=skip", "train.max_skipped_batches=5",
+                        "train.checkpoint_every=2")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite weights at step 2 in policy.*not written.*"
+                                                 r"No checkpoint had been saved yet"):
+        run(cfg)
+    assert _checkpoints(tmp_path / "baseline-local-light") == []
+
+
+def test_skip_stops_after_consecutive_skips(tmp_path):
+    cfg = recipe_config("baseline", tmp_path, *EXPLODE, "train.nonfinite=skip", "train.max_skipped_batches=50",
+                        "train.max_consecutive_skipped=2", "train.steps=6", "train.checkpoint_every=1")
+    with pytest.raises(NonFiniteLossError, match=r"at step 3: 2 batches in a row skipped \(steps 2-3;.*"
+                                                 r"Last good checkpoint: .*step_000002"):
+        run(cfg)
+    # Step 2's checkpoint holds step 1's (finite) weights; nothing after the stop.
+    assert _checkpoints(tmp_path / "baseline-local-light") == ["step_000001", "step_000002"]

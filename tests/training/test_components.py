@@ -149,3 +149,27 @@ def test_peak_flops_table():
     assert peak_flops("NVIDIA H200") == 989e12
     assert peak_flops("NVIDIA L4") == 121e12
     assert peak_flops("cpu") is None and peak_flops(None) is None
+
+
+def test_nonfinite_consecutive_skips_stop_and_reset():
+    guard = NonFiniteGuard("skip", max_skipped=10, max_consecutive=2)
+    assert guard.check(float("nan"), 1) is True
+    assert guard.check(1.0, 2) is False  # an accepted batch resets the run of skips
+    assert guard.check(float("nan"), 3) is True
+    restored = NonFiniteGuard("skip", max_skipped=10, max_consecutive=2)
+    restored.load_state_dict(guard.state_dict())
+    with pytest.raises(NonFiniteLossError, match=r"at step 4: 2 batches in a row skipped \(steps 3-4"):
+        restored.check(float("inf"), 4)
+
+
+def test_nonfinite_weights_are_named_with_the_step():
+    import torch
+
+    model = torch.nn.Linear(2, 2)
+    guard = NonFiniteGuard("skip")
+    guard.check_weights({"policy": model}, 3)  # finite: nothing happens
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+        model.bias[1] = float("inf")
+    with pytest.raises(NonFiniteLossError, match=r"non-finite weights at step 7 in policy \(2 values\)"):
+        guard.check_weights({"policy": model}, 7)

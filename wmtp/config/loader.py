@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from wmtp.config.fields import field_at, section_at
+from wmtp.config.redaction import REDACTED
 from wmtp.config.schema import WMTPConfig
 from wmtp.errors import WMTPUserError
 
@@ -387,9 +388,6 @@ def load_config_text(text: str, source: str = "<text>") -> WMTPConfig:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     return validate_config(data, {})
-
-
-REDACTED = "<redacted>"
 
 
 def is_secret_key(dotted_key: str, value: Any = None) -> bool:

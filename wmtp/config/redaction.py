@@ -49,8 +49,13 @@ def split_uri_credentials(uri: str) -> tuple[str, str | None, str | None]:
     m = _USERINFO.match(uri)
     if not m:
         return uri, None, None
+    if m["userinfo"] == f"{REDACTED}@":  # a printed command pasted back: the environment has them
+        return m["scheme"] + m["rest"], None, None
     user, _, password = m["userinfo"][:-1].partition(":")
     return m["scheme"] + m["rest"], unquote(user) or None, unquote(password) if password else None
+
+
+REDACTED = "<redacted>"
 
 
 def redact_text(text: str) -> str:
@@ -61,3 +66,15 @@ def redact_text(text: str) -> str:
     text = re.sub(r"(?i)\b(bearer\s+)\S+", r"\1<redacted>", text)
     return re.sub(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", "<redacted>",
                   text, flags=re.S)
+
+
+def redact_strings(value: Any) -> Any:
+    """`value` (a summary, a record: dicts, lists, strings) with `redact_text` applied to every
+    string in it: what a run prints or saves (commands, paths, URIs) goes through here."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {k: redact_strings(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [redact_strings(v) for v in value]
+    return value

@@ -127,6 +127,7 @@ class TrainConfig(Section):
     log_every: int = Field(10, ge=1, description="Log metrics every N steps.")
     nonfinite: Literal["stop", "skip"] = Field("stop", description="Non-finite loss: stop (keeping the last checkpoint) or skip the batch and count it.")
     max_skipped_batches: int = Field(10, ge=0, description="With nonfinite=skip, stop after this many skipped batches.")
+    max_consecutive_skipped: int = Field(5, ge=1, description="With nonfinite=skip, stop once this many batches in a row were skipped (the weights are not recovering).")
     activation_checkpointing: bool = Field(False, description="Recompute block activations in backward.")
     heatmap_samples: int = Field(4, ge=0, description="Validation samples drawn in the token-weight heatmap artifact.")
     eval_generate_every: int | None = Field(None, description="Run a small pass@1 evaluation every N steps (null: never).")

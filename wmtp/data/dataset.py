@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from wmtp.data.collator import Batch, Collator, PairBatch
-from wmtp.data.index import MetadataIndex, ensure_index, read_records
+from wmtp.data.index import MetadataIndex, ensure_index, read_records, require_records
 from wmtp.data.records import Record
 from wmtp.data.samplers import Sampler, build_sampler
 
@@ -31,6 +31,7 @@ class TrainingData:
         self.path = Path(jsonl_path)
         self.tokenizer = tokenizer
         self.build = ensure_index(self.path, index_path, tokenizer, on_bad_line=on_bad_line, progress=progress)
+        require_records(self.path, self.build)
         self.index = MetadataIndex.load(self.build.path, source=self.path)
         self.collator = Collator(tokenizer, max_seq_len) if tokenizer is not None else None
 

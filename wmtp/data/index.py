@@ -175,8 +175,21 @@ def ensure_index(jsonl_path: str | Path, index_path: str | Path | None = None, t
     with file_lock(out.with_name(out.name + ".lock")):
         if index_is_fresh(jsonl_path, out, tokenizer, on_bad_line):
             meta = read_index_meta(out) or {}
-            return IndexBuild(out, meta.get("records", 0), meta.get("skipped", 0), False, meta.get("skipped_at", []))
-        return build_index(jsonl_path, out, tokenizer, on_bad_line=on_bad_line, progress=progress)
+            build = IndexBuild(out, meta.get("records", 0), meta.get("skipped", 0), False, meta.get("skipped_at", []))
+        else:
+            build = build_index(jsonl_path, out, tokenizer, on_bad_line=on_bad_line, progress=progress)
+    return build
+
+
+def require_records(jsonl_path: str | Path, build: IndexBuild) -> None:
+    """A dataset a run reads from has records: else `DataError` naming the file (not a sampler's
+    "no samples" later)."""
+    if build.records:
+        return
+    if build.skipped:
+        raise DataError(f"{jsonl_path}: no valid records ({build.skipped} bad lines skipped, "
+                        f"e.g. {build.skipped_at[0] if build.skipped_at else '?'})")
+    raise DataError(f"{jsonl_path} is empty (no records: every line is blank)")
 
 
 @dataclass

@@ -79,6 +79,18 @@ def check_policy(on_bad_line: str) -> None:
         raise DataError(f"on_bad_line={on_bad_line!r}: allowed values are {', '.join(BAD_LINE_POLICIES)}")
 
 
+def check_text(key: str, text: str) -> None:
+    """Raise ValueError when `text` cannot reach the tokenizer: a lone surrogate (JSON allows
+    `\\ud800`; it has no UTF-8 form) or a NUL character (C strings end there)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"field {key!r} has a lone surrogate {text[e.start]!r} at character {e.start}: "
+                         "not valid Unicode text (fix the encoder that wrote the file)") from None
+    if (at := text.find("\x00")) >= 0:
+        raise ValueError(f"field {key!r} has a NUL character at character {at}: not text")
+
+
 def parse_record(obj: Any) -> Record:
     """Validate a decoded JSON object as a training record; raises ValueError with the reason."""
     if not isinstance(obj, dict):
@@ -105,6 +117,11 @@ def parse_record(obj: Any) -> Record:
                 or not 0 <= span[0] <= span[1] <= len(obj["output"])):
             raise ValueError(f"field 'decisive_span' must be [start, end] with 0 <= start <= end <= len(output), got {span!r}")
         span = (span[0], span[1])
+    for key in ("problem_id", "instruction", "output"):
+        check_text(key, obj[key])
+    check_text("input", inp)
+    if fam is not None:
+        check_text("family", fam)
     return Record(obj["problem_id"], obj["instruction"], inp, obj["output"], obj["is_correct"], diff, fam, span)
 
 

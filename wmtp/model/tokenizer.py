@@ -20,9 +20,15 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from wmtp.errors import WMTPUserError
+
 # SentencePiece escapes spaces to U+2581 before matching user-defined symbols.
 _SP = "\u2581"
 CODE_SYMBOLS = ("\n", _SP * 4, _SP * 8)
+
+
+class TokenizerError(WMTPUserError, ValueError):
+    """A tokenizer.model that is not one (empty, text, garbage): named, exit 2."""
 
 
 class Tokenizer:
@@ -32,7 +38,16 @@ class Tokenizer:
         self.path = Path(model_path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: tokenizer model not found")
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        if self.path.stat().st_size == 0:
+            raise TokenizerError(f"{self.path}: tokenizer model is empty (0 bytes); expected a SentencePiece "
+                                 "tokenizer.model (model.tokenizer)")
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        except (RuntimeError, OSError) as e:  # "Internal: ... ParseFromArray" for text and garbage
+            raise TokenizerError(f"{self.path}: not a SentencePiece tokenizer.model ({str(e).strip()}); "
+                                 "model.tokenizer must name the file written by SentencePiece training") from None
+        if self.sp.vocab_size() <= 0:
+            raise TokenizerError(f"{self.path}: tokenizer model has no pieces")
         self.vocab_size: int = self.sp.vocab_size()
         self.bos_id: int = self.sp.bos_id()
         self.eos_id: int = self.sp.eos_id()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -68,6 +69,14 @@ class ForwardingConsole:
         """The run continues from the checkpoint of `step` at `where` (the driver says so)."""
         self._relay.push.remote(("resumed", int(step), str(where)))
 
+    def info(self, line: str) -> None:
+        """A line for the run's console (e.g. the tracking server is unreachable)."""
+        self._relay.push.remote(("info", str(line)))
+
+    def saved(self, dir_name: str) -> None:
+        """The checkpoint folder `dir_name` is in the run's storage (the summary names the newest)."""
+        self._relay.push.remote(("saved", str(dir_name)))
+
     def end(self, status: str, reason: str | None = None) -> None:
         if not self._ended:
             self._ended = True
@@ -81,8 +90,9 @@ class ForwardingConsole:
 class DriverConsole:
     """Feeds a driver-side `RunConsole` from the relay until `stop()`."""
 
-    def __init__(self, console: RunConsole) -> None:
+    def __init__(self, console: RunConsole, remote_root: str | None = None) -> None:
         self.console = console
+        self.remote_root = remote_root
         self.handle = ConsoleRelay.remote()
         self.marks: dict[str, float] = {}
         self.worker_end: tuple[str, str | None] | None = None
@@ -108,6 +118,13 @@ class DriverConsole:
                 self.console.log_metrics(rest[1], rest[0])
             elif kind == "resumed":
                 self.console.resumed(rest[0], rest[1])
+                if self.remote_root is not None and self.console.remote_checkpoint is None:
+                    self.console.remote_checkpoint = f"{self.remote_root}/{str(rest[1]).rstrip('/').rsplit('/', 1)[-1]}"
+            elif kind == "info":
+                self.console.info(rest[0])
+            elif kind == "saved":
+                if self.remote_root is not None:
+                    self.console.remote_checkpoint = f"{self.remote_root}/{rest[0]}"
             elif kind == "mark":
                 self.marks.setdefault(rest[0], at)
             elif kind == "end":
@@ -128,7 +145,7 @@ class DriverConsole:
 
 
 def fit_with_console(cfg: Any, make_trainer: Any, *, brief: bool = False, cluster_start_s: float = 0.0,
-                     checkpoint_root: Path | None = None) -> Any:
+                     checkpoint_root: Path | None = None, remote_root: str | None = None) -> Any:
     """`make_trainer(console_handle).fit()` with the driver's progress line and summary block.
 
     The summary (also `<run_dir>/summary.json`) and the MLflow run's final status are the
@@ -147,10 +164,14 @@ def fit_with_console(cfg: Any, make_trainer: Any, *, brief: bool = False, cluste
         console.stream = open(os.devnull, "w")  # noqa: SIM115 - the summary file is still written
     if cluster_start_s >= 0.05:
         console.add_phases({"cluster_start": cluster_start_s})
-    driver = DriverConsole(console)
+    driver = DriverConsole(console, remote_root)
     error: BaseException | None = None
+    if "mlflow" in cfg.tracking.backends:  # the end records the status: no import then (SIGTERM allows ~3 s)
+        from wmtp.tracking.mlflow_logger import preload_client
+
+        threading.Thread(target=preload_client, name="wmtp-import", daemon=True).start()
     try:
-        return make_trainer(driver.handle).fit()
+        return fit_stoppably(make_trainer(driver.handle).fit)
     except BaseException as exc:
         error = exc
         report_failure(exc)
@@ -173,6 +194,45 @@ def fit_with_console(cfg: Any, make_trainer: Any, *, brief: bool = False, cluste
                 finalize_recorded_run(run_dir(cfg), status, reason, summary["paths"]["summary"])
             except Exception as exc:  # never hide the run's own outcome behind a tracking error
                 log.warning("could not record the MLflow status %s: %s", status, exc)
+
+
+# SIGTERM (`ray job stop`, `kill`) and SIGINT (Ctrl-C) of the driver: how the run's end names them.
+STOP_REASONS = {signal.SIGTERM: "stopped by SIGTERM (e.g. ray job stop)", signal.SIGINT: "interrupted by SIGINT (Ctrl-C)"}
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(STOP_REASONS[signal.Signals(signum)])
+
+
+def fit_stoppably(fit: Any) -> Any:
+    """`fit()` in a thread while the main thread waits with wmtp's SIGTERM / SIGINT handlers, which
+    raise KeyboardInterrupt there: the run ends KILLED with the signal named, its summary and the
+    resume command printed. Ray's own handlers stay out: `ray.init`'s SIGTERM one calls
+    `sys.exit(15)`, and Ray Train's SIGINT one (installed by fit() on the main thread only) aborts
+    the controller and exits 0, both seen as FAILED. The workers end with the driver's job
+    (a stopped run resumes from its last checkpoint). Off the main thread (Tune): fit() as is."""
+    if threading.current_thread() is not threading.main_thread():
+        return fit()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fit()
+        except BaseException as exc:
+            box["error"] = exc
+
+    previous = {sig: signal.signal(sig, _raise_stop) for sig in STOP_REASONS}
+    try:
+        thread = threading.Thread(target=run, name="wmtp-fit", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.2)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 def trial_status_callback(cfg: Any, sweep: str) -> Any:

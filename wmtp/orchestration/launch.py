@@ -133,10 +133,11 @@ def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None
         storage = resolve_storage(cfg.orchestration.storage_path, cfg.run.output_dir)
         repair_checkpoint_snapshot(storage, run_name(cfg), *checkpoint_score(cfg))
         root = None if storage.is_remote else Path(storage.path) / run_name(cfg)
+        remote = f"{cfg.orchestration.storage_path.rstrip('/')}/{run_name(cfg)}" if storage.is_remote else None
         try:
             result = fit_with_console(
                 cfg, lambda console: build_trainer(cfg, recipe_builder=recipe_builder, console=console),
-                brief=brief, cluster_start_s=cluster_start_s, checkpoint_root=root)
+                brief=brief, cluster_start_s=cluster_start_s, checkpoint_root=root, remote_root=remote)
         except ray.train.TrainingFailedError as e:
             cause = user_error_of(e)
             if cause is None:
@@ -181,7 +182,9 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
         report_every=cfg.orchestration.report_every,
         dashboard=dashboard,
     )
-    sink = RayCheckpointSink(state)
+    # A checkpoint the storage never took is kept in the run folder; rank 0 tells the driver of each upload.
+    sink = RayCheckpointSink(state, keep_dir=run_dir(cfg) / "checkpoints_not_uploaded",
+                             on_saved=forward.saved if forward is not None else None)
     scorer_factory = None
     if cfg.orchestration.placement == "async":
         from wmtp.orchestration.experience import async_scorer_factory

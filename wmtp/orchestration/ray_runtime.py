@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import socket
+import threading
 
 import ray
 import ray.job_config
@@ -54,6 +56,17 @@ def ensure_ray(address: str | None = None, *, local_cpus: float | None = None, j
     apply_train_env()
     if ray.is_initialized():
         return
+    # ray.init replaces the SIGTERM handler by `sys.exit(15)` (a FAILED run with Ray's dump): keep
+    # the caller's (the CLI's: SIGTERM is a stop, KILLED; wmtp.orchestration.console).
+    keep = signal.getsignal(signal.SIGTERM) if threading.current_thread() is threading.main_thread() else None
+    try:
+        _init_ray(address, local_cpus, job_name)
+    finally:
+        if keep is not None:
+            signal.signal(signal.SIGTERM, keep)
+
+
+def _init_ray(address: str | None, local_cpus: float | None, job_name: str | None) -> None:
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs: dict = {}
     # Workers' stdout (Ray Train's per-report echo, every rank's lines, controller notices) reaches

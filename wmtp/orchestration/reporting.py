@@ -121,9 +121,14 @@ class RayCheckpointSink:
     a checkpoint is downloaded once per node, into a folder its ranks share.
     """
 
-    def __init__(self, state: ReportState, *, scratch_dir: str | None = None) -> None:
+    def __init__(self, state: ReportState, *, scratch_dir: str | None = None, keep_dir: str | Path | None = None,
+                 on_saved: Callable[[str], None] | None = None) -> None:
         self._state = state
         self._scratch_dir = scratch_dir
+        # Where a checkpoint that could not be uploaded is kept (this node); `on_saved(dir name)`:
+        # told after each upload (rank 0 tells the driver, whose summary names it).
+        self._keep_dir = Path(keep_dir) if keep_dir is not None else Path(tempfile.gettempdir()) / "wmtp-not-uploaded"
+        self._on_saved = on_saved
         self._chosen: Path | None = None
         self._downloads: list[Path] = []
 
@@ -165,16 +170,21 @@ class RayCheckpointSink:
     def save(self, step: int, write: Callable[[Path], None], metrics: Mapping[str, float]) -> None:
         self._state.update(metrics, step)
         local = Path(tempfile.mkdtemp(prefix=f"wmtp-ckpt-{step}-", dir=self._scratch_dir))
+        name = f"checkpoint_step{step:08d}"
         try:
             write(local)
             self._state.last_reported_step = step
             ray.train.report(
                 self._state.payload(step),
                 checkpoint=ray.train.Checkpoint.from_directory(str(local)),
-                checkpoint_dir_name=f"checkpoint_step{step:08d}",
+                checkpoint_dir_name=name,
+                checkpoint_upload_fn=lambda checkpoint, dir_name: upload_with_retries(
+                    checkpoint, dir_name, local, self._keep_dir),
             )
         finally:
             shutil.rmtree(local, ignore_errors=True)
+        if self._on_saved is not None:
+            self._on_saved(name)
 
     def close(self) -> None:
         for target in self._downloads:
@@ -182,6 +192,45 @@ class RayCheckpointSink:
             (target.parent / f".{target.name}.complete").unlink(missing_ok=True)
         self._downloads.clear()
         self._chosen = None
+
+
+# Waits between tries of a checkpoint upload that cannot reach the storage (then it is kept locally).
+UPLOAD_RETRY_S = (2.0, 5.0, 10.0, 20.0)
+
+
+def upload_with_retries(checkpoint: ray.train.Checkpoint, dir_name: str, local: Path, keep_dir: Path,
+                        waits: tuple[float, ...] = UPLOAD_RETRY_S) -> ray.train.Checkpoint:
+    """Ray Train's own upload of `checkpoint` (its `checkpoint_upload_fn`), tried again with backoff
+    while the storage cannot be reached. When it never could: this rank's files are copied to
+    `keep_dir/<dir_name>` and a `StorageError` names both (the run ends FAILED, exit 2; the last
+    uploaded checkpoint stays the one a rerun resumes from)."""
+    import time
+
+    from ray.train.v2._internal.execution.context import get_train_context
+
+    from wmtp.storage.errors import StorageError
+    from wmtp.tracking.outage import is_unreachable
+
+    storage = get_train_context().storage_context
+    fs = storage.storage_filesystem
+    where = f"{'s3://' if getattr(fs, 'type_name', '') == 's3' else ''}{storage.experiment_fs_path}"
+    for attempt, wait in enumerate((*waits, None), start=1):
+        try:
+            return storage.persist_current_checkpoint(checkpoint, dir_name)
+        except Exception as exc:
+            if wait is not None and is_unreachable(exc):
+                print(f"[wmtp] upload of {dir_name} to {where} failed ({type(exc).__name__}: "
+                      f"{str(exc).strip()[:200]}); try {attempt + 1} in {wait:.0f} s", file=sys.stderr, flush=True)
+                time.sleep(wait)
+                continue
+            kept = keep_dir / dir_name
+            shutil.copytree(local, kept, dirs_exist_ok=True)
+            raise StorageError(
+                f"checkpoint {dir_name} could not be uploaded to {where} after {attempt} tries "
+                f"({type(exc).__name__}: {str(exc).strip()[:300]}); this rank's files are kept at {kept}. "
+                "Rerun the same command once the storage answers: it resumes from the last uploaded checkpoint."
+            ) from exc
+    raise AssertionError("unreachable")
 
 
 def checkpoint_dir_step(path: str) -> int:

@@ -56,7 +56,9 @@ def log_step(logger: MetricLogger, step: int, stats: Mapping[str, Tensor] | None
 
 
 def save_checkpoint(sink: CheckpointSink, state: LoopState, step: int, metrics: Mapping[str, float]) -> None:
-    """`state` written as the checkpoint of `step` (every rank its shards), published by `sink`."""
+    """`state` written as the checkpoint of `step` (every rank its shards), published by `sink`;
+    non-finite weights are never written (the guard stops the run, naming the step)."""
+    state.guard.check_weights(state.all_models(), step)
     sink.save(step, lambda path: state.write(path, step), {**metrics, "step": float(step)})
 
 

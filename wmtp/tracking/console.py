@@ -64,6 +64,8 @@ def _short(path: str | Path | None) -> str:
     """A path relative to the cwd when it is under it (shorter to read and to paste)."""
     if path is None:
         return "-"
+    if "://" in str(path):  # a remote checkpoint (s3://...): as is
+        return str(path)
     p = Path(path)
     try:
         rel = p.resolve().relative_to(Path.cwd().resolve())
@@ -162,6 +164,9 @@ class RunConsole:
         self.step = 0
         self.phases: dict[str, float] = {}
         self.finished: dict[str, Any] | None = None
+        # The newest checkpoint uploaded to remote storage (Ray with an s3:// storage_path), which
+        # the local roots cannot show.
+        self.remote_checkpoint: str | None = None
         self._key, self._mode = key_metric(recipe)
 
     # -- MetricLogger -------------------------------------------------------------------------
@@ -251,6 +256,9 @@ class RunConsole:
         self._write(f"[{self.run_name}] {line}")
 
     def _write(self, line: str) -> None:
+        from wmtp.config.redaction import redact_text
+
+        line = redact_text(line)
         if self._bar is not None:
             from tqdm.auto import tqdm
 
@@ -300,7 +308,7 @@ class RunConsole:
             "paths": {
                 "run_dir": str(self.run_dir.resolve()),
                 "export": str(export.resolve()) if (export / "params.json").exists() else None,
-                "checkpoint": str(checkpoint.resolve()) if checkpoint else None,
+                "checkpoint": str(checkpoint.resolve()) if checkpoint else self.remote_checkpoint,
                 "config": str(config.resolve()) if config.exists() else None,
                 "metrics": str((self.run_dir / "metrics.jsonl").resolve()),
                 "summary": str((self.run_dir / SUMMARY_FILE).resolve()),
@@ -314,8 +322,11 @@ class RunConsole:
         """Print the summary block, write `<run_dir>/summary.json`, return the summary."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+        from wmtp.config.redaction import redact_strings
+
         self.close()
-        summary = self.summary(status, reason, wall_s=wall_s, resume_command=resume_command)
+        # Printed, saved and uploaded: no credential (a `user:password@` URI in the command line).
+        summary = redact_strings(self.summary(status, reason, wall_s=wall_s, resume_command=resume_command))
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.run_dir / f".{SUMMARY_FILE}.tmp"
         tmp.write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")

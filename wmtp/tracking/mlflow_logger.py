@@ -36,6 +36,8 @@ STATUS_REASON_TAG = "wmtp.status_reason"
 # How earlier attempts of a continued run ended ("KILLED: driver died: ..."; one line each): the
 # status and reason tag describe the attempt now running, this keeps the ones before it.
 PREVIOUS_ATTEMPTS_TAG = "wmtp.previous_attempts"
+# Artifacts that could not be uploaded at the end (the artifact store was away); kept in the run dir.
+ARTIFACTS_MISSING_TAG = "wmtp.artifacts_missing"
 PATH_TAG = "wmtp.path"  # "local" (in-process) or "ray"
 # MLflow's server-side limits (mlflow.utils.validation); kept here so the module imports no mlflow.
 MAX_PARAM_VAL_LENGTH = 6000
@@ -93,6 +95,7 @@ class MlflowLogger:
         None = `<output_dir>/mlartifacts` for the embedded default, the server's default otherwise.
     parent_run_id: make this a nested (child) run of that run (Tune: one child per trial).
     resume: reuse the run id recorded in `<run_dir>/mlflow_run.json` when it exists in the store.
+    say: where an outage of the server is told (the run's console); default a logged warning.
     """
 
     def __init__(
@@ -106,14 +109,21 @@ class MlflowLogger:
         parent_run_id: str | None = None,
         resume: bool = True,
         tags: Mapping[str, str] | None = None,
+        say: Any = None,
     ):
         from mlflow.tracking import MlflowClient
+
+        from wmtp.tracking.outage import TrackingOutage, quick_http_retries
 
         _quiet_mlflow()
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         output_dir = self.run_dir.resolve().parent
         self.tracking_uri = uri or default_tracking_uri(output_dir)
+        if self.tracking_uri.startswith(("http:", "https:")):
+            quick_http_retries()
+        # Mid-run outages of the server (or its artifact store) are ridden out (wmtp.tracking.outage).
+        self.outage = TrackingOutage(redact_text(self.tracking_uri), str(self.run_dir / "metrics.jsonl"), say=say)
         if artifact_location is None and self.tracking_uri.startswith("sqlite:"):
             # A local store keeps its artifacts beside it (the embedded default), never in a
             # `./mlruns` of whatever folder the process happens to run in. A server decides itself.
@@ -213,12 +223,15 @@ class MlflowLogger:
     # -- MetricLogger -------------------------------------------------------------------------
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
         params = dict(params)
         if "run.name" in params and params["run.name"] in (None, "null"):
             params["run.name"] = self.run_name  # the default name, as the run dir and MLflow show it
         prepared = prepare_params(params)
+        self.outage.call("params", lambda: self._log_params(prepared))
+
+    def _log_params(self, prepared: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
         if self.resumed:
             # MLflow params are immutable: on resume log only new keys, and say which changed.
             existing = self.client.get_run(self.run_id).data.params
@@ -236,25 +249,30 @@ class MlflowLogger:
 
         now = int(time.time() * 1000)
         entries = [Metric(sanitize_key(k), float(v), now, int(step)) for k, v in metrics.items()]
-        for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
-            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+
+        def send() -> None:
+            for chunk in _chunks(entries, MAX_METRICS_PER_BATCH):
+                self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+
+        self.outage.call(f"metrics of step {step}", send)
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(local_path)
         if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            self.outage.call(f"artifact {path}", lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path))
         else:
-            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            self.outage.call(f"artifact {path}", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in redact(tags).items():
-            self.client.set_tag(self.run_id, sanitize_key(key), str(value))
+            self.outage.call(f"tag {key}", lambda k=sanitize_key(key), v=str(value): self.client.set_tag(self.run_id, k, v))
 
     def close(self, status: str = "FINISHED") -> None:
         """End the run; `status` is FINISHED, FAILED or KILLED."""
         if not self._closed:
             self._closed = True
-            self.client.set_terminated(self.run_id, status=status)
+            if self._caught_up(status):
+                self.client.set_terminated(self.run_id, status=status)
 
     logs_summary = True  # `end_run` hands it the summary file
 
@@ -262,8 +280,17 @@ class MlflowLogger:
         """End the run with `status` and, for FAILED / KILLED, why (tag `wmtp.status_reason`),
         logging the end-of-run summary file when given."""
         if not self._closed:
-            finalize_run(self.client, self.run_id, status, reason, summary_path)
             self._closed = True
+            if self._caught_up(status):
+                finalize_run(self.client, self.run_id, status, reason, summary_path)
+
+    def _caught_up(self, status: str) -> bool:
+        """Replay what an outage kept; False (said) when the server is still away at the end."""
+        if self.outage.flush(final=True):
+            return True
+        log.warning("MLflow run %s could not be ended %s (server unreachable); it shows RUNNING until the "
+                    "same command is rerun. Everything is in %s", self.run_id, status, self.run_dir)
+        return False
 
 
 def finalize_run(client: Any, run_id: str, status: str, reason: str | None = None,
@@ -272,7 +299,12 @@ def finalize_run(client: Any, run_id: str, status: str, reason: str | None = Non
     from mlflow.entities import Metric
 
     if summary_path is not None and Path(summary_path).is_file():
-        client.log_artifact(run_id, str(summary_path))
+        try:
+            client.log_artifact(run_id, str(summary_path))
+        except Exception as exc:  # the artifact store (e.g. S3) is away: the run still ends, not RUNNING
+            log.warning("MLflow run %s: summary.json not uploaded to its artifacts (%s: %s); it is kept at %s",
+                        run_id, type(exc).__name__, str(exc).strip()[:300], summary_path)
+            client.set_tag(run_id, ARTIFACTS_MISSING_TAG, f"summary.json: {type(exc).__name__}")
         summary = json.loads(Path(summary_path).read_text())
         now, step = int(time.time() * 1000), int(summary.get("step") or 0)
         entries = [Metric(sanitize_key(f"time/{k}_s"), float(v), now, step)
@@ -280,7 +312,7 @@ def finalize_run(client: Any, run_id: str, status: str, reason: str | None = Non
         entries.append(Metric("time/wall_s", float(summary.get("wall_s", 0.0)), now, step))
         client.log_batch(run_id, metrics=entries, synchronous=True)
     if status != "FINISHED" or reason:
-        client.set_tag(run_id, STATUS_REASON_TAG, (reason or status)[:5000])
+        client.set_tag(run_id, STATUS_REASON_TAG, redact_text(reason or status)[:5000])
     client.set_terminated(run_id, status=status)
 
 
@@ -305,6 +337,15 @@ def end_dead_attempt(run_dir: str | Path, reason: str) -> str | None:
         return None  # deleted, or another store: nothing of ours to end
     finalize_run(client, record["run_id"], "KILLED", reason)
     return record["run_id"]
+
+
+def preload_client() -> None:
+    """Import MLflow's client ahead of `finalize_recorded_run` (a driver stopped by `ray job stop`
+    has ~3 s before SIGKILL; the import alone can take that). Errors surface where it is used."""
+    try:
+        import mlflow.tracking  # noqa: F401
+    except Exception:
+        pass
 
 
 def finalize_recorded_run(run_dir: str | Path, status: str, reason: str | None = None,

@@ -67,6 +67,7 @@ def _mlflow(spec: LoggerSpec) -> MetricLogger:
         artifact_location=spec.artifact_location,
         parent_run_id=spec.parent_run_id,
         tags=dict(spec.tags),
+        say=getattr(spec.console, "info", None),  # an outage is told on the run's console (Ray: the driver's)
     )
 
 

@@ -21,7 +21,8 @@ def nonfinite_guard(cfg: WMTPConfig, sink):
     """The non-finite loss policy (`train.nonfinite`), naming the sink's last checkpoint."""
     from wmtp.training.nonfinite import NonFiniteGuard
 
-    return NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_batches, sink.latest)
+    return NonFiniteGuard(cfg.train.nonfinite, cfg.train.max_skipped_batches, sink.latest,
+                          cfg.train.max_consecutive_skipped)
 
 
 def resume_or_start(state: LoopState, cfg: WMTPConfig, sink, logger, layout: DistEnv) -> int:
