@@ -78,6 +78,11 @@ def test_slow_benchmark_runs_tiny(name, tmp_path):
     _run(name, SLOW_TINY[name], tmp_path, timeout=1800)
 
 
+# Scripts whose tiny mode another test runs (gpu_check: under `python -S` with only its wheels).
+COVERED_ELSEWHERE = {"gpu_check": "tests/benchmarks/test_gpu_check.py"}
+
+
 def test_every_script_is_covered():
     scripts = {p.stem for p in (ROOT / "benchmarks").glob("*.py") if not p.stem.startswith("_")}
-    assert scripts == set(TINY) | set(RAY_TINY) | set(SLOW_TINY)
+    assert scripts == set(TINY) | set(RAY_TINY) | set(SLOW_TINY) | set(COVERED_ELSEWHERE)
+    assert all((ROOT / test).is_file() for test in COVERED_ELSEWHERE.values())

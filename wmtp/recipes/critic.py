@@ -136,17 +136,16 @@ class CriticRecipe:
                 if validation_due(step, tcfg):
                     with timed("validation"):
                         last_val = self.evaluate(step)
+                        if step == tcfg.steps:  # the quality report: is the critic worth its name?
+                            last_val.update(critic_quality(self.cfg, self.critic.model, self.data, self.layout))
                     self.logger.log_metrics(last_val, step)
                 if due(step, tcfg.checkpoint_every, tcfg.steps):
                     with timed("checkpoints"):
                         save_checkpoint(self.sink, self.state, step, {**last_train, **last_val})
-        with timed("validation"):  # the quality report: is the critic worth its name?
-            quality = critic_quality(self.cfg, self.critic.model, self.data, self.layout)
-        self.logger.log_metrics(quality, tcfg.steps)
         with timed("export"):
             export_model(self.critic.model, self.cfg, self.layout, self.data.tokenizer,
                          value_head=self.cfg.value_model.head)
-        return {**last_train, **last_val, **quality}
+        return {**last_train, **last_val}
 
     def close(self) -> None:
         pass

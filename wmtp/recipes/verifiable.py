@@ -291,10 +291,9 @@ class VerifiableRecipe:
         return metrics
 
     def check_critic(self) -> dict[str, float]:
-        """The critic's quality report before training (logged at the start step); one line on the
-        console when it is near chance (thresholds `value_model.quality_*`)."""
+        """The critic's quality report before training (logged with every validation); one line on
+        the console when it is near chance (thresholds `value_model.quality_*`)."""
         quality = critic_quality(self.cfg, self.published_critic(), self.data, self.layout)
-        self.logger.log_metrics(quality, self.start)
         message = near_chance_message(quality, self.cfg, "the critic")
         if message and self.layout.is_main:
             print(f"[wmtp] {message}", flush=True)
@@ -313,7 +312,7 @@ class VerifiableRecipe:
                     last_train = log_step(self.logger, step, stats, last_train, self.state)
                 if validation_due(step, tcfg):
                     with timed("validation"):
-                        last_val = self.evaluate(step)
+                        last_val = {**quality, **self.evaluate(step)}
                     self.logger.log_metrics(last_val, step)
                 if due(step, tcfg.checkpoint_every, tcfg.steps):
                     with timed("checkpoints"):
@@ -323,7 +322,7 @@ class VerifiableRecipe:
         if self.learn_critic:  # the critic it ended with (continual learning), beside the policy
             export_model(self.critic.model, self.cfg, self.layout, value_head=self.cfg.value_model.head,
                          out=critic_export_dir(self.cfg))
-        return {**quality, **last_train, **last_val}
+        return {**last_train, **last_val}
 
     def close(self) -> None:
         # A setup() that failed part-way leaves no scorer: close what exists, hide nothing.
