@@ -24,8 +24,10 @@ def run_tune_command(args: argparse.Namespace) -> int:
     from wmtp.config.arguments import config_from_args
     from wmtp.config.loader import ConfigError
     from wmtp.config.tune import load_tune_space
+    from wmtp.orchestration.home import check_inputs_where_workers_look
 
     cfg = config_from_args(args)
+    check_inputs_where_workers_look(cfg)  # before Ray starts: exit 2 in seconds
     space = load_tune_space(args.space)
     if args.num_samples is not None and args.num_samples < 1:
         raise ConfigError(f"--num-samples must be >= 1, got {args.num_samples}")

@@ -21,7 +21,6 @@ import datetime
 import json
 import math
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from wmtp.tracking.base import MetricLogger, MultiLogger
+from wmtp.tracking.rerun import command_line
 
 SUMMARY_FILE = "summary.json"
 
@@ -79,13 +79,6 @@ def _loss_key(metrics: Mapping[str, float]) -> str | None:
         if found is not None:
             return found
     return None
-
-
-def command_line() -> str:
-    """This process's command, ready to paste (`wmtp ...` for the console script and `-m wmtp`)."""
-    argv = list(sys.argv)
-    head = "wmtp" if argv and (Path(argv[0]).name in ("wmtp", "__main__.py")) else shlex.join(argv[:1])
-    return " ".join([head, *(shlex.quote(a) for a in argv[1:])])
 
 
 def latest_checkpoint(candidates: list[Path]) -> Path | None:
