@@ -59,8 +59,8 @@ def _first_match(metrics: Mapping[str, float], suffixes: tuple[str, ...]) -> flo
     per-rank values skipped)."""
     for suffix in suffixes:
         for key, value in metrics.items():
-            # (per-rank copies `rank/<r>/...` are not the step's value: the gauges carry the rank tag)
-            if key.startswith(_VALIDATION_PREFIXES + ("rank/",)) or not isinstance(value, int | float):
+            # (per-rank copies `worker/<r>/...` are not the step's value: the gauges carry the rank tag)
+            if key.startswith(_VALIDATION_PREFIXES + ("worker/",)) or not isinstance(value, int | float):
                 continue
             if (key == suffix or key.endswith("/" + suffix)) and math.isfinite(value):
                 return float(value)
