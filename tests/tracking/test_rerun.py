@@ -55,3 +55,42 @@ def test_next_submission_ids():
     assert next_submission_id("verifiable-1") == "verifiable-2"
     assert next_submission_id("sweep-09") == "sweep-10"
     assert next_submission_id("job") == "job-2"
+
+
+def test_the_next_submit_captures_the_commit_again(tmp_path, monkeypatch):
+    """A job submitted with `"git_commit": "$(git rev-parse HEAD)"` (docs/CLUSTER.md) is resubmitted
+    with the same capture, not with the old job's commit."""
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    env = _job_env({"job_submission_id": "v-1", "job_name": "v", "git_commit": "0123abc"})
+    line = command_line(["/p/wmtp/__main__.py", "train"], env)
+    assert '--metadata-json "{\\"job_name\\": \\"v\\", \\"git_commit\\": \\"$(git rev-parse HEAD)\\"}"' in line
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q", "--allow-empty", "-m", "x"],
+                   cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    # What the shell makes of the argument: the current checkout's commit.
+    word = line.split("--metadata-json ", 1)[1].split(" --working-dir", 1)[0]
+    out = subprocess.run(["bash", "-c", f"printf %s {word}"], cwd=tmp_path, capture_output=True, text=True).stdout
+    assert json.loads(out) == {"job_name": "v", "git_commit": head}
+
+
+def test_git_commit_of_a_job_comes_from_its_metadata(tmp_path, monkeypatch):
+    from wmtp.tracking.registry import git_commit
+
+    monkeypatch.delenv("WMTP_GIT_COMMIT", raising=False)
+    for key, value in _job_env({"job_submission_id": "v-1", "git_commit": "feedbeef"}).items():
+        monkeypatch.setenv(key, value)
+    assert git_commit(tmp_path) == "feedbeef"  # no checkout here: the submit side's capture
+    monkeypatch.setenv("WMTP_GIT_COMMIT", "c0ffee")  # a worker, given it by its driver
+    assert git_commit(tmp_path) == "c0ffee"
+
+
+def test_mlflow_title_says_recipe_and_preset():
+    from wmtp.config.loader import load_config
+    from wmtp.tracking.registry import run_title
+
+    base = ("configs/defaults.yaml", "configs/recipe.verifiable.yaml", "local-light")
+    assert run_title(load_config(*base)) == "verifiable-local-light"
+    assert run_title(load_config(*base, overrides=["run.name=my-try"])) == "my-try (verifiable, local-light)"

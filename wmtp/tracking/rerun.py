@@ -44,11 +44,27 @@ def command_line(argv: list[str] | None = None, environ: dict[str, str] | None =
     if job_id:
         parts += ["--submission-id", shlex.quote(next_submission_id(job_id))]
     if extra:
-        parts += ["--metadata-json", shlex.quote(json.dumps(extra))]
+        parts += ["--metadata-json", metadata_argument(extra)]
     if Path(SHIPPED_RUNTIME_ENV).is_file():
         parts += ["--runtime-env", SHIPPED_RUNTIME_ENV]
     parts += ["--working-dir", ".", "--", head, *args]
     return " ".join(parts)
+
+
+GIT_COMMIT_KEY = "git_commit"
+CAPTURE_COMMIT = "$(git rev-parse HEAD)"
+
+
+def metadata_argument(metadata: dict[str, str]) -> str:
+    """`--metadata-json`'s shell word; a `git_commit` entry is captured again at the next submit
+    (`"$(git rev-parse HEAD)"` inside double quotes), never the old job's commit."""
+    if GIT_COMMIT_KEY not in metadata:
+        return shlex.quote(json.dumps(metadata))
+    marker = "@@git-commit@@"  # no character JSON or the shell escapes
+    text = json.dumps({**metadata, GIT_COMMIT_KEY: marker})
+    for char in ("\\", '"', "$", "`"):  # escaped inside a double-quoted shell word
+        text = text.replace(char, "\\" + char)
+    return '"' + text.replace(marker, CAPTURE_COMMIT) + '"'
 
 
 def submitted_job_metadata(environ: dict[str, str]) -> dict[str, str] | None:
