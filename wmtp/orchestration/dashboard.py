@@ -26,6 +26,16 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "experience_queue_depth": ("Scored batches waiting for the learner.", ("experience_queue_depth",)),
 }
 
+# counter name -> description (Prometheus adds `_total`)
+COUNTERS: dict[str, str] = {"steps": "Logged optimizer steps."}
+# The Grafana dashboard of these metrics (docs/DASHBOARD.md): a test checks it names exactly them.
+GRAFANA_DASHBOARD = "cluster/grafana/wmtp_dashboard.json"
+
+
+def prometheus_names() -> set[str]:
+    """The names Prometheus scrapes for wmtp's metrics (Ray's `ray_` prefix, counters' `_total`)."""
+    return {f"ray_wmtp_{name}" for name in GAUGES} | {f"ray_wmtp_{name}_total" for name in COUNTERS}
+
 
 class DashboardMetrics:
     """Gauges plus a step counter, tagged with this worker's run and rank."""
@@ -36,7 +46,7 @@ class DashboardMetrics:
             name: ray_metrics.Gauge(f"wmtp_{name}", description=desc, tag_keys=TAG_KEYS)
             for name, (desc, _) in GAUGES.items()
         }
-        self._steps = ray_metrics.Counter("wmtp_steps", description="Logged optimizer steps.", tag_keys=TAG_KEYS)
+        self._steps = ray_metrics.Counter("wmtp_steps", description=COUNTERS["steps"], tag_keys=TAG_KEYS)
         self._last_step: int | None = None
 
     def set_values(self, metrics: Mapping[str, float]) -> None:
