@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from wmtp.config.arguments import add_config_arguments, config_from_args
-from wmtp.config.loader import ConfigError, dump_config
+from wmtp.config.loader import dump_config
 from wmtp.config.schema import WMTPConfig
 from wmtp.errors import is_user_error
 
@@ -92,6 +92,7 @@ def run_config_validate(args: argparse.Namespace) -> int:
 
 def run_train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args, ["orchestration.enabled=false"] if args.local else [])
+    check_local_paths(cfg)  # before any cluster or worker starts: exit 2 in seconds, not a worker traceback
     if args.dry_run:
         print(dump_config(cfg), end="")
         plan = build_plan(cfg)
@@ -158,13 +159,10 @@ class Plan:
 
 
 def check_local_paths(cfg: WMTPConfig) -> None:
-    """Every local file the run would read exists (s3:// URIs are checked when pulled)."""
-    for key, value in (("model.checkpoint", cfg.model.checkpoint), ("model.tokenizer", cfg.model.tokenizer),
-                       ("value_model.checkpoint", cfg.value_model.checkpoint), ("rho1.reference", cfg.rho1.reference),
-                       ("data.train", cfg.data.train), ("data.valid", cfg.data.valid), ("data.test", cfg.data.test),
-                       ("data.reference_losses", cfg.data.reference_losses)):
-        if value and "://" not in value and not Path(value).expanduser().exists():
-            raise ConfigError(f"{key}: {value!r} does not exist")
+    """Every local file the run would read exists where its workers will look."""
+    from wmtp.orchestration.home import check_inputs_where_workers_look
+
+    check_inputs_where_workers_look(cfg)
 
 
 def count(module) -> int:

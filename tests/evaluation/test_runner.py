@@ -88,6 +88,27 @@ def test_verdicts_are_counted_by_where_they_were_decided():
     assert "1 tasks judged by the parent, 1 by the program's own test" in res.table()
 
 
+def test_progress_lines_on_a_tiny_task(char_model, capsys):
+    """`progress_every_s=0`: a line after every generation batch and every executed program, with
+    tasks done, the rate and an ETA; the last line of each phase has every task done."""
+    import re
+
+    tasks = [_string_task("t/pass", True), _string_task("t/fail", False), _string_task("t/pass2", True)]
+    evaluate_pass_at_k(char_model, CharTokenizer(), tasks, n=4, k=[1], temperature=1.0, max_new_tokens=6,
+                       batch_size=5, n_bootstrap=0, progress_every_s=0)
+    lines = capsys.readouterr().out.splitlines()
+    pattern = r"\[eval\] (generation|execution): (\d+)/(\d+) (samples|programs), (\d)/3 tasks done, [\d.]+ \4/s, ETA \S+"
+    found = [re.fullmatch(pattern, line) for line in lines]
+    assert all(found), lines
+    generation = [m for m in found if m.group(1) == "generation"]
+    assert [int(m.group(2)) for m in generation] == [5, 10, 12]  # 12 samples in batches of 5
+    assert [int(m.group(5)) for m in generation] == [1, 2, 3]
+    execution = [m for m in found if m.group(1) == "execution"]
+    assert execution and execution[-1].group(2) == execution[-1].group(3) and execution[-1].group(5) == "3"
+    evaluate_pass_at_k(char_model, CharTokenizer(), tasks, n=2, k=[1], max_new_tokens=4, n_bootstrap=0)
+    assert capsys.readouterr().out == ""  # quiet by default (validation during training, the study)
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="wmtp")
     register(parser.add_subparsers(dest="command"))
@@ -127,6 +148,7 @@ def test_cli_end_to_end_with_checkpoint_and_mlflow(tmp_path, tiny_args, capsys):
     assert args.func(args) == 0
     printed = capsys.readouterr().out
     assert "pass@1" in printed and "pass@2" in printed
+    assert "[eval] generation: 4/4 samples, 2/2 tasks done" in printed  # a phase's last line always prints
     assert {p.name for p in out.iterdir()} >= {"tasks.csv", "tasks.jsonl", "samples.jsonl", "metrics.json"}
     assert len((out / "samples.jsonl").read_text().splitlines()) == 4
     from mlflow.tracking import MlflowClient

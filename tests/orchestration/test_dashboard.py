@@ -57,3 +57,59 @@ def test_gauges_read_training_metrics_by_suffix_not_validation():
     assert _first_match({"train/value_clip_fraction": 0.25}, ("value_clip_fraction", "clip_fraction")) == 0.25
     assert _first_match({"train/weights/mean_before_renorm": 3.0}, ("weights/mean",)) is None
     assert _first_match({"train/loss": float("nan")}, ("loss",)) is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_prometheus_scrapes_every_wmtp_metric(ray_cluster, tmp_path):
+    """A real Prometheus (`apt-get install prometheus`; else this reads the export endpoint, as
+    docs/DASHBOARD.md says) scrapes the node during a 2-worker run: every name the Grafana
+    dashboard queries that the toy run sets is in its database, for both ranks. Slow: ~1 min."""
+    import json
+    import shutil
+    import subprocess
+    import urllib.parse
+
+    from tests.fixtures.services import free_port
+    from wmtp.orchestration.dashboard import prometheus_names
+
+    binary = shutil.which("prometheus")
+    port = free_port()
+    proc = None
+    if binary:
+        config = tmp_path / "prometheus.yml"
+        config.write_text("global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: ray\n    static_configs:\n"
+                          f"      - targets: ['127.0.0.1:{ray_cluster.metrics_export_port}']\n")
+        proc = subprocess.Popen([binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                                 f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        cfg = short_config(tmp_path, "prom", steps=12)
+        run_training(cfg, recipe_builder=ToyRecipeBuilder(str(tmp_path / "rec"), step_sleep_s=0.5))
+        # The toy recipe logs loss, tokens/s and the step counter (no weights, critic or actors).
+        wanted = {"ray_wmtp_loss", "ray_wmtp_tokens_per_s", "ray_wmtp_steps_total"}
+        assert wanted <= prometheus_names()
+        found: dict[str, set[str]] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and set(found) != wanted:
+            for name in wanted:
+                if binary:
+                    query = urllib.parse.quote(f'{name}{{run="prom"}}')
+                    try:
+                        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?query={query}",
+                                                    timeout=5) as resp:
+                            result = json.loads(resp.read())["data"]["result"]
+                    except OSError:
+                        continue
+                    ranks = {r["metric"].get("rank") for r in result}
+                else:
+                    text = scrape(ray_cluster.metrics_export_port)
+                    ranks = set(re.findall(rf'^{name}\{{[^}}]*rank="(\d)"[^}}]*run="prom"', text, re.M))
+                if {"0", "1"} <= ranks:
+                    found[name] = ranks
+            time.sleep(1)
+        assert set(found) == wanted, (binary, found)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(timeout=30)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
 import sys
 import threading
 import urllib.request
@@ -23,6 +24,7 @@ import pytest
 from tests.orchestration.ray_head import RayHead
 
 REPO = Path(__file__).resolve().parents[2]
+HEAD_COMMIT = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
 DOC = REPO / "docs" / "CLUSTER.md"
 
 FEW_STEPS = ["train.steps=4", "train.eval_every=2", "train.checkpoint_every=2", "train.log_every=2",
@@ -37,7 +39,8 @@ TOKEN = "ray get-auth-token --generate"
 START = "WMTP_HOME=$PWD ray start --head --num-cpus=4 --num-gpus=0 --metrics-export-port=8080"
 STATUS = "ray status"
 SUBMIT = ("ray job submit --address http://127.0.0.1:8265 --submission-id verifiable-1 "
-          "--metadata-json '{\"job_name\": \"verifiable-local-light\"}' --runtime-env cluster/runtime_env.yaml --working-dir . "
+          "--metadata-json \"{\\\"job_name\\\": \\\"verifiable-local-light\\\", \\\"git_commit\\\": \\\"$(git rev-parse HEAD)\\\"}\" "
+          "--runtime-env cluster/runtime_env.yaml --working-dir . "
           "-- python -m wmtp train --recipe configs/recipe.verifiable.yaml --preset local-light")
 LOGS = "ray job logs --address http://127.0.0.1:8265 verifiable-1"
 LIST = "ray job list --address http://127.0.0.1:8265"
@@ -72,7 +75,9 @@ def test_the_test_runs_every_command_of_section0():
 
 
 def _adapt(command: str, head: RayHead, *extra: str) -> list[str]:
-    """A doc command for this head: its dashboard port, and `extra` overrides after the wmtp args."""
+    """A doc command for this head: its dashboard port, `$(git rev-parse HEAD)` as the shell expands
+    it, and `extra` overrides after the wmtp args."""
+    command = command.replace("$(git rev-parse HEAD)", HEAD_COMMIT)
     args = shlex.split(command.replace("127.0.0.1:8265", f"127.0.0.1:{head.dashboard_port}"))
     return [*args, *extra]
 
@@ -141,6 +146,12 @@ def test_job_submit_with_shipped_runtime_env_writes_under_wmtp_home(head):
     assert (runs / "ray" / "baseline-local-light" / "checkpoint_step00000002").is_dir()
     assert (runs / "mlflow.db").exists()
     _no_outputs_in_ray_temp(head)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{runs / 'mlflow.db'}")
+    run, = client.search_runs(client.get_experiment_by_name("wmtp").experiment_id)
+    assert run.data.tags["mlflow.source.git.commit"] == HEAD_COMMIT  # captured on the submit side
+    assert any(k.startswith("train/ce_head2") for k in run.data.metrics)  # local-light: 2 heads
 
 
 @pytest.mark.slow

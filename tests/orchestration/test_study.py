@@ -4,6 +4,7 @@ through Ray Tune (stages once, runs measured, table + RESULTS.md + plot, nested 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import yaml
@@ -114,9 +115,12 @@ def test_smoke_study_end_to_end(ray_cluster, mlflow_sqlite, tmp_path):
     spec = smoke_spec(tmp_path)
     spec.overrides["tracking.uri"] = mlflow_sqlite.uri
     results = tmp_path / "docs" / "RESULTS.md"
+    printed: list[str] = []
     report = run_study(spec, output_dir=str(tmp_path / "runs"), results=str(results),
-                       command="wmtp study --spec smoke.yaml", log=lambda s: None)
+                       command="wmtp study --spec smoke.yaml", log=printed.append)
     assert not report.missing and len(report.runs) == 3
+    progress = [line for line in printed if re.match(r"\[wmtp\] study smoke: run \d/3 done \(\w+ s\d\), elapsed", line)]
+    assert [line.split(" run ")[1][:3] for line in progress] == ["1/3", "2/3", "3/3"], printed
     row = report.table["mtp"]
     assert math.isfinite(row["val/ce_head1"][0]) and math.isfinite(row["val/ce_head2"][0])
     assert 0 <= row["pass@1"][0] <= 1 and 0 <= row["pass@2"][0] <= 1

@@ -1,5 +1,6 @@
 """Golden per-step metrics of every recipe on the tiny deterministic configuration (4 steps, micro
-model, 4×96-token batches, the bundled 200-problem task), read back from the JSONL log.
+model with one head unless a case sets more, 4×96-token batches, the bundled 200-problem task),
+read back from the JSONL log.
 
 The numbers were produced by these recipes on CPU (torch 2.13, fp32) and pasted here; a change in
 any of model init, data order, loss math, weighting or the optimizer shows up as a mismatch. To

@@ -60,6 +60,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds per program (wall clock)")
     p.add_argument("--workers", type=int, default=2, help="programs executed in parallel")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--progress-every", type=float, default=10.0, metavar="SECONDS",
+                   help="a progress line (done, samples/s, ETA) at most this often; 0: after every batch")
     p.add_argument("--out", default=None, help="results folder (default runs/eval/<benchmark>-<time>)")
     p.add_argument("--tokenizer", default=None,
                    help="tokenizer.model (default: <checkpoint>/tokenizer.model, else the bundled one)")
@@ -140,6 +142,7 @@ def _run(args: argparse.Namespace) -> int:
         model, tokenizer, tasks, n=args.n, k=args.k, temperature=args.temperature, top_p=args.top_p,
         max_new_tokens=max_new_tokens, batch_size=args.batch_size, seed=args.seed,
         sandbox=SandboxConfig(timeout_s=args.timeout), workers=args.workers,
+        progress_every_s=args.progress_every,
     )
     _finish(args, out, result, tasks, {
         "checkpoint": str(args.checkpoint), "benchmark": args.benchmark, "n": args.n,

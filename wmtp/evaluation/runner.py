@@ -21,6 +21,7 @@ import torch
 from wmtp.evaluation.benchmarks import EvalTask, task_from_record
 from wmtp.evaluation.generation import TextTokenizer, generate
 from wmtp.evaluation.passk import PassAtK, pass_at_k, summarize_pass_at_k
+from wmtp.evaluation.progress import EvalProgress
 from wmtp.evaluation.sandbox import ExecutionResult, SandboxConfig, run_calls, run_program, run_stdio
 
 
@@ -119,8 +120,9 @@ def evaluate_pass_at_k(model, tokenizer: TextTokenizer, records: Sequence[EvalTa
                        n: int, k: Sequence[int], temperature: float = 0.8, top_p: float = 0.95,
                        max_new_tokens: int = 256, batch_size: int = 16, seed: int = 0,
                        sandbox: SandboxConfig = SandboxConfig(), workers: int = 2,
-                       n_bootstrap: int = 1000) -> EvalResult:
-    """Sample n completions per task, execute them, and compute pass@k per task and over tasks."""
+                       n_bootstrap: int = 1000, progress_every_s: float | None = None) -> EvalResult:
+    """Sample n completions per task, execute them, and compute pass@k per task and over tasks.
+    `progress_every_s`: print a progress line (done, rate, ETA) at most this often; None: quiet."""
     if n < 1 or batch_size < 1:
         raise ValueError(f"need n >= 1 and batch_size >= 1, got n={n}, batch_size={batch_size}")
     tasks = _as_tasks(records)
@@ -135,6 +137,9 @@ def evaluate_pass_at_k(model, tokenizer: TextTokenizer, records: Sequence[EvalTa
         by_stop.setdefault(tasks[job[0]].stop, []).append(job)
     completions: dict[tuple[int, int], str] = {}
     batch_index = 0
+    left = [n_generate] * len(tasks)  # samples still to generate, per task
+    progress = None if progress_every_s is None else \
+        EvalProgress("generation", total=len(jobs), unit="samples", tasks=len(tasks), every_s=progress_every_s)
     for stop, group in by_stop.items():
         for start in range(0, len(group), batch_size):
             chunk = group[start:start + batch_size]
@@ -143,13 +148,27 @@ def evaluate_pass_at_k(model, tokenizer: TextTokenizer, records: Sequence[EvalTa
                              stop=stop, seed=seed + batch_index)
             completions.update(zip(chunk, texts))
             batch_index += 1
+            for ti, _ in chunk:
+                left[ti] -= 1
+            if progress is not None:
+                progress.update(len(completions), left.count(0))
     model.train(was_training)
     t1 = time.perf_counter()
 
     # Identical completions of one task are one program: run it once (small models repeat themselves).
     unique = list(dict.fromkeys((job[0], completions[job]) for job in jobs))
+    programs_left = [0] * len(tasks)
+    for ti, _ in unique:
+        programs_left[ti] += 1
+    progress = None if progress_every_s is None else \
+        EvalProgress("execution", total=len(unique), unit="programs", tasks=len(tasks), every_s=progress_every_s)
+    ran: dict[tuple[int, str], ExecutionResult] = {}
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        ran = dict(zip(unique, pool.map(lambda key: execute_completion(tasks[key[0]], key[1], sandbox), unique)))
+        for key, r in zip(unique, pool.map(lambda key: execute_completion(tasks[key[0]], key[1], sandbox), unique)):
+            ran[key] = r
+            programs_left[key[0]] -= 1
+            if progress is not None:
+                progress.update(len(ran), programs_left.count(0))
     results = {job: ran[(job[0], completions[job])] for job in jobs}
     t2 = time.perf_counter()
 

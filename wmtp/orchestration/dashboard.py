@@ -31,6 +31,16 @@ GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "gpu_mem_peak_gib": ("Peak GPU memory allocated on this rank since the start (GiB).", ("gpu_mem_peak_gib",)),
 }
 
+# counter name -> description (Prometheus adds `_total`)
+COUNTERS: dict[str, str] = {"steps": "Logged optimizer steps."}
+# The Grafana dashboard of these metrics (docs/DASHBOARD.md): a test checks it names exactly them.
+GRAFANA_DASHBOARD = "cluster/grafana/wmtp_dashboard.json"
+
+
+def prometheus_names() -> set[str]:
+    """The names Prometheus scrapes for wmtp's metrics (Ray's `ray_` prefix, counters' `_total`)."""
+    return {f"ray_wmtp_{name}" for name in GAUGES} | {f"ray_wmtp_{name}_total" for name in COUNTERS}
+
 
 class DashboardMetrics:
     """Gauges plus a step counter, tagged with this worker's run and rank."""
@@ -41,7 +51,7 @@ class DashboardMetrics:
             name: ray_metrics.Gauge(f"wmtp_{name}", description=desc, tag_keys=TAG_KEYS)
             for name, (desc, _) in GAUGES.items()
         }
-        self._steps = ray_metrics.Counter("wmtp_steps", description="Logged optimizer steps.", tag_keys=TAG_KEYS)
+        self._steps = ray_metrics.Counter("wmtp_steps", description=COUNTERS["steps"], tag_keys=TAG_KEYS)
         self._last_step: int | None = None
 
     def set_values(self, metrics: Mapping[str, float]) -> None:
@@ -64,8 +74,8 @@ def _first_match(metrics: Mapping[str, float], suffixes: tuple[str, ...]) -> flo
     per-rank values skipped)."""
     for suffix in suffixes:
         for key, value in metrics.items():
-            # (per-rank copies `rank/<r>/...` are not the step's value: the gauges carry the rank tag)
-            if key.startswith(_VALIDATION_PREFIXES + ("rank/",)) or not isinstance(value, int | float):
+            # (per-rank copies `worker/<r>/...` are not the step's value: the gauges carry the rank tag)
+            if key.startswith(_VALIDATION_PREFIXES + ("worker/",)) or not isinstance(value, int | float):
                 continue
             if (key == suffix or key.endswith("/" + suffix)) and math.isfinite(value):
                 return float(value)

@@ -3,6 +3,7 @@
     output_home() -> Path      WMTP_HOME; else ~/wmtp inside a `ray job submit` working dir; else cwd
     anchor_outputs(cfg) -> cfg run.output_dir, a local orchestration.storage_path and a relative
                                sqlite tracking.uri made absolute under output_home()
+    check_inputs_where_workers_look(cfg)   inputs exist relative to the driver's folder (ConfigError)
 
 `ray job submit --working-dir .` runs the driver in a temporary copy of the upload
 (`<ray temp>/session_*/runtime_resources/working_dir_files/_ray_pkg_*`), deleted with the session:
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from wmtp.config.inputs import check_inputs
 from wmtp.config.schema import WMTPConfig
 
 HOME_ENV_VAR = "WMTP_HOME"
@@ -36,6 +38,15 @@ def output_home() -> Path:
     if in_ray_package(cwd):
         return Path(JOB_DEFAULT_HOME).expanduser().resolve()
     return cwd
+
+
+def check_inputs_where_workers_look(cfg: WMTPConfig) -> None:
+    """Every local input exists relative to this process's folder, the one the workers chdir to
+    (the job's working dir under `ray job submit`); the error names key, value and folder."""
+    cwd = Path.cwd()
+    where = ("the job's working dir (the `ray job submit --working-dir` upload; a file outside it needs a "
+             "path that exists on every node, or an s3:// URI)") if in_ray_package(cwd) else "the current directory"
+    check_inputs(cfg, cwd, where)
 
 
 def _anchor(path: str, home: Path) -> str:

@@ -37,6 +37,7 @@ from wmtp.orchestration.resources import check_fits, run_resources
 from wmtp.orchestration.storage import resolve_storage
 from wmtp.tracking.console import end_run, status_of
 from wmtp.tracking.phases import timed
+from wmtp.tracking.registry import GIT_COMMIT_ENV_VAR, git_commit
 from wmtp.training.runlock import hold_run_lock
 
 # The validation metric that ranks a recipe's checkpoints (keep-N best), as the recipe logs it at
@@ -80,6 +81,7 @@ def build_trainer(
             "recipe_builder": recipe_builder,
             "parent_run_id": parent_run_id,
             "driver_cwd": os.getcwd(),
+            "git_commit": git_commit(),  # the driver knows it (checkout or job metadata); workers may not
             "console": console,
             "label": label,
         },
@@ -158,6 +160,8 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
         # Relative data/tokenizer paths in the config mean the driver's folder (same node or
         # `ray job submit --working-dir`, where both are the unpacked working dir).
         os.chdir(loop_config["driver_cwd"])
+    if loop_config.get("git_commit"):  # rank 0's MLflow tags (wmtp.tracking.registry.git_commit)
+        os.environ.setdefault(GIT_COMMIT_ENV_VAR, loop_config["git_commit"])
     context = ray.train.get_context()
     rank = context.get_world_rank()
     name = run_name(cfg)

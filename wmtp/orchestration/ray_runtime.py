@@ -78,7 +78,9 @@ def _init_ray(address: str | None, local_cpus: float | None, job_name: str | Non
     if job_name:  # a submitted job's own metadata takes precedence (ray.init merges it over this)
         kwargs["job_config"] = ray.job_config.JobConfig(metadata={"job_name": job_name})
     if address != "local":
-        ray.init(address=address, log_to_driver=verbose, **kwargs)
+        ctx = ray.init(address=address, log_to_driver=verbose, **kwargs)
+        if ctx.dashboard_url:  # the `ray job submit --address` of the summary's next command (wmtp.tracking.rerun)
+            os.environ.setdefault("WMTP_DASHBOARD_URL", "http://" + ctx.dashboard_url.removeprefix("http://"))
         return
     if local_cpus is not None:
         kwargs["num_cpus"] = max(os.cpu_count() or 1, math.ceil(local_cpus))

@@ -202,6 +202,27 @@ def study_trial(params: dict[str, Any], *, configs: dict[str, dict], plan: EvalP
     tune.report({f"study/{k}": v for k, v in measures.scalars.items()} | {"study/done": 1.0})
 
 
+def study_progress(name: str, total: int, log: Callable[[str], None]):
+    """A Tune callback printing one line per finished (method, seed) run: done/total, elapsed, ETA."""
+    from ray import tune
+
+    from wmtp.evaluation.progress import format_eta
+
+    class StudyProgress(tune.Callback):
+        def setup(self, **info: Any) -> None:
+            self.t0, self.done = time.monotonic(), 0
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.done += 1
+            elapsed = time.monotonic() - self.t0
+            eta = format_eta(elapsed / self.done * (total - self.done)) if self.done < total else "0s"
+            params = trial.config or {}
+            log(f"[wmtp] study {name}: run {self.done}/{total} done ({params.get('method')} "
+                f"s{params.get('seed')}), elapsed {format_eta(elapsed)}, ETA {eta}")
+
+    return StudyProgress()
+
+
 def run_in_process(cfg: WMTPConfig, parent_run_id: str | None = None) -> dict[str, float]:
     """`wmtp train --local` of `cfg` (local checkpoints, resumable), MLflow nested under the parent."""
     from wmtp.recipes import run_recipe
@@ -273,7 +294,9 @@ def run_study(spec: StudySpec, *, output_dir: str | None = None, results: str | 
                 tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent_trials,
                                             scheduler=FIFOScheduler()),
                 run_config=tune.RunConfig(name=name, storage_path=storage.path,
-                                          storage_filesystem=storage.filesystem),
+                                          storage_filesystem=storage.filesystem,
+                                          callbacks=[study_progress(spec.name, len(spec.methods) * len(spec.seeds),
+                                                                    log)]),
             )
         tuner.fit()
         report = build_report(plan, time.perf_counter() - t0)

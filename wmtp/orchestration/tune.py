@@ -157,6 +157,11 @@ def run_tune(cfg: WMTPConfig, space: TuneSpace, *, recipe_builder: RecipeBuilder
     # Reports before the first validation lack the metric; ASHA skips those (strict checking would
     # fail the trial instead).
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    verbose = os.environ.get("WMTP_VERBOSE") == "1"
+    if not verbose:
+        # Ray Tune's new output engine prints its experiment box and a TensorBoard hint even at
+        # verbose=0; the classic reporter at verbose=0 prints nothing. TrialEvents prints instead.
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     cfg = with_absolute_paths(cfg)
     if recipe_builder is None:
         from wmtp.recipes.chain import resolve_inputs
@@ -190,7 +195,10 @@ def run_tune(cfg: WMTPConfig, space: TuneSpace, *, recipe_builder: RecipeBuilder
                                         search_alg=BasicVariantGenerator(
                                             random_state=cfg.run.seed, max_concurrent=space.max_concurrent_trials or 0)),
             run_config=tune.RunConfig(name=sweep, storage_path=storage.path, storage_filesystem=storage.filesystem,
-                                      callbacks=[trial_status_callback(cfg, sweep), GroupReaper()]),
+                                      # Tune's status tables and hints only with --verbose; TrialEvents prints
+                                      verbose=None if verbose else 0,
+                                      callbacks=[trial_status_callback(cfg, sweep), GroupReaper(),
+                                                 TrialEvents(space.metric, cfg.train.steps, scheduler_name(space))]),
         )
     try:
         grid = tuner.fit()
@@ -234,6 +242,51 @@ class GroupReaper(tune.Callback):
         if removed:
             self.removed += len(removed)
             print(f"[wmtp] freed {len(removed)} placement group(s) left reserved by ended trials", flush=True)
+
+
+class TrialEvents(tune.Callback):
+    """One console line per trial event, like `wmtp train`'s progress lines (Ray Tune's own status
+    tables only with `--verbose`): started (with its values), a new value of the tuned metric,
+    stopped early by the scheduler, finished, failed."""
+
+    def __init__(self, metric: str, total_steps: int, scheduler: str = "ASHA") -> None:
+        self.metric, self.total_steps, self.scheduler = metric, total_steps, scheduler
+        self._last: dict[str, float] = {}
+
+    @staticmethod
+    def _name(trial: Any) -> str:
+        return f"trial {trial.trial_id.rsplit('_', 1)[-1]}"
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        values = " ".join(f"{str(k).rsplit('.', 1)[-1]}={_short(v)}" for k, v in (trial.config or {}).items())
+        print(f"[tune] {self._name(trial)} started: {values}", flush=True)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        value = result.get(self.metric)
+        if not isinstance(value, int | float) or self._last.get(trial.trial_id) == value:
+            return
+        self._last[trial.trial_id] = value
+        print(f"[tune] {self._name(trial)} step {int(result.get('step', 0) or 0)}/{self.total_steps}: "
+              f"{self.metric} {value:.4g}", flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        step = int(last.get("step", 0) or 0)
+        value = self._last.get(trial.trial_id)
+        shown = f", {self.metric} {value:.4g}" if value is not None else ""
+        if step < self.total_steps:
+            print(f"[tune] {self._name(trial)} stopped by {self.scheduler} at iteration "
+                  f"{last.get('training_iteration', 0)} (step {step}/{self.total_steps}){shown}", flush=True)
+        else:
+            print(f"[tune] {self._name(trial)} finished at step {step}/{self.total_steps}{shown}", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        reason = str(getattr(trial, "error_msg", None) or "").strip().splitlines()
+        print(f"[tune] {self._name(trial)} failed: {reason[-1][:200] if reason else 'see the trial logs'}", flush=True)
+
+
+def scheduler_name(space: TuneSpace) -> str:
+    return "ASHA" if isinstance(space.scheduler, AshaScheduler) else "the scheduler"
 
 
 def _join(storage_path: str, name: str) -> str:
@@ -353,8 +406,7 @@ def _fate(result: Any, metrics: Mapping[str, Any], status: str | None, space: Tu
             steps = None
     step = metrics.get("step")
     if steps is not None and isinstance(step, int | float) and step < steps:
-        who = "ASHA" if isinstance(space.scheduler, AshaScheduler) else "the scheduler"
-        return f"stopped by {who} at iteration {metrics.get('training_iteration', 0)} (step {int(step)})"
+        return f"stopped by {scheduler_name(space)} at iteration {metrics.get('training_iteration', 0)} (step {int(step)})"
     return FATE_COMPLETED
 
 

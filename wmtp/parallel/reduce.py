@@ -118,7 +118,7 @@ def global_max_value(x: float, layout: DistEnv) -> float:
 
 
 def per_rank_values(values: dict[str, Tensor | float], layout: DistEnv) -> dict[str, Tensor]:
-    """Every rank's `values` (0-dim, this rank's own) under per-rank names `rank/<r>/<name>`, on
+    """Every rank's `values` (0-dim, this rank's own) under per-rank names `worker/<r>/<name>`, on
     every rank (one all_gather of a float64 vector: every rank calls it, with the same keys).
     `{}` in one process, where the global values are the rank's (docs/TRACKING.md lists them)."""
     if not layout.distributed:
@@ -128,7 +128,7 @@ def per_rank_values(values: dict[str, Tensor | float], layout: DistEnv) -> dict[
                         for k in keys])
     parts = [torch.empty_like(mine) for _ in range(layout.world_size)]
     dist.all_gather(parts, mine)
-    return {f"rank/{r}/{k}": parts[r][i] for r in range(layout.world_size) for i, k in enumerate(keys)}
+    return {f"worker/{r}/{k}": parts[r][i] for r in range(layout.world_size) for i, k in enumerate(keys)}
 
 
 def gather_cat(x: Tensor, layout: DistEnv) -> Tensor:

@@ -202,7 +202,7 @@ class Rho1WeightedRecipe:
                 **self.rank_metrics(fed, rho1_parts)}, tokens
 
     def rank_metrics(self, fed, rho1_parts) -> dict[str, torch.Tensor]:
-        """Per-rank values (`rank/<r>/...`, 2+ ranks) that find a straggler or a skewed shard: the
+        """Per-rank values (`worker/<r>/...`, 2+ ranks) that find a straggler or a skewed shard: the
         real tokens this rank learned from this step, and its head-1 targets and their mean excess
         loss over the reference (global `train/rho1/mean_excess/head1` = Σ_r n_r · e_r / Σ_r n_r)."""
         mine = step_rho1_stats(rho1_parts)  # this rank's micro-batches only

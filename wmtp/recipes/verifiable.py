@@ -253,7 +253,7 @@ class VerifiableRecipe:
         return stats, tokens
 
     def rank_metrics(self, fed, step_weights, labels) -> dict[str, torch.Tensor]:
-        """Per-rank values (`rank/<r>/...`, 2+ ranks) that find a straggler or a skewed shard: the
+        """Per-rank values (`worker/<r>/...`, 2+ ranks) that find a straggler or a skewed shard: the
         real tokens this rank learned from this step, its weighted targets and their mean weight
         (global `train/weights/mean` = Σ_r targets_r · mean_r / Σ_r targets_r)."""
         masks = [lab != -100 for lab in labels]

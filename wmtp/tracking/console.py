@@ -21,7 +21,6 @@ import datetime
 import json
 import math
 import os
-import shlex
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from wmtp.tracking.base import MetricLogger, MultiLogger
+from wmtp.tracking.rerun import command_line
 
 SUMMARY_FILE = "summary.json"
 
@@ -36,6 +36,13 @@ SUMMARY_FILE = "summary.json"
 # the summary): the critic recipe's AUC, unweighted validation CE of head 1 for the others.
 KEY_METRIC: dict[str, tuple[str, str]] = {"critic": ("val/critic_auc", "max")}
 DEFAULT_KEY_METRIC = ("val/ce", "min")
+
+# The summary's eval commands: one sized to finish in about a minute on a 2-core laptop (the micro
+# model samples ~4 completions/s there: 40 tasks × 5 = 200 samples, docs/EVALUATION.md), and the
+# full size beside it (every task of the bundled test split, 20 samples each: ~15 minutes).
+QUICK_EVAL = "--n 5 --k 1,5 --limit 40"
+FULL_EVAL = "--n 20 --k 1,5,10"
+NEXT_NOTES = {"eval": "about a minute on a laptop", "eval_full": "full size: every task, 20 samples"}
 
 # Phases in the order a run goes through them (the summary prints the ones measured).
 PHASE_ORDER = ("cluster_start", "worker_start", "setup", "steps", "validation", "checkpoints", "export",
@@ -81,13 +88,6 @@ def _loss_key(metrics: Mapping[str, float]) -> str | None:
         if found is not None:
             return found
     return None
-
-
-def command_line() -> str:
-    """This process's command, ready to paste (`wmtp ...` for the console script and `-m wmtp`)."""
-    argv = list(sys.argv)
-    head = "wmtp" if argv and (Path(argv[0]).name in ("wmtp", "__main__.py")) else shlex.join(argv[:1])
-    return " ".join([head, *(shlex.quote(a) for a in argv[1:])])
 
 
 def latest_checkpoint(candidates: list[Path]) -> Path | None:
@@ -244,6 +244,7 @@ class RunConsole:
 
     def _write_validation(self, values: Mapping[str, float], step: int) -> None:
         shown = [k for k in values if k.startswith(("val/", "eval/")) and "_head" not in k][:6]
+        shown += [k for k in per_head(values, "val/ce_head") if k != "val/ce_head1"]  # head 1 is val/ce
         body = "  ".join(f"{k} {_fmt(values[k])}" for k in shown)
         self._write(f"[{self.run_name}] validation @ step {step}: {body}")
 
@@ -287,7 +288,8 @@ class RunConsole:
         config = self.run_dir / "config.yaml"
         nxt: dict[str, str] = {}
         if (export / "params.json").exists() and self.recipe != "critic":
-            nxt["eval"] = f"wmtp eval --checkpoint {_short(export)} --benchmark synthetic --n 20 --k 1,5,10"
+            nxt["eval"] = f"wmtp eval --checkpoint {_short(export)} --benchmark synthetic {QUICK_EVAL}"
+            nxt["eval_full"] = f"wmtp eval --checkpoint {_short(export)} --benchmark synthetic {FULL_EVAL}"
         if mlflow:
             uri = mlflow["tracking_uri"]
             nxt["mlflow_ui"] = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:")
@@ -389,6 +391,9 @@ def format_summary(summary: Mapping[str, Any], *, brief: bool = False) -> list[s
     lines.append("time      " + "  ".join(f"{k.replace('_', ' ')} {_seconds(v)}"
                                           for k, v in summary["phases_s"].items()))
     lines.append(f"final     {metrics}")
+    heads = per_head(final, "train/ce_head") + per_head(final, "val/ce_head")
+    if len(heads) > 2:  # an MTP run: every head's loss
+        lines.append("per head  " + "  ".join(f"{k} {_fmt(final[k])}" for k in heads))
     for label, line in (("weights", weights_line(final)), ("critic", critic_line(final))):
         if line:
             lines.append(f"{label:<9} {line}")
@@ -403,10 +408,17 @@ def format_summary(summary: Mapping[str, Any], *, brief: bool = False) -> list[s
     if mlflow:
         lines.append(f"mlflow    run {mlflow['run_id']}  {mlflow['ui_url']}")
     lines.append("next:")
-    lines += [f"  {cmd}" for key, cmd in nxt.items() if key != "resume"]
+    lines += [f"  {cmd}" + (f"    # {NEXT_NOTES[key]}" if key in NEXT_NOTES else "")
+              for key, cmd in nxt.items() if key != "resume"]
     verb = "resume" if status != "FINISHED" else "rerun (resumes; a new run.name starts afresh)"
     lines.append(f"  {nxt['resume']}    # {verb}")
     return lines
+
+
+def per_head(values: Mapping[str, float], prefix: str) -> list[str]:
+    """`prefix1`, `prefix2`, ... present in `values`, in head order (`train/ce_head` → per-head CE)."""
+    heads = [k for k in values if k.startswith(prefix) and k[len(prefix):].isdigit()]
+    return sorted(heads, key=lambda k: int(k[len(prefix):]))
 
 
 def report_failure(exc: BaseException) -> None:

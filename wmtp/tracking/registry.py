@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -161,11 +162,21 @@ def build_run_logger(cfg, *, is_main: bool = True, parent_run_id: str | None = N
     if console is None and "stdout" in t.backends:
         console = RunConsole(cfg.train.steps, run_name=run_name(cfg), run_dir=run_dir(cfg), recipe=cfg.recipe,
                              preset=cfg.run.preset, brief=brief)
-    return build_logger(list(t.backends), run_dir=run_dir(cfg), run_name=label or run_name(cfg),
+    return build_logger(list(t.backends), run_dir=run_dir(cfg), run_name=label or run_title(cfg),
                         experiment=t.experiment,
                         uri=t.uri, artifact_location=t.artifact_location, is_main=is_main,
                         parent_run_id=parent_run_id, total_steps=cfg.train.steps, console=console,
                         tags=run_tags(cfg))
+
+
+def run_title(cfg) -> str:
+    """The MLflow run's name: the run name, which by default is `<recipe>-<preset>`; a custom
+    `run.name` that does not say them gets ` (<recipe>, <preset>)` so the runs list still does."""
+    from wmtp.config.paths import run_name
+
+    name, preset = run_name(cfg), cfg.run.preset
+    missing = [part for part in (cfg.recipe, preset) if part and part not in name]
+    return f"{name} ({', '.join(missing)})" if missing else name
 
 
 def trial_label(trial_id: str, params: Mapping[str, Any]) -> str:
@@ -190,10 +201,23 @@ def run_tags(cfg) -> dict[str, str]:
     return tags
 
 
+GIT_COMMIT_ENV_VAR = "WMTP_GIT_COMMIT"  # set by the driver for its Ray Train workers (launch.py)
+GIT_COMMIT_METADATA_KEY = "git_commit"  # `ray job submit --metadata-json '{"git_commit": ...}'` (docs/CLUSTER.md)
+
+
 def git_commit(cwd: str | Path | None = None) -> str | None:
-    """HEAD of the git checkout at `cwd` (None outside one, e.g. a `ray job submit` working dir)."""
+    """The code's commit: `WMTP_GIT_COMMIT` (a worker, given it by its driver), else HEAD of the git
+    checkout at `cwd`, else the `git_commit` a `ray job submit` captured on the submit side into the
+    job's metadata (the job's working dir is an upload without `.git`); None when none is known."""
+    if os.environ.get(GIT_COMMIT_ENV_VAR):
+        return os.environ[GIT_COMMIT_ENV_VAR]
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else None
+        pass
+    from wmtp.tracking.rerun import submitted_job_metadata
+
+    metadata = submitted_job_metadata(dict(os.environ)) or {}
+    return metadata.get(GIT_COMMIT_METADATA_KEY) or None
