@@ -53,9 +53,9 @@ def test_step_metrics_carry_gpu_memory_only_on_cuda():
     meter = ThroughputMeter(memory=memory_metrics(cuda, CudaQueries()))
     metrics = meter.metrics()
     assert metrics["perf/gpu_mem_peak_gib"] == 5.0 and metrics["perf/gpu_mem_reserved_gib"] == 4.0
-    assert not [k for k in metrics if k.startswith("rank/")]  # one process: the rank's own values
+    assert not [k for k in metrics if k.startswith("worker/")]  # one process: the rank's own values
     # The dashboard's gauges read this rank's values (rank-tagged), never the per-rank copies.
-    assert _first_match({"rank/1/perf/gpu_mem_peak_gib": 9.0, **metrics}, GAUGES["gpu_mem_peak_gib"][1]) == 5.0
+    assert _first_match({"worker/1/perf/gpu_mem_peak_gib": 9.0, **metrics}, GAUGES["gpu_mem_peak_gib"][1]) == 5.0
     # CPU: the meter built by the recipes has no memory callable, and logs no GPU key.
     from wmtp.config.loader import load_config
     from wmtp.model.transformer import build_model

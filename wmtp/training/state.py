@@ -121,7 +121,7 @@ def throughput_meter(model: nn.Module, cfg: WMTPConfig, layout: DistEnv):
 
 def memory_metrics(layout: DistEnv, cuda=None):
     """A callable for the meter: this rank's GPU memory as `perf/gpu_mem_*` (the dashboard gauges,
-    tagged by rank, read these) and every rank's as `rank/<r>/perf/gpu_mem_*` (one all_gather: the
+    tagged by rank, read these) and every rank's as `worker/<r>/perf/gpu_mem_*` (one all_gather: the
     meter's metrics are logged on every rank at the same steps)."""
     from wmtp.parallel.reduce import per_rank_values
     from wmtp.training.device_memory import gpu_memory
