@@ -13,7 +13,8 @@ in docs/MATH.md ("Weight diagnostics"):
                                           of the same row; exactly 0.5 in expectation when s is
                                           permuted within each row
 
-    pooled_diagnostics(w, rel)            the first four as 0-dim tensors for a training step's log
+    pooled_diagnostics(w, rel, valid)     the first four as 0-dim tensors for a training step's log,
+                                          from 1-D values that ranks gather and pool
 
 Pure torch, float64. The step-time measures make no host sync (the loop syncs all stats once per
 log); the AUCs, used offline, return floats.
