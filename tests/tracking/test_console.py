@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from wmtp.tracking.console import RunConsole, end_run, format_summary, status_of
+from wmtp.tracking.console import RunConsole, end_run, format_summary, status_of, tell
 from wmtp.tracking.phases import add_phase, phase_seconds, reset_phases, timed
 from wmtp.tracking.registry import build_logger
 
@@ -120,6 +120,17 @@ def test_summary_shows_the_weight_diagnostics_and_critic_quality_on_their_own_li
     assert "weights   ess 0.5160  spearman(position) 0.7900  mean by quarter 0.3100/0.6000/1.1000/2.3100" in lines
     assert ("critic    final-value AUC 0.6000 (0.5 = chance)  decisive TD-error AUC 0.5400 (0.5 = blind, low = sees "
             "the bug)  on 64 validation solutions") in lines
+
+
+def test_tell_reaches_the_console_backend_else_prints(tmp_path, capsys):
+    from wmtp.tracking.base import MultiLogger
+    from wmtp.tracking.jsonl import JsonlLogger
+
+    con, buf, _ = _console(tmp_path)
+    tell(MultiLogger([JsonlLogger(tmp_path / "m.jsonl"), con]), "warning: the critic is near chance")
+    assert "[demo] warning: the critic is near chance" in buf.getvalue()
+    tell(JsonlLogger(tmp_path / "n.jsonl"), "no console here")
+    assert "[wmtp] no console here" in capsys.readouterr().out
 
 
 def test_status_of():

@@ -65,6 +65,7 @@ from wmtp.recipes.loop import (
     weight_diagnostics,
 )
 from wmtp.tracking.base import MetricLogger
+from wmtp.tracking.console import tell
 from wmtp.tracking.heatmap import log_weight_heatmap
 from wmtp.tracking.phases import timed
 from wmtp.training.precision import autocast_context, compute_dtype
@@ -296,7 +297,7 @@ class VerifiableRecipe:
         quality = critic_quality(self.cfg, self.published_critic(), self.data, self.layout)
         message = near_chance_message(quality, self.cfg, "the critic")
         if message and self.layout.is_main:
-            print(f"[wmtp] {message}", flush=True)
+            tell(self.logger, message)
         return quality
 
     def train(self) -> dict[str, float]:

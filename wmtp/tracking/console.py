@@ -440,6 +440,18 @@ def report_failure(exc: BaseException) -> None:
         pass
 
 
+def tell(logger: Any, line: str) -> None:
+    """A line for the run's console: its `info` (on Ray the driver's, through the forwarding
+    backend); printed when the logger has no console backend."""
+    told = False
+    for leaf in _leaves(logger):
+        if callable(getattr(leaf, "info", None)):
+            leaf.info(line)
+            told = True
+    if not told:
+        print(f"[wmtp] {line}", flush=True)
+
+
 def _leaves(logger: Any) -> list[Any]:
     if isinstance(logger, MultiLogger):
         return [leaf for inner in logger.loggers for leaf in _leaves(inner)]
