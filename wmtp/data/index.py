@@ -175,10 +175,8 @@ def ensure_index(jsonl_path: str | Path, index_path: str | Path | None = None, t
     with file_lock(out.with_name(out.name + ".lock")):
         if index_is_fresh(jsonl_path, out, tokenizer, on_bad_line):
             meta = read_index_meta(out) or {}
-            build = IndexBuild(out, meta.get("records", 0), meta.get("skipped", 0), False, meta.get("skipped_at", []))
-        else:
-            build = build_index(jsonl_path, out, tokenizer, on_bad_line=on_bad_line, progress=progress)
-    return build
+            return IndexBuild(out, meta.get("records", 0), meta.get("skipped", 0), False, meta.get("skipped_at", []))
+        return build_index(jsonl_path, out, tokenizer, on_bad_line=on_bad_line, progress=progress)
 
 
 def require_records(jsonl_path: str | Path, build: IndexBuild) -> None:

@@ -16,6 +16,7 @@ from wmtp.model.transformer import Transformer
 from wmtp.parallel.build import is_fsdp_sharded
 from wmtp.parallel.reduce import DistEnv, global_sum
 from wmtp.training.step import n_heads_of, step_denominators
+from wmtp.weighting.diagnostics import rank_auc
 
 
 @torch.no_grad()
@@ -40,14 +41,9 @@ def validate_policy(model: Transformer, batches: list[Batch], cfg: WMTPConfig, l
 
 
 def roc_auc(scores: Tensor, labels: Tensor) -> float:
-    """AUC of `scores` separating `labels` (bool), by the rank-sum statistic (ties get half)."""
-    scores, labels = scores.double().flatten(), labels.bool().flatten()
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    greater = (scores[labels][:, None] > scores[~labels][None, :]).double().sum()
-    ties = (scores[labels][:, None] == scores[~labels][None, :]).double().sum()
-    return float((greater + 0.5 * ties) / (n_pos * n_neg))
+    """AUC of `scores` separating `labels` (bool), ties counted half; NaN with one class only
+    (the project's one implementation: `weighting.diagnostics.rank_auc`)."""
+    return rank_auc(scores, labels)
 
 
 def final_values(values: Tensor, batch: Batch) -> Tensor:

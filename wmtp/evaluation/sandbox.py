@@ -223,6 +223,13 @@ def describe(e):
     except BaseException:
         return type(e).__name__
 
+def fresh_main():
+    """An empty `__main__` module for the program: the harness's globals are not in it."""
+    main = type(sys)("__main__")
+    main.__builtins__ = builtins
+    sys.modules["__main__"] = main
+    return main
+
 def run_calls(fd):
     """Call mode: run the program, then call its entry point once per argument list and send back
     what each call returned (or raised). No expected value is in this process: the parent judges."""
@@ -233,9 +240,7 @@ def run_calls(fd):
         send(fd, {"program": describe(e)})
         _exit(0)
     guard()
-    main = type(sys)("__main__")
-    main.__builtins__ = builtins
-    sys.modules["__main__"] = main
+    main = fresh_main()
     try:
         exec(code, main.__dict__)
         if cfg["entry"] not in main.__dict__:
@@ -270,9 +275,7 @@ def run(report):
         report("failed", f"{type(e).__name__}: {e}")
         _exit(0)
     guard()
-    main = type(sys)("__main__")
-    main.__builtins__ = builtins
-    sys.modules["__main__"] = main
+    main = fresh_main()
     try:
         exec(code, main.__dict__)
         status, message = "passed", ""

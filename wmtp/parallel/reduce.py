@@ -131,6 +131,21 @@ def per_rank_values(values: dict[str, Tensor | float], layout: DistEnv) -> dict[
     return {f"worker/{r}/{k}": parts[r][i] for r in range(layout.world_size) for i, k in enumerate(keys)}
 
 
+def gather_fixed(x: Tensor, length: int, layout: DistEnv) -> Tensor:
+    """Every rank's 1-D `x` (at most `length` values) zero-padded to `length` and concatenated:
+    `[world_size * length]`. No size exchange, so no host sync (a step's metrics); callers mark
+    their real entries themselves."""
+    if x.numel() > length:
+        raise ValueError(f"gather_fixed: {x.numel()} values do not fit length {length}")
+    if not layout.distributed:
+        return x
+    padded = torch.zeros(length, dtype=x.dtype, device=x.device)
+    padded[:x.numel()] = x
+    parts = [torch.empty_like(padded) for _ in range(layout.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat(parts)
+
+
 def gather_cat(x: Tensor, layout: DistEnv) -> Tensor:
     """Concatenate a 1-D tensor from every rank (validation statistics such as AUC)."""
     if not layout.distributed:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from wmtp.config.schema import TrainConfig
+from wmtp.config.schema import TrainConfig, WMTPConfig
 from wmtp.parallel import reduce
 from wmtp.parallel.reduce import DistEnv
 from wmtp.recipes.interfaces import CheckpointSink
@@ -80,11 +80,18 @@ def stat_tensors(prefix: str, stats: Any) -> dict[str, Tensor]:
     return out
 
 
-def weight_diagnostics(w: Tensor, mask: Tensor, layout: DistEnv, prefix: str = "train/weights") -> dict[str, Tensor]:
+def weight_diagnostics(w: Tensor, mask: Tensor, layout: DistEnv, capacity: int,
+                       prefix: str = "train/weights") -> dict[str, Tensor]:
     """The step's token-weight diagnostics over its global batch (docs/MATH.md "Weight
     diagnostics"): every rank's (weight, relative position, valid) triples of `w, mask [B, S]`
-    gathered and pooled; 0-dim tensors, synced with the other stats."""
+    gathered at a fixed size (`capacity` ≥ B·S targets per rank: no host sync) and pooled; 0-dim
+    tensors, synced with the other stats."""
     m = mask.bool()
     triples = torch.stack([w.detach().double(), relative_position(m), m.double()], dim=-1).flatten()
-    pooled = reduce.gather_cat(triples, layout).view(-1, 3)
+    pooled = reduce.gather_fixed(triples, 3 * capacity, layout).view(-1, 3)
     return pooled_diagnostics(pooled[:, 0], pooled[:, 1], pooled[:, 2] > 0, f"{prefix}/")
+
+
+def step_capacity(cfg: WMTPConfig) -> int:
+    """Most targets one rank's step can hold: every micro-batch full at `data.max_seq_len`."""
+    return cfg.data.batch_size * cfg.data.grad_accum * cfg.data.max_seq_len

@@ -38,6 +38,7 @@ from wmtp.recipes.loop import (
     log_step,
     save_checkpoint,
     stat_tensors,
+    step_capacity,
     validation_due,
     weight_diagnostics,
 )
@@ -175,11 +176,12 @@ class Rho1WeightedRecipe:
                 out = policy(scored.batch.tokens)
                 policy_losses = mtp_token_losses(out.hidden, policy.output.weight, lab, cfg.train.loss_chunk_size)
                 w, rstats = self.weights(policy_losses, scored.ref_losses, lab)
-                rho1_parts.append((rstats, valid_mask(lab, self.n_heads).sum((0, 1))))
+                valid = valid_mask(lab, self.n_heads)
+                rho1_parts.append((rstats, valid.sum((0, 1))))
                 if cfg.rho1.shuffle:  # control: the same weights at random places of each row
-                    w = shuffle_within_rows(w, valid_mask(lab, self.n_heads), step_generator(
+                    w = shuffle_within_rows(w, valid, step_generator(
                         cfg.run.seed, self.layout.rank, step * cfg.data.grad_accum + micro))
-                head1.append((w[..., 0], valid_mask(lab, self.n_heads)[..., 0]))
+                head1.append((w[..., 0], valid[..., 0]))
                 res = mtp_cross_entropy(out.hidden, policy.output.weight, lab, weights=w,
                                         head_coefficients=self.coefs, denominators=denom,
                                         chunk_size=cfg.train.loss_chunk_size)
@@ -198,7 +200,8 @@ class Rho1WeightedRecipe:
                 **stat_tensors("train/rho1", step_rho1_stats(rho1_parts, reduce.reduce_fn(self.layout))),
                 # head 1's weights as applied (shuffle included), pooled over the global batch
                 **weight_diagnostics(streams.stack_padded([w for w, _ in head1]),
-                                     streams.stack_padded([v for _, v in head1]), self.layout),
+                                     streams.stack_padded([v for _, v in head1]), self.layout,
+                                     step_capacity(cfg)),
                 **self.rank_metrics(fed, rho1_parts)}, tokens
 
     def rank_metrics(self, fed, rho1_parts) -> dict[str, torch.Tensor]:

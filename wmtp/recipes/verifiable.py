@@ -61,6 +61,7 @@ from wmtp.recipes.loop import (
     log_step,
     save_checkpoint,
     stat_tensors,
+    step_capacity,
     validation_due,
     weight_diagnostics,
 )
@@ -182,7 +183,7 @@ class VerifiableRecipe:
         if self.cfg.stage2.value_weighting.shuffle:  # control: the same weights at random places of each row
             w = shuffle_within_rows(w, mask, step_generator(self.cfg.run.seed, self.layout.rank, step))
         return streams.split_padded(w, [lab.shape for lab in labels]), {
-            **stat_tensors("train/weights", wstats), **weight_diagnostics(w, mask, self.layout)}
+            **stat_tensors("train/weights", wstats), **weight_diagnostics(w, mask, self.layout, step_capacity(self.cfg))}
 
     def step(self, step: int):
         cfg, vl = self.cfg, self.cfg.stage2.value_loss

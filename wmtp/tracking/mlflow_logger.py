@@ -258,10 +258,8 @@ class MlflowLogger:
 
     def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(local_path)
-        if path.is_dir():
-            self.outage.call(f"artifact {path}", lambda: self.client.log_artifacts(self.run_id, str(path), artifact_path))
-        else:
-            self.outage.call(f"artifact {path}", lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+        upload = self.client.log_artifacts if path.is_dir() else self.client.log_artifact
+        self.outage.call(f"artifact {path}", lambda: upload(self.run_id, str(path), artifact_path))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in redact(tags).items():
