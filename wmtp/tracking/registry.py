@@ -202,7 +202,6 @@ def run_tags(cfg) -> dict[str, str]:
 
 
 GIT_COMMIT_ENV_VAR = "WMTP_GIT_COMMIT"  # set by the driver for its Ray Train workers (launch.py)
-GIT_COMMIT_METADATA_KEY = "git_commit"  # `ray job submit --metadata-json '{"git_commit": ...}'` (docs/CLUSTER.md)
 
 
 def git_commit(cwd: str | Path | None = None) -> str | None:
@@ -217,7 +216,7 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
             return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         pass
-    from wmtp.tracking.rerun import submitted_job_metadata
+    from wmtp.tracking.rerun import GIT_COMMIT_KEY, submitted_job_metadata
 
     metadata = submitted_job_metadata(dict(os.environ)) or {}
-    return metadata.get(GIT_COMMIT_METADATA_KEY) or None
+    return metadata.get(GIT_COMMIT_KEY) or None

@@ -51,7 +51,7 @@ def command_line(argv: list[str] | None = None, environ: dict[str, str] | None =
     return " ".join(parts)
 
 
-GIT_COMMIT_KEY = "git_commit"
+GIT_COMMIT_KEY = "git_commit"  # `ray job submit --metadata-json '{"git_commit": ...}'` (docs/CLUSTER.md)
 CAPTURE_COMMIT = "$(git rev-parse HEAD)"
 
 
