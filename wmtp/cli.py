@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     from wmtp.data import commands as data_commands
     from wmtp.evaluation import commands as eval_commands
     from wmtp.orchestration import commands as tune_commands
-    from wmtp.orchestration import study_command
+    from wmtp.study import command as study_command
 
     for module in (data_commands, eval_commands, tune_commands, study_command):
         module.register(sub)

@@ -91,6 +91,9 @@ class DataConfig(Section):
     synth_problems: int = Field(2000, ge=10, description="Problems generated for the bundled synthetic task.")
     synth_seed: int = Field(0, description="Seed of the synthetic task generator.")
     samples: Literal["correct", "all"] = Field("correct", description="Which solutions the policy learns from (the critic always sees all).")
+    draw: Literal["recipe", "samples", "all"] = Field(
+        "recipe", description="Which solutions the training stream draws: the recipe's own choice (verifiable: all, "
+                              "the policy masks by `samples`; baseline, Rho-1: `samples`), only the `samples` ones, or all.")
     sampler: Literal["random", "pairwise", "difficulty_balanced", "length_balanced", "curriculum"] = Field(
         "random", description="How training batches are drawn from the metadata index.")
     max_seq_len: int = Field(128, ge=8, description="Longer samples are truncated to this many tokens.")

@@ -76,6 +76,19 @@ def train_stream(data: TrainingData, cfg: WMTPConfig, layout: DistEnv, *, sample
     return BatchStream(data, s, cfg.data.batch_size, layout.device, pairs=name == "pairwise")
 
 
+# What each recipe's training stream draws by default (others: `data.samples`): the critic and the
+# verifiable recipe see every solution; the policy mask (`policy_labels`) picks what a policy learns from.
+RECIPE_DRAWS = {"verifiable": "all", "critic": "all"}
+
+
+def drawn_samples(cfg: WMTPConfig) -> str:
+    """The solutions the run's training stream draws (`data.draw`): the recipe's default, only the
+    ones the policy learns from (`data.samples`), or all of them. A study draws the same batches for
+    every arm of a setting this way."""
+    return {"recipe": RECIPE_DRAWS.get(cfg.recipe, cfg.data.samples), "samples": cfg.data.samples,
+            "all": "all"}[cfg.data.draw]
+
+
 def valid_batches(data: TrainingData, cfg: WMTPConfig, layout: DistEnv, *, samples: str = "all",
                   n_batches: int | None = None) -> list[Batch]:
     """A fixed validation set: the first `eval_batches` batches of a seeded order, per rank."""

@@ -45,7 +45,7 @@ class BaselineRecipe:
         self.policy = build_trainable(policy, cfg, cfg.optim.lr)
         self.n_heads = n_heads_of(policy)
         self.coefs = head_coefficients(cfg, self.n_heads)
-        self.stream = streams.train_stream(self.data.train, cfg, self.layout)
+        self.stream = streams.train_stream(self.data.train, cfg, self.layout, samples=streams.drawn_samples(cfg))
         self.valid = streams.valid_batches(self.data.valid, cfg, self.layout)
         self.meter = throughput_meter(policy, cfg, self.layout)
         self.gen_tasks = generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []

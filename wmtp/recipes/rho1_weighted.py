@@ -98,7 +98,7 @@ class Rho1WeightedRecipe:
         self.coefs = head_coefficients(cfg, self.n_heads)
         self.policy = build_trainable(policy, cfg, cfg.optim.lr)
         self.scorer = self.build_scorer()
-        stream = streams.train_stream(self.data.train, cfg, self.layout)
+        stream = streams.train_stream(self.data.train, cfg, self.layout, samples=streams.drawn_samples(cfg))
         depth = cfg.orchestration.queue_depth if self.scorer_factory is not None else 0
         self.feed = ExperienceFeed(stream, self.scorer, depth)
         self.valid = streams.valid_batches(self.data.valid, cfg, self.layout)

@@ -78,10 +78,9 @@ from wmtp.training.step import (
     optimizer_step,
     step_denominators,
 )
-from wmtp.weighting.gae import compute_gae
 from wmtp.weighting.normalize import build_normalizer
-from wmtp.weighting.shuffle import shuffle_within_rows, step_generator
-from wmtp.weighting.weights import advantage_weights, weight_stats
+from wmtp.weighting.shuffle import step_generator
+from wmtp.weighting.weights import advantage_weights, position_advantages, value_weights
 
 
 class VerifiableRecipe:
@@ -113,7 +112,7 @@ class VerifiableRecipe:
         self.normalizer = build_normalizer(vw.td_error_normalization, momentum=vw.ema_momentum,
                                            warmup_steps=vw.ema_warmup_steps)
         # The critic sees correct and incorrect solutions; the policy mask picks what it learns from.
-        stream = streams.train_stream(self.data.train, cfg, self.layout, samples="all")
+        stream = streams.train_stream(self.data.train, cfg, self.layout, samples=streams.drawn_samples(cfg))
         self.scorer = (self.scorer_factory(self.spec, None) if self.scorer_factory is not None
                        else LearnerScorer(self.spec, self.published_critic()))
         self.feed = ExperienceFeed(stream, self.scorer, 0 if self.scorer_factory is None
@@ -153,8 +152,8 @@ class VerifiableRecipe:
 
     def advantages(self, scored_batches) -> list[torch.Tensor]:
         """Each micro-batch's advantages `[B, S]`: the critic's GAE, or (`source: position`, the
-        position-only control) the same GAE with V ≡ the critic's mean value over the response
-        states of the step's global batch, so they depend on position and outcome only."""
+        position-only control) `position_advantages` with V ≡ the critic's mean value over the
+        response states of the step's global batch."""
         vw = self.cfg.stage2.value_weighting
         if vw.source != "position":
             return [s.advantages for s in scored_batches]
@@ -163,25 +162,22 @@ class VerifiableRecipe:
             sum((s.values_old.double() * r).sum() for s, r in zip(scored_batches, responses)),
             sum(r.sum() for r in responses).double()]), self.layout)
         mean = totals[0] / totals[1].clamp_min(1.0)
-        return [compute_gae(mean.to(s.values_old.dtype).expand_as(s.values_old).clone(), r,
-                            s.batch.is_correct.to(s.values_old.dtype), vw.gae_gamma, vw.gae_lambda, vw.reward,
-                            truncated=s.batch.truncated)[0]
+        return [position_advantages(s.values_old, r, s.batch.is_correct, mean, vw.gae_gamma, vw.gae_lambda,
+                                    vw.reward, truncated=s.batch.truncated)
                 for s, r in zip(scored_batches, responses)]
 
     def step_weights(self, scored_batches, labels, step: int = 0):
-        """Weights of every micro-batch of the step from ONE normalisation over the global batch
-        (all micro-batches, all ranks), so grad accumulation does not change them; the EMA
-        normaliser is updated once per step. Also returns their statistics and diagnostics
-        (`train/weights/*`, of the weights as applied, shuffle included)."""
+        """Weights of every micro-batch of the step (`weighting.weights.value_weights`) from ONE
+        normalisation over the global batch (all micro-batches, all ranks), so grad accumulation
+        does not change them; the EMA normaliser is updated once per step. Also returns their
+        statistics and diagnostics (`train/weights/*`, of the weights as applied, shuffle included)."""
+        vw = self.cfg.stage2.value_weighting
         mask = streams.stack_padded([lab != -100 for lab in labels])
-        if self.cfg.stage2.value_weighting.source == "uniform":  # control: the same batches, weight 1
-            w = mask.to(torch.float32)
-            one = torch.ones((), dtype=torch.float64, device=w.device)
-            wstats = weight_stats(w, mask, one, one * 0, reduce.reduce_fn(self.layout), reduce.reduce_max_fn(self.layout))
-        else:
-            w, wstats = self.weights(streams.stack_padded(self.advantages(scored_batches)), mask, update=True)
-        if self.cfg.stage2.value_weighting.shuffle:  # control: the same weights at random places of each row
-            w = shuffle_within_rows(w, mask, step_generator(self.cfg.run.seed, self.layout.rank, step))
+        advantages = None if vw.source == "uniform" else streams.stack_padded(self.advantages(scored_batches))
+        w, wstats = value_weights(vw, advantages, mask, normalizer=self.normalizer, update=True,
+                                  reduce_fn=reduce.reduce_fn(self.layout),
+                                  reduce_max_fn=reduce.reduce_max_fn(self.layout),
+                                  generator=step_generator(self.cfg.run.seed, self.layout.rank, step))
         return streams.split_padded(w, [lab.shape for lab in labels]), {
             **stat_tensors("train/weights", wstats), **weight_diagnostics(w, mask, self.layout, step_capacity(self.cfg))}
 

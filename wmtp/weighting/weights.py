@@ -120,3 +120,37 @@ def advantage_weights(
     normalizer = normalizer if normalizer is not None else ZScoreNormalizer()
     a_hat = normalizer(adv.detach(), mask, update=update, stats=stats, reduce_fn=reduce_fn)
     return exp_clip_weights(a_hat, mask, temperature, clip_min, clip_max, renormalize, reduce_fn, reduce_max_fn)
+
+
+def position_advantages(values: Tensor, response: Tensor, outcome: Tensor, mean_value: Tensor, gamma: float,
+                        lam: float, reward_mode: str, truncated: Tensor | None = None) -> Tensor:
+    """The position-only control's advantages `[B, S]`: the same GAE with a constant critic,
+    V ≡ `mean_value` (the critic's mean over the global batch's response states), so they depend on
+    the target's position and the solution's outcome only. values `[B, S]` give shape and dtype."""
+    from wmtp.weighting.gae import compute_gae
+
+    constant = mean_value.to(values.dtype).expand_as(values).clone()
+    return compute_gae(constant, response, outcome.to(values.dtype), gamma, lam, reward_mode, truncated=truncated)[0]
+
+
+def value_weights(vw, advantages: Tensor, mask: Tensor, *, normalizer: Normalizer | None = None, update: bool = True,
+                  reduce_fn: ReduceFn | None = None, reduce_max_fn: ReduceFn | None = None,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, WeightStats]:
+    """`stage2.value_weighting` (`vw`) → the target-indexed token weights `[B, S]` of one global
+    batch and their statistics: weight 1 on every target (`source: uniform`), else
+    `advantage_weights` of `advantages` (the critic's GAE, or `position_advantages` for
+    `source: position`), then permuted within each row when `vw.shuffle` (`generator`). The one
+    implementation the verifiable recipe trains with and the study's diagnostics measure."""
+    from wmtp.weighting.shuffle import shuffle_within_rows
+
+    if vw.source == "uniform":
+        w = mask.to(torch.float32)
+        one = torch.ones((), dtype=torch.float64, device=w.device)
+        stats = weight_stats(w, mask, one, one * 0, reduce_fn, reduce_max_fn)
+    else:
+        w, stats = advantage_weights(advantages, mask, vw.weight_temperature, vw.weight_clip_min, vw.weight_clip_max,
+                                     vw.renormalize, normalizer, update=update, reduce_fn=reduce_fn,
+                                     reduce_max_fn=reduce_max_fn)
+    if vw.shuffle:
+        w = shuffle_within_rows(w, mask, generator)
+    return w, stats
