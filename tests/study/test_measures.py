@@ -1,90 +1,78 @@
-"""The study's measures against hand numbers and obvious references."""
+"""The study's measures against hand numbers and slow, obvious references."""
 
 from __future__ import annotations
 
+import json
 import math
 
-import numpy as np
-import pytest
 import torch
 
-from wmtp.evaluation.metrics import roc_auc
-from wmtp.evaluation.study_metrics import (
+from tests.recipes.test_weight_controls import _batch, _Critic, _recipe
+from wmtp.data.records import Record
+from wmtp.evaluation.decisive import decisive_token_mask
+from wmtp.study.measures import (
     RunMeasures,
-    aggregate,
-    bootstrap_ci,
-    decisive_token_mask,
+    decisive_pairs,
     family_of,
-    format_table,
-    rank_auc,
+    logged_weight_means,
     read_curves,
-    time_to_threshold,
-    weight_share,
+    run_token_weights,
+    variant_span,
 )
 
 
-def test_weight_share_hand_numbers():
-    w = torch.tensor([[0.0, 1.0, 3.0, 1.0, 1.0, 2.0]])
-    mask = torch.tensor([[False, True, True, True, True, True]])
-    decisive = torch.tensor([[True, False, True, False, False, False]])  # position 0 is outside the mask
-    share = weight_share(w, decisive, mask)
-    assert share["mass_share"] == pytest.approx(3 / 8)
-    assert share["token_share"] == pytest.approx(1 / 5)
-    assert share["lift"] == pytest.approx((3 / 8) / (1 / 5))
-    assert share["auc"] == 1.0  # 3 beats every other weight
-    assert math.isnan(weight_share(w, torch.zeros_like(decisive), mask)["auc"])
+def test_variant_span_is_the_variants_side_of_the_edit():
+    mutant, variant = "return x - 12\n", "return x + 12\n"
+    assert variant_span(mutant, variant) == (9, 10) and variant[9] == "+"
+    assert variant_span("return x\n", "return x + 1\n") == (8, 12)  # the variant has more
+    assert variant_span("ab", "ab") == (0, 0)
 
 
-def test_rank_auc_equals_the_pairwise_definition():
-    g = torch.Generator().manual_seed(0)
-    for _ in range(5):
-        s = torch.randint(0, 5, (40,), generator=g).double()  # many ties
-        y = torch.rand(40, generator=g) > 0.6
-        assert rank_auc(s, y) == pytest.approx(roc_auc(s, y), abs=1e-12)
+def test_decisive_pairs_pick_the_closest_correct_variant_of_the_same_problem():
+    recs = [Record("p1", "i", "", "return x + 1", True), Record("p1", "i", "", "return 1 + x", True),
+            Record("p2", "i", "", "return x - 1", True),
+            Record("p1", "i", "", "return x - 1", False, decisive_span=(9, 10)),
+            Record("p3", "i", "", "return 0", False, decisive_span=(7, 8))]  # no correct variant: skipped
+    mutants, spans, variants, vspans = decisive_pairs(recs, limit=10)
+    assert [m.output for m in mutants] == ["return x - 1"] and spans == [(9, 10)]
+    assert variants[0].output == "return x + 1" and vspans == [(9, 10)]
 
 
-def test_time_to_threshold_and_curves(tmp_path):
+def test_study_weights_are_the_recipes_weights():
+    """`run_token_weights` calls the function the recipe trains with: the same batch and critic give
+    the recipe's first-step weights, for the critic, the shuffled and the position-only arm."""
+    for source, shuffle in (("critic", False), ("critic", True), ("position", False)):
+        r = _recipe(source)
+        cfg = r.cfg.model_copy(deep=True)
+        cfg.stage2.value_weighting.shuffle = shuffle
+        r.cfg = cfg
+        batch = _batch()
+        from wmtp.recipes.experience import critic_experience
+
+        vw = cfg.stage2.value_weighting
+        scored = critic_experience(_Critic(3), batch, gamma=vw.gae_gamma, lam=vw.gae_lambda, reward_mode=vw.reward,
+                                   version=0)
+        (trained,), _ = r.step_weights([scored], [batch.labels], step=0)
+        measured = run_token_weights(cfg, batch, policy=None, critic=_Critic(3))
+        assert torch.allclose(trained, measured), (source, shuffle)
+    assert run_token_weights(_recipe("uniform").cfg, _batch(), policy=None, critic=_Critic(3)) is None
+
+
+def test_logged_weight_means_and_curves_against_trained_targets(tmp_path):
     log = tmp_path / "metrics.jsonl"
-    log.write_text("\n".join([
-        '{"params": {}}',
-        '{"step": 10, "metrics": {"perf/tokens_seen": 100, "train/loss": 3}}',
-        '{"step": 10, "metrics": {"val/ce": 2.5}}',
-        '{"step": 20, "metrics": {"perf/tokens_seen": 200, "val/ce": 1.4, "eval/pass_at_1": 0.125}}',
-        '{"step": 30, "metrics": {"perf/tokens_seen": 300, "val/ce": 1.2, "eval/pass_at_1": 0.25}}',
-    ]))
-    curves = read_curves(log, ["val/ce", "eval/pass_at_1"])
-    assert curves["val/ce"] == [(100.0, 2.5), (200.0, 1.4), (300.0, 1.2)]
-    assert time_to_threshold(curves["val/ce"], 1.5, "min") == 200.0
-    assert time_to_threshold(curves["eval/pass_at_1"], 0.25, "max") == 300.0
-    assert time_to_threshold(curves["eval/pass_at_1"], 0.5, "max") is None
+    rows = [{"step": 2, "metrics": {"train/weights/ess": 0.5, "train/weights/quarter_1": 0.2, "train/loss": 3.0}},
+            {"step": 2, "metrics": {"val/ce": 2.5}},
+            {"step": 4, "metrics": {"train/weights/ess": 0.7, "train/weights/quarter_1": float("nan")}},
+            {"step": 4, "metrics": {"val/ce": 2.0}}, {"event": "not a step"}]
+    log.write_text("\n".join(json.dumps(r) for r in rows))
+    means = logged_weight_means(log)
+    assert math.isclose(means["weights/ess"], 0.6) and means["weights/quarter_1"] == 0.2
+    assert read_curves(log, ["val/ce"], [10, 25, 40, 61]) == {"val/ce": [(25.0, 2.5), (61.0, 2.0)]}
 
 
-def test_bootstrap_ci_resamples_seeds_and_tasks():
-    assert bootstrap_ci([[1.0]]) == (1.0, 1.0, 1.0)
-    mean, lo, hi = bootstrap_ci([[0.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0]], seed=1)
-    assert mean == pytest.approx(7 / 12) and lo < mean < hi and 0 <= lo and hi <= 1
-    same = bootstrap_ci([[0.5], [0.5], [0.5]])
-    assert same == (0.5, 0.5, 0.5)
-    # agrees with a direct two-level resampling loop
-    rows = [np.array([0.0, 1.0, 1.0]), np.array([1.0, 0.0, 0.0, 0.0]), np.array([1.0, 1.0])]
-    rng = np.random.default_rng(3)
-    ref = []
-    for _ in range(1000):
-        picked = [rows[j] for j in rng.integers(0, 3, 3)]
-        ref.append(np.mean(np.concatenate([r[rng.integers(0, r.size, r.size)] for r in picked])))
-    _, lo, hi = bootstrap_ci([list(r) for r in rows], seed=3)
-    assert (lo, hi) == pytest.approx((np.quantile(ref, 0.025), np.quantile(ref, 0.975)))
-
-
-def test_aggregate_and_table():
-    runs = [RunMeasures("a", s, {"val/ce": 1.0 + s}, {"pass@1": [1.0, 0.0]}) for s in range(3)]
-    runs.append(RunMeasures("b", 0, {"val/ce": float("nan")}, {"pass@1": [1.0]}))
-    table = aggregate(runs, ["val/ce", "pass@1"], n_bootstrap=100)
-    assert table["a"]["val/ce"][0] == 2.0 and table["a"]["val/ce"][3] == 3
-    assert table["a"]["pass@1"][0] == 0.5
-    assert table["b"]["val/ce"][3] == 0
-    text = format_table(table, ["val/ce", "pass@1"], markdown=True)
-    assert "| a | 2.000 [" in text and "—" in text
+def test_run_measures_round_trip():
+    m = RunMeasures("critic", 1, {"pass@1": 0.5}, {"pass@1": {"t-0-1": 1.0}}, {"val/ce": [(10.0, 2.0)]})
+    assert RunMeasures.from_json(json.loads(json.dumps(m.to_json()))) == m
 
 
 def test_family_of_task_ids():

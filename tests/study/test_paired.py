@@ -11,7 +11,7 @@ import random
 import numpy as np
 import pytest
 
-from wmtp.evaluation.paired import (
+from wmtp.study.paired import (
     compare,
     hierarchical_bootstrap,
     paired_differences,

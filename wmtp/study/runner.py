@@ -136,8 +136,9 @@ def measure_ntp(cfg: WMTPConfig, plan: EvalPlan) -> dict[str, Any]:
     return {"pass@1": float(np.mean(list(passed.values()))), "tasks": len(passed)}
 
 
-def measure_critic_stage(cfg: WMTPConfig) -> dict[str, Any]:
-    """The critic export's quality on every validation solution (`evaluation.critic_quality`)."""
+def measure_critic_stage(cfg: WMTPConfig, plan: EvalPlan) -> dict[str, Any]:
+    """The critic export's quality on every validation solution (`evaluation.critic_quality`; the
+    first `max_valid_solutions` if set)."""
     from wmtp.data import streams
     from wmtp.evaluation.critic_quality import measure_critic
     from wmtp.model.checkpoint import load_value_model
@@ -146,7 +147,8 @@ def measure_critic_stage(cfg: WMTPConfig) -> dict[str, Any]:
     vw = cfg.stage2.value_weighting
     data = streams.load_data(cfg)
     q = measure_critic(load_value_model(export_dir(cfg)).eval(), data.valid, data.tokenizer, gamma=vw.gae_gamma,
-                       reward_mode=vw.reward, batch_size=64, layout=process_layout(False))
+                       reward_mode=vw.reward, batch_size=64, layout=process_layout(False),
+                       max_solutions=plan.max_valid_solutions)
     return {k.split("/", 1)[1]: v for k, v in q.items()}
 
 
@@ -177,7 +179,7 @@ def run_stage(spec: StudySpec, name: str, cfg: WMTPConfig, plan: EvalPlan, log: 
         t0 = time.perf_counter()
         run_training(cfg) if cfg.orchestration.enabled else run_in_process(cfg)
         minutes = (time.perf_counter() - t0) / 60
-    m = measure_ntp(cfg, plan) if name == "ntp" else measure_critic_stage(cfg)
+    m = measure_ntp(cfg, plan) if name == "ntp" else measure_critic_stage(cfg, plan)
     failed = gate(spec, name, m)
     m.update({"gate_passed": not failed, "gate_failed": failed, "steps": cfg.train.steps})
     if trained:
