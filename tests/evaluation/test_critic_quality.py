@@ -116,3 +116,44 @@ def test_max_solutions_and_the_slow_reference(valid):
                 if pos and neg else float("nan"))
     got = q["critic_quality/final_value_auc"]
     assert (math.isnan(got) and math.isnan(expected)) or got == pytest.approx(expected)
+
+
+def _verifiable_weighting():
+    from wmtp.config.loader import REPO_ROOT, load_config
+
+    return load_config(str(REPO_ROOT / "configs/defaults.yaml"), "verifiable", "local-light", True,
+                       ["orchestration.enabled=false"]).stage2.value_weighting
+
+
+def test_the_weights_of_an_oracle_critic_give_the_bug_less_weight(valid):
+    """The run's own weights (`critic_quality(..., with_weights=True)`) at the decisive tokens: an
+    oracle critic's TD error is lowest there, so its GAE weights are too (AUC well below 0.5)."""
+    from wmtp.evaluation.critic_quality import run_weights
+
+    data, tok = valid
+    vw = _verifiable_weighting()
+    q = _measure(OracleCritic(data, tok), data, tok, weights=lambda v, b, r: run_weights(vw, v, b, r))
+    assert q["critic_quality/decisive_weight_auc"] < 0.3
+    assert "critic_quality/decisive_weight_auc" not in _measure(OracleCritic(data, tok), data, tok, max_solutions=8)
+
+
+def test_the_study_gate_accepts_the_oracle_and_refuses_a_random_critic(valid):
+    """`wmtp study`'s critic gate (final-value AUC >= 0.8, decisive TD-error AUC <= 0.40) on measured figures."""
+    import yaml
+
+    from wmtp.config.loader import REPO_ROOT
+    from wmtp.model.args import ModelArgs
+    from wmtp.model.value import build_value_model
+    from wmtp.study.runner import gate
+    from wmtp.study.spec import StudySpec
+
+    spec = StudySpec.model_validate(yaml.safe_load((REPO_ROOT / "configs" / "study.micro.yaml").read_text()))
+    data, tok = valid
+
+    def figures(critic):
+        return {k.split("/", 1)[1]: v for k, v in _measure(critic, data, tok).items()}
+
+    assert gate(spec, "critic", figures(OracleCritic(data, tok))) == []
+    args = ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=tok.vocab_size, max_seq_len=SEQ, multiple_of=16)
+    failed = gate(spec, "critic", figures(build_value_model(args, head="linear", seed=0)))
+    assert failed and failed[0].startswith("final-value AUC")

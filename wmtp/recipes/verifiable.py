@@ -291,7 +291,7 @@ class VerifiableRecipe:
     def check_critic(self) -> dict[str, float]:
         """The critic's quality report before training (logged with every validation); one line on
         the console when it is near chance (thresholds `value_model.quality_*`)."""
-        quality = critic_quality(self.cfg, self.published_critic(), self.data, self.layout)
+        quality = critic_quality(self.cfg, self.published_critic(), self.data, self.layout, with_weights=True)
         message = near_chance_message(quality, self.cfg, "the critic")
         if message and self.layout.is_main:
             tell(self.logger, message)

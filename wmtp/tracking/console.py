@@ -367,8 +367,10 @@ def critic_line(final: Mapping[str, Any]) -> str | None:
     if auc is None:
         return None
     td, n = final.get("critic_quality/decisive_td_auc", float("nan")), final.get("critic_quality/solutions", 0)
+    w = final.get("critic_quality/decisive_weight_auc")
+    weights = "" if w is None else f"  its weights' AUC there {_fmt(w)} (low = the bug gets less weight)"
     return (f"final-value AUC {_fmt(auc)} (0.5 = chance)  decisive TD-error AUC {_fmt(td)} (0.5 = blind, low = "
-            f"sees the bug)  on {int(n)} validation solutions")
+            f"sees the bug){weights}  on {int(n)} validation solutions")
 
 
 def format_summary(summary: Mapping[str, Any], *, brief: bool = False) -> list[str]:
