@@ -98,3 +98,42 @@ def test_decisive_mask_marks_the_tokens_of_the_span(tmp_path):
     s, e = int(batch.response_start[0]), int(batch.response_end[0])
     assert mask[0, :s].sum() == 0 and not mask[0, e]  # never the prompt or the EOS
     assert len(tok.decode(marked)) < len(out) / 2
+
+
+def test_validation_ce_equals_a_slow_per_solution_reference(tmp_path):
+    """CE of head k on a correct solution = the mean over its targets of −log softmax(h_k W)[target
+    k+1 ahead]; incorrect solutions are left out; the quarters pool targets by relative position."""
+    from types import SimpleNamespace
+
+    from wmtp.data.collator import Collator
+    from wmtp.model.args import ModelArgs
+    from wmtp.model.tokenizer import train_tokenizer
+    from wmtp.model.transformer import build_model
+    from wmtp.study.measures import validation_ce
+
+    corpus = [f"def f(x):\n    return x + {i}\n" for i in range(40)]
+    tok = train_tokenizer(corpus * 5, tmp_path / "t.model", vocab_size=320)
+    model = build_model(ModelArgs(dim=32, n_layers=3, n_heads=2, vocab_size=tok.vocab_size, max_seq_len=64,
+                                  multiple_of=16, n_future_tokens=2), seed=0).eval()
+    recs = [Record("p", "Add.", "", corpus[i], i != 1) for i in range(4)]
+    cfg = SimpleNamespace(data=SimpleNamespace(max_seq_len=64), train=SimpleNamespace(loss_chunk_size=1024))
+    items, quarters = validation_ce(model, tok, recs, cfg, batch_size=2)
+    assert sorted(items["ce_head1"]) == ["v0", "v2", "v3"] and set(items) == {"ce_head1", "ce_head2"}
+    sums = {(k, q): [0.0, 0] for k in range(2) for q in range(4)}
+    for i in (0, 2, 3):
+        batch = Collator(tok, 64)([recs[i]])
+        with torch.no_grad():
+            out = model(batch.tokens)
+        targets = (batch.labels[0] != -100).nonzero().flatten().tolist()
+        quarter = {t: int(4 * (j + 0.5) / len(targets)) for j, t in enumerate(targets)}
+        for k in range(2):
+            logp = torch.log_softmax((out.hidden[k][0] @ model.output.weight.T).double(), dim=-1)
+            ces = []
+            for t in range(batch.tokens.shape[1] - k - 1):
+                if batch.labels[0, t + k + 1] != -100:
+                    ces.append(-float(logp[t, batch.labels[0, t + k + 1]]))
+                    sums[(k, quarter[t + k + 1])][0] += ces[-1]
+                    sums[(k, quarter[t + k + 1])][1] += 1
+            assert math.isclose(items[f"ce_head{k + 1}"][f"v{i}"], sum(ces) / len(ces), rel_tol=1e-5)
+    for (k, q), (total, n) in sums.items():
+        assert math.isclose(quarters[f"ce_head{k + 1}/q{q + 1}"], total / n, rel_tol=1e-5)

@@ -161,15 +161,16 @@ def _load(spec: StudySpec, recipe: str, overrides: dict[str, Any], what: str) ->
 
 def stage_config(spec: StudySpec, stage: Literal["ntp", "critic"], output_dir: str | None = None) -> WMTPConfig:
     """The shared stage `ntp` (baseline recipe, one head, correct solutions) or `critic` (critic
-    recipe started from the NTP export's trunk), run once with the first seed."""
+    recipe started from the NTP export's whole trunk: one head, as that export), run once with the
+    first seed."""
     base = {**spec.overrides, "run.seed": spec.seeds[0], "run.name": f"{spec.name}-{stage}",
             **({"run.output_dir": output_dir} if output_dir is not None else {})}
     if stage == "ntp":
         return _load(spec, "baseline", {**base, "model.n_future_tokens": 1, "data.samples": "correct",
                                          "data.draw": "samples", **spec.stages.ntp.overrides}, "stage ntp")
     ntp = stage_config(spec, "ntp", output_dir)
-    return _load(spec, "critic", {**base, "model.checkpoint": str(export_dir(ntp)), "value_model.init_from_policy": True,
-                                  **spec.stages.critic.overrides}, "stage critic")
+    return _load(spec, "critic", {**base, "model.checkpoint": str(export_dir(ntp)), "model.n_future_tokens": 1,
+                                  "value_model.init_from_policy": True, **spec.stages.critic.overrides}, "stage critic")
 
 
 def arm_config(spec: StudySpec, arm: str, seed: int, output_dir: str | None = None) -> WMTPConfig:
