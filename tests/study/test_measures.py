@@ -127,7 +127,7 @@ def test_validation_ce_equals_a_slow_per_solution_reference(tmp_path):
         targets = (batch.labels[0] != -100).nonzero().flatten().tolist()
         quarter = {t: int(4 * (j + 0.5) / len(targets)) for j, t in enumerate(targets)}
         for k in range(2):
-            logp = torch.log_softmax((out.hidden[k][0] @ model.output.weight.T).double(), dim=-1)
+            logp = torch.log_softmax((out.hidden[k][0] @ model.output.weight.detach().T).double(), dim=-1)
             ces = []
             for t in range(batch.tokens.shape[1] - k - 1):
                 if batch.labels[0, t + k + 1] != -100:
