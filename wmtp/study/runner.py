@@ -293,6 +293,9 @@ def run_study(spec: StudySpec, *, output_dir: str | None = None, results: str | 
         first = with_absolute_paths(next(iter(plan.configs.values())))
         ensure_ray(first.orchestration.address, local_cpus=float(spec.max_concurrent_trials))
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+        verbose = os.environ.get("WMTP_VERBOSE") == "1"
+        if not verbose:  # as `wmtp tune`: Tune's tables only with --verbose; StudyProgress prints a line per run
+            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         configs = {a: with_absolute_paths(c).model_dump(mode="json") for a, c in plan.configs.items()}
         name = f"study-{spec.name}"
         parent = _parent_run(first, name, None)
@@ -313,7 +316,8 @@ def run_study(spec: StudySpec, *, output_dir: str | None = None, results: str | 
                     tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent_trials,
                                                 scheduler=FIFOScheduler()),
                     run_config=tune.RunConfig(name=name, storage_path=storage.path, storage_filesystem=storage.filesystem,
-                                              callbacks=[study_progress(spec.name, len(spec.arms) * len(spec.seeds), log)]),
+                                              callbacks=[study_progress(spec.name, len(spec.arms) * len(spec.seeds), log)],
+                                              verbose=None if verbose else 0),
                 )
             tuner.fit()
             report = build_report(plan, stages)
