@@ -40,8 +40,9 @@ from wmtp.config.loader import (
 )
 from wmtp.config.schema import RecipeName, WMTPConfig
 
+StageName = Literal["critic", "ref_tuning"]  # the producing stages a study runs once
 # The recipe whose output each producing stage provides, and the method recipes that read it.
-STAGE_FOR_RECIPE: dict[str, str] = {"verifiable": "critic", "rho1_weighted": "ref_tuning"}
+STAGE_FOR_RECIPE: dict[str, StageName] = {"verifiable": "critic", "rho1_weighted": "ref_tuning"}
 
 
 class _Strict(BaseModel):
@@ -96,7 +97,7 @@ class StudySpec(_Strict):
     preset: str | None = Field(None, description="Preset of every run (local-light, a100x4, or a YAML path).")
     use_micro_model: bool = Field(False, description="Apply --use-micro-model to every run.")
     overrides: dict[str, Any] = Field(default_factory=dict, description="Dotted overrides of every run and stage.")
-    stages: dict[Literal["critic", "ref_tuning"], dict[str, Any]] = Field(
+    stages: dict[StageName, dict[str, Any]] = Field(
         default_factory=dict, description="Dotted overrides of the producing stages (run once, shared).")
     methods: dict[str, StudyMethod] = Field(min_length=1, description="Method name → recipe and overrides.")
     seeds: list[int] = Field(min_length=1, description="run.seed of each run of every method.")
@@ -139,7 +140,7 @@ def method_config(spec: StudySpec, method: str, seed: int, output_dir: str | Non
         raise ConfigError(f"study {spec.name}: method {method}: {e}") from None
 
 
-def stage_config(spec: StudySpec, stage: str, output_dir: str | None = None) -> WMTPConfig:
+def stage_config(spec: StudySpec, stage: StageName, output_dir: str | None = None) -> WMTPConfig:
     """The producing stage `critic` | `ref_tuning` (run once, seed of the first seed)."""
     overrides = {**spec.overrides, **spec.stages.get(stage, {}), "run.seed": spec.seeds[0],
                  "run.name": f"{spec.name}-{stage}"}
@@ -184,5 +185,5 @@ def load_study_spec(path: str | Path) -> StudySpec:
     return spec
 
 
-__all__ = ["StudySpec", "StudyMethod", "StudyEvaluation", "Threshold", "Benchmark", "STAGE_FOR_RECIPE",
+__all__ = ["StudySpec", "StudyMethod", "StudyEvaluation", "Threshold", "Benchmark", "STAGE_FOR_RECIPE", "StageName",
            "load_study_spec", "method_config", "stage_config", "check_budgets", "token_budget", "run_name"]

@@ -32,7 +32,14 @@ from typing import Any
 
 from wmtp.config.paths import export_dir, run_dir
 from wmtp.config.schema import WMTPConfig
-from wmtp.config.study import STAGE_FOR_RECIPE, StudySpec, check_budgets, method_config, stage_config
+from wmtp.config.study import (
+    STAGE_FOR_RECIPE,
+    StageName,
+    StudySpec,
+    check_budgets,
+    method_config,
+    stage_config,
+)
 from wmtp.evaluation.study_metrics import EvalPlan, RunMeasures
 
 MEASURES_FILE = "study_measures.json"
@@ -59,7 +66,7 @@ def eval_plan(spec: StudySpec) -> EvalPlan:
                     tuple((k, t.level, t.mode) for k, t in spec.thresholds.items()))
 
 
-def _needs_stage(cfg: WMTPConfig) -> str | None:
+def _needs_stage(cfg: WMTPConfig) -> StageName | None:
     stage = STAGE_FOR_RECIPE.get(cfg.recipe)
     if stage == "critic" and cfg.value_model.checkpoint:
         return None
