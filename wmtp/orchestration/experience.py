@@ -306,7 +306,7 @@ class AsyncExperienceScorer:
         """Queue a batch scored before a checkpoint with its saved scores (no actor call)."""
         index = self._next_actor
         self._next_actor = (index + 1) % len(self._actors)
-        result = {f: _to_cpu(getattr(scored, f)) for f in SCORED_FIELDS}
+        result: dict[str, Any] = {f: _to_cpu(getattr(scored, f)) for f in SCORED_FIELDS}
         result.update(critic_version=scored.critic_version, stats=dict(scored.stats))
         self._pending.append(_Pending(scored.batch, index, None, scored.critic_version, result))
 

@@ -22,7 +22,9 @@ def compare(table: dict[str, dict[str, tuple[float, float, float, int]]], measur
             ) -> tuple[list[str], list[str], list[str]]:
     """(better, worse, tied) methods vs `reference` on `measure`: better/worse only when the 95%
     CIs do not overlap; everything else is a tie."""
-    better, worse, tied = [], [], []
+    better: list[str] = []
+    worse: list[str] = []
+    tied: list[str] = []
     ref = table.get(reference, {}).get(measure)
     if ref is None or not math.isfinite(ref[0]):
         return better, worse, tied

@@ -360,8 +360,9 @@ def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
 
 def _summarise(grid: Any, sweep: str, space: TuneSpace, parent_run_id: str | None,
                base: WMTPConfig | None = None) -> TuneSummary:
-    statuses = [getattr(t, "status", None) for t in getattr(grid, "_experiment_analysis", None).trials] \
-        if hasattr(grid, "_experiment_analysis") else []
+    statuses = ([getattr(t, "status", None)
+                 for t in getattr(grid, "_experiment_analysis", None).trials]  # type: ignore[union-attr]  # see hasattr
+                if hasattr(grid, "_experiment_analysis") else [])
     trials = []
     for i, result in enumerate(grid):
         metrics = result.metrics or {}

@@ -8,13 +8,17 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from wmtp.config.schema import WMTPConfig
 from wmtp.parallel.reduce import DistEnv
 from wmtp.training.step import Trainable
+
+if TYPE_CHECKING:
+    from wmtp.model.transformer import Transformer
+    from wmtp.model.value import ValueModel
 
 
 def nonfinite_guard(cfg: WMTPConfig, sink):
@@ -108,7 +112,7 @@ class LoopState:
         return {"train/skipped_batches": float(self.guard.skipped)}
 
 
-def throughput_meter(model: nn.Module, cfg: WMTPConfig, layout: DistEnv):
+def throughput_meter(model: Transformer | ValueModel, cfg: WMTPConfig, layout: DistEnv):
     """tokens/s and MFU (FLOPs per token from the model's shapes, peak from the accelerator table)."""
     from wmtp.model.memory import flops_per_token
     from wmtp.training.throughput import ThroughputMeter, current_device_peak_flops
