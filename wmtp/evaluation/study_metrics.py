@@ -64,7 +64,8 @@ def read_curves(metrics_jsonl: str | Path, keys: Sequence[str]) -> dict[str, lis
         rec = json.loads(line)
         if "step" in rec and "metrics" in rec:
             by_step.setdefault(int(rec["step"]), {}).update(rec["metrics"])
-    tokens, out = 0.0, {k: [] for k in keys}
+    tokens = 0.0
+    out: dict[str, list[tuple[float, float]]] = {k: [] for k in keys}
     for step in sorted(by_step):
         m = by_step[step]
         tokens = m.get("perf/tokens_seen", tokens)
@@ -99,7 +100,7 @@ def bootstrap_ci(values: Sequence[Sequence[float]], *, n_bootstrap: int = 1000, 
     mean = float(np.mean(np.concatenate(rows)))
     if len(rows) == 1 and rows[0].size == 1:
         return mean, mean, mean
-    stats = hierarchical_bootstrap(rows, n_bootstrap, seed)
+    stats = hierarchical_bootstrap(rows, n_bootstrap, seed)  # type: ignore[arg-type]  # rows of floats
     alpha = (1 - confidence) / 2
     return mean, float(np.quantile(stats, alpha)), float(np.quantile(stats, 1 - alpha))
 
@@ -309,10 +310,10 @@ def method_token_weights(cfg: Any, batch: Any, policy: Any, critic_dir: str | Pa
         from wmtp.weighting.weights import advantage_weights
 
         vw = cfg.stage2.value_weighting
-        critic = load_value_model(critic_dir).eval()
+        critic = load_value_model(critic_dir).eval()  # type: ignore[arg-type]  # a verifiable method has its critic
         scored = critic_experience(critic, batch, gamma=vw.gae_gamma, lam=vw.gae_lambda, reward_mode=vw.reward,
                                    version=0)
-        w, _ = advantage_weights(scored.advantages, mask, vw.weight_temperature, vw.weight_clip_min,
+        w, _ = advantage_weights(scored.advantages, mask, vw.weight_temperature, vw.weight_clip_min,  # type: ignore[arg-type]  # critic_experience sets them
                                  vw.weight_clip_max, vw.renormalize)
         if vw.shuffle:
             w = shuffle_within_rows(w, mask, step_generator(cfg.run.seed, 0, 0))
@@ -368,7 +369,7 @@ def decisive_measures(cfg: Any, policy: Any, tokenizer: Any, critic_dir: str | P
     w = method_token_weights(cfg, batch, policy, critic_dir)
     decisive = decisive_token_mask(tokenizer, batch.tokens, batch.response_start, batch.response_end,
                                    [r.decisive_span for r in records])
-    share = weight_share(w, decisive, batch.labels != -100)
+    share = weight_share(w, decisive, batch.labels != -100)  # type: ignore[arg-type]  # every method weights its tokens
     return {f"decisive/{k}": v for k, v in share.items()}
 
 

@@ -102,7 +102,7 @@ def critic_dir_of(cfg: WMTPConfig) -> str | None:
 class StudyPlan:
     spec: StudySpec
     configs: dict[str, WMTPConfig]  # method → config of its first seed
-    stages: dict[str, WMTPConfig]  # stage name → stage config (only the needed ones)
+    stages: dict[StageName, WMTPConfig]  # stage name → stage config (only the needed ones)
     budget: int
 
     def format(self) -> str:
@@ -189,7 +189,7 @@ def study_trial(params: dict[str, Any], *, configs: dict[str, dict], plan: EvalP
 
     method, seed = params["method"], int(params["seed"])
     cfg = WMTPConfig.model_validate(configs[method])
-    cfg = update_config(cfg, {"run.seed": seed, "run.name": cfg.run.name.rsplit("-s", 1)[0] + f"-s{seed}"},
+    cfg = update_config(cfg, {"run.seed": seed, "run.name": cfg.run.name.rsplit("-s", 1)[0] + f"-s{seed}"},  # type: ignore[union-attr]  # a study run has a name
                         "study seed")
     done = run_dir(cfg) / MEASURES_FILE
     if done.is_file():
@@ -363,10 +363,11 @@ def collect(plan: StudyPlan) -> tuple[list[RunMeasures], list[str]]:
     """The measures of every (method, seed) run found on disk; names of those without."""
     from wmtp.config.update import update_config
 
-    runs, missing = [], []
+    runs: list[RunMeasures] = []
+    missing: list[str] = []
     for _method, cfg in plan.configs.items():
         for seed in plan.spec.seeds:
-            c = update_config(cfg, {"run.seed": seed, "run.name": cfg.run.name.rsplit("-s", 1)[0] + f"-s{seed}"},
+            c = update_config(cfg, {"run.seed": seed, "run.name": cfg.run.name.rsplit("-s", 1)[0] + f"-s{seed}"},  # type: ignore[union-attr]  # a study run has a name
                               "study seed")
             path = run_dir(c) / MEASURES_FILE
             if path.is_file():
@@ -375,7 +376,7 @@ def collect(plan: StudyPlan) -> tuple[list[RunMeasures], list[str]]:
                 runs.append(drop_empty_validation(RunMeasures.from_json(json.loads(path.read_text())),
                                                   eval_plan(plan.spec).thresholds))
             else:
-                missing.append(c.run.name)
+                missing.append(c.run.name)  # type: ignore[arg-type]  # a study run has a name
     return runs, missing
 
 

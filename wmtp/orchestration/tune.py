@@ -411,7 +411,7 @@ def _fate(result: Any, metrics: Mapping[str, Any], status: str | None, space: Tu
     return FATE_COMPLETED
 
 
-def _parent_run(cfg: WMTPConfig, sweep: str, space: TuneSpace) -> Any | None:
+def _parent_run(cfg: WMTPConfig, sweep: str, space: TuneSpace | None) -> Any | None:
     """The sweep's parent MLflow run (None when MLflow is not among the tracking backends)."""
     if "mlflow" not in cfg.tracking.backends:
         return None

@@ -6,6 +6,7 @@ ranks, how a run starts or resumes, and the loop's own meters.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -67,7 +68,7 @@ class LoopState:
     trainables: dict[str, Trainable]
     stateful: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Models checkpointed without an optimizer (e.g. the critic snapshot of critic_sync_interval > 1).
-    models: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
+    models: Mapping[str, nn.Module] = dataclasses.field(default_factory=dict)
 
     def all_models(self) -> dict[str, nn.Module]:
         return {**{n: t.model for n, t in self.trainables.items()}, **self.models}
