@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from wmtp.config.arguments import add_config_arguments, config_from_args
 from wmtp.config.loader import dump_config
@@ -222,7 +223,7 @@ def build_plan(cfg: WMTPConfig) -> Plan:
     if orch.enabled and orch.fsdp and orch.fsdp_replicas > 1:
         from wmtp.parallel.fsdp import hsdp_sync_cost
 
-        trained = (total if policy_trained else 0) + (critic_params if critic_is_trained(cfg) else 0)
+        trained = (total if policy_trained else 0) + ((critic_params or 0) if critic_is_trained(cfg) else 0)
         gradient_sync = hsdp_sync_cost(trained, world_size=orch.num_workers, replicas=orch.fsdp_replicas,
                                        grad_accum=cfg.data.grad_accum)
     return Plan(device, total, trunk, heads, output, policy_trained, critic_params, critic_role, memory, flops,
@@ -253,7 +254,7 @@ def loading_plan(cfg: WMTPConfig, policy_params: int, critic_params: int | None,
                            ranks_on_node=ranks_on_node, transients_on_host=not orch.use_gpu)
     fp32_copy = max(n for _, n, _ in models) * FP32_BYTES
     gib = 1024 ** 3
-    out: dict[str, float | str] = {
+    out: dict[str, Any] = {
         "method": "meta device -> activation checkpointing + FSDP2 -> rank 0 scatters each full tensor into the shards",
     }
     for name, _, ckpt in models:
@@ -320,7 +321,7 @@ def estimate_run(cfg: WMTPConfig, args, policy_trained: bool, critic_args) -> tu
 
     orch, train, data = cfg.orchestration, cfg.train, cfg.data
     # HSDP shards within a node's group of num_workers / fsdp_replicas ranks.
-    common = dict(world_size=orch.num_workers // orch.fsdp_replicas, precision=train.precision, fsdp=orch.fsdp,
+    common: dict[str, Any] = dict(world_size=orch.num_workers // orch.fsdp_replicas, precision=train.precision, fsdp=orch.fsdp,
                   batch_size=data.batch_size, seq_len=data.max_seq_len,
                   activation_checkpointing=train.activation_checkpointing)
     shard = common["world_size"] if orch.fsdp else 1
@@ -431,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         parser = build_parser()
-        commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+        commands = set(parser._subparsers._group_actions[0].choices)  # type: ignore[union-attr, arg-type]
         if not argv or (argv[0] not in commands and argv[0] not in ("-h", "--help")):
             argv = ["train", *argv]  # the original system's form: flags only means train
         try:

@@ -20,6 +20,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from wmtp.config.fields import field_at, section_at
 from wmtp.config.redaction import REDACTED
@@ -209,8 +210,9 @@ def parse_override(text: str) -> dict[str, Any]:
     if not sep or not _KEY.match(key):
         raise ConfigError(f"bad override {text!r}: expected key.sub=value (e.g. optim.lr=1e-3)")
     value = parse_yaml(raw, override_label(text)) if raw.strip() else None
-    tree: Any = value
-    for part in reversed(key.split(".")):
+    *parents, leaf = key.split(".")
+    tree: dict[str, Any] = {leaf: value}
+    for part in reversed(parents):
         tree = {part: tree}
     return tree
 
@@ -227,7 +229,7 @@ def _allowed_values(annotation: Any) -> list[Any] | None:
     return None
 
 
-def _bounds(field) -> str:
+def _bounds(field: FieldInfo) -> str:
     parts = []
     for meta in getattr(field, "metadata", []):
         for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
@@ -355,7 +357,7 @@ def move_tracking_credentials(tree: Mapping[str, Any]) -> Mapping[str, Any]:
 
     tracking = tree.get("tracking") if isinstance(tree, Mapping) else None
     uri = tracking.get("uri") if isinstance(tracking, Mapping) else None
-    if not isinstance(uri, str):
+    if not isinstance(tracking, Mapping) or not isinstance(uri, str):  # uri is a str only in a mapping
         return tree
     clean, user, password = split_uri_credentials(uri)
     if clean == uri:

@@ -8,9 +8,11 @@ lists every field with its current default.
 from __future__ import annotations
 
 import json
-from typing import Any, get_args, get_origin
+from collections.abc import Callable
+from typing import Any, cast, get_args, get_origin
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from wmtp.config.fields import section_of
@@ -24,11 +26,11 @@ def _type_text(annotation: Any) -> str:
     return text.replace("typing.", "").replace("NoneType", "None")
 
 
-def _default_text(field) -> str:
+def _default_text(field: FieldInfo) -> str:
     if field.default is not PydanticUndefined:
         value = field.default
     elif field.default_factory is not None:
-        value = field.default_factory()
+        value = cast(Callable[[], Any], field.default_factory)()  # the schema's factories take no data
     else:
         return "required"
     if isinstance(value, BaseModel):
@@ -36,7 +38,7 @@ def _default_text(field) -> str:
     return json.dumps(value, default=list)
 
 
-def _bounds(field) -> str:
+def _bounds(field: FieldInfo) -> str:
     parts = []
     for meta in field.metadata:
         for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):

@@ -133,7 +133,7 @@ class TuneSpace(_Strict):
         return self
 
 
-def _field_adapter(key: str) -> TypeAdapter | str:
+def _field_adapter(key: str) -> TypeAdapter[Any] | str:
     """A validator for the config field at dotted `key`, or an error message."""
     cls: Any = WMTPConfig
     parts = key.split(".")

@@ -42,7 +42,7 @@ class Batch:
 
     def to(self, device: torch.device | str) -> Batch:
         kw = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Batch(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})
+        return Batch(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()})  # type: ignore[arg-type]  # each field as it was, moved
 
     def __len__(self) -> int:
         return self.tokens.shape[0]

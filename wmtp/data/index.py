@@ -215,7 +215,9 @@ class MetadataIndex:
         arrays = {"offset": np.empty(n, np.int64), "length": np.empty(n, np.int32), "is_correct": np.empty(n, bool),
                   "difficulty": np.empty(n, np.int16), "n_tokens": np.empty(n, np.int32)}
         local_codes = np.empty(n, np.int32)
-        dicts, dict_base, pos = [], [], 0
+        dicts: list[Any] = []
+        dict_base: list[int] = []
+        pos = 0
         for g in range(pf.num_row_groups):
             rg = pf.read_row_group(g, columns=[*arrays, "problem_id"], use_threads=False)
             k = rg.num_rows

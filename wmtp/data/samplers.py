@@ -72,7 +72,7 @@ class Sampler(ABC):
         """Sort windows of ``length_bucketing`` batches by length, then shuffle the batches in each window."""
         sizes = self.index.sizes()
         key = sizes[items] if items.ndim == 1 else sizes[items].max(axis=1)
-        bs = int(self.batch_size)
+        bs = int(self.batch_size)  # type: ignore[arg-type]  # set whenever length_bucketing is (checked in __init__)
         win = bs * self.length_bucketing
         out = []
         for w, start in enumerate(range(0, len(items), win)):

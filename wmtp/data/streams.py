@@ -38,7 +38,7 @@ def load_data(cfg: WMTPConfig) -> RecipeData:
         train, valid = train or bundled.train, valid or bundled.valid
         tok_path = tok_path or bundled.tokenizer
     tokenizer = Tokenizer(str(tok_path))
-    kw = dict(tokenizer=tokenizer, max_seq_len=cfg.data.max_seq_len, on_bad_line=cfg.data.on_bad_line)
+    kw: dict[str, Any] = dict(tokenizer=tokenizer, max_seq_len=cfg.data.max_seq_len, on_bad_line=cfg.data.on_bad_line)
     return RecipeData(tokenizer, TrainingData(train, **kw), TrainingData(valid, **kw))
 
 

@@ -16,15 +16,16 @@ import builtins
 import json
 import operator
 import reprlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
 Check = Literal["==", "is", "truthy", "falsy", "close"]
 
-_WRAPS = {"tuple": tuple, "list": list, "set": set, "sorted": sorted, "len": len}
-_BINOPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+_WRAPS: dict[str, Callable[[Any], Any]] = {"tuple": tuple, "list": list, "set": set, "sorted": sorted, "len": len}
+_BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
-_UNARY = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
+_UNARY: dict[type[ast.unaryop], Callable[[Any], Any]] = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Not: operator.not_}
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,8 @@ def _constant(node: ast.expr) -> Any:
         items = [_constant(e) for e in node.elts]
         return {ast.List: list, ast.Tuple: tuple, ast.Set: set}[type(node)](items)
     if isinstance(node, ast.Dict) and None not in node.keys:
-        return {_constant(k): _constant(v) for k, v in zip(node.keys, node.values, strict=True)}
+        return {_constant(k): _constant(v)  # type: ignore[arg-type]  # no None key (checked above)
+                for k, v in zip(node.keys, node.values, strict=True)}
     if (isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _WRAPS
             and len(node.args) == 1 and not node.keywords):  # tuple([1, 2]) on the expected side
         return _WRAPS[node.func.id](_constant(node.args[0]))

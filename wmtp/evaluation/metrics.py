@@ -30,7 +30,7 @@ def validate_policy(model: Transformer, batches: list[Batch], cfg: WMTPConfig, l
     total = torch.zeros(H, dtype=torch.float64, device=layout.device)
     for b, lb in zip(batches, labels):
         out = model(b.tokens)
-        res = mtp_cross_entropy(out.hidden, model.output.weight, lb, denominators=denom,
+        res = mtp_cross_entropy(out.hidden, model.output.weight, lb, denominators=denom,  # type: ignore[union-attr]  # a policy has its output projection
                                 chunk_size=cfg.train.loss_chunk_size)
         total += res.ce_per_head.double()
     total = global_sum(total, layout)

@@ -213,7 +213,8 @@ def score_samples(records: Sequence[EvalTask | Mapping], samples: Sequence[Mappi
         results = list(pool.map(lambda s: execute_completion(tasks[s["task_id"]], s["completion"], sandbox),
                                 samples))
     t1 = time.perf_counter()
-    out_samples, counts = [], {}
+    out_samples: list[Any] = []
+    counts: dict[str, tuple[int, int]] = {}
     for sample, r in zip(samples, results):
         n, c = counts.get(sample["task_id"], (0, 0))
         counts[sample["task_id"]] = (n + 1, c + int(r.passed))
@@ -237,7 +238,7 @@ def family_table(result: EvalResult, tasks: Sequence[EvalTask], k: int = 1) -> s
     for row in result.tasks:
         value = row.get(f"pass_at_{k}")
         if family.get(row["task_id"]) and value is not None:
-            by.setdefault(family[row["task_id"]], []).append(value)
+            by.setdefault(family[row["task_id"]], []).append(value)  # type: ignore[arg-type]  # family has the id (checked just above)
     if not by:
         return None
     width = max(len("family"), *(len(f) for f in by))

@@ -10,6 +10,7 @@ block (plus its softmax) whatever H, B and S are.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -57,7 +58,8 @@ class _ChunkedWeightedCE(torch.autograd.Function):
     # Autocast is switched off inside: the forward's log-sum-exp and the backward's recomputed
     # logits must come from the same matmul, in the dtype of `h` (bf16 under FSDP mixed precision).
     @staticmethod
-    def forward(ctx, h: Tensor, w: Tensor, targets: Tensor, coef: Tensor, chunk_size: int):
+    def forward(ctx: Any, h: Tensor, w: Tensor, targets: Tensor, coef: Tensor,
+                chunk_size: int) -> tuple[Tensor, Tensor]:
         n = h.shape[0]
         acc = _acc_dtype(h)
         ce = torch.empty(n, device=h.device, dtype=acc)
@@ -78,7 +80,8 @@ class _ChunkedWeightedCE(torch.autograd.Function):
         return loss, ce
 
     @staticmethod
-    def backward(ctx, grad_loss: Tensor, _grad_ce: Tensor):
+    def backward(ctx: Any, grad_loss: Tensor,
+                 _grad_ce: Tensor) -> tuple[Tensor | None, Tensor | None, None, None, None]:
         h, w, targets, coef, lse = ctx.saved_tensors
         chunk = ctx.chunk_size
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
@@ -95,9 +98,9 @@ class _ChunkedWeightedCE(torch.autograd.Function):
                 rows = torch.arange(g.shape[0], device=g.device)
                 g[rows, targets[i:i + chunk]] -= 1.0
                 g.mul_(scale[i:i + chunk, None])
-                if need_w:
+                if grad_w is not None:  # need_w
                     grad_w.addmm_(g.t(), hc.to(acc))
-                if need_h:
+                if grad_h is not None:  # need_h
                     grad_h[i:i + chunk] = g.to(h.dtype) @ wc
                 del g
         if grad_w is not None:
@@ -189,7 +192,8 @@ def mtp_cross_entropy(
     row_w = (torch.ones_like(targets, dtype=acc) if w_heads is None
              else w_heads.reshape(-1).index_select(0, flat_idx).to(acc))
     row_coef = coefs[head_ids] * row_w / denom[head_ids]
-    loss, ce = _ChunkedWeightedCE.apply(h_rows, output_weight, targets, row_coef, chunk_size)
+    loss, ce = _ChunkedWeightedCE.apply(  # type: ignore[no-untyped-call]  # torch's apply is unannotated
+        h_rows, output_weight, targets, row_coef, chunk_size)
     ce_sum = torch.zeros(n_heads, device=device, dtype=acc).index_add_(0, head_ids, ce)
     wce_sum = torch.zeros(n_heads, device=device, dtype=acc).index_add_(0, head_ids, ce * row_w)
     return MTPLoss(loss=loss, ce_per_head=ce_sum / denom, weighted_ce_per_head=wce_sum / denom,

@@ -8,10 +8,11 @@ coef, clip_range)`, `mc_mse(values, mask, rewards)`, `lambda_return(values, retu
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from wmtp.losses.value import clipped_value_loss, lambda_return_loss, mc_mse_loss, pairwise_loss
 
-ValueLossFn = Callable[..., object]
+ValueLossFn = Callable[..., Any]  # signatures and results differ by objective (module docstring)
 VALUE_LOSSES: dict[str, ValueLossFn] = {}
 
 

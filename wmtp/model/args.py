@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,12 @@ class ModelArgs:
             hidden = int(self.ffn_dim_multiplier * hidden)
         return self.multiple_of * ((hidden + self.multiple_of - 1) // self.multiple_of)
 
-    def to_params_json(self) -> dict:
+    def to_params_json(self) -> dict[str, Any]:
         """The dict written as `params.json` (Meta's keys plus wmtp's `max_seq_len`)."""
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_params_json(cls, params: dict) -> ModelArgs:
+    def from_params_json(cls, params: dict[str, Any]) -> ModelArgs:
         """Build from a `params.json` dict; unknown keys are an error naming them."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(params) - known)
@@ -71,7 +72,7 @@ class ModelArgs:
             raise ValueError(f"params.json has unknown keys {unknown}; allowed: {sorted(known)}")
         return cls(**params)
 
-    def replace(self, **changes) -> ModelArgs:
+    def replace(self, **changes: Any) -> ModelArgs:
         return dataclasses.replace(self, **changes)
 
 
@@ -82,13 +83,13 @@ _POSITIVE_FLOAT_FIELDS = ("norm_eps", "rope_theta")
 _OPTIONAL_POSITIVE_FLOAT_FIELDS = ("ffn_dim_multiplier",)
 
 
-def check_param_types(params: dict) -> None:
+def check_param_types(params: dict[str, Any]) -> None:
     """Raise `ValueError` naming the first params.json field whose value has the wrong type
     (`dim: expected an integer, got '32'`); unknown keys are left to the caller."""
-    def is_int(v) -> bool:
+    def is_int(v: object) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
-    def is_positive_number(v) -> bool:
+    def is_positive_number(v: Any) -> bool:
         return (is_int(v) or isinstance(v, float)) and math.isfinite(v) and v > 0
 
     for key, value in params.items():

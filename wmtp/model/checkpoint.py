@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +30,8 @@ from wmtp.errors import WMTPUserError
 from wmtp.model.args import ModelArgs
 from wmtp.model.transformer import Transformer
 from wmtp.model.value import ValueModel
+
+_Loaded = TypeVar("_Loaded", Transformer, ValueModel)
 
 PARAMS_FILE = "params.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -237,7 +241,7 @@ def read_checkpoint_args(path: str | Path) -> ModelArgs:
     return read_checkpoint(folder)[0]  # raises the "no checkpoint" error
 
 
-def reconcile_args(ckpt: ModelArgs, requested: dict, source: str | Path, what: str = "model.params") -> ModelArgs:
+def reconcile_args(ckpt: ModelArgs, requested: dict[str, Any], source: str | Path, what: str = "model.params") -> ModelArgs:
     """The shapes a run builds from a checkpoint whose params are `ckpt`, given the config's
     explicit settings `requested` (`model.params` plus `model.n_future_tokens`).
 
@@ -313,7 +317,7 @@ def _folder(path: str | Path) -> Path:
     return folder
 
 
-def _read_json(file: Path) -> dict:
+def _read_json(file: Path) -> dict[str, Any]:
     try:
         data = json.loads(file.read_text())
     except json.JSONDecodeError as e:
@@ -431,7 +435,7 @@ def hf_unpermute(w: Tensor, n_heads: int) -> Tensor:
     return w.view(n_heads, 2, out_dim // n_heads // 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
-def _hf_rope_theta(cfg: dict, cfg_file: Path) -> float:
+def _hf_rope_theta(cfg: dict[str, Any], cfg_file: Path) -> float:
     """RoPE base of an HF config: `rope_parameters.rope_theta` (transformers ≥ 4.5x/5 write it
     there), else the legacy top-level `rope_theta`. Only `rope_type: default` is supported:
     scaled variants (`llama3`, `linear`, `dynamic`, `yarn`, ...) change the frequencies, and
@@ -463,7 +467,7 @@ def _hf_rope_theta(cfg: dict, cfg_file: Path) -> float:
     return float(theta)
 
 
-def _hf_args(cfg: dict, cfg_file: Path) -> ModelArgs:
+def _hf_args(cfg: dict[str, Any], cfg_file: Path) -> ModelArgs:
     """ModelArgs from an HF LLaMA `config.json` (NTP: one head). Fields that would change the
     model's function and that wmtp does not implement are refused by name."""
     for key, allowed in (("hidden_act", "silu"), ("attention_bias", False), ("mlp_bias", False)):
@@ -535,7 +539,7 @@ def hf_permute(w: Tensor, n_heads: int) -> Tensor:
     return w.view(n_heads, out_dim // n_heads // 2, 2, in_dim).transpose(1, 2).reshape(out_dim, in_dim)
 
 
-def hf_config(args: ModelArgs) -> dict:
+def hf_config(args: ModelArgs) -> dict[str, Any]:
     """`config.json` of the HF LLaMA equivalent of head 1 (trunk + head 1, `n_future_tokens=1`)."""
     return {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama",
@@ -577,7 +581,7 @@ def hf_key(key: str, args: ModelArgs, tensor: Tensor) -> tuple[str, Tensor] | No
     return f"model.layers.{m[1]}.{_META_TO_HF[m[2]]}.weight", tensor
 
 
-def save_hf_llama(tensors, args: ModelArgs, path: str | Path, *, dtype: torch.dtype | None = None,
+def save_hf_llama(tensors: Iterable[tuple[str, Tensor]], args: ModelArgs, path: str | Path, *, dtype: torch.dtype | None = None,
                   max_shard_bytes: int = 2 << 30, write: bool = True) -> Path:
     """Write head 1 of a Meta-layout model as an HF LLaMA folder: `config.json` + safetensors
     shards (+ `model.safetensors.index.json` when there is more than one). `tensors` is an
@@ -590,7 +594,9 @@ def save_hf_llama(tensors, args: ModelArgs, path: str | Path, *, dtype: torch.dt
 
     folder = Path(path)
     shard: dict[str, Tensor] = {}
-    size, files, weight_map = 0, [], {}
+    size = 0
+    files: list[str] = []
+    weight_map: dict[str, str] = {}
 
     def flush() -> None:
         nonlocal shard, size
@@ -657,7 +663,8 @@ def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str | P
                                   f"{tuple(expected[key].shape)}")
 
 
-def _materialise(model: nn.Module, device, dtype, state: dict[str, Tensor], source: Path) -> nn.Module:
+def _materialise(model: _Loaded, device: str | torch.device, dtype: torch.dtype | None, state: dict[str, Tensor],
+                 source: Path) -> _Loaded:
     """Meta-device model → allocated on `device` in `dtype`, filled from `state` (checked first)."""
     check_state_dict(model, state, source)
     model.to_empty(device=device)
@@ -683,7 +690,7 @@ def _full_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu") for k, v in model.state_dict().items()}
 
 
-def _write(path: str | Path, args: ModelArgs, state: dict[str, Tensor], extra: dict | None) -> Path:
+def _write(path: str | Path, args: ModelArgs, state: dict[str, Tensor], extra: dict[str, Any] | None) -> Path:
     from safetensors.torch import save_file
 
     folder = Path(path)

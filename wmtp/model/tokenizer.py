@@ -56,7 +56,7 @@ class Tokenizer:
         self.pad_id: int = pad if pad >= 0 else max(self.sp.unk_id(), 0)
 
     def encode(self, text: str, bos: bool = False, eos: bool = False) -> list[int]:
-        ids = self.sp.encode(text)
+        ids: list[int] = self.sp.encode(text)
         if bos:
             ids = [self.bos_id, *ids]
         if eos:
@@ -64,7 +64,7 @@ class Tokenizer:
         return ids
 
     def encode_batch(self, texts: Sequence[str], bos: bool = False, eos: bool = False) -> list[list[int]]:
-        out = self.sp.encode(list(texts))
+        out: list[list[int]] = self.sp.encode(list(texts))
         if bos or eos:
             out = [([self.bos_id] if bos else []) + ids + ([self.eos_id] if eos else []) for ids in out]
         return out
@@ -72,7 +72,8 @@ class Tokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         """Decode, dropping special ids (bos/eos/pad and anything negative)."""
         special = {self.bos_id, self.eos_id, self.pad_id}
-        return self.sp.decode([int(i) for i in ids if int(i) >= 0 and int(i) not in special])
+        text: str = self.sp.decode([int(i) for i in ids if int(i) >= 0 and int(i) not in special])
+        return text
 
     def decode_batch(self, batch: Iterable[Sequence[int]]) -> list[str]:
         return [self.decode(ids) for ids in batch]

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmtp.model.args import ModelArgs
+
+_M = TypeVar("_M", bound=nn.Module)
 
 
 @dataclass
@@ -63,7 +66,8 @@ class RMSNorm(nn.Module):
         return out.type_as(x) * self.weight
 
 
-def rope_tables(head_dim: int, max_seq_len: int, theta: float, device=None) -> tuple[Tensor, Tensor]:
+def rope_tables(head_dim: int, max_seq_len: int, theta: float,
+                device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
     """cos, sin: `[max_seq_len, head_dim // 2]` (Meta's `precompute_freqs_cis`, as real tables)."""
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device)[: head_dim // 2].float() / head_dim))
     t = torch.arange(max_seq_len, device=device, dtype=torch.float32)
@@ -110,7 +114,8 @@ class Attention(nn.Module):
             q, k, v, attn_mask=mask, is_causal=mask is None and S > 1,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
-        return self.wo(out.transpose(1, 2).reshape(B, S, -1))
+        projected: Tensor = self.wo(out.transpose(1, 2).reshape(B, S, -1))
+        return projected
 
 
 class FeedForward(nn.Module):
@@ -121,7 +126,8 @@ class FeedForward(nn.Module):
         self.w3 = nn.Linear(dim, hidden_dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        out: Tensor = self.w2(F.silu(self.w1(x)) * self.w3(x))
+        return out
 
 
 class TransformerBlock(nn.Module):
@@ -134,8 +140,9 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, start_pos: int = 0,
                 cache: tuple[Tensor, Tensor] | None = None, mask: Tensor | None = None) -> Tensor:
-        h = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache, mask)
-        return h + self.feed_forward(self.ffn_norm(h))
+        h: Tensor = x + self.attention(self.attention_norm(x), cos, sin, start_pos, cache, mask)
+        out: Tensor = h + self.feed_forward(self.ffn_norm(h))
+        return out
 
 
 class Transformer(nn.Module):
@@ -143,6 +150,9 @@ class Transformer(nn.Module):
 
     with_output=False drops the vocabulary projection (value-model backbones).
     """
+
+    rope_cos: Tensor  # buffers (registered in __init__)
+    rope_sin: Tensor
 
     def __init__(self, args: ModelArgs, with_output: bool = True) -> None:
         super().__init__()
@@ -214,7 +224,7 @@ class Transformer(nn.Module):
                        weight.device, dtype or weight.dtype)
 
     def _attention_mask(self, B: int, S: int, start_pos: int, cache: KVCache | None,
-                        key_padding_mask: Tensor | None, device) -> Tensor | None:
+                        key_padding_mask: Tensor | None, device: torch.device) -> Tensor | None:
         if cache is not None and cache.key_padding_mask is not None:
             key_padding_mask = cache.key_padding_mask
         if key_padding_mask is None and start_pos == 0:
@@ -248,7 +258,7 @@ class Transformer(nn.Module):
         cos, sin = self._rope(start_pos, S)
         mask = self._attention_mask(B, S, start_pos, cache, key_padding_mask, tokens.device)
 
-        def kv(i: int):
+        def kv(i: int) -> tuple[Tensor, Tensor] | None:
             return None if cache is None else (cache.k[i], cache.v[i])
 
         h = self.tok_embeddings(tokens)
@@ -269,7 +279,7 @@ class Transformer(nn.Module):
         return MTPOutput(hidden=hidden, logits=logits)
 
 
-def allocate_empty(model: nn.Module, device: str | torch.device, dtype: torch.dtype | None = None) -> nn.Module:
+def allocate_empty(model: _M, device: str | torch.device, dtype: torch.dtype | None = None) -> _M:
     """`model.to_empty(device)` for a freshly meta-built model: every parameter and buffer gets new
     uninitialised storage on `device`. Assigns new tensors instead of swapping them in place, so it
     also works under `FakeTensorMode` (the memory trace), where `to_empty` cannot swap. `dtype`:
@@ -286,7 +296,7 @@ def allocate_empty(model: nn.Module, device: str | torch.device, dtype: torch.dt
     return model
 
 
-def cast_parameters(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+def cast_parameters(model: _M, dtype: torch.dtype) -> _M:
     """Every parameter of `model` in `dtype`, frozen (no grad). Assigns new tensors instead of
     swapping them in place (`.to()`), so it also works on meta and under `FakeTensorMode`."""
     with torch.no_grad():

@@ -29,9 +29,8 @@ class ValueHead(nn.Module):
             raise ValueError(f"unknown value head {kind!r}; allowed: ['linear', 'mlp']")
 
     def forward(self, h: Tensor) -> Tensor:
-        if self.kind == "linear":
-            return self.proj(h).squeeze(-1)
-        return self.fc2(torch.nn.functional.gelu(self.fc1(h))).squeeze(-1)
+        v: Tensor = self.proj(h) if self.kind == "linear" else self.fc2(torch.nn.functional.gelu(self.fc1(h)))
+        return v.squeeze(-1)
 
 
 class ValueModel(nn.Module):
@@ -60,7 +59,8 @@ class ValueModel(nn.Module):
     def forward(self, tokens: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
         """tokens: `[B, S]` → values `[B, S]` (float32)."""
         h = self.backbone(tokens, key_padding_mask=key_padding_mask).hidden[0]
-        return self.value_head(h).float()
+        values: Tensor = self.value_head(h)
+        return values.float()
 
     @torch.no_grad()
     def init_from_policy(self, policy: Transformer) -> None:

@@ -100,7 +100,7 @@ def _launcher_groups(doc: dict[str, Any]) -> list[NodeGroup]:
         accel = (cfg.get("guestAccelerators") or [{}])[0]
         gpus = int(resources.pop("GPU", accel.get("acceleratorCount", 0)))
         resources.pop("CPU", None)
-        boot = next((d for d in cfg.get("disks", []) if d.get("boot")), {})
+        boot: dict[str, Any] = next((d for d in cfg.get("disks", []) if d.get("boot")), {})
         size = boot.get("initializeParams", {}).get("diskSizeGb")
         if size is None:  # AWS: BlockDeviceMappings[].Ebs.VolumeSize (GiB)
             ebs = [m.get("Ebs", {}) for m in cfg.get("BlockDeviceMappings", [])]
@@ -133,7 +133,8 @@ def _kuberay_groups(spec: dict[str, Any]) -> list[NodeGroup]:
 
 def check_plan(plan: Any, cfg: WMTPConfig, nodes: ClusterNodes) -> list[str]:
     """Every way the dry-run `plan` (wmtp.cli.Plan) does not fit `nodes`, each naming a fix."""
-    orch, problems = cfg.orchestration, []
+    orch = cfg.orchestration
+    problems: list[str] = []
     need = plan.resources
     if not orch.enabled or not orch.use_gpu:
         return problems

@@ -93,7 +93,7 @@ class DriverConsole:
     def __init__(self, console: RunConsole, remote_root: str | None = None) -> None:
         self.console = console
         self.remote_root = remote_root
-        self.handle = ConsoleRelay.remote()
+        self.handle = ConsoleRelay.remote()  # type: ignore[attr-defined]  # a Ray actor class
         self.marks: dict[str, float] = {}
         self.worker_end: tuple[str, str | None] | None = None
         self.ended_at: float | None = None

@@ -34,7 +34,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import torch
@@ -45,6 +45,10 @@ from torch import Tensor
 from wmtp.config.schema import WMTPConfig
 from wmtp.orchestration.resources import EXPERIENCE_ACTOR_CPUS, EXPERIENCE_RESOURCE, run_resources
 from wmtp.recipes.interfaces import SCORED_FIELDS, ScoredBatch
+
+if TYPE_CHECKING:
+    from wmtp.model.transformer import Transformer
+    from wmtp.model.value import ValueModel
 
 ACTOR_MAX_RESTARTS = 3
 # How long the learner waits for its experience actors to be scheduled before saying why not.
@@ -115,7 +119,7 @@ class ExperienceActor:
 
     def __init__(self, spec: Any, device: str) -> None:
         self.spec, self.device = spec, torch.device(device)
-        self.model: torch.nn.Module | None = None
+        self.model: Transformer | ValueModel | None = None
         self.version = -1
 
     def load(self, state_dict: Mapping[str, Tensor], version: int) -> int:
@@ -306,7 +310,7 @@ class AsyncExperienceScorer:
         """Queue a batch scored before a checkpoint with its saved scores (no actor call)."""
         index = self._next_actor
         self._next_actor = (index + 1) % len(self._actors)
-        result = {f: _to_cpu(getattr(scored, f)) for f in SCORED_FIELDS}
+        result: dict[str, Any] = {f: _to_cpu(getattr(scored, f)) for f in SCORED_FIELDS}
         result.update(critic_version=scored.critic_version, stats=dict(scored.stats))
         self._pending.append(_Pending(scored.batch, index, None, scored.critic_version, result))
 

@@ -135,7 +135,7 @@ def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None
         storage = resolve_storage(cfg.orchestration.storage_path, cfg.run.output_dir)
         repair_checkpoint_snapshot(storage, run_name(cfg), *checkpoint_score(cfg))
         root = None if storage.is_remote else Path(storage.path) / run_name(cfg)
-        remote = f"{cfg.orchestration.storage_path.rstrip('/')}/{run_name(cfg)}" if storage.is_remote else None
+        remote = f"{cfg.orchestration.storage_path.rstrip('/')}/{run_name(cfg)}" if storage.is_remote else None  # type: ignore[union-attr]  # set when the storage is remote
         try:
             result = fit_with_console(
                 cfg, lambda console: build_trainer(cfg, recipe_builder=recipe_builder, console=console),

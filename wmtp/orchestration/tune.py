@@ -360,8 +360,9 @@ def _comparable(tree: dict[str, Any]) -> dict[str, Any]:
 
 def _summarise(grid: Any, sweep: str, space: TuneSpace, parent_run_id: str | None,
                base: WMTPConfig | None = None) -> TuneSummary:
-    statuses = [getattr(t, "status", None) for t in getattr(grid, "_experiment_analysis", None).trials] \
-        if hasattr(grid, "_experiment_analysis") else []
+    statuses = ([getattr(t, "status", None)
+                 for t in getattr(grid, "_experiment_analysis", None).trials]  # type: ignore[union-attr]  # see hasattr
+                if hasattr(grid, "_experiment_analysis") else [])
     trials = []
     for i, result in enumerate(grid):
         metrics = result.metrics or {}
@@ -410,7 +411,7 @@ def _fate(result: Any, metrics: Mapping[str, Any], status: str | None, space: Tu
     return FATE_COMPLETED
 
 
-def _parent_run(cfg: WMTPConfig, sweep: str, space: TuneSpace) -> Any | None:
+def _parent_run(cfg: WMTPConfig, sweep: str, space: TuneSpace | None) -> Any | None:
     """The sweep's parent MLflow run (None when MLflow is not among the tracking backends)."""
     if "mlflow" not in cfg.tracking.backends:
         return None

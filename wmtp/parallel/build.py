@@ -5,8 +5,9 @@ process, replicated ranks) or on the meta device → FSDP2 → filled by rank 0
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -17,6 +18,11 @@ from wmtp.model.args import ModelArgs, get_preset
 from wmtp.model.transformer import Transformer, build_model
 from wmtp.model.value import ValueModel, build_value_model, value_args_from_policy
 from wmtp.parallel.reduce import DistEnv
+
+if TYPE_CHECKING:
+    from wmtp.parallel.materialize import TensorSource
+
+_Built = TypeVar("_Built", Transformer, ValueModel)
 
 
 def policy_args(cfg: WMTPConfig, vocab_size: int | None = None, checkpoint: str | Path | None = None) -> ModelArgs:
@@ -152,7 +158,8 @@ def from_rank0(fn, layout: DistEnv):
     return box[0]
 
 
-def sharded_from_rank0(model: nn.Module, shard, source, layout: DistEnv) -> nn.Module:
+def sharded_from_rank0(model: _Built, shard: Callable[[_Built], _Built], source: TensorSource,
+                       layout: DistEnv) -> _Built:
     """A meta-built `model` → `shard(model)` → this rank's shards, filled from the full tensors of
     `source()`, called on rank 0 alone (`wmtp.parallel.materialize.build_sharded`)."""
     from wmtp.parallel.materialize import build_sharded
@@ -202,7 +209,7 @@ def materialize(uri: str, cfg: WMTPConfig) -> Path:
     return Path(pull(uri, Path(cfg.run.output_dir) / ".assets"))
 
 
-def shard_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv) -> nn.Module:
+def shard_model(model: _Built, cfg: WMTPConfig, layout: DistEnv) -> _Built:
     """Activation checkpointing, then FSDP2 (per block and head, root last) when distributed."""
     from wmtp.parallel.fsdp import apply_activation_checkpointing, apply_fsdp, fsdp_mesh, uses_mixed_precision
 

@@ -5,7 +5,9 @@ Meta and HF hand-off formats asked for) with the tokenizer it was trained with.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import torch.distributed as dist
 from torch import Tensor, nn
@@ -13,6 +15,7 @@ from torch import Tensor, nn
 from wmtp.config.paths import export_dir
 from wmtp.config.schema import WMTPConfig
 from wmtp.model.transformer import Transformer, build_model
+from wmtp.model.value import ValueModel
 from wmtp.parallel.gather import gather_state_dict
 from wmtp.parallel.reduce import DistEnv
 
@@ -36,12 +39,13 @@ def export_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv, tokenizer=N
     if layout.is_main:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
+        assert state is not None  # kept on the main rank
         replica = unwrap_replica(model, state)
         if value_head is not None:
-            save_value_model(replica, tmp)
+            save_value_model(cast(ValueModel, replica), tmp)
         else:
-            save_model(replica, tmp)
-            export_handoff_formats(replica, tmp, cfg.train.export_formats)
+            save_model(cast(Transformer, replica), tmp)
+            export_handoff_formats(cast(Transformer, replica), tmp, cfg.train.export_formats)
         if tokenizer is not None:
             shutil.copyfile(tokenizer.path, tmp / "tokenizer.model")
         shutil.rmtree(out, ignore_errors=True)
@@ -51,7 +55,7 @@ def export_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv, tokenizer=N
     return out
 
 
-def export_handoff_formats(model: Transformer, folder: Path, formats: list[str]) -> None:
+def export_handoff_formats(model: Transformer, folder: Path, formats: Sequence[str]) -> None:
     """`folder/meta` (Meta's params.json + consolidated.00.pth) and `folder/hf` (HF LLaMA
     safetensors + config.json of head 1: the inverse of the HF import) for a plain (unsharded)
     policy; tensors are converted one at a time (`wmtp.model.checkpoint.save_hf_llama`)."""
@@ -64,13 +68,14 @@ def export_handoff_formats(model: Transformer, folder: Path, formats: list[str])
         save_hf_llama(iter_full_tensors(model), model.args, folder / "hf")
 
 
-def unwrap_replica(model: nn.Module, state: dict[str, Tensor]) -> nn.Module:
-    """A plain (unsharded, CPU) copy of `model` holding `state`, for saving."""
-    from wmtp.model.value import ValueModel, build_value_model
+def unwrap_replica(model: nn.Module, state: dict[str, Tensor]) -> Transformer | ValueModel:
+    """A plain (unsharded, CPU) copy of `model` (a Transformer or ValueModel) holding `state`, for saving."""
+    from wmtp.model.value import build_value_model
 
+    replica: Transformer | ValueModel
     if isinstance(model, ValueModel):
         replica = build_value_model(model.args, model.value_head.kind, device="cpu", seed=None)
     else:
-        replica = build_model(model.args, device="cpu", seed=None)
+        replica = build_model(cast(Transformer, model).args, device="cpu", seed=None)
     replica.load_state_dict(state)
     return replica

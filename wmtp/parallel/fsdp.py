@@ -29,6 +29,7 @@ from wmtp.model.transformer import Transformer
 from wmtp.model.value import ValueModel
 
 T = TypeVar("T")
+M = TypeVar("M", bound=nn.Module)
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -40,7 +41,7 @@ def transformer_blocks(model: nn.Module) -> list[nn.Module]:
     return [*model.layers, *model.extra_heads]
 
 
-def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
+def apply_activation_checkpointing(model: M) -> M:
     """Recompute each block's activations in backward (keeps only block inputs).
 
     Uses the composable `checkpoint` (forward hooks around the block), not a wrapper module, so
@@ -53,8 +54,8 @@ def apply_activation_checkpointing(model: nn.Module) -> nn.Module:
     return model
 
 
-def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh | None = None, mixed_precision: bool,
-               reshard_after_forward: bool = True) -> nn.Module:
+def apply_fsdp(model: M, *, mesh: DeviceMesh | None = None, mixed_precision: bool,
+               reshard_after_forward: bool = True) -> M:
     """Shard with FSDP2: one unit per block (trunk and heads), value head, then the root.
 
     mixed_precision: bf16 parameters for compute, fp32 gradient reduction; the sharded fp32
@@ -65,12 +66,11 @@ def apply_fsdp(model: nn.Module, *, mesh: DeviceMesh | None = None, mixed_precis
     """
     mp_policy = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
                  if mixed_precision else MixedPrecisionPolicy())
-    kwargs = dict(mesh=mesh, mp_policy=mp_policy)
     for block in transformer_blocks(model):
-        fully_shard(block, reshard_after_forward=reshard_after_forward, **kwargs)
+        fully_shard(block, reshard_after_forward=reshard_after_forward, mesh=mesh, mp_policy=mp_policy)
     if isinstance(model, ValueModel):
-        fully_shard(model.value_head, reshard_after_forward=reshard_after_forward, **kwargs)
-    fully_shard(model, **kwargs)
+        fully_shard(model.value_head, reshard_after_forward=reshard_after_forward, mesh=mesh, mp_policy=mp_policy)
+    fully_shard(model, mesh=mesh, mp_policy=mp_policy)
     for module in model.modules():
         if isinstance(module, FSDPModule):
             # Factor 1 with plain SUM collectives (gloo has no PREMUL_SUM; NCCL's SUM is zero-copy).

@@ -13,6 +13,7 @@ cast and copied.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from typing import Literal, overload
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +23,12 @@ def _items(source: nn.Module | Mapping[str, Tensor]):
     return source.state_dict().items() if isinstance(source, nn.Module) else source.items()
 
 
+@overload
+def iter_full_tensors(source: nn.Module | Mapping[str, Tensor], *, dtype: torch.dtype | None = None,
+                      keep: Literal[True] = True) -> Iterator[tuple[str, Tensor]]: ...
+@overload
+def iter_full_tensors(source: nn.Module | Mapping[str, Tensor], *, dtype: torch.dtype | None = None,
+                      keep: bool) -> Iterator[tuple[str, Tensor | None]]: ...
 def iter_full_tensors(source: nn.Module | Mapping[str, Tensor], *, dtype: torch.dtype | None = None,
                       keep: bool = True) -> Iterator[tuple[str, Tensor | None]]:
     """`(key, full CPU tensor)` per state-dict entry of `source`, gathered one at a time.
@@ -48,8 +55,8 @@ def gather_state_dict(source: nn.Module | Mapping[str, Tensor], *, dtype: torch.
                       keep: bool = True) -> dict[str, Tensor] | None:
     """The whole state dict on the host of the ranks with `keep` (None elsewhere), built one
     tensor at a time by `iter_full_tensors` (every rank must call it when `source` is sharded)."""
-    out = {key: t for key, t in iter_full_tensors(source, dtype=dtype, keep=keep)}
-    return out if keep else None
+    out = {key: t for key, t in iter_full_tensors(source, dtype=dtype, keep=keep) if t is not None}
+    return out if keep else None  # (without `keep` every t is None)
 
 
 def state_dict_bytes(source: nn.Module | Mapping[str, Tensor], dtype: torch.dtype | None = None) -> int:

@@ -22,6 +22,7 @@ Seeded init reads nothing and holds one tensor at a time, on rank 0's device.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -33,8 +34,13 @@ FP32_BYTES = 4
 # order (a state dict's `pop`, so each tensor is dropped once it is scattered).
 TensorSource = Callable[[], Callable[[str], Tensor]]
 
+if TYPE_CHECKING:
+    from wmtp.model.transformer import Transformer
+    from wmtp.model.value import ValueModel
+_Built = TypeVar("_Built", "Transformer", "ValueModel")
 
-def seeded_tensors(model: nn.Module, seed: int, device: torch.device | str) -> Callable[[str], Tensor]:
+
+def seeded_tensors(model: Transformer | ValueModel, seed: int, device: torch.device | str) -> Callable[[str], Tensor]:
     """`take(key)`: the full tensor of each parameter of `model` (a Transformer or ValueModel, meta
     or sharded: only names and shapes are read), initialised on `device` exactly as
     `torch.manual_seed(seed); model.init_weights()` would, one at a time, in `named_parameters` order."""
@@ -58,14 +64,15 @@ def building_on_fake_tensors() -> bool:
     return detect_fake_mode() is not None
 
 
-def build_sharded(model: nn.Module, shard: Callable[[nn.Module], nn.Module], device: torch.device,
-                  source: TensorSource | None) -> nn.Module:
+def build_sharded(model: _Built, shard: Callable[[_Built], _Built], device: torch.device,
+                  source: TensorSource | None) -> _Built:
     """A meta-built `model` → `shard(model)` (activation checkpointing + FSDP2) → this rank's
     shards allocated on `device` → filled from `source`, called on rank 0 only (None elsewhere).
 
     Under the memory trace (fake tensors, which `to_empty` cannot swap) the model is allocated
     first, then sharded, as `CriticSnapshot` does: fake tensors cost nothing."""
     from wmtp.model.transformer import allocate_empty
+    from wmtp.model.value import ValueModel
 
     if building_on_fake_tensors():
         allocate_empty(model, device)
@@ -74,7 +81,7 @@ def build_sharded(model: nn.Module, shard: Callable[[nn.Module], nn.Module], dev
         model = shard(model)
         model.to_empty(device=device)
     load_full_tensors(model, source)
-    backbone = getattr(model, "backbone", model)
+    backbone = model.backbone if isinstance(model, ValueModel) else model
     backbone.init_rope()  # non-persistent buffers: recomputed, never loaded
     return model
 
@@ -99,6 +106,7 @@ def load_full_tensors(model: nn.Module, source: TensorSource | None) -> int:
     error: BaseException | None = None
     if is_main:
         try:
+            assert source is not None, "rank 0 loads from a source"
             take = source()
         except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
             error = e
@@ -112,13 +120,13 @@ def load_full_tensors(model: nn.Module, source: TensorSource | None) -> int:
     largest = 0
     for key, param in params.items():
         full = None
-        if is_main:
+        if take is not None:  # rank 0
             full = take(key)
             if tuple(full.shape) != tuple(param.shape):
                 raise RuntimeError(f"{key}: full tensor {tuple(full.shape)} != parameter {tuple(param.shape)}")
             largest = max(largest, full.numel() * FP32_BYTES)
         local = param.to_local() if isinstance(param, DTensor) else param
-        if is_main:
+        if full is not None:  # rank 0
             full = full.to(device=local.device, dtype=param.dtype)
         else:
             full = torch.empty(param.shape, dtype=param.dtype, device=local.device)

@@ -7,6 +7,7 @@ the same recipe code runs in one process (tests, debugging) and on N ranks.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -117,7 +118,7 @@ def global_max_value(x: float, layout: DistEnv) -> float:
     return float(t)
 
 
-def per_rank_values(values: dict[str, Tensor | float], layout: DistEnv) -> dict[str, Tensor]:
+def per_rank_values(values: Mapping[str, Tensor | float], layout: DistEnv) -> dict[str, Tensor]:
     """Every rank's `values` (0-dim, this rank's own) under per-rank names `worker/<r>/<name>`, on
     every rank (one all_gather of a float64 vector: every rank calls it, with the same keys).
     `{}` in one process, where the global values are the rank's (docs/TRACKING.md lists them)."""

@@ -8,9 +8,13 @@ call `build_recipe` with Ray's sink and logger (`wmtp.orchestration`); recipes n
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from wmtp.config.schema import WMTPConfig
+
+if TYPE_CHECKING:
+    from wmtp.recipes.interfaces import CheckpointSink, ScorerFactory
+    from wmtp.tracking.base import MetricLogger
 
 
 class Recipe(Protocol):
@@ -32,7 +36,8 @@ def _registry() -> dict[str, Callable[..., Recipe]]:
             "verifiable": VerifiableRecipe, "rho1_weighted": Rho1WeightedRecipe}
 
 
-def build_recipe(cfg: WMTPConfig, *, logger: Any, checkpoint_sink: Any, scorer_factory=None) -> Recipe:
+def build_recipe(cfg: WMTPConfig, *, logger: MetricLogger, checkpoint_sink: CheckpointSink,
+                 scorer_factory: ScorerFactory | None = None) -> Recipe:
     from wmtp.training.device_memory import configure_allocator
 
     configure_allocator()  # before any model is built (docs/MEMORY.md "The allocator")

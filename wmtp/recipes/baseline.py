@@ -63,7 +63,7 @@ class BaselineRecipe:
         for batch, lab in accumulate([policy], list(zip(batches, labels))):
             with autocast_context(self.layout.device.type, cfg.train.precision):
                 out = policy(batch.tokens)
-                res = mtp_cross_entropy(out.hidden, policy.output.weight, lab, head_coefficients=self.coefs,
+                res = mtp_cross_entropy(out.hidden, policy.output.weight, lab, head_coefficients=self.coefs,  # type: ignore[union-attr]  # a policy has its output projection
                                         denominators=denom, chunk_size=cfg.train.loss_chunk_size)
             res.loss.backward()
             loss += res.loss.detach()
@@ -82,7 +82,9 @@ class BaselineRecipe:
                 **generated}
 
     def train(self) -> dict[str, float]:
-        tcfg, last_train, last_val = self.cfg.train, {}, {}
+        tcfg = self.cfg.train
+        last_train: dict[str, float] = {}
+        last_val: dict[str, float] = {}
         with timed("loop"):
             self.meter.start()
             for step in range(self.start + 1, tcfg.steps + 1):

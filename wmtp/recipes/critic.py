@@ -125,7 +125,9 @@ class CriticRecipe:
                 "val/explained_variance": float(explained_variance(finals, outcomes.double(), ones))}
 
     def train(self) -> dict[str, float]:
-        tcfg, last_train, last_val = self.cfg.train, {}, {}
+        tcfg = self.cfg.train
+        last_train: dict[str, float] = {}
+        last_val: dict[str, float] = {}
         with timed("loop"):
             self.meter.start()
             for step in range(self.start + 1, tcfg.steps + 1):

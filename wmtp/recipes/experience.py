@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar, cast
 
 import numpy as np
 import torch
@@ -39,6 +39,8 @@ from wmtp.model.value import ValueModel, build_value_model
 from wmtp.recipes.interfaces import SCORED_FIELDS, ScoredBatch
 from wmtp.training.precision import autocast_context, compute_dtype
 from wmtp.weighting.gae import compute_gae
+
+_Scoring = TypeVar("_Scoring", Transformer, ValueModel)
 
 
 @dataclass(frozen=True)
@@ -56,11 +58,11 @@ class ExperienceSpec:
 
 
 def build_scoring_model(spec: ExperienceSpec, state_dict: Mapping[str, Tensor] | None,
-                        device: torch.device | str = "cpu") -> nn.Module:
+                        device: torch.device | str = "cpu") -> Transformer | ValueModel:
     """The critic replica / frozen reference an experience actor scores with (eval mode, compute
     dtype: a bf16 run holds bf16 replicas)."""
     if spec.kind == "verifiable":
-        model: nn.Module = build_value_model(spec.model_args, spec.value_head, device="meta")
+        model: Transformer | ValueModel = build_value_model(spec.model_args, spec.value_head, device="meta")
     else:
         model = build_model(spec.model_args, device="meta")
     model = allocate_empty(model, device, dtype=compute_dtype(spec.precision))  # also under the memory trace
@@ -85,19 +87,20 @@ def critic_experience(critic: ValueModel, batch: Batch, *, gamma: float, lam: fl
 def reference_token_losses(reference: Transformer, batch: Batch, chunk_size: int = 1024) -> Tensor:
     """`ℓ^ref(j) = −log p_ref(x_j | x_{<j})`, target-indexed `[B, S]` (0 where j is no target)."""
     out = reference(batch.tokens, n_future_heads=1)
-    next_token = mtp_token_losses(out.hidden, reference.output.weight, batch.labels, chunk_size)[..., 0]
+    next_token = mtp_token_losses(out.hidden, reference.output.weight,  # type: ignore[union-attr]  # a policy's
+                                  batch.labels, chunk_size)[..., 0]
     return to_next_token(next_token).float()
 
 
 @torch.no_grad()
-def score_batch(spec: ExperienceSpec, model: nn.Module, batch: Batch, version: int = 0) -> ScoredBatch:
+def score_batch(spec: ExperienceSpec, model: Transformer | ValueModel, batch: Batch, version: int = 0) -> ScoredBatch:
     """The one scoring function, used by the colocated scorer and by Ray experience actors; the
     forward runs under `autocast_context(spec.precision)` (the learner's precision policy)."""
     with autocast_context(batch.tokens.device.type, spec.precision):
         if spec.kind == "verifiable":
-            return critic_experience(model, batch, gamma=spec.gamma, lam=spec.lam, reward_mode=spec.reward_mode,
+            return critic_experience(cast(ValueModel, model), batch, gamma=spec.gamma, lam=spec.lam, reward_mode=spec.reward_mode,
                                      version=version)
-        return ScoredBatch(batch, ref_losses=reference_token_losses(model, batch, spec.chunk_size),
+        return ScoredBatch(batch, ref_losses=reference_token_losses(cast(Transformer, model), batch, spec.chunk_size),
                            critic_version=version)
 
 
@@ -109,7 +112,7 @@ class LearnerScorer:
     number of batches). The learner updates `model` in place; `publish_critic` only moves the
     version."""
 
-    def __init__(self, spec: ExperienceSpec, model: nn.Module):
+    def __init__(self, spec: ExperienceSpec, model: Transformer | ValueModel):
         self.spec, self.model = spec, model
         self.version = 0
         self._ready: deque[ScoredBatch] = deque()
@@ -156,7 +159,7 @@ class CriticSnapshot:
     shards (no gather, no communication); `model` is checkpointed (DCP shards) and `version` with
     it (`state_dict`), so a resumed run scores with the same snapshot as an uninterrupted one."""
 
-    def __init__(self, critic: nn.Module, dtype: torch.dtype):
+    def __init__(self, critic: ValueModel, dtype: torch.dtype):
         from torch._subclasses.fake_tensor import is_fake
 
         from wmtp.parallel.fsdp import apply_fsdp
@@ -203,7 +206,7 @@ class CriticSnapshot:
         self.version = int(state["version"])
 
 
-def frozen_scoring_model(model: nn.Module, precision: str, device: torch.device) -> nn.Module:
+def frozen_scoring_model(model: _Scoring, precision: str, device: torch.device) -> _Scoring:
     """A frozen model (the Rho-1 reference) as one unsharded learner holds it: no grad, no
     optimizer, compute dtype, on `device` (under FSDP2 the recipe builds it sharded instead:
     `Rho1WeightedRecipe.sharded_reference`)."""

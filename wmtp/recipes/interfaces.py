@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class CheckpointSink(Protocol):
@@ -86,6 +86,14 @@ class ExperienceScorer(Protocol):
         been submitted and scored: the next `get` returns it."""
         ...
 
-    def publish_critic(self, state_dict: Mapping[str, Tensor], version: int) -> None: ...
+    def publish_critic(self, model: nn.Module, version: int) -> None:
+        """The learner's critic (or Rho-1's reference) at `version`, every rank calling."""
+        ...
 
     def close(self) -> None: ...
+
+
+# What a recipe gets as `scorer_factory` (None: it scores in the learner): (its
+# `wmtp.recipes.experience.ExperienceSpec`, the critic's state dict to start from or None) → scorer.
+# The Ray one is `wmtp.orchestration.experience.async_scorer_factory`'s.
+ScorerFactory = Callable[[Any, Mapping[str, Tensor] | None], ExperienceScorer]

@@ -38,7 +38,7 @@ def validation_due(step: int, tcfg: TrainConfig) -> bool:
 def to_floats(stats: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
     """One host sync for all tensor stats."""
     keys = [k for k, v in stats.items() if isinstance(v, torch.Tensor)]
-    values = torch.stack([stats[k].detach().double().cpu() for k in keys]).tolist() if keys else []
+    values = torch.stack([stats[k].detach().double().cpu() for k in keys]).tolist() if keys else []  # type: ignore[union-attr]  # keys holds the tensor entries
     out = dict(zip(keys, values))
     out.update({k: float(v) for k, v in stats.items() if not isinstance(v, torch.Tensor)})
     return out

@@ -62,7 +62,8 @@ class PrecomputedScorer:
     """`ExperienceScorer` over stored reference losses (a table lookup per batch)."""
 
     def __init__(self, table: PrecomputedReferenceLosses):
-        self.table, self._ready = table, []
+        self.table = table
+        self._ready: list[ScoredBatch] = []
 
     def submit(self, batch) -> None:
         self._ready.append(ScoredBatch(batch, ref_losses=self.table.lookup(batch)))
@@ -174,7 +175,7 @@ class Rho1WeightedRecipe:
         for micro, ((scored, _), lab) in accumulate([policy], list(enumerate(zip(fed, labels)))):
             with autocast_context(dev.type, cfg.train.precision):
                 out = policy(scored.batch.tokens)
-                policy_losses = mtp_token_losses(out.hidden, policy.output.weight, lab, cfg.train.loss_chunk_size)
+                policy_losses = mtp_token_losses(out.hidden, policy.output.weight, lab, cfg.train.loss_chunk_size)  # type: ignore[union-attr]  # a policy has its output projection
                 w, rstats = self.weights(policy_losses, scored.ref_losses, lab)
                 valid = valid_mask(lab, self.n_heads)
                 rho1_parts.append((rstats, valid.sum((0, 1))))
@@ -182,7 +183,7 @@ class Rho1WeightedRecipe:
                     w = shuffle_within_rows(w, valid, step_generator(
                         cfg.run.seed, self.layout.rank, step * cfg.data.grad_accum + micro))
                 head1.append((w[..., 0], valid[..., 0]))
-                res = mtp_cross_entropy(out.hidden, policy.output.weight, lab, weights=w,
+                res = mtp_cross_entropy(out.hidden, policy.output.weight, lab, weights=w,  # type: ignore[union-attr]  # a policy has its output projection
                                         head_coefficients=self.coefs, denominators=denom,
                                         chunk_size=cfg.train.loss_chunk_size)
             res.loss.backward()
@@ -223,10 +224,11 @@ class Rho1WeightedRecipe:
         # Every rank runs the forward (a sharded policy needs all ranks); rank 0 logs.
         if cfg.train.heatmap_samples and isinstance(self.scorer, LearnerScorer):
             batch = self.valid[0]
-            ref = reference_token_losses(self.scorer.model, batch, cfg.train.loss_chunk_size)
+            ref = reference_token_losses(self.scorer.model, batch,  # type: ignore[arg-type]  # the reference
+                                         cfg.train.loss_chunk_size)
             out = policy(batch.tokens)
             lab = streams.policy_labels(batch, "all")
-            w, _ = self.weights(mtp_token_losses(out.hidden, policy.output.weight, lab), ref, lab,
+            w, _ = self.weights(mtp_token_losses(out.hidden, policy.output.weight, lab), ref, lab,  # type: ignore[union-attr]  # a policy has its output projection
                                 global_stats=False)
             if self.layout.is_main:
                 log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
@@ -234,7 +236,9 @@ class Rho1WeightedRecipe:
         return metrics
 
     def train(self) -> dict[str, float]:
-        tcfg, last_train, last_val = self.cfg.train, {}, {}
+        tcfg = self.cfg.train
+        last_train: dict[str, float] = {}
+        last_val: dict[str, float] = {}
         with timed("loop"):
             self.meter.start()
             for step in range(self.start + 1, tcfg.steps + 1):

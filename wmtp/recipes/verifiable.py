@@ -21,6 +21,8 @@ no optimizer and scores as it is. `async` publishes the same model to the experi
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from wmtp.config.paths import export_dir
@@ -103,7 +105,7 @@ class VerifiableRecipe:
                                    vw.reward, cfg.train.loss_chunk_size, cfg.train.precision)
         self.policy = build_trainable(policy, cfg, cfg.optim.lr)
         self.critic_model = critic
-        trainables = {"policy": self.policy}
+        trainables: dict[str, Any] = {"policy": self.policy}
         if self.learn_critic:
             self.critic = trainables["critic"] = build_trainable(self.critic_model, cfg, cfg.optim.critic_lr)
         # Scores between publishes when they are further apart than one step (checkpointed).
@@ -120,7 +122,7 @@ class VerifiableRecipe:
         self.valid = streams.valid_batches(self.data.valid, cfg, self.layout)
         self.meter = throughput_meter(policy, cfg, self.layout)
         self.gen_tasks = generation_eval_tasks(cfg) if cfg.train.eval_generate_every else []
-        stateful = {"normalizer": self.normalizer} if hasattr(self.normalizer, "state_dict") else {}
+        stateful: dict[str, Any] = {"normalizer": self.normalizer} if hasattr(self.normalizer, "state_dict") else {}
         models = {}
         if self.snapshot is not None:
             stateful["critic_snapshot"] = self.snapshot
@@ -190,7 +192,7 @@ class VerifiableRecipe:
         labels = [streams.policy_labels(s.batch, cfg.data.samples) for s in scored_batches]
         denom = step_denominators(labels, self.n_heads, self.layout)
         resp = [streams.response_mask(s.batch) for s in scored_batches]
-        value_denom = reduce.global_sum(sum(r.sum() for r in resp).double(), self.layout)
+        value_denom = reduce.global_sum(sum(r.sum() for r in resp).double(), self.layout)  # type: ignore[union-attr]  # resp is not empty
         dev = self.layout.device
         loss, ce, wce = (torch.zeros((), device=dev), torch.zeros(self.n_heads, dtype=torch.float64, device=dev),
                          torch.zeros(self.n_heads, dtype=torch.float64, device=dev))
@@ -204,19 +206,19 @@ class VerifiableRecipe:
             batch = scored.batch
             with autocast_context(dev.type, cfg.train.precision):
                 out = policy(batch.tokens)
-                res = mtp_cross_entropy(out.hidden, policy.output.weight, lab, weights=w,
+                res = mtp_cross_entropy(out.hidden, policy.output.weight, lab, weights=w,  # type: ignore[union-attr]  # a policy has its output projection
                                         head_coefficients=self.coefs, denominators=denom,
                                         chunk_size=cfg.train.loss_chunk_size)
                 total = res.loss
                 if self.learn_critic:
                     v_new = critic(batch.tokens)
-                    vloss = clipped_value_loss(state_values(v_new), state_values(scored.values_old),
-                                               scored.returns, rmask, vl.coefficient, vl.clip_range,
+                    vloss = clipped_value_loss(state_values(v_new), state_values(scored.values_old),  # type: ignore[arg-type]  # a critic-scored batch has V_old and returns
+                                               scored.returns, rmask, vl.coefficient, vl.clip_range,  # type: ignore[arg-type]  # (as above)
                                                denominator=value_denom)
                     total = total + vloss.loss
                     vstats += torch.stack([vloss.loss.detach().double(),
                                            vloss.clip_fraction.double() * rmask.sum().double()])
-                    ev_moments += explained_variance_moments(state_values(scored.values_old), scored.returns,
+                    ev_moments += explained_variance_moments(state_values(scored.values_old), scored.returns,  # type: ignore[arg-type]  # (as above)
                                                              rmask)
             total.backward()
             loss += total.detach()
@@ -273,8 +275,8 @@ class VerifiableRecipe:
         for batch in self.valid:
             scored = critic_experience(critic, batch, gamma=vw.gae_gamma, lam=vw.gae_lambda,
                                        reward_mode=vw.reward, version=step)
-            finals.append(final_values(scored.values_old, batch))
-            means.append(mean_response_value(state_values(scored.values_old), streams.response_mask(batch)))
+            finals.append(final_values(scored.values_old, batch))  # type: ignore[arg-type]  # critic_experience sets V_old
+            means.append(mean_response_value(state_values(scored.values_old), streams.response_mask(batch)))  # type: ignore[arg-type]  # (as above)
             outcomes.append(batch.is_correct)
         critic.train()
         finals = reduce.gather_cat(torch.cat(finals), self.layout)
@@ -283,7 +285,7 @@ class VerifiableRecipe:
         metrics["val/critic_auc"] = roc_auc(finals, outcomes)
         metrics["val/pairwise_accuracy"] = pairwise_accuracy(means, outcomes)
         if self.layout.is_main and cfg.train.heatmap_samples:
-            w, _ = self.weights(scored.advantages, streams.response_mask(batch), update=False, global_stats=False)
+            w, _ = self.weights(scored.advantages, streams.response_mask(batch), update=False, global_stats=False)  # type: ignore[arg-type]  # and the advantages
             log_weight_heatmap(self.logger, self.data.tokenizer, batch, w, step, cfg.train.heatmap_samples,
                                f"verifiable token weights, step {step}")
         return metrics
@@ -298,7 +300,9 @@ class VerifiableRecipe:
         return quality
 
     def train(self) -> dict[str, float]:
-        tcfg, last_train, last_val = self.cfg.train, {}, {}
+        tcfg = self.cfg.train
+        last_train: dict[str, float] = {}
+        last_val: dict[str, float] = {}
         with timed("validation"):
             quality = self.check_critic()
         with timed("loop"):

@@ -223,10 +223,11 @@ def run_token_weights(cfg: Any, batch: Any, policy: Any, critic: Any = None, ref
         if vw.source == "uniform":
             return None
         scored = critic_experience(critic, batch, gamma=vw.gae_gamma, lam=vw.gae_lambda, reward_mode=vw.reward, version=0)
-        adv = scored.advantages
+        adv, values = scored.advantages, scored.values_old
+        assert values is not None  # a critic-scored batch carries its values
         if vw.source == "position":
-            mean = (scored.values_old.double() * mask).sum() / mask.sum().clamp_min(1)
-            adv = position_advantages(scored.values_old, mask, batch.is_correct, mean, vw.gae_gamma, vw.gae_lambda,
+            mean = (values.double() * mask).sum() / mask.sum().clamp_min(1)
+            adv = position_advantages(values, mask, batch.is_correct, mean, vw.gae_gamma, vw.gae_lambda,
                                       vw.reward, truncated=batch.truncated)
         normalizer = build_normalizer(vw.td_error_normalization, momentum=vw.ema_momentum, warmup_steps=vw.ema_warmup_steps)
         w, _ = value_weights(vw, adv, mask, normalizer=normalizer, generator=step_generator(cfg.run.seed, 0, 0))

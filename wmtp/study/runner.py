@@ -377,13 +377,12 @@ def collect(plan: StudyPlan) -> tuple[list[RunMeasures], list[str]]:
     runs, missing = [], []
     for cfg in plan.configs.values():
         for seed in plan.spec.seeds:
-            c = update_config(cfg, {"run.seed": seed, "run.name": cfg.run.name.rsplit("-s", 1)[0] + f"-s{seed}"},
-                              "study seed")
-            path = run_dir(c) / MEASURES_FILE
+            name = str(cfg.run.name).rsplit("-s", 1)[0] + f"-s{seed}"
+            path = run_dir(update_config(cfg, {"run.seed": seed, "run.name": name}, "study seed")) / MEASURES_FILE
             if path.is_file():
                 runs.append(RunMeasures.from_json(json.loads(path.read_text())))
             else:
-                missing.append(c.run.name)
+                missing.append(name)
     return runs, missing
 
 

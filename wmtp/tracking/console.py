@@ -156,7 +156,7 @@ class RunConsole:
         self._bar_enabled = self.stream.isatty() if show_bar is None else show_bar
         self._clock = clock
         self._t0 = clock()
-        self._bar = None
+        self._bar: Any = None  # a tqdm bar once the first step is shown
         self._origin: tuple[float, int] | None = None
         self._milestones: set[int] = set()
         self.latest: dict[str, float] = {}

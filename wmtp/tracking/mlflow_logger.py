@@ -263,7 +263,7 @@ class MlflowLogger:
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in redact(tags).items():
-            self.outage.call(f"tag {key}", lambda k=sanitize_key(key), v=str(value): self.client.set_tag(self.run_id, k, v))
+            self.outage.call(f"tag {key}", lambda k=sanitize_key(key), v=str(value): self.client.set_tag(self.run_id, k, v))  # type: ignore[misc]  # defaults bind each tag
 
     def close(self, status: str = "FINISHED") -> None:
         """End the run; `status` is FINISHED, FAILED or KILLED."""
@@ -280,7 +280,7 @@ class MlflowLogger:
         if not self._closed:
             self._closed = True
             if self._caught_up(status):
-                finalize_run(self.client, self.run_id, status, reason, summary_path)
+                finalize_run(self.client, self.run_id, status, reason, summary_path)  # type: ignore[arg-type]  # a started run has its id
 
     def _caught_up(self, status: str) -> bool:
         """Replay what an outage kept; False (said) when the server is still away at the end."""

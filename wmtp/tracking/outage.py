@@ -39,7 +39,7 @@ def quick_http_retries() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
 
 
-def is_unreachable(exc: BaseException) -> bool:
+def is_unreachable(exc: BaseException | None) -> bool:
     """True when `exc` (or what caused it) says the server or artifact store could not be reached."""
     seen = 0
     while exc is not None and seen < 8:
@@ -124,7 +124,7 @@ class TrackingOutage:
             if self.down:
                 self.replayed += 1
         if self.down:
-            self.say(f"MLflow at {self.where} answers again after {self._clock() - self.down_since:.0f} s: "
+            self.say(f"MLflow at {self.where} answers again after {self._clock() - (self.down_since or 0.0):.0f} s: "
                      f"{self.replayed} kept calls sent")
             self.down_since = None
 

@@ -12,6 +12,7 @@ grows and shrinks in place, so reserved stays near the peak allocated.
 from __future__ import annotations
 
 import os
+from collections.abc import MutableMapping
 from typing import Any
 
 import torch
@@ -25,11 +26,11 @@ def configure_allocator(env: dict[str, str] | None = None, cuda: Any = None) -> 
     """Expandable segments for this process (and, through the environment, its children) unless
     the user set `PYTORCH_CUDA_ALLOC_CONF` / `PYTORCH_ALLOC_CONF`; the settings applied, or None.
     Takes effect for segments allocated afterwards, so call it before the models are built."""
-    env = os.environ if env is None else env
+    environ: MutableMapping[str, str] = os.environ if env is None else env
     cuda = torch.cuda if cuda is None else cuda
-    if any(env.get(k) for k in ALLOCATOR_ENV) or not cuda.is_available():
+    if any(environ.get(k) for k in ALLOCATOR_ENV) or not cuda.is_available():
         return None
-    env["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR_SETTINGS
+    environ["PYTORCH_CUDA_ALLOC_CONF"] = ALLOCATOR_SETTINGS
     cuda.memory._set_allocator_settings(ALLOCATOR_SETTINGS)
     return ALLOCATOR_SETTINGS
 

@@ -19,7 +19,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
     Frozen parameters (requires_grad=False) are left out.
     """
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for param in model.parameters():
         if not param.requires_grad:
             continue

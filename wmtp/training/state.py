@@ -6,15 +6,20 @@ ranks, how a run starts or resumes, and the loop's own meters.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from wmtp.config.schema import WMTPConfig
 from wmtp.parallel.reduce import DistEnv
 from wmtp.training.step import Trainable
+
+if TYPE_CHECKING:
+    from wmtp.model.transformer import Transformer
+    from wmtp.model.value import ValueModel
 
 
 def nonfinite_guard(cfg: WMTPConfig, sink):
@@ -63,7 +68,7 @@ class LoopState:
     trainables: dict[str, Trainable]
     stateful: dict[str, Any] = dataclasses.field(default_factory=dict)
     # Models checkpointed without an optimizer (e.g. the critic snapshot of critic_sync_interval > 1).
-    models: dict[str, nn.Module] = dataclasses.field(default_factory=dict)
+    models: Mapping[str, nn.Module] = dataclasses.field(default_factory=dict)
 
     def all_models(self) -> dict[str, nn.Module]:
         return {**{n: t.model for n, t in self.trainables.items()}, **self.models}
@@ -108,7 +113,7 @@ class LoopState:
         return {"train/skipped_batches": float(self.guard.skipped)}
 
 
-def throughput_meter(model: nn.Module, cfg: WMTPConfig, layout: DistEnv):
+def throughput_meter(model: Transformer | ValueModel, cfg: WMTPConfig, layout: DistEnv):
     """tokens/s and MFU (FLOPs per token from the model's shapes, peak from the accelerator table)."""
     from wmtp.model.memory import flops_per_token
     from wmtp.training.throughput import ThroughputMeter, current_device_peak_flops

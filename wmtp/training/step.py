@@ -6,7 +6,7 @@ denominators and head coefficients.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -18,18 +18,25 @@ from wmtp.parallel.reduce import DistEnv, global_sum
 from wmtp.training.optim import build_optimizer
 from wmtp.training.schedule import build_scheduler
 
+if TYPE_CHECKING:
+    from wmtp.model.transformer import Transformer
+    from wmtp.model.value import ValueModel
+
+
+M = TypeVar("M", bound=nn.Module)
+
 
 @dataclass
-class Trainable:
+class Trainable(Generic[M]):
     """A model with its optimiser and LR schedule."""
 
-    model: nn.Module
+    model: M
     optimizer: torch.optim.Optimizer
     scheduler: Any
 
 
-def build_trainable(model: nn.Module, cfg: WMTPConfig, lr: float) -> Trainable:
-    opt = build_optimizer(model, lr=lr, weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
+def build_trainable(model: M, cfg: WMTPConfig, lr: float) -> Trainable[M]:
+    opt = build_optimizer(model, lr=lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas)
     sched = build_scheduler(opt, warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.train.steps,
                             min_lr_ratio=cfg.optim.min_lr_ratio)
     return Trainable(model, opt, sched)
@@ -66,7 +73,7 @@ def step_denominators(labels: list[Tensor], n_heads: int, layout: DistEnv) -> Te
     return global_sum(local, layout)
 
 
-def n_heads_of(model: nn.Module) -> int:
+def n_heads_of(model: Transformer | ValueModel) -> int:
     return model.args.n_future_tokens
 
 

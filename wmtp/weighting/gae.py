@@ -85,8 +85,8 @@ def _terminal(is_last: Tensor, truncated: Tensor | None) -> Tensor:
 
 
 def _deltas(values: Tensor, mask: Tensor, rewards: Tensor, gamma: float, reward_mode: str,
-            truncated: Tensor | None = None) -> Tensor:
-    """δ_j on response tokens (0 elsewhere), float64. values `[B, S]`, mask `[B, S]` bool, rewards `[B]`,
+            truncated: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """δ_j on response tokens (0 elsewhere), float64, and V_{j−1} `[B, S]`. values `[B, S]`, mask `[B, S]` bool, rewards `[B]`,
     truncated `[B]` bool or None."""
     if reward_mode not in REWARD_MODES:
         raise ValueError(f"reward_mode must be one of {list(REWARD_MODES)}, got {reward_mode!r}")

@@ -106,7 +106,8 @@ class EMANormalizer:
 
     @property
     def std(self) -> float:
-        return max(self.sq_mean - self.mean * self.mean, 0.0) ** 0.5
+        std: float = max(self.sq_mean - self.mean * self.mean, 0.0) ** 0.5
+        return std
 
     def __call__(self, x: Tensor, mask: Tensor, *, update: bool = True, stats: Stats | None = None,
                  reduce_fn: ReduceFn | None = None) -> Tensor:
@@ -160,7 +161,7 @@ NORMALIZERS: dict[str, Callable[..., Normalizer]] = {
 }
 
 
-def build_normalizer(name: str, **kwargs) -> Normalizer:
+def build_normalizer(name: str, **kwargs: float) -> Normalizer:
     """`zscore` | `ema` (kwargs: momentum, warmup_steps) | `none`."""
     if name not in NORMALIZERS:
         raise ValueError(f"unknown normalizer {name!r}; allowed: {sorted(NORMALIZERS)}")

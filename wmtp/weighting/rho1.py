@@ -77,7 +77,8 @@ def excess_loss(policy_losses: Tensor, ref_losses: Tensor, labels: Tensor,
     return torch.where(valid, e, torch.zeros_like(e)), valid
 
 
-def _topk(e: Tensor, valid: Tensor, ratio: float, keep_first_head: bool, gather_fn: GatherFn | None):
+def _topk(e: Tensor, valid: Tensor, ratio: float, keep_first_head: bool,
+          gather_fn: GatherFn | None) -> tuple[Tensor, Tensor]:
     H = e.shape[-1]
     w = torch.zeros_like(e)
     kept = torch.zeros(H, dtype=torch.float64, device=e.device)

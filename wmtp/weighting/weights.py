@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -122,6 +123,24 @@ def advantage_weights(
     return exp_clip_weights(a_hat, mask, temperature, clip_min, clip_max, renormalize, reduce_fn, reduce_max_fn)
 
 
+class WeightingKnobs(Protocol):
+    """What `value_weights` reads of `stage2.value_weighting` (config.schema.ValueWeightingConfig;
+    a Protocol so this package stays pure torch)."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def shuffle(self) -> bool: ...
+    @property
+    def weight_temperature(self) -> float: ...
+    @property
+    def weight_clip_min(self) -> float: ...
+    @property
+    def weight_clip_max(self) -> float: ...
+    @property
+    def renormalize(self) -> bool: ...
+
+
 def position_advantages(values: Tensor, response: Tensor, outcome: Tensor, mean_value: Tensor, gamma: float,
                         lam: float, reward_mode: str, truncated: Tensor | None = None) -> Tensor:
     """The position-only control's advantages `[B, S]`: the same GAE with a constant critic,
@@ -133,14 +152,15 @@ def position_advantages(values: Tensor, response: Tensor, outcome: Tensor, mean_
     return compute_gae(constant, response, outcome.to(values.dtype), gamma, lam, reward_mode, truncated=truncated)[0]
 
 
-def value_weights(vw, advantages: Tensor, mask: Tensor, *, normalizer: Normalizer | None = None, update: bool = True,
+def value_weights(vw: WeightingKnobs, advantages: Tensor | None, mask: Tensor, *, normalizer: Normalizer | None = None, update: bool = True,
                   reduce_fn: ReduceFn | None = None, reduce_max_fn: ReduceFn | None = None,
                   generator: torch.Generator | None = None) -> tuple[Tensor, WeightStats]:
     """`stage2.value_weighting` (`vw`) → the target-indexed token weights `[B, S]` of one global
     batch and their statistics: weight 1 on every target (`source: uniform`), else
     `advantage_weights` of `advantages` (the critic's GAE, or `position_advantages` for
-    `source: position`), then permuted within each row when `vw.shuffle` (`generator`). The one
-    implementation the verifiable recipe trains with and the study's diagnostics measure."""
+    `source: position`; None only for `source: uniform`), then permuted within each row when
+    `vw.shuffle` (`generator`). The one implementation the verifiable recipe trains with and the
+    study's diagnostics measure."""
     from wmtp.weighting.shuffle import shuffle_within_rows
 
     if vw.source == "uniform":
@@ -148,6 +168,8 @@ def value_weights(vw, advantages: Tensor, mask: Tensor, *, normalizer: Normalize
         one = torch.ones((), dtype=torch.float64, device=w.device)
         stats = weight_stats(w, mask, one, one * 0, reduce_fn, reduce_max_fn)
     else:
+        if advantages is None:
+            raise ValueError(f"stage2.value_weighting.source={vw.source} needs advantages")
         w, stats = advantage_weights(advantages, mask, vw.weight_temperature, vw.weight_clip_min, vw.weight_clip_max,
                                      vw.renormalize, normalizer, update=update, reduce_fn=reduce_fn,
                                      reduce_max_fn=reduce_max_fn)
