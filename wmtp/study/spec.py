@@ -47,6 +47,7 @@ from wmtp.config.loader import (
 )
 from wmtp.config.paths import export_dir
 from wmtp.config.schema import RecipeName, WMTPConfig
+from wmtp.orchestration.home import anchor_outputs
 
 MEASURES = ("pass@1", "ce_head1")  # the paired endpoints a claim may name
 
@@ -174,15 +175,16 @@ def stage_config(spec: StudySpec, stage: Literal["ntp", "critic"], output_dir: s
 
 
 def arm_config(spec: StudySpec, arm: str, seed: int, output_dir: str | None = None) -> WMTPConfig:
-    """The resolved config of one (arm, seed) run, wired to the stages' exports; errors name the arm."""
+    """The resolved config of one (arm, seed) run, wired to the stages' exports (absolute: a trial
+    runs in its own folder); errors name the arm."""
     a = spec.arms[arm]
     overrides = {**spec.overrides, **spec.settings[a.setting].overrides, "run.seed": seed,
                  "run.name": run_name(spec, arm, seed), **({"run.output_dir": output_dir} if output_dir else {})}
     if a.recipe == "verifiable":
-        overrides.update({"value_model.checkpoint": str(export_dir(stage_config(spec, "critic", output_dir))),
+        overrides.update({"value_model.checkpoint": str(export_dir(anchor_outputs(stage_config(spec, "critic", output_dir)))),
                           "stage2.value_loss.enabled": False})
     elif a.recipe == "rho1_weighted":
-        overrides["rho1.reference"] = str(export_dir(stage_config(spec, "ntp", output_dir)))
+        overrides["rho1.reference"] = str(export_dir(anchor_outputs(stage_config(spec, "ntp", output_dir))))
     return _load(spec, a.recipe, {**overrides, **a.overrides}, f"arm {arm}")
 
 
