@@ -47,10 +47,10 @@ def test_time_to_threshold_and_curves(tmp_path):
     log = tmp_path / "metrics.jsonl"
     log.write_text("\n".join([
         '{"params": {}}',
-        '{"step": 10, "metrics": {"perf/tokens_seen": 100, "train/loss": 3}}',
+        '{"step": 10, "metrics": {"perf/targets_seen": 100, "train/loss": 3}}',
         '{"step": 10, "metrics": {"val/ce": 2.5}}',
-        '{"step": 20, "metrics": {"perf/tokens_seen": 200, "val/ce": 1.4, "eval/pass_at_1": 0.125}}',
-        '{"step": 30, "metrics": {"perf/tokens_seen": 300, "val/ce": 1.2, "eval/pass_at_1": 0.25}}',
+        '{"step": 20, "metrics": {"perf/targets_seen": 200, "val/ce": 1.4, "eval/pass_at_1": 0.125}}',
+        '{"step": 30, "metrics": {"perf/targets_seen": 300, "val/ce": 1.2, "eval/pass_at_1": 0.25}}',
     ]))
     curves = read_curves(log, ["val/ce", "eval/pass_at_1"])
     assert curves["val/ce"] == [(100.0, 2.5), (200.0, 1.4), (300.0, 1.2)]

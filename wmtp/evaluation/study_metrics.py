@@ -54,8 +54,9 @@ def weight_share(weights: Tensor, decisive: Tensor, mask: Tensor) -> dict[str, f
 
 
 def read_curves(metrics_jsonl: str | Path, keys: Sequence[str]) -> dict[str, list[tuple[float, float]]]:
-    """`key → [(tokens seen, value)]` from a run's JSONL log (last value per step wins; tokens
-    are the latest `perf/tokens_seen` at or before the step)."""
+    """`key → [(trained targets, value)]` from a run's JSONL log (last value per step wins; the
+    targets are the latest `perf/targets_seen` at or before the step: prompts and masked solutions
+    are no training budget)."""
     by_step: dict[int, dict[str, float]] = {}
     path = Path(metrics_jsonl)
     if not path.is_file():
@@ -67,7 +68,7 @@ def read_curves(metrics_jsonl: str | Path, keys: Sequence[str]) -> dict[str, lis
     tokens, out = 0.0, {k: [] for k in keys}
     for step in sorted(by_step):
         m = by_step[step]
-        tokens = m.get("perf/tokens_seen", tokens)
+        tokens = m.get("perf/targets_seen", tokens)
         for k in keys:
             if k in m and isinstance(m[k], int | float) and math.isfinite(m[k]):
                 out[k].append((float(tokens), float(m[k])))
@@ -386,7 +387,7 @@ def measure_run(cfg: Any, method: str, final_metrics: Mapping[str, float], plan:
     torch.manual_seed(cfg.run.seed)
     scalars = {k: float(v) for k, v in final_metrics.items()
                if isinstance(v, int | float) and (k.startswith("val/") or k == "perf/tokens_per_s"
-                                                  or k == "perf/tokens_seen")}
+                                                  or k == "perf/targets_seen")}
     scalars.update(decisive_measures(cfg, policy, tokenizer, critic_dir, plan.decisive_records))
     per_task = pass_at_k_per_task(policy, tokenizer, eval_tasks(cfg, plan), plan, cfg.run.seed)
     curves = read_curves(run_dir(cfg) / "metrics.jsonl", ["val/ce", "eval/pass_at_1", "perf/tokens_per_s"])

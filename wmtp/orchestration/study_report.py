@@ -219,7 +219,7 @@ finished runs):
 ## Table
 
 Mean [95% bootstrap CI] n=runs. The CI resamples seeds, and tasks within each seed for pass@k.
-`tokens_to/*`: training tokens until the curve first crossed the level (runs that never did are left
+`tokens_to/*`: trained targets until the curve first crossed the level (runs that never did are left
 out; n counts those that did). `decisive/*`: weights on incorrect validation solutions, tokens where
 the solution differs from its closest correct variant vs the rest (`mass_share` of weight on them,
 `token_share` their share of tokens, `auc` of the weights separating them; 0.5 = no information).
