@@ -79,7 +79,8 @@ def test_slow_benchmark_runs_tiny(name, tmp_path):
 
 
 # Scripts whose tiny mode another test runs (gpu_check: under `python -S` with only its wheels).
-COVERED_ELSEWHERE = {"gpu_check": "tests/benchmarks/test_gpu_check.py"}
+COVERED_ELSEWHERE = {"gpu_check": "tests/benchmarks/test_gpu_check.py",
+                     "metric_collectives": "tests/recipes/test_metric_collectives.py"}
 
 
 def test_every_script_is_covered():

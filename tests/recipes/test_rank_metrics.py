@@ -32,6 +32,9 @@ def test_two_ranks_log_per_rank_values_that_make_up_the_global_ones(tmp_path):
         assert sum(t * m for t, m in zip(targets, means)) / sum(targets) == pytest.approx(
             logged["train/weights/mean"], rel=1e-6)
         assert all(logged[f"worker/{r}/train/tokens"] > 0 for r in (0, 1))
+        # the step's counts are summed over ranks exactly (count_step; one all-reduce when logging)
+        assert logged["train/tokens"] == sum(logged[f"worker/{r}/train/tokens"] for r in (0, 1))
+        assert logged["train/targets"] == sum(targets)
     # the shards differ (what the per-rank values are for): renormalised to 1 globally, not per rank
     assert ranks[0]["metrics"][1]["train/weights/mean"] == pytest.approx(1.0, abs=1e-9)
     assert ranks[0]["metrics"][1]["worker/0/train/weights/mean"] != pytest.approx(1.0, abs=1e-6)

@@ -23,6 +23,7 @@ from wmtp.training import (
     seed_everything,
     set_rng_state,
 )
+from wmtp.training.throughput import count_step
 
 
 def test_param_groups_no_decay_on_norms_and_biases(tiny_model):
@@ -126,19 +127,45 @@ def test_nonfinite_skip_counts_and_limits(caplog):
         restored.check(float("nan"), 4)
 
 
-def test_throughput_ema_and_mfu():
-    now = [0.0]
-    meter = ThroughputMeter(flops_per_token=1e9, peak_flops=1e12, n_devices=2, smoothing=0.5, clock=lambda: now[0])
+def test_throughput_counts_totals_window_rates_and_mfu():
+    now, reduced = [0.0], []
+
+    def two_equal_ranks(t):  # what an all-reduce SUM over two ranks holding the same counts gives
+        reduced.append(t.clone())
+        return 2 * t
+
+    meter = ThroughputMeter(flops_per_token=1e9, peak_flops=1e12, n_devices=2, clock=lambda: now[0],
+                            sum_ranks=two_equal_ranks)
     meter.start()
-    for dt, tokens in ((1.0, 1000), (0.5, 1000), (1.0, 3000)):
+    for dt, count in ((1.0, (1000, 600)), (0.5, (1000, 500)), (1.0, (3000, 900))):
         now[0] += dt
-        meter.update(tokens)
-    # rates 1000, 2000, 3000: EMA 1000 -> 1500 -> 2250
-    assert meter.tokens_per_s == pytest.approx(2250.0)
-    assert meter.mfu == pytest.approx(2250.0 * 1e9 / 2e12)
-    assert meter.metrics() == {"perf/tokens_seen": 5000.0, "perf/tokens_per_s": pytest.approx(2250.0),
-                               "perf/mfu": pytest.approx(1.125)}
-    assert ThroughputMeter().metrics() == {"perf/tokens_seen": 0.0}
+        meter.update(torch.tensor(count))
+    # window of 2.5 s: 2 × 5000 tokens, 2 × 2000 targets; the last step 2 × (3000, 900)
+    assert meter.metrics() == {"train/tokens": 6000.0, "train/targets": 1800.0, "perf/tokens_seen": 10000.0,
+                               "perf/targets_seen": 4000.0, "perf/tokens_per_s": pytest.approx(4000.0),
+                               "perf/targets_per_s": pytest.approx(1600.0), "perf/mfu": pytest.approx(2.0)}
+    assert len(reduced) == 1  # one all-reduce per logged step, none in update()
+    now[0] += 2.0
+    meter.update(torch.tensor([500, 400]), trained=False)  # a skipped batch: its targets trained nothing
+    m = meter.metrics()  # the next window holds that step alone
+    assert (m["train/targets"], m["perf/targets_seen"], m["perf/tokens_seen"]) == (0.0, 4000.0, 11000.0)
+    assert (m["perf/tokens_per_s"], m["perf/targets_per_s"]) == (pytest.approx(500.0), 0.0)
+    restored = ThroughputMeter()
+    restored.load_state_dict(meter.state_dict())  # this rank's own totals
+    assert restored.state_dict() == {"tokens": 5500, "targets": 2000}
+    assert ThroughputMeter().metrics() == {"train/tokens": 0.0, "train/targets": 0.0, "perf/tokens_seen": 0.0,
+                                           "perf/targets_seen": 0.0}
+    older = ThroughputMeter(n_devices=2)
+    older.load_state_dict({"total_tokens": 9000})  # written before targets: tokens × world size
+    assert older.state_dict() == {"tokens": 4500, "targets": 0}
+
+
+def test_count_step_counts_real_tokens_and_head1_targets_by_hand():
+    mask = torch.tensor([[0, 1, 1, 1, 1], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    labels = torch.tensor([[-100, -100, -100, 7, 8], [-100, -100, 5, 6, -100]])
+    # 4 + 4 real tokens; head 1 predicts labels[:, 1:]: 2 + 2 targets; a second micro-batch adds to both
+    assert count_step([mask], [labels]).tolist() == [8, 4]
+    assert count_step([mask, mask[:1]], [labels, labels[:1]]).tolist() == [12, 6]
 
 
 def test_peak_flops_table():

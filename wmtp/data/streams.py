@@ -48,16 +48,12 @@ class BatchStream:
     def __init__(self, data: TrainingData, sampler: Sampler, batch_size: int, device: torch.device,
                  pairs: bool = False):
         self.data, self.sampler, self.batch_size, self.device = data, sampler, batch_size, device
-        self.pairs, self.last_tokens = pairs, 0
+        self.pairs = pairs
         self._it: Iterator = (data.pair_batches if pairs else data.batches)(sampler, batch_size)
 
     def next(self):
-        """The next batch on the device; `self.last_tokens` holds its real-token count (host int,
-        counted before the copy, so throughput logging costs no device sync)."""
-        batch = next(self._it)
-        mask = batch.chosen.attention_mask if self.pairs else batch.attention_mask
-        self.last_tokens = int(mask.sum()) * (2 if self.pairs else 1)
-        return batch.to(self.device)
+        """The next batch on the device."""
+        return next(self._it).to(self.device)
 
     def state_dict(self) -> dict:
         return self.sampler.state_dict()

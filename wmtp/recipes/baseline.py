@@ -18,7 +18,7 @@ from wmtp.parallel.build import policy_model
 from wmtp.parallel.export import export_model
 from wmtp.parallel.fsdp import accumulate
 from wmtp.recipes.interfaces import CheckpointSink
-from wmtp.recipes.loop import due, head_metrics, log_step, save_checkpoint, validation_due
+from wmtp.recipes.loop import due, head_metrics, log_due, log_step, save_checkpoint, validation_due
 from wmtp.tracking.base import MetricLogger
 from wmtp.tracking.phases import timed
 from wmtp.training.precision import autocast_context
@@ -30,6 +30,7 @@ from wmtp.training.step import (
     optimizer_step,
     step_denominators,
 )
+from wmtp.training.throughput import count_step
 
 
 class BaselineRecipe:
@@ -55,8 +56,8 @@ class BaselineRecipe:
     def step(self, step: int):
         cfg, policy = self.cfg, self.policy.model
         batches = [self.stream.next() for _ in range(cfg.data.grad_accum)]
-        tokens = self.stream.last_tokens * len(batches) * self.layout.world_size
         labels = [streams.policy_labels(b, cfg.data.samples) for b in batches]
+        count = count_step([b.attention_mask for b in batches], labels)
         denom = step_denominators(labels, self.n_heads, self.layout)
         loss = torch.zeros((), device=self.layout.device)
         ce = torch.zeros(self.n_heads, dtype=torch.float64, device=self.layout.device)
@@ -70,10 +71,12 @@ class BaselineRecipe:
             ce += res.ce_per_head.double()
         norms = optimizer_step([self.policy], loss, cfg, self.layout, self.state.guard, step)
         if norms is None:
-            return None, tokens
+            return None, count
+        if not log_due(step, cfg.train):
+            return {}, count
         return {"train/loss": reduce.global_sum(loss, self.layout),
                 **head_metrics("train/ce", reduce.global_sum(ce, self.layout)),
-                "train/grad_norm": norms[0], **lr_metrics(self.state)}, tokens
+                "train/grad_norm": norms[0], **lr_metrics(self.state)}, count
 
     def evaluate(self, step: int) -> dict[str, float]:
         generated = evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, self.cfg,
@@ -88,9 +91,9 @@ class BaselineRecipe:
         with timed("loop"):
             self.meter.start()
             for step in range(self.start + 1, tcfg.steps + 1):
-                stats, tokens = self.step(step)
-                self.meter.update(tokens)
-                if due(step, tcfg.log_every, tcfg.steps):
+                stats, count = self.step(step)
+                self.meter.update(count, trained=stats is not None)
+                if log_due(step, tcfg):
                     last_train = log_step(self.logger, step, stats, last_train, self.state)
                 if validation_due(step, tcfg):
                     with timed("validation"):

@@ -25,12 +25,13 @@ from wmtp.parallel.build import critic_model, policy_args, source_policy
 from wmtp.parallel.export import export_model
 from wmtp.parallel.fsdp import accumulate
 from wmtp.recipes.interfaces import CheckpointSink
-from wmtp.recipes.loop import due, log_step, save_checkpoint, validation_due
+from wmtp.recipes.loop import due, log_due, log_step, save_checkpoint, validation_due
 from wmtp.tracking.base import MetricLogger
 from wmtp.tracking.phases import timed
 from wmtp.training.precision import autocast_context
 from wmtp.training.state import LoopState, lr_metrics, nonfinite_guard, resume_or_start, throughput_meter
 from wmtp.training.step import build_trainable, optimizer_step
+from wmtp.training.throughput import count_step
 from wmtp.weighting.gae import lambda_returns
 
 
@@ -81,7 +82,9 @@ class CriticRecipe:
     def step(self, step: int):
         cfg = self.cfg
         batches = [self.stream.next() for _ in range(cfg.data.grad_accum)]
-        tokens = self.stream.last_tokens * len(batches) * self.layout.world_size
+        # Its trained targets are its response states (of both solutions of a pair).
+        seqs = [s for b in batches for s in ((b.chosen, b.rejected) if self.pairwise else (b,))]
+        count = count_step([s.attention_mask for s in seqs], [s.labels for s in seqs])
         # Global denominator: pairs (pairwise) or response states (regression) of the whole step.
         local = sum((torch.tensor(float(len(b.chosen))) if self.pairwise else streams.response_mask(b).sum().double())
                     for b in batches)
@@ -96,14 +99,16 @@ class CriticRecipe:
             acc += pacc.double() / len(batches)
         norms = optimizer_step([self.critic], loss, cfg, self.layout, self.state.guard, step)
         if norms is None:
-            return None, tokens
+            return None, count
+        if not log_due(step, cfg.train):
+            return {}, count
         stats = {"train/value_loss": reduce.global_sum(loss, self.layout), "train/grad_norm": norms[0],
                  **lr_metrics(self.state)}
         if not self.pairwise:
             stats["train/truncated_samples"] = streams.truncated_samples(batches, self.layout)
         if self.pairwise:
             stats["train/pairwise_accuracy"] = reduce.global_sum(acc, self.layout) / self.layout.world_size
-        return stats, tokens
+        return stats, count
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
@@ -131,9 +136,9 @@ class CriticRecipe:
         with timed("loop"):
             self.meter.start()
             for step in range(self.start + 1, tcfg.steps + 1):
-                stats, tokens = self.step(step)
-                self.meter.update(tokens)
-                if due(step, tcfg.log_every, tcfg.steps):
+                stats, count = self.step(step)
+                self.meter.update(count, trained=stats is not None)
+                if log_due(step, tcfg):
                     last_train = log_step(self.logger, step, stats, last_train, self.state)
                 if validation_due(step, tcfg):
                     with timed("validation"):

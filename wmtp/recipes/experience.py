@@ -231,16 +231,16 @@ class ExperienceFeed:
 
     def __init__(self, stream, scorer, queue_depth: int = 0):
         self.stream, self.scorer, self.queue_depth = stream, scorer, queue_depth
-        self._states: deque[tuple[dict, int]] = deque()
+        self._states: deque[dict] = deque()  # the sampler position after each batch submitted ahead
         self._consumed = stream.state_dict()
 
-    def next(self) -> tuple[ScoredBatch, int]:
-        """(scored batch, its real-token count)."""
+    def next(self) -> ScoredBatch:
+        """The next scored batch, in data order."""
         while len(self._states) < self.queue_depth + 1:
             self.scorer.submit(self.stream.next())
-            self._states.append((self.stream.state_dict(), self.stream.last_tokens))
-        self._consumed, tokens = self._states.popleft()
-        return self.scorer.get(), tokens
+            self._states.append(self.stream.state_dict())
+        self._consumed = self._states.popleft()
+        return self.scorer.get()
 
     def state_dict(self) -> dict:
         ahead = self.scorer.in_flight() if self._states else []
@@ -271,7 +271,7 @@ class ExperienceFeed:
             self.scorer.resume_in_flight(ScoredBatch(
                 batch, **{f: None if saved[f] is None else saved[f].to(device) for f in SCORED_FIELDS},
                 critic_version=int(saved["critic_version"]), stats=dict(saved["stats"])))
-            self._states.append((self.stream.state_dict(), self.stream.last_tokens))
+            self._states.append(self.stream.state_dict())
 
 
 class PrecomputedReferenceLosses:

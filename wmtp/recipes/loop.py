@@ -2,8 +2,12 @@
 recipe file (step → log → validate → checkpoint, then export).
 
 Every rank runs the same loop, so every rank logs and checkpoints (Ray: reports) the same number
-of times. A step returns `(stats, tokens)`: `stats` are 0-dim tensors, not synced, or None when
-the non-finite guard skipped the batch; `tokens` a host int.
+of times. A step returns `(stats, count)`: `stats` are 0-dim tensors, not synced, or None when
+the non-finite guard skipped the batch, or `{}` on a step that logs nothing (`log_due`): the
+collectives that only feed metrics (global sums for logging, gathers, per-rank values) run on
+logging steps alone, as in torchtitan, while those that change training (loss denominators, weight
+normalisation, gradient norms, the non-finite guard) run every step. `count` is the step's
+`wmtp.training.throughput.count_step` (tokens and trained targets, a device tensor).
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ from wmtp.weighting.diagnostics import pooled_diagnostics, relative_position
 def due(step: int, every: int, last: int) -> bool:
     """Every `every` steps, and at the last step."""
     return step % every == 0 or step == last
+
+
+def log_due(step: int, tcfg: TrainConfig) -> bool:
+    """Whether `step` logs its train metrics (`train.log_every`, and the last step). It depends on
+    the step number alone, so every rank takes the same branch around the metric collectives."""
+    return due(step, tcfg.log_every, tcfg.steps)
 
 
 def validation_due(step: int, tcfg: TrainConfig) -> bool:

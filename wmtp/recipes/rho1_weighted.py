@@ -35,6 +35,7 @@ from wmtp.recipes.interfaces import CheckpointSink, ScoredBatch
 from wmtp.recipes.loop import (
     due,
     head_metrics,
+    log_due,
     log_step,
     save_checkpoint,
     stat_tensors,
@@ -54,6 +55,7 @@ from wmtp.training.step import (
     optimizer_step,
     step_denominators,
 )
+from wmtp.training.throughput import count_step
 from wmtp.weighting.rho1 import rho1_weights, step_rho1_stats
 from wmtp.weighting.shuffle import shuffle_within_rows, step_generator
 
@@ -164,15 +166,15 @@ class Rho1WeightedRecipe:
     def step(self, step: int):
         cfg, policy, dev = self.cfg, self.policy.model, self.layout.device
         fed = [self.feed.next() for _ in range(cfg.data.grad_accum)]
-        tokens = sum(t for _, t in fed) * self.layout.world_size
-        labels = [streams.policy_labels(s.batch, cfg.data.samples) for s, _ in fed]
+        labels = [streams.policy_labels(s.batch, cfg.data.samples) for s in fed]
+        count = count_step([s.batch.attention_mask for s in fed], labels)
         denom = step_denominators(labels, self.n_heads, self.layout)
         loss = torch.zeros((), device=dev)
         ce = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
         wce = torch.zeros(self.n_heads, dtype=torch.float64, device=dev)
         rho1_parts = []  # (stats, valid targets) per micro-batch → the step's global statistics
         head1 = []  # (weights, valid) of head 1 per micro-batch → the step's weight diagnostics
-        for micro, ((scored, _), lab) in accumulate([policy], list(enumerate(zip(fed, labels)))):
+        for micro, (scored, lab) in accumulate([policy], list(enumerate(zip(fed, labels)))):
             with autocast_context(dev.type, cfg.train.precision):
                 out = policy(scored.batch.tokens)
                 policy_losses = mtp_token_losses(out.hidden, policy.output.weight, lab, cfg.train.loss_chunk_size)  # type: ignore[union-attr]  # a policy has its output projection
@@ -192,7 +194,9 @@ class Rho1WeightedRecipe:
             wce += res.weighted_ce_per_head.double()
         norms = optimizer_step([self.policy], loss, cfg, self.layout, self.state.guard, step)
         if norms is None:
-            return None, tokens
+            return None, count
+        if not log_due(step, cfg.train):
+            return {}, count
         return {"train/loss": reduce.global_sum(loss, self.layout),
                 **head_metrics("train/ce", reduce.global_sum(ce, self.layout)),
                 **head_metrics("train/weighted_ce", reduce.global_sum(wce, self.layout)),
@@ -203,15 +207,15 @@ class Rho1WeightedRecipe:
                 **weight_diagnostics(streams.stack_padded([w for w, _ in head1]),
                                      streams.stack_padded([v for _, v in head1]), self.layout,
                                      step_capacity(cfg)),
-                **self.rank_metrics(fed, rho1_parts)}, tokens
+                **self.rank_metrics(count, rho1_parts)}, count
 
-    def rank_metrics(self, fed, rho1_parts) -> dict[str, torch.Tensor]:
+    def rank_metrics(self, count, rho1_parts) -> dict[str, torch.Tensor]:
         """Per-rank values (`worker/<r>/...`, 2+ ranks) that find a straggler or a skewed shard: the
         real tokens this rank learned from this step, and its head-1 targets and their mean excess
         loss over the reference (global `train/rho1/mean_excess/head1` = Σ_r n_r · e_r / Σ_r n_r)."""
         mine = step_rho1_stats(rho1_parts)  # this rank's micro-batches only
         targets = sum(n[0] for _, n in rho1_parts).double()
-        return reduce.per_rank_values({"train/tokens": float(sum(t for _, t in fed)), "train/rho1/targets/head1": targets,
+        return reduce.per_rank_values({"train/tokens": count[0], "train/rho1/targets/head1": targets,
                                        "train/rho1/mean_excess/head1": mine.mean_excess[0]}, self.layout)
 
     @torch.no_grad()
@@ -242,9 +246,9 @@ class Rho1WeightedRecipe:
         with timed("loop"):
             self.meter.start()
             for step in range(self.start + 1, tcfg.steps + 1):
-                stats, tokens = self.step(step)
-                self.meter.update(tokens)
-                if due(step, tcfg.log_every, tcfg.steps):
+                stats, count = self.step(step)
+                self.meter.update(count, trained=stats is not None)
+                if log_due(step, tcfg):
                     last_train = log_step(self.logger, step, stats, last_train, self.state)
                 if validation_due(step, tcfg):
                     with timed("validation"):

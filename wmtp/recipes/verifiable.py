@@ -60,6 +60,7 @@ from wmtp.recipes.interfaces import CheckpointSink
 from wmtp.recipes.loop import (
     due,
     head_metrics,
+    log_due,
     log_step,
     save_checkpoint,
     stat_tensors,
@@ -80,6 +81,7 @@ from wmtp.training.step import (
     optimizer_step,
     step_denominators,
 )
+from wmtp.training.throughput import count_step
 from wmtp.weighting.normalize import build_normalizer
 from wmtp.weighting.shuffle import step_generator
 from wmtp.weighting.weights import advantage_weights, position_advantages, value_weights
@@ -172,7 +174,7 @@ class VerifiableRecipe:
         """Weights of every micro-batch of the step (`weighting.weights.value_weights`) from ONE
         normalisation over the global batch (all micro-batches, all ranks), so grad accumulation
         does not change them; the EMA normaliser is updated once per step. Also returns their
-        statistics and diagnostics (`train/weights/*`, of the weights as applied, shuffle included)."""
+        statistics (`train/weights/*`; the step adds the diagnostics on logging steps)."""
         vw = self.cfg.stage2.value_weighting
         mask = streams.stack_padded([lab != -100 for lab in labels])
         advantages = None if vw.source == "uniform" else streams.stack_padded(self.advantages(scored_batches))
@@ -180,16 +182,14 @@ class VerifiableRecipe:
                                   reduce_fn=reduce.reduce_fn(self.layout),
                                   reduce_max_fn=reduce.reduce_max_fn(self.layout),
                                   generator=step_generator(self.cfg.run.seed, self.layout.rank, step))
-        return streams.split_padded(w, [lab.shape for lab in labels]), {
-            **stat_tensors("train/weights", wstats), **weight_diagnostics(w, mask, self.layout, step_capacity(self.cfg))}
+        return streams.split_padded(w, [lab.shape for lab in labels]), stat_tensors("train/weights", wstats)
 
     def step(self, step: int):
         cfg, vl = self.cfg, self.cfg.stage2.value_loss
         policy, critic = self.policy.model, self.critic_model
-        fed = [self.feed.next() for _ in range(cfg.data.grad_accum)]
-        scored_batches = [s for s, _ in fed]
-        tokens = sum(t for _, t in fed) * self.layout.world_size
+        scored_batches = [self.feed.next() for _ in range(cfg.data.grad_accum)]
         labels = [streams.policy_labels(s.batch, cfg.data.samples) for s in scored_batches]
+        count = count_step([s.batch.attention_mask for s in scored_batches], labels)
         denom = step_denominators(labels, self.n_heads, self.layout)
         resp = [streams.response_mask(s.batch) for s in scored_batches]
         value_denom = reduce.global_sum(sum(r.sum() for r in resp).double(), self.layout)  # type: ignore[union-attr]  # resp is not empty
@@ -232,17 +232,23 @@ class VerifiableRecipe:
                 self.snapshot.refresh(critic, self.critic_version(step))
             self.scorer.publish_critic(self.published_critic(), self.critic_version(step))
         if norms is None:
-            return None, tokens
+            return None, count
+        if not log_due(step, cfg.train):
+            return {}, count
+        masks = [lab != -100 for lab in labels]
         stats = {"train/loss": reduce.global_sum(loss, self.layout),
                  **head_metrics("train/ce", reduce.global_sum(ce, self.layout)),
                  **head_metrics("train/weighted_ce", reduce.global_sum(wce, self.layout)),
                  "train/grad_norm": norms[0], **lr_metrics(self.state),
                  **weight_metrics,
+                 # of the weights as applied (shuffle included), over the global batch
+                 **weight_diagnostics(streams.stack_padded(step_weights), streams.stack_padded(masks), self.layout,
+                                      step_capacity(cfg)),
                  # the stalest micro-batch of any rank (the bound `stage2.max_staleness` is about)
                  "train/critic_staleness": reduce.global_max_value(
                      max(self.critic_version(step - 1) - s.critic_version for s in scored_batches), self.layout),
                  "train/truncated_samples": streams.truncated_samples([s.batch for s in scored_batches], self.layout),
-                 **self.rank_metrics(fed, step_weights, labels)}
+                 **self.rank_metrics(count, step_weights, masks)}
         if self.learn_critic:
             vstats = reduce.global_sum(vstats, self.layout)
             stats.update({"train/value_loss": vstats[0],
@@ -250,16 +256,15 @@ class VerifiableRecipe:
                           "train/explained_variance": explained_variance_from_moments(
                               reduce.global_sum(ev_moments, self.layout)),
                           "train/critic_grad_norm": norms[1]})
-        return stats, tokens
+        return stats, count
 
-    def rank_metrics(self, fed, step_weights, labels) -> dict[str, torch.Tensor]:
+    def rank_metrics(self, count, step_weights, masks) -> dict[str, torch.Tensor]:
         """Per-rank values (`worker/<r>/...`, 2+ ranks) that find a straggler or a skewed shard: the
         real tokens this rank learned from this step, its weighted targets and their mean weight
         (global `train/weights/mean` = Σ_r targets_r · mean_r / Σ_r targets_r)."""
-        masks = [lab != -100 for lab in labels]
         targets = sum(m.sum() for m in masks).double()
         weight_sum = sum((w.double() * m).sum() for w, m in zip(step_weights, masks))
-        return reduce.per_rank_values({"train/tokens": float(sum(t for _, t in fed)), "train/weights/targets": targets,
+        return reduce.per_rank_values({"train/tokens": count[0], "train/weights/targets": targets,
                                        "train/weights/mean": weight_sum / targets.clamp_min(1)}, self.layout)
 
     @torch.no_grad()
@@ -308,9 +313,9 @@ class VerifiableRecipe:
         with timed("loop"):
             self.meter.start()
             for step in range(self.start + 1, tcfg.steps + 1):
-                stats, tokens = self.step(step)
-                self.meter.update(tokens)
-                if due(step, tcfg.log_every, tcfg.steps):
+                stats, count = self.step(step)
+                self.meter.update(count, trained=stats is not None)
+                if log_due(step, tcfg):
                     last_train = log_step(self.logger, step, stats, last_train, self.state)
                 if validation_due(step, tcfg):
                     with timed("validation"):

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from wmtp.config.schema import WMTPConfig
-from wmtp.parallel.reduce import DistEnv
+from wmtp.parallel.reduce import DistEnv, global_sum
 from wmtp.training.step import Trainable
 
 if TYPE_CHECKING:
@@ -114,14 +114,16 @@ class LoopState:
 
 
 def throughput_meter(model: Transformer | ValueModel, cfg: WMTPConfig, layout: DistEnv):
-    """tokens/s and MFU (FLOPs per token from the model's shapes, peak from the accelerator table)."""
+    """Tokens, trained targets, their rates and MFU over all ranks (FLOPs per token from the
+    model's shapes, peak from the accelerator table)."""
     from wmtp.model.memory import flops_per_token
     from wmtp.training.throughput import ThroughputMeter, current_device_peak_flops
 
     peak = current_device_peak_flops() if layout.device.type == "cuda" else None
     return ThroughputMeter(flops_per_token=flops_per_token(model.args, cfg.data.max_seq_len), peak_flops=peak,
                            n_devices=layout.world_size,
-                           memory=memory_metrics(layout) if layout.device.type == "cuda" else None)
+                           memory=memory_metrics(layout) if layout.device.type == "cuda" else None,
+                           sum_ranks=lambda t: global_sum(t.to(layout.device), layout))
 
 
 def memory_metrics(layout: DistEnv, cuda=None):
