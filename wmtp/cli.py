@@ -102,7 +102,7 @@ def run_train(args: argparse.Namespace) -> int:
 
             print(require_fit(plan, cfg, args.cluster))
         if args.trace:
-            from wmtp.parallel.trace import trace_in_subprocess
+            from wmtp.trace.memory import trace_in_subprocess
 
             traced = trace_in_subprocess(cfg)
             print(traced.summary(formula_gib=plan.memory_gib))

@@ -10,7 +10,7 @@ import pytest
 from wmtp.cli import build_plan, main
 from wmtp.config.loader import REPO_ROOT, ConfigError, load_config
 from wmtp.config.topology import storage_path_problem
-from wmtp.parallel.trace import trace_in_subprocess
+from wmtp.trace.memory import trace_in_subprocess
 
 CONFIGS = REPO_ROOT / "configs"
 # ~100M parameters each (policy: 8 blocks at D=768 + 32k vocabulary in and out; critic: its

@@ -28,8 +28,9 @@ class Trainable:
     scheduler: Any
 
 
-def build_trainable(model: nn.Module, cfg: WMTPConfig, lr: float) -> Trainable:
-    opt = build_optimizer(model, lr=lr, weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas))
+def build_trainable(model: nn.Module, cfg: WMTPConfig, lr: float, layout: DistEnv) -> Trainable:
+    opt = build_optimizer(model, lr=lr, weight_decay=cfg.optim.weight_decay, betas=tuple(cfg.optim.betas),
+                          fused=layout.gpu_policies)
     sched = build_scheduler(opt, warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.train.steps,
                             min_lr_ratio=cfg.optim.min_lr_ratio)
     return Trainable(model, opt, sched)
