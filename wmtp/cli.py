@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     from wmtp.evaluation import commands as eval_commands
     from wmtp.orchestration import commands as tune_commands
     from wmtp.orchestration import study_command
+    from wmtp.recipes import commands as recipe_commands
 
-    for module in (data_commands, eval_commands, tune_commands, study_command):
+    recipe_commands.register(data_commands.register(sub))  # `wmtp data score-reference` scores with a recipe's code
+    for module in (eval_commands, tune_commands, study_command):
         module.register(sub)
     return parser
 
