@@ -43,6 +43,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from wmtp.model.checkpoint import CheckpointReader
+
 GIB = 1024**3
 RESULT_PREFIX = "WMTP_TRACE_RESULT "
 TRACED_STEPS = 2
@@ -393,16 +395,14 @@ def _shapes_only(model) -> dict:
     return {k: torch.empty(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
 
 
-class ShapeOnlyCheckpoints:
-    """`CheckpointReader` that reads a folder's `params.json` (and `value.json`) only: models of the
+class ShapeOnlyCheckpoints(CheckpointReader):
+    """A `CheckpointReader` that reads a folder's `params.json` (and `value.json`) only: models of the
     checkpoint's shapes, initialised (`load_*`) or as fake state dicts (`read_*_state`, rank 0's read
     in a sharded build, `wmtp.parallel.materialize`). `value_head`: a critic folder without
     `value.json`'s head (`value_model.head`)."""
 
     def __init__(self, value_head: str):
-        from wmtp.model.checkpoint import CHECKPOINT_FILES
-
-        self.value_head, self.files = value_head, CHECKPOINT_FILES
+        self.value_head = value_head
 
     def _head(self, path) -> str:
         from wmtp.model.checkpoint import VALUE_FILE
@@ -416,7 +416,7 @@ class ShapeOnlyCheckpoints:
         weights = [*folder.glob("*.safetensors"), *folder.glob("consolidated*.pth")]
         if (folder / "params.json").is_file() and not weights:
             return _params_of(folder)
-        return self.files.read_checkpoint_args(path)
+        return super().read_checkpoint_args(path)
 
     def load_model(self, path, device="cpu", dtype=None, args=None):
         from wmtp.model.transformer import build_model
