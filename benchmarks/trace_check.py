@@ -1,6 +1,6 @@
 """The traced memory plan against a real run of the same two steps.
 
-The trace (`wmtp train ... --dry-run --trace`, `wmtp.parallel.trace`) runs a recipe's setup and two
+The trace (`wmtp train ... --dry-run --trace`, `wmtp.trace.memory`) runs a recipe's setup and two
 optimizer steps on fake tensors and reports the peak it measured. Here the same configuration, in
 one process (`orchestration.num_workers=1`: a GPU machine lent for a check has one device), runs
 the same two steps on real tensors with the trace's stand-ins for data and checkpoints
@@ -50,35 +50,37 @@ def config(recipe: str, device: str, extra: list[str]):
 def measured_peak(cfg, device: str) -> int:
     """Bytes at the peak of two real steps of `cfg`'s recipe (this process)."""
     import tempfile
+    from dataclasses import replace
 
     import torch
 
-    from wmtp.parallel import fsdp
     from wmtp.parallel.build import policy_args
-    from wmtp.parallel.trace import TRACED_STEPS, _NullSink, stand_ins, traced_config
+    from wmtp.parallel.reduce import process_layout
     from wmtp.recipes import build_recipe
+    from wmtp.trace.memory import TRACED_STEPS, _NullSink, trace_env, traced_config
     from wmtp.tracking.base import NullLogger
 
     cfg = traced_config(cfg, Path(tempfile.mkdtemp(prefix="wmtp-trace-check-")))
-    fsdp.GPU_POLICIES_ON_CPU = device == "cpu"  # the trace's policies; on CUDA they are the run's own
-    with stand_ins(cfg, policy_args(cfg).vocab_size):
-        recipe = build_recipe(cfg, logger=NullLogger(), checkpoint_sink=_NullSink())
-        recipe.setup()
-        owner = getattr(recipe, "loop", recipe)
-        if device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            for step in range(1, TRACED_STEPS + 1):
-                owner.step(step)
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated()
-        from wmtp.parallel.trace import make_tracker
+    # The trace's policies on CPU; on CUDA they are the run's own.
+    layout = replace(process_layout(cfg.orchestration.use_gpu), gpu_policies=device == "cpu")
+    env = trace_env(cfg, policy_args(cfg).vocab_size, layout)
+    recipe = build_recipe(cfg, logger=NullLogger(), checkpoint_sink=_NullSink(), env=env)
+    recipe.setup()
+    owner = getattr(recipe, "loop", recipe)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        for step in range(1, TRACED_STEPS + 1):
+            owner.step(step)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated()
+    from wmtp.trace.memory import make_tracker
 
-        tracker = make_tracker(owner)  # the trace's own accounting, on real tensors
-        with tracker:
-            for step in range(1, TRACED_STEPS + 1):
-                owner.step(step)
-        return int(tracker.peak().get("Total", 0))
+    tracker = make_tracker(owner)  # the trace's own accounting, on real tensors
+    with tracker:
+        for step in range(1, TRACED_STEPS + 1):
+            owner.step(step)
+    return int(tracker.peak().get("Total", 0))
 
 
 def main() -> None:
@@ -93,7 +95,7 @@ def main() -> None:
         print(json.dumps({"peak_bytes": measured_peak(cfg, args.device)}))
         return
 
-    from wmtp.parallel.trace import trace_in_subprocess
+    from wmtp.trace.memory import trace_in_subprocess
 
     bench.print_header("trace_check", {})
     print(f"setup: recipe={args.recipe} device={args.device} overrides={[*SMALL, *args.overrides]}")

@@ -55,9 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     from wmtp.data import commands as data_commands
     from wmtp.evaluation import commands as eval_commands
     from wmtp.orchestration import commands as tune_commands
+    from wmtp.recipes import commands as recipe_commands
     from wmtp.study import command as study_command
 
-    for module in (data_commands, eval_commands, tune_commands, study_command):
+    recipe_commands.register(data_commands.register(sub))  # `wmtp data score-reference` scores with a recipe's code
+    for module in (eval_commands, tune_commands, study_command):
         module.register(sub)
     return parser
 
@@ -103,7 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
 
             print(require_fit(plan, cfg, args.cluster))
         if args.trace:
-            from wmtp.parallel.trace import trace_in_subprocess
+            from wmtp.trace.memory import trace_in_subprocess
 
             traced = trace_in_subprocess(cfg)
             print(traced.summary(formula_gib=plan.memory_gib))

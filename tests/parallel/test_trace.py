@@ -10,7 +10,7 @@ import pytest
 from wmtp.cli import build_plan, main
 from wmtp.config.loader import REPO_ROOT, ConfigError, load_config
 from wmtp.config.topology import storage_path_problem
-from wmtp.parallel.trace import trace_in_subprocess
+from wmtp.trace.memory import trace_in_subprocess
 
 CONFIGS = REPO_ROOT / "configs"
 # ~100M parameters each (policy: 8 blocks at D=768 + 32k vocabulary in and out; critic: its
@@ -98,3 +98,35 @@ def test_cluster_files_are_a100_80gb_and_the_two_node_command_validates():
     assert len(overrides) == 3, overrides
     cfg = config("verifiable", overrides=overrides)
     assert cfg.orchestration.num_workers == 8 and cfg.orchestration.fsdp_replicas == 2
+
+
+def test_the_trace_env_reads_checkpoint_shapes_only_and_builds_full_length_batches(tmp_path):
+    """The stand-ins the recipe gets through its `RecipeEnv` in the trace: a folder holding only
+    params.json (a producing stage's shapes) gives its args and a state dict of its shapes, where
+    the files' reader refuses it; the data is endless full-length batches, every position after
+    BOS a target."""
+    import json
+
+    from wmtp.data.streams import train_stream
+    from wmtp.model.args import get_preset
+    from wmtp.model.checkpoint import CHECKPOINT_FILES, CheckpointError
+    from wmtp.model.transformer import build_model
+    from wmtp.parallel.reduce import DistEnv
+    from wmtp.trace.memory import trace_env
+
+    args = get_preset("tiny")
+    (tmp_path / "params.json").write_text(json.dumps(args.to_params_json()))
+    cfg = config("baseline", overrides=["data.max_seq_len=16", "data.batch_size=3"])
+    env = trace_env(cfg, args.vocab_size, DistEnv())
+    with pytest.raises(CheckpointError):
+        CHECKPOINT_FILES.read_checkpoint_args(tmp_path)
+    assert env.checkpoints.read_checkpoint_args(tmp_path) == args
+    _, state = env.checkpoints.read_model_state(tmp_path)
+    expected = build_model(args, device="meta").state_dict()
+    assert {k: tuple(v.shape) for k, v in state.items()} == {k: tuple(v.shape) for k, v in expected.items()}
+    data = env.load_data(cfg)
+    stream = train_stream(data.train, cfg, env.layout)
+    for _ in range(3):
+        batch = stream.next()
+        assert tuple(batch.tokens.shape) == (3, 16) and bool(batch.attention_mask.all())
+        assert (batch.labels[:, 1:] != -100).all() and (batch.labels[:, 0] == -100).all()

@@ -181,6 +181,32 @@ def read_value_state(path: str | Path) -> tuple[ModelArgs, str, dict[str, Tensor
     return args, head, state
 
 
+class CheckpointReader:
+    """The reads that build models from checkpoint folders (`wmtp.parallel.build`, the recipes):
+    this module's functions. A recipe gets its reader from whatever runs it
+    (`wmtp.recipes.interfaces.RecipeEnv`); the memory trace's reads shapes only (`wmtp.trace`)."""
+
+    def read_checkpoint_args(self, path: str | Path) -> ModelArgs:
+        return read_checkpoint_args(path)
+
+    def load_model(self, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
+                   args: ModelArgs | None = None) -> Transformer:
+        return load_model(path, device, dtype, args)
+
+    def load_value_model(self, path: str | Path, device: str | torch.device = "cpu",
+                         dtype: torch.dtype | None = None) -> ValueModel:
+        return load_value_model(path, device, dtype)
+
+    def read_model_state(self, path: str | Path, args: ModelArgs | None = None) -> tuple[ModelArgs, dict[str, Tensor]]:
+        return read_model_state(path, args)
+
+    def read_value_state(self, path: str | Path) -> tuple[ModelArgs, str, dict[str, Tensor]]:
+        return read_value_state(path)
+
+
+# The reader of the files themselves (training, planning, tests).
+CHECKPOINT_FILES = CheckpointReader()
+
 def save_meta_checkpoint(model: nn.Module, path: str | Path, n_shards: int = 1,
                          dtype: torch.dtype | None = None) -> Path:
     """Write the model as Meta ships it: `params.json` (Meta's keys only) + `consolidated.NN.pth`
@@ -709,6 +735,7 @@ def _write(path: str | Path, args: ModelArgs, state: dict[str, Tensor], extra: d
 
 
 __all__ = [
+    "CHECKPOINT_FILES", "CheckpointReader",
     "CheckpointError", "ModelIdentityError", "hf_config", "hf_permute", "save_hf_llama", "adapt_heads", "describe_args", "read_checkpoint_args",
     "reconcile_args", "check_state_dict", "hf_unpermute", "load_model", "load_value_model", "read_checkpoint",
     "read_model_state", "read_value_args", "read_value_state",

@@ -15,6 +15,7 @@ from torch import nn
 
 from wmtp.config.schema import WMTPConfig
 from wmtp.model.args import ModelArgs, get_preset
+from wmtp.model.checkpoint import CHECKPOINT_FILES, CheckpointReader
 from wmtp.model.transformer import Transformer, build_model
 from wmtp.model.value import ValueModel, build_value_model, value_args_from_policy
 from wmtp.parallel.reduce import DistEnv
@@ -25,10 +26,13 @@ if TYPE_CHECKING:
 _Built = TypeVar("_Built", Transformer, ValueModel)
 
 
-def policy_args(cfg: WMTPConfig, vocab_size: int | None = None, checkpoint: str | Path | None = None) -> ModelArgs:
+def policy_args(cfg: WMTPConfig, vocab_size: int | None = None, checkpoint: str | Path | None = None,
+                reader: CheckpointReader = CHECKPOINT_FILES) -> ModelArgs:
     """The policy's shapes. Without a checkpoint: preset → `model.params` → head count → the
     tokenizer's vocab. With one (`checkpoint`, or a local `model.checkpoint`): the checkpoint's
-    params.json reconciled with `model.params`/`model.n_future_tokens` (docs/MODEL.md rule)."""
+    params.json reconciled with `model.params`/`model.n_future_tokens` (docs/MODEL.md rule).
+    `reader`: how checkpoint folders are read, here and in the builders below (the recipe's
+    `RecipeEnv.checkpoints`; the memory trace reads shapes only)."""
     from wmtp.config.loader import ConfigError
 
     changes = dict(cfg.model.params)
@@ -37,9 +41,9 @@ def policy_args(cfg: WMTPConfig, vocab_size: int | None = None, checkpoint: str 
     if checkpoint is None and cfg.model.checkpoint and "://" not in cfg.model.checkpoint:
         checkpoint = Path(cfg.model.checkpoint).expanduser()
     if checkpoint is not None:
-        from wmtp.model.checkpoint import read_checkpoint_args, reconcile_args
+        from wmtp.model.checkpoint import reconcile_args
 
-        args = reconcile_args(read_checkpoint_args(checkpoint), changes, checkpoint,
+        args = reconcile_args(reader.read_checkpoint_args(checkpoint), changes, checkpoint,
                               what="model.params / model.n_future_tokens")
         if vocab_size is not None and vocab_size > args.vocab_size:
             raise ConfigError(f"model.tokenizer has {vocab_size} pieces but the checkpoint {checkpoint} has "
@@ -63,15 +67,16 @@ def critic_args(cfg: WMTPConfig, args: ModelArgs) -> ModelArgs:
     return vargs.replace(n_layers=cfg.value_model.n_layers) if cfg.value_model.n_layers else vargs
 
 
-def build_policy(cfg: WMTPConfig, vocab_size: int | None, device: torch.device) -> Transformer:
+def build_policy(cfg: WMTPConfig, vocab_size: int | None, device: torch.device,
+                 reader: CheckpointReader = CHECKPOINT_FILES) -> Transformer:
     """From `model.checkpoint` when given (local folder or s3:// URI), reconciled with the config
     (`policy_args`), else initialised from the seed. Logs the shapes it built from a checkpoint."""
     if cfg.model.checkpoint:
-        from wmtp.model.checkpoint import describe_args, load_model
+        from wmtp.model.checkpoint import describe_args
 
         folder = materialize(cfg.model.checkpoint, cfg)
-        args = policy_args(cfg, vocab_size, checkpoint=folder)
-        model = load_model(folder, device=device, args=args)
+        args = policy_args(cfg, vocab_size, checkpoint=folder, reader=reader)
+        model = reader.load_model(folder, device=device, args=args)
         if DistEnv.from_env("cpu").is_main:
             print(f"[wmtp] policy from {cfg.model.checkpoint}: {describe_args(args)}", flush=True)
         return model
@@ -79,13 +84,11 @@ def build_policy(cfg: WMTPConfig, vocab_size: int | None, device: torch.device) 
 
 
 def build_critic(cfg: WMTPConfig, args: ModelArgs, device: torch.device,
-                 policy: Transformer | None = None) -> ValueModel:
+                 policy: Transformer | None = None, reader: CheckpointReader = CHECKPOINT_FILES) -> ValueModel:
     """From `value_model.checkpoint`, else a backbone as deep as the policy trunk (optionally
     initialised from it)."""
     if cfg.value_model.checkpoint:
-        from wmtp.model.checkpoint import load_value_model
-
-        return load_value_model(materialize(cfg.value_model.checkpoint, cfg), device=device)
+        return reader.load_value_model(materialize(cfg.value_model.checkpoint, cfg), device=device)
     critic = build_value_model(critic_args(cfg, args), cfg.value_model.head, device=device, seed=cfg.run.seed + 1)
     if policy is not None and cfg.value_model.init_from_policy:
         critic.init_from_policy(policy)
@@ -98,7 +101,8 @@ def builds_sharded(cfg: WMTPConfig, layout: DistEnv) -> bool:
     return layout.distributed and cfg.orchestration.fsdp
 
 
-def policy_model(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv) -> Transformer:
+def policy_model(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv,
+                 reader: CheckpointReader = CHECKPOINT_FILES) -> Transformer:
     """The policy as the recipe trains it: `build_policy`'s weights, activation checkpointing and,
     when distributed, FSDP2 (`shard_model`) or the same weights on every rank.
 
@@ -107,19 +111,19 @@ def policy_model(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv) -> Tr
     no file: rank 0 broadcasts the shapes), or initialised from `run.seed` (the same full weights as
     `build_policy`). docs/DISTRIBUTED.md "Loading"."""
     if not builds_sharded(cfg, layout):
-        policy = build_policy(cfg, vocab_size, layout.device)
+        policy = build_policy(cfg, vocab_size, layout.device, reader)
         sync_parameters(policy, layout)
         return shard_model(policy, cfg, layout)
     from wmtp.parallel.materialize import seeded_tensors
 
     # Rank 0 alone pulls and reads the checkpoint folder; the others get its shapes from rank 0.
-    folder, args = from_rank0(lambda: _policy_source(cfg, vocab_size), layout)
+    folder, args = from_rank0(lambda: _policy_source(cfg, vocab_size, reader), layout)
     model = build_model(args, device="meta")
     if folder is not None:
-        from wmtp.model.checkpoint import describe_args, read_model_state
+        from wmtp.model.checkpoint import describe_args
 
         def source():
-            return read_model_state(folder, args)[1].pop
+            return reader.read_model_state(folder, args)[1].pop
         if layout.is_main:
             print(f"[wmtp] policy from {cfg.model.checkpoint}: {describe_args(args)}", flush=True)
     else:
@@ -128,18 +132,20 @@ def policy_model(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv) -> Tr
     return sharded_from_rank0(model, lambda m: shard_model(m, cfg, layout), source, layout)
 
 
-def source_policy(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv) -> Transformer:
+def source_policy(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv,
+                  reader: CheckpointReader = CHECKPOINT_FILES) -> Transformer:
     """A policy read only to start another model from (the critic recipe's `init_from_policy`),
     never trained: sharded like the critic will be under FSDP2 (`policy_model`), else whole on
     the host, so a single GPU never holds it."""
     if builds_sharded(cfg, layout):
-        return policy_model(cfg, vocab_size, layout)
-    return build_policy(cfg, vocab_size, torch.device("cpu"))
+        return policy_model(cfg, vocab_size, layout, reader)
+    return build_policy(cfg, vocab_size, torch.device("cpu"), reader)
 
 
-def _policy_source(cfg: WMTPConfig, vocab_size: int | None) -> tuple[Path | None, ModelArgs]:
+def _policy_source(cfg: WMTPConfig, vocab_size: int | None,
+                   reader: CheckpointReader) -> tuple[Path | None, ModelArgs]:
     folder = materialize(cfg.model.checkpoint, cfg) if cfg.model.checkpoint else None
-    return folder, policy_args(cfg, vocab_size, checkpoint=folder)
+    return folder, policy_args(cfg, vocab_size, checkpoint=folder, reader=reader)
 
 
 def from_rank0(fn, layout: DistEnv):
@@ -168,19 +174,19 @@ def sharded_from_rank0(model: _Built, shard: Callable[[_Built], _Built], source:
 
 
 def critic_model(cfg: WMTPConfig, args: ModelArgs, layout: DistEnv, policy: Transformer | None = None,
-                 requires_grad: bool = True) -> ValueModel:
+                 requires_grad: bool = True, reader: CheckpointReader = CHECKPOINT_FILES) -> ValueModel:
     """The critic as the recipe holds it (`build_critic`'s weights, `requires_grad` as given),
     sharded like `policy_model`: from `value_model.checkpoint` read by rank 0 alone, or from
     `run.seed + 1`, then (no checkpoint, `value_model.init_from_policy`) the trunk copied from
     `policy` — under FSDP2 shard by shard (both models share the mesh), no gather."""
     if not builds_sharded(cfg, layout):
-        critic = build_critic(cfg, args, layout.device, policy)
+        critic = build_critic(cfg, args, layout.device, policy, reader)
         sync_parameters(critic, layout)
         return shard_model(critic.requires_grad_(requires_grad), cfg, layout)
     from wmtp.parallel.materialize import seeded_tensors
 
     if cfg.value_model.checkpoint:
-        from wmtp.model.checkpoint import read_value_args, read_value_state
+        from wmtp.model.checkpoint import read_value_args
 
         def shapes():
             folder = materialize(cfg.value_model.checkpoint, cfg)
@@ -189,7 +195,7 @@ def critic_model(cfg: WMTPConfig, args: ModelArgs, layout: DistEnv, policy: Tran
         model = build_value_model(vargs, head, device="meta")
 
         def source():
-            return read_value_state(folder)[2].pop
+            return reader.read_value_state(folder)[2].pop
     else:
         model = build_value_model(critic_args(cfg, args), cfg.value_model.head, device="meta")
 
@@ -217,7 +223,8 @@ def shard_model(model: _Built, cfg: WMTPConfig, layout: DistEnv) -> _Built:
         apply_activation_checkpointing(model)
     if layout.distributed and cfg.orchestration.fsdp:
         mesh = fsdp_mesh(layout.device.type, layout.world_size, cfg.orchestration.fsdp_replicas)
-        apply_fsdp(model, mesh=mesh, mixed_precision=uses_mixed_precision(cfg.train.precision, layout.device))
+        apply_fsdp(model, mesh=mesh, mixed_precision=uses_mixed_precision(cfg.train.precision, layout.device,
+                                                                             layout.gpu_policies))
     return model
 
 

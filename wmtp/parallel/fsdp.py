@@ -117,14 +117,10 @@ def hsdp_sync_cost(trained_params: int, *, world_size: int, replicas: int, grad_
             "per_micro_batch_sync_would_be_gib": grad_accum * per_sync / gib}
 
 
-# The memory trace (wmtp.parallel.trace) runs on fake CPU tensors but must shard with the GPU run's
-# policies (bf16 all-gathers, fp32 reduction): it sets this for its own (sub)process only.
-GPU_POLICIES_ON_CPU = False
-
-
-def uses_mixed_precision(precision: str, device: torch.device) -> bool:
-    """FSDP2 bf16 parameters + fp32 reduction: bf16 runs on CUDA (and the memory trace of one)."""
-    return precision == "bf16" and (device.type == "cuda" or GPU_POLICIES_ON_CPU)
+def uses_mixed_precision(precision: str, device: torch.device, gpu_policies: bool = False) -> bool:
+    """FSDP2 bf16 parameters + fp32 reduction: bf16 runs on CUDA (and the memory trace of one,
+    `gpu_policies`: fake CPU tensors sharded with the GPU run's policies)."""
+    return precision == "bf16" and (device.type == "cuda" or gpu_policies)
 
 
 _MESHES: dict[tuple, DeviceMesh] = {}

@@ -58,7 +58,7 @@ def seeded_tensors(model: Transformer | ValueModel, seed: int, device: torch.dev
 
 
 def building_on_fake_tensors() -> bool:
-    """True under the memory trace's FakeTensorMode (`wmtp.parallel.trace`)."""
+    """True under the memory trace's FakeTensorMode (`wmtp.trace.memory`)."""
     from torch._guards import detect_fake_mode
 
     return detect_fake_mode() is not None

@@ -22,12 +22,16 @@ def is_distributed() -> bool:
 
 @dataclass(frozen=True)
 class DistEnv:
-    """Where this process sits: global rank, world size, rank on its node, and its device."""
+    """Where this process sits: global rank, world size, rank on its node, and its device.
+
+    gpu_policies: a CPU process standing in for a GPU rank (the memory trace, `wmtp.trace`): FSDP2
+    shards with bf16 all-gathers and fp32 reduction and AdamW is the fused one, as on CUDA."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device("cpu")
+    gpu_policies: bool = False
 
     @property
     def is_main(self) -> bool:

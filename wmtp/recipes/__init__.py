@@ -1,6 +1,6 @@
 """Recipes: one readable file per training method (build → setup → train → close).
 
-`build_recipe(cfg, logger=..., checkpoint_sink=..., scorer_factory=None)` picks a recipe by name;
+`build_recipe(cfg, logger=..., checkpoint_sink=..., scorer_factory=None, env=None)` picks a recipe by name;
 `run_recipe(cfg)` runs one in this process (tests, debugging: `wmtp train --local`). Ray workers
 call `build_recipe` with Ray's sink and logger (`wmtp.orchestration`); recipes never import ray.
 """
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from wmtp.config.schema import WMTPConfig
 
 if TYPE_CHECKING:
-    from wmtp.recipes.interfaces import CheckpointSink, ScorerFactory
+    from wmtp.recipes.interfaces import CheckpointSink, RecipeEnv, ScorerFactory
     from wmtp.tracking.base import MetricLogger
 
 
@@ -37,14 +37,17 @@ def _registry() -> dict[str, Callable[..., Recipe]]:
 
 
 def build_recipe(cfg: WMTPConfig, *, logger: MetricLogger, checkpoint_sink: CheckpointSink,
-                 scorer_factory: ScorerFactory | None = None) -> Recipe:
+                 scorer_factory: ScorerFactory | None = None, env: RecipeEnv | None = None) -> Recipe:
+    """`env`: the recipe's environment (`wmtp.recipes.interfaces.RecipeEnv`); None: training's."""
+    from wmtp.recipes.interfaces import training_env
     from wmtp.training.device_memory import configure_allocator
 
     configure_allocator()  # before any model is built (docs/MEMORY.md "The allocator")
     recipes = _registry()
     if cfg.recipe not in recipes:
         raise ValueError(f"recipe: unknown recipe {cfg.recipe!r}; allowed: {sorted(recipes)}")
-    return recipes[cfg.recipe](cfg, logger=logger, checkpoint_sink=checkpoint_sink, scorer_factory=scorer_factory)
+    return recipes[cfg.recipe](cfg, logger=logger, checkpoint_sink=checkpoint_sink, scorer_factory=scorer_factory,
+                               env=env or training_env(cfg))
 
 
 def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[..., Any], brief: bool = False,

@@ -17,7 +17,7 @@ from wmtp.parallel import reduce
 from wmtp.parallel.build import policy_model
 from wmtp.parallel.export import export_model
 from wmtp.parallel.fsdp import accumulate
-from wmtp.recipes.interfaces import CheckpointSink
+from wmtp.recipes.interfaces import CheckpointSink, RecipeEnv
 from wmtp.recipes.loop import due, head_metrics, log_due, log_step, save_checkpoint, validation_due
 from wmtp.tracking.base import MetricLogger
 from wmtp.tracking.phases import timed
@@ -35,15 +35,15 @@ from wmtp.training.throughput import count_step
 
 class BaselineRecipe:
     def __init__(self, cfg: WMTPConfig, *, logger: MetricLogger, checkpoint_sink: CheckpointSink,
-                 scorer_factory=None) -> None:
-        self.cfg, self.logger, self.sink = cfg, logger, checkpoint_sink
+                 scorer_factory=None, env: RecipeEnv) -> None:
+        self.cfg, self.logger, self.sink, self.env = cfg, logger, checkpoint_sink, env
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.layout = reduce.process_layout(cfg.orchestration.use_gpu)
-        self.data = streams.load_data(cfg)
-        policy = policy_model(cfg, self.data.tokenizer.vocab_size, self.layout)
-        self.policy = build_trainable(policy, cfg, cfg.optim.lr)
+        self.layout = self.env.layout
+        self.data = self.env.load_data(cfg)
+        policy = policy_model(cfg, self.data.tokenizer.vocab_size, self.layout, self.env.checkpoints)
+        self.policy = build_trainable(policy, cfg, cfg.optim.lr, self.layout)
         self.n_heads = n_heads_of(policy)
         self.coefs = head_coefficients(cfg, self.n_heads)
         self.stream = streams.train_stream(self.data.train, cfg, self.layout, samples=streams.drawn_samples(cfg))

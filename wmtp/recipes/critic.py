@@ -24,7 +24,7 @@ from wmtp.parallel import reduce
 from wmtp.parallel.build import critic_model, policy_args, source_policy
 from wmtp.parallel.export import export_model
 from wmtp.parallel.fsdp import accumulate
-from wmtp.recipes.interfaces import CheckpointSink
+from wmtp.recipes.interfaces import CheckpointSink, RecipeEnv
 from wmtp.recipes.loop import due, log_due, log_step, save_checkpoint, validation_due
 from wmtp.tracking.base import MetricLogger
 from wmtp.tracking.phases import timed
@@ -37,19 +37,20 @@ from wmtp.weighting.gae import lambda_returns
 
 class CriticRecipe:
     def __init__(self, cfg: WMTPConfig, *, logger: MetricLogger, checkpoint_sink: CheckpointSink,
-                 scorer_factory=None) -> None:
-        self.cfg, self.logger, self.sink = cfg, logger, checkpoint_sink
+                 scorer_factory=None, env: RecipeEnv) -> None:
+        self.cfg, self.logger, self.sink, self.env = cfg, logger, checkpoint_sink, env
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.layout = reduce.process_layout(cfg.orchestration.use_gpu)
-        self.data = streams.load_data(cfg)
-        args = policy_args(cfg, self.data.tokenizer.vocab_size)
+        self.layout = self.env.layout
+        self.data = self.env.load_data(cfg)
+        vocab, reader = self.data.tokenizer.vocab_size, self.env.checkpoints
+        args = policy_args(cfg, vocab, reader=reader)
         # The policy checkpoint is read only to shape the critic and (init_from_policy) start its trunk.
-        policy = source_policy(cfg, self.data.tokenizer.vocab_size, self.layout) if cfg.model.checkpoint else None
-        critic = critic_model(cfg, policy.args if policy is not None else args, self.layout, policy)
+        policy = source_policy(cfg, vocab, self.layout, reader) if cfg.model.checkpoint else None
+        critic = critic_model(cfg, policy.args if policy is not None else args, self.layout, policy, reader=reader)
         del policy
-        self.critic = build_trainable(critic, cfg, cfg.optim.critic_lr)
+        self.critic = build_trainable(critic, cfg, cfg.optim.critic_lr, self.layout)
         self.pairwise = cfg.critic.loss == "pairwise"
         # The critic always sees correct and incorrect solutions.
         self.stream = streams.train_stream(self.data.train, cfg, self.layout, samples="all",

@@ -3,7 +3,9 @@
 A recipe never imports ray or mlflow. It receives:
 - a `MetricLogger` (wmtp.tracking) — where metrics go;
 - a `CheckpointSink` — where checkpoints go and where a resumed run finds the last one;
-- an `ExperienceScorer` (verifiable / rho1 only) — turns raw batches into scored batches.
+- an `ExperienceScorer` (verifiable / rho1 only) — turns raw batches into scored batches;
+- a `RecipeEnv` — where the process sits, the data, the checkpoint reads and the gather whose
+  sizes are values: `training_env` when training, stand-ins of the same shapes in the memory trace.
 
 The in-process implementations live in `wmtp/recipes/` and `wmtp/training/`; the Ray ones in
 `wmtp/orchestration/`. Both must give the same numbers for the same inputs.
@@ -17,6 +19,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from torch import Tensor, nn
+
+from wmtp.config.schema import WMTPConfig
+from wmtp.data.streams import RecipeData, load_data
+from wmtp.model.checkpoint import CHECKPOINT_FILES, CheckpointReader
+from wmtp.parallel.reduce import DistEnv, gather_cat, process_layout
 
 
 class CheckpointSink(Protocol):
@@ -97,3 +104,26 @@ class ExperienceScorer(Protocol):
 # `wmtp.recipes.experience.ExperienceSpec`, the critic's state dict to start from or None) → scorer.
 # The Ray one is `wmtp.orchestration.experience.async_scorer_factory`'s.
 ScorerFactory = Callable[[Any, Mapping[str, Tensor] | None], ExperienceScorer]
+
+
+@dataclass(frozen=True)
+class RecipeEnv:
+    """What a recipe's setup and steps take from whatever runs them, besides the logger, sink and
+    scorer: the parts the memory trace (`wmtp.trace`) replaces, passed in rather than patched.
+
+    layout: this process's rank, world size and device (`DistEnv.gpu_policies` in the trace).
+    load_data: `cfg` → tokenizer, train and validation data (the trace's are full-length batches).
+    checkpoints: how model folders are read (the trace reads shapes only).
+    gather_cat: `(x [N_r], layout)` → every rank's values `[Σ_r N_r]` (sizes exchanged first: the
+        trace's fake process group carries no values, so it takes every N_r to be this rank's).
+    """
+
+    layout: DistEnv
+    load_data: Callable[[WMTPConfig], RecipeData]
+    checkpoints: CheckpointReader
+    gather_cat: Callable[[Tensor, DistEnv], Tensor]
+
+
+def training_env(cfg: WMTPConfig) -> RecipeEnv:
+    """The environment of a training run (one process, gloo tests, Ray Train workers)."""
+    return RecipeEnv(process_layout(cfg.orchestration.use_gpu), load_data, CHECKPOINT_FILES, gather_cat)

@@ -9,16 +9,16 @@ from __future__ import annotations
 from wmtp.config.schema import WMTPConfig
 from wmtp.config.update import update_config
 from wmtp.recipes.baseline import BaselineRecipe
-from wmtp.recipes.interfaces import CheckpointSink
+from wmtp.recipes.interfaces import CheckpointSink, RecipeEnv
 from wmtp.tracking.base import MetricLogger
 
 
 class RefTuningRecipe:
     def __init__(self, cfg: WMTPConfig, *, logger: MetricLogger, checkpoint_sink: CheckpointSink,
-                 scorer_factory=None) -> None:
+                 scorer_factory=None, env: RecipeEnv) -> None:
         reference_cfg = update_config(cfg, {"model.n_future_tokens": 1, "data.samples": "correct"}, "recipe ref_tuning")
         self.cfg = reference_cfg
-        self.loop = BaselineRecipe(reference_cfg, logger=logger, checkpoint_sink=checkpoint_sink)
+        self.loop = BaselineRecipe(reference_cfg, logger=logger, checkpoint_sink=checkpoint_sink, env=env)
 
     def setup(self) -> None:
         self.loop.setup()

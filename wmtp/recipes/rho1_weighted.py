@@ -31,7 +31,7 @@ from wmtp.recipes.experience import (
     frozen_scoring_model,
     reference_token_losses,
 )
-from wmtp.recipes.interfaces import CheckpointSink, ScoredBatch
+from wmtp.recipes.interfaces import CheckpointSink, RecipeEnv, ScoredBatch
 from wmtp.recipes.loop import (
     due,
     head_metrics,
@@ -88,18 +88,18 @@ class PrecomputedScorer:
 
 class Rho1WeightedRecipe:
     def __init__(self, cfg: WMTPConfig, *, logger: MetricLogger, checkpoint_sink: CheckpointSink,
-                 scorer_factory=None) -> None:
-        self.cfg, self.logger, self.sink = cfg, logger, checkpoint_sink
+                 scorer_factory=None, env: RecipeEnv) -> None:
+        self.cfg, self.logger, self.sink, self.env = cfg, logger, checkpoint_sink, env
         self.scorer_factory = scorer_factory
 
     def setup(self) -> None:
         cfg = self.cfg
-        self.layout = reduce.process_layout(cfg.orchestration.use_gpu)
-        self.data = streams.load_data(cfg)
-        policy = policy_model(cfg, self.data.tokenizer.vocab_size, self.layout)
+        self.layout = self.env.layout
+        self.data = self.env.load_data(cfg)
+        policy = policy_model(cfg, self.data.tokenizer.vocab_size, self.layout, self.env.checkpoints)
         self.n_heads = n_heads_of(policy)
         self.coefs = head_coefficients(cfg, self.n_heads)
-        self.policy = build_trainable(policy, cfg, cfg.optim.lr)
+        self.policy = build_trainable(policy, cfg, cfg.optim.lr, self.layout)
         self.scorer = self.build_scorer()
         stream = streams.train_stream(self.data.train, cfg, self.layout, samples=streams.drawn_samples(cfg))
         depth = cfg.orchestration.queue_depth if self.scorer_factory is not None else 0
@@ -115,12 +115,10 @@ class Rho1WeightedRecipe:
         cfg = self.cfg
         if cfg.data.reference_losses:
             return PrecomputedScorer(PrecomputedReferenceLosses(cfg.data.reference_losses, cfg.data.max_seq_len))
-        from wmtp.model.checkpoint import load_model
-
         if self.scorer_factory is None and builds_sharded(cfg, self.layout):
             return LearnerScorer(*self.sharded_reference())
         # Frozen: no optimizer; read in the compute dtype, scored under the learner's autocast.
-        reference = load_model(materialize(cfg.rho1.reference, cfg), device="cpu",
+        reference = self.env.checkpoints.load_model(materialize(cfg.rho1.reference, cfg), device="cpu",
                                dtype=compute_dtype(cfg.train.precision))
         spec = ExperienceSpec("rho1", reference.args, chunk_size=cfg.train.loss_chunk_size,
                               precision=cfg.train.precision)
@@ -134,22 +132,21 @@ class Rho1WeightedRecipe:
         """(spec, reference) under FSDP2: the reference is built on the meta device in the compute
         dtype, sharded over the learners' mesh, and filled from `rho1.reference` read by rank 0
         alone, one tensor at a time (`wmtp.parallel.materialize`), like the policy."""
-        from wmtp.model.checkpoint import read_checkpoint_args, read_model_state
         from wmtp.model.transformer import build_model
         from wmtp.parallel.fsdp import apply_fsdp, fsdp_mesh
 
-        cfg, layout = self.cfg, self.layout
+        cfg, layout, reader = self.cfg, self.layout, self.env.checkpoints
 
         def shapes():
             folder = materialize(cfg.rho1.reference, cfg)
-            return folder, read_checkpoint_args(folder)
+            return folder, reader.read_checkpoint_args(folder)
         folder, args = from_rank0(shapes, layout)
         model = build_model(args, device="meta")
         frozen_scoring_model(model, cfg.train.precision, torch.device("meta"))  # no grad, compute dtype
         mesh = fsdp_mesh(layout.device.type, layout.world_size, cfg.orchestration.fsdp_replicas)
 
         def source():
-            return read_model_state(folder, args)[1].pop
+            return reader.read_model_state(folder, args)[1].pop
         reference = sharded_from_rank0(model, lambda m: apply_fsdp(m, mesh=mesh, mixed_precision=False), source,
                                        layout)
         spec = ExperienceSpec("rho1", args, chunk_size=cfg.train.loss_chunk_size, precision=cfg.train.precision)
@@ -157,7 +154,7 @@ class Rho1WeightedRecipe:
 
     def weights(self, policy_losses, ref_losses, labels, global_stats: bool = True):
         r = self.cfg.rho1
-        dist_kw = ({"gather_fn": lambda x: reduce.gather_cat(x, self.layout), "reduce_fn": reduce.reduce_fn(self.layout)}
+        dist_kw = ({"gather_fn": lambda x: self.env.gather_cat(x, self.layout), "reduce_fn": reduce.reduce_fn(self.layout)}
                    if global_stats else {})
         return rho1_weights(policy_losses, ref_losses, labels, mode=r.mode, ratio=r.ratio,
                             keep_first_head=r.keep_first_head, temperature=r.temperature, clip_min=r.clip_min,

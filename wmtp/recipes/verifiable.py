@@ -56,7 +56,7 @@ from wmtp.recipes.experience import (
     LearnerScorer,
     critic_experience,
 )
-from wmtp.recipes.interfaces import CheckpointSink
+from wmtp.recipes.interfaces import CheckpointSink, RecipeEnv
 from wmtp.recipes.loop import (
     due,
     head_metrics,
@@ -89,27 +89,28 @@ from wmtp.weighting.weights import advantage_weights, position_advantages, value
 
 class VerifiableRecipe:
     def __init__(self, cfg: WMTPConfig, *, logger: MetricLogger, checkpoint_sink: CheckpointSink,
-                 scorer_factory=None) -> None:
-        self.cfg, self.logger, self.sink = cfg, logger, checkpoint_sink
+                 scorer_factory=None, env: RecipeEnv) -> None:
+        self.cfg, self.logger, self.sink, self.env = cfg, logger, checkpoint_sink, env
         self.scorer_factory = scorer_factory
 
     def setup(self) -> None:
         cfg, vw = self.cfg, self.cfg.stage2.value_weighting
-        self.layout = reduce.process_layout(cfg.orchestration.use_gpu)
-        self.data = streams.load_data(cfg)
+        self.layout = self.env.layout
+        self.data = self.env.load_data(cfg)
         self.learn_critic = cfg.stage2.value_loss.enabled
-        policy = policy_model(cfg, self.data.tokenizer.vocab_size, self.layout)
+        policy = policy_model(cfg, self.data.tokenizer.vocab_size, self.layout, self.env.checkpoints)
         # A frozen critic gets no optimizer (and so no optimizer state in checkpoints).
-        critic = critic_model(cfg, policy.args, self.layout, policy, requires_grad=self.learn_critic)
+        critic = critic_model(cfg, policy.args, self.layout, policy, requires_grad=self.learn_critic,
+                              reader=self.env.checkpoints)
         self.n_heads = n_heads_of(policy)
         self.coefs = head_coefficients(cfg, self.n_heads)
         self.spec = ExperienceSpec("verifiable", critic.args, cfg.value_model.head, vw.gae_gamma, vw.gae_lambda,
                                    vw.reward, cfg.train.loss_chunk_size, cfg.train.precision)
-        self.policy = build_trainable(policy, cfg, cfg.optim.lr)
+        self.policy = build_trainable(policy, cfg, cfg.optim.lr, self.layout)
         self.critic_model = critic
         trainables: dict[str, Any] = {"policy": self.policy}
         if self.learn_critic:
-            self.critic = trainables["critic"] = build_trainable(self.critic_model, cfg, cfg.optim.critic_lr)
+            self.critic = trainables["critic"] = build_trainable(self.critic_model, cfg, cfg.optim.critic_lr, self.layout)
         # Scores between publishes when they are further apart than one step (checkpointed).
         self.snapshot = (CriticSnapshot(self.critic_model, compute_dtype(cfg.train.precision))
                          if self.learn_critic and cfg.stage2.critic_sync_interval > 1 else None)

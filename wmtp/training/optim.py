@@ -40,18 +40,18 @@ def build_optimizer(
     weight_decay: float = 0.0,
     betas: tuple[float, float] = (0.9, 0.95),
     eps: float = 1e-8,
+    fused: bool = False,
 ) -> torch.optim.AdamW:
     """AdamW over `param_groups(model, weight_decay)`.
 
-    Fused kernel when every parameter is on CUDA (one launch per step instead of one per tensor);
-    the multi-tensor `foreach` path elsewhere. Parameters keep their dtype (fp32 master weights).
+    Fused kernel when every parameter is on CUDA (one launch per step instead of one per tensor)
+    or `fused` (the memory trace of a GPU run, `DistEnv.gpu_policies`); the multi-tensor `foreach`
+    path elsewhere. Parameters keep their dtype (fp32 master weights).
     """
     groups = param_groups(model, weight_decay)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters")
     all_params = [p for g in groups for p in g["params"]]
-    from wmtp.parallel.fsdp import GPU_POLICIES_ON_CPU  # the memory trace of a GPU run
-
-    if _on_cuda(all_params) or GPU_POLICIES_ON_CPU:
+    if _on_cuda(all_params) or fused:
         return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, fused=True)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, foreach=True)

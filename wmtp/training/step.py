@@ -35,8 +35,9 @@ class Trainable(Generic[M]):
     scheduler: Any
 
 
-def build_trainable(model: M, cfg: WMTPConfig, lr: float) -> Trainable[M]:
-    opt = build_optimizer(model, lr=lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas)
+def build_trainable(model: M, cfg: WMTPConfig, lr: float, layout: DistEnv) -> Trainable[M]:
+    opt = build_optimizer(model, lr=lr, weight_decay=cfg.optim.weight_decay, betas=(cfg.optim.betas[0], cfg.optim.betas[1]),
+                          fused=layout.gpu_policies)
     sched = build_scheduler(opt, warmup_steps=cfg.optim.warmup_steps, total_steps=cfg.train.steps,
                             min_lr_ratio=cfg.optim.min_lr_ratio)
     return Trainable(model, opt, sched)

@@ -6,28 +6,31 @@ How (torchtitan's memory estimator, applied to a whole recipe):
 - `FakeTensorMode`: every tensor has shape, dtype and device but no storage, so a 7B policy +
   7B critic cost nothing on this CPU. A CPU build of torch cannot fake CUDA tensors, so the trace
   runs on fake CPU tensors with the GPU run's dtypes and policies: FSDP2's bf16 all-gathers and
-  fp32 reduction (`wmtp.parallel.fsdp.GPU_POLICIES_ON_CPU`), bf16 autocast, fp32 masters;
+  fp32 reduction and the fused AdamW (`DistEnv.gpu_policies`), bf16 autocast, fp32 masters;
 - the recipe is built by `wmtp.recipes.build_recipe` and its own `setup()` and `step()` run: the
   same model building, sharding (`wmtp.parallel.build.shard_model`), optimizers, scorer and losses as a
-  training run — one path, not a copy;
+  training run — one path, not a copy. What differs is passed in, as training passes its own:
+  the recipe's `RecipeEnv` (`trace_env`);
 - `torch.distributed._tools.fsdp2_mem_tracker.FSDPMemTracker`, extended to several roots and
   optimizers (`RecipeMemTracker`), attributes every live storage to a category; the peak over the
   two steps is the traced figure.
 
 What the trace replaces, because values do not matter for memory: data batches are full length
-(`data.batch_size × data.max_seq_len`, every token real) and no data file is read or generated,
-checkpoints are not read (a model of the checkpoint's shapes is initialised instead), host reads of tensor values (`.item()`, `float(t)`)
-return 1 / 0.0 / False, and the vocabulary is the model preset's when no tokenizer is configured.
+(`data.batch_size × data.max_seq_len`, every token real) and no data file is read or generated
+(`ShapeOnlyData`), checkpoints are not read (a model of the checkpoint's shapes is initialised
+instead, `ShapeOnlyCheckpoints`), `gather_cat` takes every rank's size to be this one's, host reads
+of tensor values (`.item()`, `float(t)`) return 1 / 0.0 / False (`ScalarOracle`), and the
+vocabulary is the model preset's when no tokenizer is configured. Nothing is patched: the recipe
+gets these through its `RecipeEnv`.
 Kernel differences that the trace leaves out are listed in docs/MEMORY.md.
 
 The fake process group cannot be undone inside a process: `trace_in_subprocess` runs the trace in
-a fresh interpreter (`python -m wmtp.parallel.trace`), as the CLI does.
+a fresh interpreter (`python -m wmtp.trace.memory`), as the CLI does.
 """
 # One module (over 300 lines): the memory trace is one procedure (fake tensors, a fake process group, stand-ins, the tracker, the report) whose parts have no other user.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import os
@@ -35,10 +38,12 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from wmtp.model.checkpoint import CheckpointReader
 
 GIB = 1024**3
 RESULT_PREFIX = "WMTP_TRACE_RESULT "
@@ -127,31 +132,21 @@ def recipe_parts(recipe: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return trainables, held
 
 
-PROPAGATING = [False]
-
-
-@contextlib.contextmanager
-def untracked_sharding_propagation():
-    """DTensor derives output shapes by running each op on fake global-shape tensors, under the
-    active FakeTensorMode when there is one. In a trace that is the trace's own mode, so the
-    tracker would count those global-shape placeholders as allocations (for a foreach AdamW step,
-    several unsharded copies of the model); mark them so the tracker skips them."""
+def in_sharding_propagation() -> bool:
+    """True inside DTensor's shape propagation. DTensor derives output shapes by running each op on
+    fake global-shape tensors, under the active FakeTensorMode when there is one. In a trace that
+    is the trace's own mode, so the tracker would count those global-shape placeholders as
+    allocations (for a foreach AdamW step, several unsharded copies of the model); it skips the
+    ops dispatched from inside the propagation, found on the Python stack (torch offers no hook)."""
     from torch.distributed.tensor._sharding_prop import ShardingPropagator
 
-    original = ShardingPropagator._propagate_tensor_meta_non_cached
-
-    def propagate(self, op_schema):
-        PROPAGATING[0] = True
-        try:
-            return original(self, op_schema)
-        finally:
-            PROPAGATING[0] = False
-
-    ShardingPropagator._propagate_tensor_meta_non_cached = propagate
-    try:
-        yield
-    finally:
-        ShardingPropagator._propagate_tensor_meta_non_cached = original
+    code = ShardingPropagator._propagate_tensor_meta_non_cached.__code__
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code is code:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def make_tracker(recipe: Any, actors: dict[str, Any] | None = None):
@@ -196,7 +191,7 @@ def make_tracker(recipe: Any, actors: dict[str, Any] | None = None):
             self._extra_hooks: list = []
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if PROPAGATING[0]:  # DTensor's shape propagation: metadata only, never allocated
+            if in_sharding_propagation():  # metadata only, never allocated
                 return func(*args, **(kwargs or {}))
             return super().__torch_dispatch__(func, types, args, kwargs)
 
@@ -361,56 +356,16 @@ def full_length_batch(batch_size: int, seq_len: int, vocab_size: int, device, co
                  row=torch.arange(batch_size, device=device))
 
 
-@contextlib.contextmanager
-def stand_ins(cfg, vocab_size: int):
-    """Full-length batches from every `BatchStream`, data and checkpoints read as shapes only, and
-    `gather_cat` without its size exchange (recipes call `streams.load_data` and
-    `reduce.gather_cat` through their modules, so these module attributes are what they get)."""
-    from wmtp.data import streams
-    from wmtp.data.collator import PairBatch
-    from wmtp.model import checkpoint as ckpt
-    from wmtp.model.args import ModelArgs
-    from wmtp.model.transformer import build_model
-    from wmtp.model.value import build_value_model
-    from wmtp.parallel import reduce
-
-    seq = cfg.data.max_seq_len
-
-    def next_batch(self):
-        if self.pairs:
-            self.last_tokens = 2 * self.batch_size * seq
-            return PairBatch(full_length_batch(self.batch_size, seq, vocab_size, self.device, True),
-                             full_length_batch(self.batch_size, seq, vocab_size, self.device, False))
-        self.last_tokens = self.batch_size * seq
-        return full_length_batch(self.batch_size, seq, vocab_size, self.device)
-
-    def params_of(path) -> ModelArgs:
-        return ModelArgs.from_params_json(json.loads((Path(path) / "params.json").read_text()))
-
-    def load_model(path, device="cpu", dtype=None):
-        return build_model(params_of(path), device=device, seed=None)
-
-    def load_value_model(path, device="cpu", dtype=None):
-        meta = json.loads((Path(path) / ckpt.VALUE_FILE).read_text()) if (Path(path) / ckpt.VALUE_FILE).is_file() else {}
-        return build_value_model(params_of(path), meta.get("head", cfg.value_model.head), device=device, seed=None)
-
-    def shapes_only(model):  # fake tensors of the model's state-dict shapes: nothing read or allocated
-        import torch
-
-        return {k: torch.empty(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
-
-    def read_model_state(path, args=None):  # rank 0's read in a sharded build (wmtp.parallel.materialize)
-        args = args or params_of(path)
-        return args, shapes_only(build_model(args, device="meta"))
-
-    def read_value_state(path):
-        meta = json.loads((Path(path) / ckpt.VALUE_FILE).read_text()) if (Path(path) / ckpt.VALUE_FILE).is_file() else {}
-        args, head = params_of(path), meta.get("head", cfg.value_model.head)
-        return args, head, shapes_only(build_value_model(args, head, device="meta"))
+def trace_env(cfg, vocab_size: int, layout):
+    """The recipe's `RecipeEnv` in the trace: this rank's `layout` (the GPU run's policies),
+    full-length batches from data that reads no file, checkpoints read as shapes only, and
+    `gather_cat` without its size exchange."""
+    from wmtp.data.streams import RecipeData
+    from wmtp.recipes.interfaces import RecipeEnv
 
     def load_data(cfg):
         data = ShapeOnlyData(cfg.data.max_seq_len, vocab_size)
-        return streams.RecipeData(data.tokenizer, data, data)
+        return RecipeData(data.tokenizer, data, data)
 
     def gather_cat(x, layout):
         # The real one exchanges sizes first (values a fake group does not carry): every rank is
@@ -424,38 +379,66 @@ def stand_ins(cfg, vocab_size: int):
         dist.all_gather(parts, x.contiguous())
         return torch.cat(parts)
 
-    real_read_args = ckpt.read_checkpoint_args
+    return RecipeEnv(layout, load_data, ShapeOnlyCheckpoints(cfg.value_model.head), gather_cat)
 
-    def read_checkpoint_args(path):
+
+def _params_of(path) -> Any:
+    from wmtp.model.args import ModelArgs
+
+    return ModelArgs.from_params_json(json.loads((Path(path) / "params.json").read_text()))
+
+
+def _shapes_only(model) -> dict:
+    """Fake tensors of the model's state-dict shapes: nothing read or allocated."""
+    import torch
+
+    return {k: torch.empty(v.shape, dtype=v.dtype) for k, v in model.state_dict().items()}
+
+
+class ShapeOnlyCheckpoints(CheckpointReader):
+    """A `CheckpointReader` that reads a folder's `params.json` (and `value.json`) only: models of the
+    checkpoint's shapes, initialised (`load_*`) or as fake state dicts (`read_*_state`, rank 0's read
+    in a sharded build, `wmtp.parallel.materialize`). `value_head`: a critic folder without
+    `value.json`'s head (`value_model.head`)."""
+
+    def __init__(self, value_head: str):
+        self.value_head = value_head
+
+    def _head(self, path) -> str:
+        from wmtp.model.checkpoint import VALUE_FILE
+
+        file = Path(path) / VALUE_FILE
+        return json.loads(file.read_text()).get("head", self.value_head) if file.is_file() else self.value_head
+
+    def read_checkpoint_args(self, path):
         # A stand-in folder of a producing stage's export (traced_config) holds params.json only.
         folder = Path(path)
         weights = [*folder.glob("*.safetensors"), *folder.glob("consolidated*.pth")]
-        return params_of(folder) if (folder / "params.json").is_file() and not weights else real_read_args(path)
+        if (folder / "params.json").is_file() and not weights:
+            return _params_of(folder)
+        return super().read_checkpoint_args(path)
 
-    saved = (streams.BatchStream.next, streams.load_data, reduce.gather_cat, ckpt.load_model, ckpt.load_value_model,
-             ckpt.read_model_state, ckpt.read_value_state, ckpt.read_checkpoint_args)
-    streams.BatchStream.next, streams.load_data, reduce.gather_cat = next_batch, load_data, gather_cat
-    ckpt.load_model, ckpt.load_value_model = load_model, load_value_model
-    ckpt.read_model_state, ckpt.read_value_state = read_model_state, read_value_state
-    ckpt.read_checkpoint_args = read_checkpoint_args
-    # FSDP2 slices the HSDP mesh's "shard" dimension inside fully_shard; a mesh computes its
-    # coordinates from its rank table, which must be real tensors, not the trace's fake ones.
-    from torch._subclasses.fake_tensor import unset_fake_temporarily
-    from torch.distributed.device_mesh import DeviceMesh
+    def load_model(self, path, device="cpu", dtype=None, args=None):
+        from wmtp.model.transformer import build_model
 
-    getitem = DeviceMesh.__getitem__
+        return build_model(args or _params_of(path), device=device, seed=None)
 
-    def real_getitem(self, names):
-        with unset_fake_temporarily():
-            return getitem(self, names)
+    def load_value_model(self, path, device="cpu", dtype=None):
+        from wmtp.model.value import build_value_model
 
-    DeviceMesh.__getitem__ = real_getitem
-    try:
-        yield
-    finally:
-        DeviceMesh.__getitem__ = getitem
-        (streams.BatchStream.next, streams.load_data, reduce.gather_cat, ckpt.load_model, ckpt.load_value_model,
-         ckpt.read_model_state, ckpt.read_value_state, ckpt.read_checkpoint_args) = saved
+        return build_value_model(_params_of(path), self._head(path), device=device, seed=None)
+
+    def read_model_state(self, path, args=None):
+        from wmtp.model.transformer import build_model
+
+        args = args or _params_of(path)
+        return args, _shapes_only(build_model(args, device="meta"))
+
+    def read_value_state(self, path):
+        from wmtp.model.value import build_value_model
+
+        args, head = _params_of(path), self._head(path)
+        return args, head, _shapes_only(build_value_model(args, head, device="meta"))
 
 
 class ShapeOnlyData:
@@ -485,9 +468,21 @@ class ShapeOnlyData:
         return self._Sampler()
 
     def batches(self, sampler, batch_size):
-        return iter(())
+        """Endless full-length batches (each made when the stream asks for it)."""
+        import torch
 
-    pair_batches = batches
+        while True:
+            yield full_length_batch(batch_size, self.seq_len, self.vocab_size, torch.device("cpu"))
+
+    def pair_batches(self, sampler, batch_size):
+        """Endless (correct, incorrect) pairs of full-length batches."""
+        import torch
+
+        from wmtp.data.collator import PairBatch
+
+        while True:
+            yield PairBatch(full_length_batch(batch_size, self.seq_len, self.vocab_size, torch.device("cpu"), True),
+                            full_length_batch(batch_size, self.seq_len, self.vocab_size, torch.device("cpu"), False))
 
     def collate(self, rows):
         import torch
@@ -570,6 +565,7 @@ def trace_recipe(cfg) -> TracedPlan:
 
     from wmtp.parallel import fsdp
     from wmtp.parallel.build import policy_args
+    from wmtp.parallel.reduce import process_layout
     from wmtp.recipes import build_recipe
     from wmtp.tracking.base import NullLogger
 
@@ -579,7 +575,6 @@ def trace_recipe(cfg) -> TracedPlan:
     os.environ.update(RANK="0", WORLD_SIZE=str(world), LOCAL_RANK="0")
     if world > 1:
         dist.init_process_group("fake", rank=0, world_size=world, store=FakeStore())
-    fsdp.GPU_POLICIES_ON_CPU = True
     replicas = cfg.orchestration.fsdp_replicas
     mesh = [world]
     if world > 1 and cfg.orchestration.fsdp:
@@ -594,10 +589,10 @@ def trace_recipe(cfg) -> TracedPlan:
         stand_ins_made.append(_ActorStandIn(spec, state, torch.device("cpu")))
         return stand_ins_made[-1]
     vocab = policy_args(cfg).vocab_size
-    with stand_ins(cfg, vocab), untracked_sharding_propagation(), FakeTensorMode(allow_non_fake_inputs=True), \
-            ScalarOracle():
+    with FakeTensorMode(allow_non_fake_inputs=True), ScalarOracle():
+        env = trace_env(cfg, vocab, replace(process_layout(cfg.orchestration.use_gpu), gpu_policies=True))
         recipe = build_recipe(cfg, logger=NullLogger(), checkpoint_sink=_NullSink(),
-                              scorer_factory=factory if async_scorer else None)
+                              scorer_factory=factory if async_scorer else None, env=env)
         recipe.setup()
         step_owner = getattr(recipe, "loop", recipe)  # ref_tuning runs the baseline loop
         # The actors' replicas by name, not found by walking the recipe (the scorer may be wrapped).
@@ -622,7 +617,7 @@ def trace_recipe(cfg) -> TracedPlan:
 def trace_in_subprocess(cfg, timeout_s: float = 1800.0) -> TracedPlan:
     """`trace_recipe(cfg)` in a fresh interpreter (the fake process group stays out of this one)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "wmtp.parallel.trace"], input=cfg.model_dump_json(),
+    proc = subprocess.run([sys.executable, "-m", "wmtp.trace.memory"], input=cfg.model_dump_json(),
                           capture_output=True, text=True, timeout=timeout_s, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(RESULT_PREFIX)]
     if proc.returncode != 0 or not lines:
