@@ -150,6 +150,9 @@ RUN_BY: dict[str, str] = {
     # docs/DASHBOARD.md
     "prometheus --config.file=/tmp/ray/session_latest/metrics/prometheus/prometheus.yml":
         "tests/orchestration/test_dashboard.py::test_prometheus_scrapes_every_wmtp_metric",
+    "ray list tasks --filter state=FAILED --detail --limit 10000":
+        "tests/orchestration/test_tune_console.py::test_a_three_trial_sweep_prints_at_most_40_lines",
+    "ray summary tasks": "tests/orchestration/test_tune_console.py::test_a_three_trial_sweep_prints_at_most_40_lines",
     # docs/DATA.md
     "wmtp data index --on-bad-line skip": "tests/data/test_commands.py::test_synth_then_index",
     "wmtp data synth --out DIR --n-problems N --seed S": "tests/data/test_commands.py::test_synth_then_index",
