@@ -8,6 +8,7 @@ heads itself (`start_local_head`, every port free): here two at once, each runni
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
 import time
 
@@ -49,9 +50,10 @@ def _agent_http_port(head) -> int:
 @pytest.mark.timeout(300)
 def test_two_local_clusters_run_jobs_side_by_side():
     heads = []
+    temp_dirs = [tempfile.mkdtemp(prefix="rp", dir="/tmp") for _ in range(2)]  # short: Ray's socket paths
     try:
-        for _ in range(2):
-            heads.append(start_local_head(num_cpus=1, temp_dir=tempfile.mkdtemp(prefix="rp", dir="/tmp")))
+        for temp_dir in temp_dirs:
+            heads.append(start_local_head(num_cpus=1, temp_dir=temp_dir))
         dashboards = [f"http://{h.webui_url.removeprefix('http://')}" for h in heads]
         agents = [_agent_http_port(h) for h in heads]
         assert len(set(dashboards)) == 2 and len(set(agents)) == 2, (dashboards, agents)
@@ -61,3 +63,5 @@ def test_two_local_clusters_run_jobs_side_by_side():
     finally:
         for head in heads:
             head.kill_all_processes(check_alive=False, allow_graceful=True)
+        for temp_dir in temp_dirs:
+            shutil.rmtree(temp_dir, ignore_errors=True)
