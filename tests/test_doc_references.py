@@ -1,5 +1,6 @@
 """Every repository path that the docs, the README and code comments cite exists (a design file
-that was never in the repository was once cited nineteen times)."""
+that was never in the repository was once cited nineteen times). The commands they show:
+tests/test_doc_commands.py (each run by a named test, or why none can)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -54,6 +55,10 @@ def test_rerun_with_same_name_resumes_exactly(ray_cluster, uninterrupted, tmp_pa
     assert steps == [1, 2, 3, 4, 5, 5, 6, 7, 8]  # step 5 redone from the step-4 checkpoint
     assert by_step(read_losses(tmp_path / "res")) == pytest.approx(expected, rel=1e-12)
     assert metrics["step"] == 8
+    # Each rank's recipe ran in a thread named by run and rank (the dashboard's Stack Trace shows it).
+    threads = {rank: {json.loads(line)["thread"] for line in (tmp_path / "res" / f"losses-rank{rank}.jsonl").open()}
+               for rank in (0, 1)}
+    assert threads == {0: {"wmtp resumed rank 0"}, 1: {"wmtp resumed rank 1"}}
     kept = sorted(p.name for p in (Path(crashing.run.output_dir) / "ray" / "resumed").glob("checkpoint_step*"))
     assert len(kept) == crashing.orchestration.keep_checkpoints
     assert "checkpoint_step00000008" in kept  # the latest is always kept

@@ -4,6 +4,7 @@ process (its own local Ray cluster), everything it writes to stdout and stderr c
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -31,7 +32,27 @@ SCRIPT = textwrap.dedent("""
         "space": {"optim.lr": {"type": "choice", "values": [0.0001, 0.0003, 0.2]}},
     })
     print(run_tune(cfg, space, recipe_builder=ToyRecipeBuilder(str(tmp / "rec"))).format())
+
+    # docs/DASHBOARD.md "A healthy sweep's failed tasks": its two commands, on this sweep's cluster.
+    import subprocess
+    import ray
+    address = ["--address", ray.get_runtime_context().gcs_address]
+    for name, args in {"failed.json": ["list", "tasks", "--filter", "state=FAILED", "--detail", "--limit", "10000",
+                                       "--format", "json"], "summary.txt": ["summary", "tasks"]}.items():
+        out = subprocess.run([sys.executable, "-m", "ray.scripts.scripts", *args, *address], capture_output=True,
+                             text=True, timeout=120)
+        (tmp / name).write_text(out.stdout + out.stderr)
 """)
+# What docs/DASHBOARD.md says a healthy sweep's failed tasks are: Tune's report-queue polls, and the
+# tasks of Ray Train's actors of a trial ASHA stopped (killed with it).
+QUEUE_POLL = ("_QueueActor.get", "TASK_EXECUTION_EXCEPTION")
+RAY_TRAIN_ACTORS = {"TrainController", "RayTrainWorker", "PreemptionWatcher", "SynchronizationActor", "DatasetManager",
+                    "TrainStateActor", "PlacementGroupCleaner", "_AutoscalingCoordinatorActor"}
+
+
+def _harmless(name: str, error_type: str) -> bool:
+    killed = error_type in {"ACTOR_DIED", "WORKER_DIED"} and name.split(".")[0] in RAY_TRAIN_ACTORS
+    return (name, error_type) == QUEUE_POLL or killed
 
 
 @pytest.mark.ray
@@ -52,3 +73,9 @@ def test_a_three_trial_sweep_prints_at_most_40_lines(tmp_path):
     assert any(re.match(r"\[tune\] trial \d+ step \d/8: val/ce ", line) for line in lines)
     assert not any("Trial status" in line or "TensorBoard" in line for line in lines), "\n".join(lines)
     assert any(line.startswith("best config: ") for line in lines)
+    # `ray list tasks --filter state=FAILED --detail --limit 10000` (docs/DASHBOARD.md): only Ray's
+    # harmless kinds, the report-queue polls among them; `ray summary tasks` counts them too.
+    failed = json.loads((tmp_path / "failed.json").read_text())
+    kinds = {(task["name"], task["error_type"]) for task in failed}
+    assert all(_harmless(*kind) for kind in kinds) and QUEUE_POLL in kinds, kinds
+    assert re.search(r"_QueueActor\.get\s+FAILED: \d+", (tmp_path / "summary.txt").read_text())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,7 @@ class ToyRecipe:
             self.step = step
             loss_value = float(loss)
             with self.record.open("a") as fh:
-                fh.write(json.dumps({"step": step, "loss": loss_value}) + "\n")
+                fh.write(json.dumps({"step": step, "loss": loss_value, "thread": threading.current_thread().name}) + "\n")
             metrics = {"train/loss": loss_value, "train/tokens_per_s": 100.0 + step}
             if step % cfg.train.eval_every == 0:
                 metrics["val/ce"] = self._validate()

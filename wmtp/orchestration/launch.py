@@ -12,6 +12,7 @@ from the run's latest checkpoint.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -153,6 +154,11 @@ def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None
     return dict(result.metrics or {})
 
 
+def worker_thread_name(run: str, rank: int) -> str:
+    """`wmtp <run> rank <rank>`: the name of a learner rank's training thread."""
+    return f"wmtp {run} rank {rank}"
+
+
 def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
     """One Ray Train worker: the recipe with Ray seams (named so the dashboard's task list reads well)."""
     cfg = WMTPConfig.model_validate(loop_config["cfg"])
@@ -165,6 +171,10 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     name = run_name(cfg)
+    # Ray 2.60 cannot name Ray Train's worker actors or keep a process title (docs/DASHBOARD.md,
+    # "Naming the workers"); the training thread's name is ours: the dashboard's Stack Trace
+    # (py-spy) of a `RayTrainWorker` shows it.
+    threading.current_thread().name = worker_thread_name(name, rank)
     state = ReportState(*checkpoint_score(cfg))
     dashboard = DashboardMetrics(name, rank)
     relay = loop_config.get("console")

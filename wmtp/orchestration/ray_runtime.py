@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -45,9 +46,9 @@ def ensure_ray(address: str | None = None, *, local_cpus: float | None = None, j
 
     `ray job submit` sets `RAY_ADDRESS` for the driver; `address="auto"` joins a cluster started
     with `ray start` on this machine. Joining passes no runtime_env: the job's own (or the
-    cluster's) applies unchanged. Without an address, a fresh local cluster (`address="local"`):
-    a bare `ray.init()` would look for a running cluster first and hang on a stale
-    `ray_current_cluster` file left by `ray stop`. Tests start their own cluster first.
+    cluster's) applies unchanged. Without an address, a fresh local cluster (`start_local_head`,
+    every port free): a bare `ray.init()` would look for a running cluster first and hang on a
+    stale `ray_current_cluster` file left by `ray stop`. Tests start their own cluster first.
     local_cpus: logical CPUs of a fresh local cluster, at least this machine's cores; a run asks
     for what its workers and experience actors reserve, so a 2-core laptop still schedules them.
     job_name: the dashboard's job Name (metadata `job_name`) of a plain `wmtp train` driver; a
@@ -90,10 +91,52 @@ def _init_ray(address: str | None, local_cpus: float | None, job_name: str | Non
     # 2-core laptop the prestarted ones only compete with the run's own start (benchmarks/startup.py).
     os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
     port = metrics_port()
-    ctx = ray.init(address="local", log_to_driver=verbose, _metrics_export_port=port, **kwargs)
+    head = start_local_head(num_cpus=kwargs.pop("num_cpus", None), metrics_export_port=port)
+    atexit.register(_end_local_head, head)
+    ctx = ray.init(address=head.address, log_to_driver=verbose, **kwargs)
     dashboard = ctx.dashboard_url or "off (pip install 'ray[default]')"
     print(f"[wmtp] started a local Ray cluster: dashboard http://{dashboard.removeprefix('http://')}, "
           f"metrics http://127.0.0.1:{port}/metrics", flush=True)
+
+
+def start_local_head(*, num_cpus: int | None = None, metrics_export_port: int | None = None,
+                     temp_dir: str | None = None, include_dashboard: bool | None = None):
+    """Start a one-node Ray cluster in this process, as `ray.init(address="local")` does, but with
+    every port free; returns Ray's `Node` (its `address` is what `ray.init` joins).
+
+    `ray.init` starts the dashboard agent's HTTP server on Ray's fixed 52365 and has no option to
+    change it (Ray's answer: set cluster ports with `ray start`, ray-project/ray#34886). A second
+    cluster on the machine whose agent finds 52365 taken still starts, and `ray job submit` to it
+    then fails with "No available agent" (docs/CLUSTER.md, "Ports"). So wmtp's own local clusters
+    (and the tests') start the head themselves with the agent's HTTP port 0 (the agent binds a free
+    one and registers it); the other ports of a `ray.init` cluster are free ones already (GCS,
+    node and object managers, agent gRPC, runtime-env agent), the dashboard takes 8265 or the next
+    free port. The caller ends it with `kill_all_processes()` after `ray.shutdown()`; its processes
+    also die with this one (Ray's fate sharing), as a `ray.init` cluster's do.
+    """
+    from ray._private.authentication.authentication_token_setup import (
+        enable_token_auth_by_default,
+        ensure_token_if_auth_enabled,
+    )
+    from ray._private.node import Node
+    from ray._private.parameter import RayParams
+
+    # What ray.init(address="local") does before it starts a head (Ray 2.60, ray._private.worker.init).
+    enable_token_auth_by_default()
+    ensure_token_if_auth_enabled({}, create_token_if_missing=True)
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # ray.init's usage_lib.set_usage_stats_enabled_via_env_var(False)
+    params = RayParams(num_cpus=num_cpus, include_dashboard=include_dashboard, dashboard_port=None,
+                       dashboard_agent_listen_port=0, metrics_export_port=metrics_export_port, temp_dir=temp_dir,
+                       _system_config={})
+    return Node(ray_params=params, head=True, shutdown_at_exit=False, spawn_reaper=True, ray_init_cluster=True)
+
+
+def _end_local_head(head) -> None:
+    """At exit: disconnect, then end the head. Ray's own exit hook (registered when ray is imported,
+    so it runs after this one) would disconnect from a cluster already gone, and the driver's core
+    worker exits 1 when its GCS dies under it."""
+    ray.shutdown()
+    head.kill_all_processes(check_alive=False, allow_graceful=True)
 
 
 def metrics_port() -> int:
