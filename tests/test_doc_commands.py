@@ -91,7 +91,9 @@ RUN_BY: dict[str, str] = {
         "tests/recipes/test_golden.py::test_golden_per_step_metrics",
     "wmtp train --recipe configs/recipe.rho1_weighted.yaml --preset local-light":
         "tests/recipes/test_golden.py::test_golden_per_step_metrics",
-    "wmtp study --spec configs/study.micro.yaml": "tests/orchestration/test_study.py::test_full_micro_study",
+    "wmtp study --spec configs/study.micro.yaml": "tests/study/test_study.py::test_full_micro_study",
+    "python -m wmtp.trace.memory": "tests/parallel/test_trace.py::test_hsdp_trace_on_two_nodes_of_four_ranks",
+    ".venv/bin/python -m mypy": "tests/test_types.py::test_wmtp_type_checks",
     "wmtp eval --checkpoint DIR --benchmark humaneval|synthetic --n 20 --k 1,5,10": EVAL_CLI,
     "wmtp tune --recipe configs/recipe.verifiable.yaml --space tune_spaces/verifiable.yaml": WALKTHROUGH,
     "bash benchmarks/gpu_check.sh":
@@ -175,7 +177,6 @@ RUN_BY: dict[str, str] = {
     "wmtp train --recipe configs/recipe.verifiable.yaml --preset a100x4 --dry-run --trace": TRACE,
     "wmtp train --recipe configs/recipe.<recipe>.yaml --preset a100x4 --dry-run --trace [orchestration.placement=async] "
     "[stage2.critic_sync_interval=4]": "tests/parallel/test_trace.py::test_shipped_recipes_fit_and_the_formula_agrees",
-    "python -m wmtp.parallel.trace": "tests/parallel/test_trace.py::test_shipped_recipes_fit_and_the_formula_agrees",
     # docs/EVALUATION.md, docs/RECIPES.md
     "python -m wmtp train --local --recipe configs/recipe.<name>.yaml --preset local-light [key.sub=value ...]":
         "tests/recipes/test_golden.py::test_golden_per_step_metrics",
@@ -184,10 +185,10 @@ RUN_BY: dict[str, str] = {
         "tests/recipes/test_golden.py::test_rho1_with_precomputed_reference_losses",
     "python -m wmtp train --local --recipe configs/recipe.rho1_weighted.yaml --preset local-light "
     "data.reference_losses=<that path>": "tests/recipes/test_golden.py::test_rho1_with_precomputed_reference_losses",
-    "python -m wmtp study --spec configs/study.micro.yaml": "tests/orchestration/test_study.py::test_full_micro_study",
+    "python -m wmtp study --spec configs/study.micro.yaml": "tests/study/test_study.py::test_full_micro_study",
     "wmtp eval --checkpoint runs/<run>/export --benchmark synthetic": EVAL_CLI,
     "python -m wmtp study --spec configs/study.micro.yaml --report-only":
-        "tests/orchestration/test_study.py::test_report_only_aggregates_what_is_on_disk_and_names_missing_runs",
+        "tests/study/test_study.py::test_tiny_study_end_to_end",
     # docs/TRACKING.md
     "wmtp eval --samples samples.jsonl --benchmark humaneval --k 1,10":
         "tests/evaluation/test_runner.py::test_cli_samples_on_humaneval_as_the_docs_show",
@@ -242,7 +243,7 @@ NOT_RUN: dict[str, str] = {
     "python -I": "names the sandbox's interpreter flag, not a command to run",
     "ls 7B_1T_4/": "needs Meta's 7B MTP checkpoint (a gated download)",
     "wmtp study --spec configs/study.a100x4.yaml":
-        "hours on 4×A100; its grid: tests/orchestration/test_study.py::test_a100_spec_is_the_7b_grid_with_code_benchmarks",
+        "hours on 4×A100; its dry run: tests/study/test_study.py::test_shipped_spec_dry_run",
     "mlflow    run <id>  http://127.0.0.1:5000/#/experiments/1/runs/<id>?workflowType=machine_learning":
         "a line of the summary the docs quote, not a command",
     "apt-get install -y chromium": "a system package install (the screenshot tests use it when present)",
