@@ -222,8 +222,9 @@ def study_trial(params: dict[str, Any], *, configs: dict[str, dict], plan: EvalP
     tune.report({"study/pass@1": measures.scalars.get("pass@1", float("nan")), "study/done": 1.0})
 
 
-def study_progress(name: str, total: int, log: Callable[[str], None]):
-    """A Tune callback printing one line per finished (arm, seed) run: done/total, elapsed, ETA."""
+def study_progress(name: str, total: int, log: Callable[[str], None], done_before: int = 0):
+    """A Tune callback printing one line per finished (arm, seed) run: done/total (counting the
+    `done_before` runs an earlier launch measured), elapsed, ETA of this launch's remaining runs."""
     from ray import tune
 
     from wmtp.evaluation.progress import format_eta
@@ -234,10 +235,10 @@ def study_progress(name: str, total: int, log: Callable[[str], None]):
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             self.done += 1
-            elapsed = time.monotonic() - self.t0
-            eta = format_eta(elapsed / self.done * (total - self.done)) if self.done < total else "0s"
+            elapsed, finished = time.monotonic() - self.t0, done_before + self.done
+            eta = format_eta(elapsed / self.done * (total - finished)) if finished < total else "0s"
             params = trial.config or {}
-            log(f"[wmtp] study {name}: run {self.done}/{total} done ({params.get('arm')} "
+            log(f"[wmtp] study {name}: run {finished}/{total} done ({params.get('arm')} "
                 f"s{params.get('seed')}), elapsed {format_eta(elapsed)}, ETA {eta}")
 
     return StudyProgress()
@@ -316,7 +317,8 @@ def run_study(spec: StudySpec, *, output_dir: str | None = None, results: str | 
                     tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent_trials,
                                                 scheduler=FIFOScheduler()),
                     run_config=tune.RunConfig(name=name, storage_path=storage.path, storage_filesystem=storage.filesystem,
-                                              callbacks=[study_progress(spec.name, len(spec.arms) * len(spec.seeds), log)],
+                                              callbacks=[study_progress(spec.name, len(spec.arms) * len(spec.seeds), log,
+                                                                        measured_before)],
                                               verbose=None if verbose else 0),
                 )
             tuner.fit()
