@@ -1,4 +1,4 @@
-"""`wmtp study`: does weighting help? (docs/RESULTS.md, docs/STUDY.md)
+"""`wmtp study`: does weighting help? (docs/RESULTS.md; the design: docs/RECIPES.md "Study")
 
     spec.py      the study spec (configs/study.*.yaml): stages and gates, settings, arms, claims
     runner.py    stages with gates, then arms × seeds as one Ray Tune grid; resume; report-only
