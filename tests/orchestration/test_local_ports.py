@@ -49,6 +49,19 @@ def _agent_http_port(head) -> int:
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_two_local_clusters_run_jobs_side_by_side():
+    """In a child process: a head started and killed in the test process would end the session's
+    own Ray driver (its core worker exits when a GCS it knows of dies)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", "from tests.orchestration.test_local_ports import side_by_side; "
+                           "side_by_side()"], capture_output=True, text=True, timeout=280,
+                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("side by side") >= 2, proc.stdout[-2000:]
+
+
+def side_by_side() -> None:
     heads = []
     temp_dirs = [tempfile.mkdtemp(prefix="rp", dir="/tmp") for _ in range(2)]  # short: Ray's socket paths
     try:
@@ -59,7 +72,9 @@ def test_two_local_clusters_run_jobs_side_by_side():
         assert len(set(dashboards)) == 2 and len(set(agents)) == 2, (dashboards, agents)
         assert RAY_FIXED_AGENT_PORT not in agents
         for dashboard in dashboards:  # "No available agent" at HEAD for the second
-            assert "side by side" in _run_job(dashboard)
+            logs = _run_job(dashboard)
+            assert "side by side" in logs
+            print(logs.strip(), flush=True)
     finally:
         for head in heads:
             head.kill_all_processes(check_alive=False, allow_graceful=True)
