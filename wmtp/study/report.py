@@ -201,15 +201,31 @@ def reading_lines(report: Any) -> list[str]:
     out = [f"- Each difference is paired: the same seeds (initialisation and batch order) and the same test tasks or "
            f"validation solutions for both arms. The CI is a hierarchical bootstrap (seeds, then items within a seed); "
            f"with {n} seeds the exact sign-flip test cannot go below p = {2 / 2 ** n:.3f}, so it cannot reject at 5% "
-           f"whatever the effect; the t interval over per-seed means is printed beside the bootstrap."]
+           f"whatever the effect; the t interval over per-seed means is printed beside the bootstrap.",
+           "- Within a setting the arms train on the same batches: a weighted arm differs from the uniform one in its "
+           "weights alone (on the same batches the verifiable recipe with uniform weights trains the baseline's model to "
+           "the bit: tests/recipes/test_weight_controls.py), and the trained targets are counted equal below."]
     gated = critic_gated(report)
     if gated is False:
         out.append("- The critic failed its gate: the critic arms are reported as ungated. Their weights test a critic "
                    "that does not yet know correct from incorrect well; a \"no\" for them is about this critic, "
                    "not about critic weighting in general.")
+    for setting, a, b in comparisons(report):
+        if a == b or spec.arms[b].setting != setting or list(x for x, y in spec.arms.items() if y.setting == setting)[0] != b:
+            continue
+        c = paired(report, a, b, "pass@1")
+        if not math.isfinite(c.ci_low):
+            continue
+        side = ("above" if c.ci_low > 0 else "below" if c.ci_high < 0 else "across")
+        ess = mean_scalar(report.runs, a, "weights/ess")
+        out.append(f"- {setting}: `{a}` − `{b}` = {c.mean * 100:+.1f} pp, 95% CI {side} 0 over {c.n_seeds} seed(s)"
+                   + (f"; its weights' ESS is {ess:.2f} (1 = uniform: the weights concentrate the gradient on "
+                      f"about {ess:.0%} of the targets' worth)" if math.isfinite(ess) else "") + ".")
     for arm in spec.arms:
         rho = mean_scalar(report.runs, arm, "weights/position_spearman")
-        if math.isfinite(rho) and abs(rho) >= 0.5:
+        control = report.plan.configs[arm].stage2.value_weighting.source == "position" if spec.arms[arm].recipe == \
+            "verifiable" else False
+        if math.isfinite(rho) and abs(rho) >= 0.5 and not control:
             out.append(f"- `{arm}`'s weights follow position (Spearman {rho:+.2f} with relative position): compare it "
                        "with the position-only control before crediting its critic.")
     out.append("- pass@1 is greedy on the held-out test problems after the arms' common step budget; a longer budget or "
