@@ -9,8 +9,8 @@ One optimizer step, per micro-batch:
       L_policy = Σ_k c_k Σ_t w_{t+k} ℓ_k(t) M_k(t) / N_k            (weights detached)
       L_V = coef · mean(max((V_new − G)², (V_old + clip(V_new − V_old, ±ε) − G)²))
   the critic snapshot gets the learner's critic every `critic_sync_interval` steps.
-The policy learns from correct solutions only (`data.samples=correct`) or all of them; the critic
-always sees both.
+The policy learns from correct solutions only (`data.samples=correct`) or all of them; the stream
+draws every solution unless `data.draw` says otherwise (a study's arms draw the same batches).
 
 Which critic scores (colocated; no replica, no gather): at `critic_sync_interval` 1 the learner's
 own sharded critic under no_grad before its update (it IS the last published critic); at > 1 a
@@ -116,7 +116,7 @@ class VerifiableRecipe:
                          if self.learn_critic and cfg.stage2.critic_sync_interval > 1 else None)
         self.normalizer = build_normalizer(vw.td_error_normalization, momentum=vw.ema_momentum,
                                            warmup_steps=vw.ema_warmup_steps)
-        # The critic sees correct and incorrect solutions; the policy mask picks what it learns from.
+        # By default the stream draws every solution (`data.draw`); the policy mask picks what it learns from.
         stream = streams.train_stream(self.data.train, cfg, self.layout, samples=streams.drawn_samples(cfg))
         self.scorer = (self.scorer_factory(self.spec, None) if self.scorer_factory is not None
                        else LearnerScorer(self.spec, self.published_critic()))
