@@ -277,10 +277,15 @@ def write_results(report: Any, path: str | Path, *, command: str) -> Path:
     lines = [f"# Does weighting help? Study `{spec.name}`", "",
              f"Produced by `{rec.get('command') or command}`; rewrite this file from the measured runs with "
              f"`wmtp study --spec <spec> --report-only`.",
-             f"Machine: {rec.get('machine', 'unknown')}. Wall time {_fmt(rec.get('wall_s', float('nan')) / 60, 1)} min "
+             f"Machine: {rec.get('machine', 'unknown')}. The last launch that ended took {_fmt(rec.get('wall_s', float('nan')) / 60, 1)} min "
              f"(finished {rec.get('finished', '?')}, load average at the end {', '.join(f'{x:.1f}' for x in rec.get('loadavg', []))}; "
-             f"{rec.get('runs_measured', '?')} run(s) trained and measured by that launch, {rec.get('runs_reused', '?')} reused).",
-             "", "## Answer", ""]
+             f"{rec.get('runs_measured', '?')} run(s) trained and measured by that launch, {rec.get('runs_reused', '?')} reused)."]
+    if report.missing:
+        total = len(spec.arms) * len(spec.seeds)
+        lines.append(f"**Partial: {total - len(report.missing)} of {total} runs measured when this file was written** "
+                     "(the study was still running or was stopped; rerunning the command resumes it and rewrites "
+                     "this file). Each comparison below uses the seeds both of its arms have.")
+    lines += ["", "## Answer", ""]
     lines += [f"- {x}" for x in headline_lines(report)]
     if report.missing:
         lines += ["", "Missing runs (not measured, left out of every figure): " + ", ".join(report.missing) + "."]
