@@ -51,7 +51,8 @@ RAY_TRAIN_ACTORS = {"TrainController", "RayTrainWorker", "PreemptionWatcher", "S
 
 
 def _harmless(name: str, error_type: str) -> bool:
-    killed = error_type in {"ACTOR_DIED", "WORKER_DIED"} and name.split(".")[0] in RAY_TRAIN_ACTORS
+    # Ray Train's actors and a trial's report queue die with the trial (ASHA's stop, or its end)
+    killed = error_type in {"ACTOR_DIED", "WORKER_DIED"} and name.split(".")[0] in {*RAY_TRAIN_ACTORS, "_QueueActor"}
     return (name, error_type) == QUEUE_POLL or killed
 
 
