@@ -92,6 +92,7 @@ RUN_BY: dict[str, str] = {
     "wmtp train --recipe configs/recipe.rho1_weighted.yaml --preset local-light":
         "tests/recipes/test_golden.py::test_golden_per_step_metrics",
     "wmtp study --spec configs/study.micro.yaml": "tests/study/test_study.py::test_full_micro_study",
+    "wmtp study --spec <spec> --report-only": "tests/study/test_study.py::test_tiny_study_end_to_end",
     "python -m wmtp.trace.memory": "tests/parallel/test_trace.py::test_hsdp_trace_on_two_nodes_of_four_ranks",
     ".venv/bin/python -m mypy": "tests/test_types.py::test_wmtp_type_checks",
     "wmtp eval --checkpoint DIR --benchmark humaneval|synthetic --n 20 --k 1,5,10": EVAL_CLI,
