@@ -99,21 +99,22 @@ def critic_quality(cfg, critic, data, layout: DistEnv, with_weights: bool = Fals
                           weights=(lambda v, b, r: run_weights(vw, v, b, r)) if with_weights else None)
 
 
-def run_weights(vw, values, batch, response):
+def run_weights(vw, values, batch, response, advantages=None, generator=None):
     """The token weights `[B, S]` `stage2.value_weighting` gives one batch scored with `values`:
-    the critic's GAE (or the position control's), normalised with this batch's statistics."""
+    the critic's GAE (`advantages` when already computed), or the position control's, normalised
+    with this batch's statistics (`generator`: the shuffled control's permutation)."""
     from wmtp.weighting.normalize import build_normalizer
     from wmtp.weighting.weights import position_advantages, value_weights
 
-    outcome = batch.is_correct.to(values.dtype)
     if vw.source == "position":
         mean = (values.double() * response).sum() / response.sum().clamp_min(1)
-        adv = position_advantages(values, response, batch.is_correct, mean, vw.gae_gamma, vw.gae_lambda, vw.reward,
-                                  truncated=batch.truncated)
-    else:
-        adv = compute_gae(values, response, outcome, vw.gae_gamma, vw.gae_lambda, vw.reward, truncated=batch.truncated)[0]
+        advantages = position_advantages(values, response, batch.is_correct, mean, vw.gae_gamma, vw.gae_lambda,
+                                         vw.reward, truncated=batch.truncated)
+    elif advantages is None:
+        advantages = compute_gae(values, response, batch.is_correct.to(values.dtype), vw.gae_gamma, vw.gae_lambda,
+                                 vw.reward, truncated=batch.truncated)[0]
     normalizer = build_normalizer(vw.td_error_normalization, momentum=vw.ema_momentum, warmup_steps=vw.ema_warmup_steps)
-    return value_weights(vw, adv, response, normalizer=normalizer)[0]
+    return value_weights(vw, advantages, response, normalizer=normalizer, generator=generator)[0]
 
 
 def near_chance(quality: dict[str, float], min_final_value_auc: float, max_decisive_td_auc: float) -> list[str]:

@@ -215,23 +215,15 @@ def run_token_weights(cfg: Any, batch: Any, policy: Any, critic: Any = None, ref
 
     mask = batch.labels != -100
     if cfg.recipe == "verifiable":
+        from wmtp.evaluation.critic_quality import run_weights
         from wmtp.recipes.experience import critic_experience
-        from wmtp.weighting.normalize import build_normalizer
-        from wmtp.weighting.weights import position_advantages, value_weights
 
         vw = cfg.stage2.value_weighting
         if vw.source == "uniform":
             return None
         scored = critic_experience(critic, batch, gamma=vw.gae_gamma, lam=vw.gae_lambda, reward_mode=vw.reward, version=0)
-        adv, values = scored.advantages, scored.values_old
-        assert values is not None  # a critic-scored batch carries its values
-        if vw.source == "position":
-            mean = (values.double() * mask).sum() / mask.sum().clamp_min(1)
-            adv = position_advantages(values, mask, batch.is_correct, mean, vw.gae_gamma, vw.gae_lambda,
-                                      vw.reward, truncated=batch.truncated)
-        normalizer = build_normalizer(vw.td_error_normalization, momentum=vw.ema_momentum, warmup_steps=vw.ema_warmup_steps)
-        w, _ = value_weights(vw, adv, mask, normalizer=normalizer, generator=step_generator(cfg.run.seed, 0, 0))
-        return w
+        assert scored.values_old is not None  # a critic-scored batch carries its values
+        return run_weights(vw, scored.values_old, batch, mask, scored.advantages, step_generator(cfg.run.seed, 0, 0))
     if cfg.recipe == "rho1_weighted":
         from wmtp.losses.alignment import valid_mask
         from wmtp.losses.mtp import mtp_token_losses

@@ -147,7 +147,7 @@ def measure_critic_stage(cfg: WMTPConfig, plan: EvalPlan) -> dict[str, Any]:
     vw = cfg.stage2.value_weighting
     data = streams.load_data(cfg)
     q = measure_critic(load_value_model(export_dir(cfg)).eval(), data.valid, data.tokenizer, gamma=vw.gae_gamma,
-                       reward_mode=vw.reward, batch_size=64, layout=process_layout(False),
+                       reward_mode=vw.reward, batch_size=plan.batch_size, layout=process_layout(False),
                        max_solutions=plan.max_valid_solutions)
     return {k.split("/", 1)[1]: v for k, v in q.items()}
 
