@@ -11,6 +11,7 @@ import json
 import shutil
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +57,7 @@ def test_two_local_clusters_run_jobs_side_by_side():
 
     proc = subprocess.run([sys.executable, "-c", "from tests.orchestration.test_local_ports import side_by_side; "
                            "side_by_side()"], capture_output=True, text=True, timeout=280,
-                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[2]))
+                          cwd=str(Path(__file__).resolve().parents[2]))
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert proc.stdout.count("side by side") >= 2, proc.stdout[-2000:]
 
