@@ -144,7 +144,7 @@ def test_the_study_gate_accepts_the_oracle_and_refuses_a_random_critic(valid):
     from wmtp.config.loader import REPO_ROOT
     from wmtp.model.args import ModelArgs
     from wmtp.model.value import build_value_model
-    from wmtp.study.runner import gate
+    from wmtp.study.experiment import gate
     from wmtp.study.spec import StudySpec
 
     spec = StudySpec.model_validate(yaml.safe_load((REPO_ROOT / "configs" / "study.micro.yaml").read_text()))

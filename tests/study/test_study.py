@@ -51,7 +51,7 @@ def test_arms_of_a_setting_share_batches_and_the_stage_exports():
 
 def test_spec_errors_name_the_arm_and_the_allowed_values(tmp_path):
     from wmtp.cli import main
-    from wmtp.study.runner import plan_study
+    from wmtp.study.experiment import plan_study
 
     base = yaml.safe_load(MICRO.read_text())
     base["arms"]["critic"]["overrides"] = {"train.steps": 7}
@@ -94,8 +94,8 @@ def tiny_spec() -> dict:
 
 def test_ntp_gate_stops_the_study_and_says_why(tmp_path):
     """A budget whose NTP stage misses the pass@1 gate trains no arm; the report says so."""
+    from wmtp.study.experiment import StudyReport, plan_study
     from wmtp.study.report import headline_lines
-    from wmtp.study.runner import StudyReport, plan_study
 
     spec = StudySpec.model_validate({**tiny_spec(), "stages": {"ntp": {"min_pass_at_1": 0.2}}})
     report = StudyReport(plan_study(spec, str(tmp_path)), [], {"ntp": {"pass@1": 0.05, "steps": 4, "tasks": 8,
@@ -106,7 +106,7 @@ def test_ntp_gate_stops_the_study_and_says_why(tmp_path):
 
 @pytest.mark.ray
 def test_tiny_study_end_to_end(ray_cluster, tmp_path):
-    from wmtp.study.runner import report_only, run_study
+    from wmtp.study.experiment import report_only, run_study
 
     spec = StudySpec.model_validate(tiny_spec())
     results = tmp_path / "docs" / "RESULTS.md"

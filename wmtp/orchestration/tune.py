@@ -172,7 +172,7 @@ def run_tune(cfg: WMTPConfig, space: TuneSpace, *, recipe_builder: RecipeBuilder
     samples = num_samples or space.num_samples
     sweep_dir = Path(cfg.run.output_dir) / sweep
     _check_same_sweep(sweep_dir, cfg, space, samples)
-    parent = _parent_run(cfg, sweep, space)
+    parent = parent_run(cfg, sweep, space)
     storage = resolve_storage(cfg.orchestration.storage_path, cfg.run.output_dir)
     trainable = tune.with_parameters(
         wmtp_tune_trial, base=cfg.model_dump(mode="json"), fixed=dict(space.fixed), sweep=sweep,
@@ -411,7 +411,7 @@ def _fate(result: Any, metrics: Mapping[str, Any], status: str | None, space: Tu
     return FATE_COMPLETED
 
 
-def _parent_run(cfg: WMTPConfig, sweep: str, space: TuneSpace | None) -> Any | None:
+def parent_run(cfg: WMTPConfig, sweep: str, space: TuneSpace | None) -> Any | None:
     """The sweep's parent MLflow run (None when MLflow is not among the tracking backends)."""
     if "mlflow" not in cfg.tracking.backends:
         return None

@@ -27,19 +27,19 @@ def run_study_command(args: argparse.Namespace) -> int:
 
     spec = load_study_spec(args.spec)
     if args.dry_run:
-        from wmtp.study.runner import plan_study
+        from wmtp.study.experiment import plan_study
 
         print(plan_study(spec, args.output_dir).format())
         return 0
     if args.report_only:
-        from wmtp.study.runner import report_only
+        from wmtp.study.experiment import report_only
 
         report = report_only(spec, output_dir=args.output_dir,
                              results=None if args.results == "none" else args.results,
                              command=f"wmtp study --spec {shlex.quote(args.spec)}")
         print(report.format())
         return 0
-    from wmtp.study.runner import run_study
+    from wmtp.study.experiment import run_study
 
     command = "wmtp " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["study"] else \
         f"wmtp study --spec {shlex.quote(args.spec)}"

@@ -12,9 +12,9 @@ grid, measured per item so every comparison is paired (docs/RESULTS.md).
    needs it and is measured on every validation solution (final-value AUC, within-solution
    TD-error AUC at decisive tokens) against its gate. A critic that fails the gate still scores
    the critic arms; the report calls them "ungated" and names the figures that failed.
-4. The grid is a Ray Tune experiment: `grid_search` over arm and seed, FIFO,
-   `max_concurrent_trials` trials at once, one CPU (one torch thread) each, one MLflow parent run
-   with each run nested under it. Each trial trains its run in its own process, measures it
+4. The arms × seeds run as one grid (`wmtp.orchestration.grid`: a Ray Tune experiment, FIFO,
+   `max_concurrent_trials` trials at once, one CPU each, one MLflow parent run with each run nested
+   under it). Each trial (`study_trial`) trains its run in its own process, measures it
    (`wmtp.study.measures.measure_run`) and writes `<run_dir>/study_measures.json`.
 5. Resumable: rerunning the command reuses the stages' exports and measures and every measured
    run, restores the Tune experiment, and resumes an interrupted run from its checkpoint.
@@ -196,14 +196,13 @@ def run_stage(spec: StudySpec, name: str, cfg: WMTPConfig, plan: EvalPlan, log: 
 # The grid
 
 
-def study_trial(params: dict[str, Any], *, configs: dict[str, dict], plan: EvalPlan, parent_run_id: str | None) -> None:
-    """One (arm, seed) run: train in this trial's process (resumable), then measure."""
-    from ray import tune
-
+def study_trial(arm: str, seed: int, parent_run_id: str | None, *, configs: dict[str, dict],
+                plan: EvalPlan) -> dict[str, float]:
+    """One (arm, seed) run, in its grid trial's process: train (resumable), then measure; a run
+    measured before is read back, not retrained."""
     from wmtp.config.update import update_config
     from wmtp.study.measures import measure_run
 
-    arm, seed = params["arm"], int(params["seed"])
     cfg = update_config(WMTPConfig.model_validate(configs[arm]),
                         {"run.seed": seed, "run.name": configs[arm]["run"]["name"].rsplit("-s", 1)[0] + f"-s{seed}"},
                         "study seed")
@@ -219,29 +218,7 @@ def study_trial(params: dict[str, Any], *, configs: dict[str, dict], plan: EvalP
         tmp = done.with_suffix(".tmp")
         tmp.write_text(json.dumps(measures.to_json()))
         tmp.replace(done)
-    tune.report({"study/pass@1": measures.scalars.get("pass@1", float("nan")), "study/done": 1.0})
-
-
-def study_progress(name: str, total: int, log: Callable[[str], None], done_before: int = 0):
-    """A Tune callback printing one line per finished (arm, seed) run: done/total (counting the
-    `done_before` runs an earlier launch measured), elapsed, ETA of this launch's remaining runs."""
-    from ray import tune
-
-    from wmtp.evaluation.progress import format_eta
-
-    class StudyProgress(tune.Callback):
-        def setup(self, **info: Any) -> None:
-            self.t0, self.done = time.monotonic(), 0
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            self.done += 1
-            elapsed, finished = time.monotonic() - self.t0, done_before + self.done
-            eta = format_eta(elapsed / self.done * (total - finished)) if finished < total else "0s"
-            params = trial.config or {}
-            log(f"[wmtp] study {name}: run {finished}/{total} done ({params.get('arm')} "
-                f"s{params.get('seed')}), elapsed {format_eta(elapsed)}, ETA {eta}")
-
-    return StudyProgress()
+    return {"study/pass@1": measures.scalars.get("pass@1", float("nan")), "study/done": 1.0}
 
 
 def run_in_process(cfg: WMTPConfig, parent_run_id: str | None = None) -> dict[str, float]:
@@ -269,13 +246,10 @@ def read_record(plan: StudyPlan) -> dict[str, Any] | None:
 def run_study(spec: StudySpec, *, output_dir: str | None = None, results: str | None = "spec",
               command: str = "", log: Callable[[str], None] = print) -> StudyReport:
     """Run (or resume) the study; returns the report (written to `results`, default the spec's)."""
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
+    from functools import partial
 
+    from wmtp.orchestration.grid import Grid, run_grid
     from wmtp.orchestration.launch import with_absolute_paths
-    from wmtp.orchestration.ray_runtime import ensure_ray
-    from wmtp.orchestration.storage import resolve_storage
-    from wmtp.orchestration.tune import _parent_run
 
     t0 = time.perf_counter()
     plan = plan_study(spec, output_dir)
@@ -291,44 +265,19 @@ def run_study(spec: StudySpec, *, output_dir: str | None = None, results: str | 
             break
     report = StudyReport(plan, [], stages, float("nan"))
     if not report.stopped:
-        first = with_absolute_paths(next(iter(plan.configs.values())))
-        ensure_ray(first.orchestration.address, local_cpus=float(spec.max_concurrent_trials))
-        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-        verbose = os.environ.get("WMTP_VERBOSE") == "1"
-        if not verbose:  # as `wmtp tune`: Tune's tables only with --verbose; StudyProgress prints a line per run
-            os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-        configs = {a: with_absolute_paths(c).model_dump(mode="json") for a, c in plan.configs.items()}
-        name = f"study-{spec.name}"
-        parent = _parent_run(first, name, None)
-        storage = resolve_storage(first.orchestration.storage_path, first.run.output_dir)
-        trainable = tune.with_resources(
-            tune.with_parameters(study_trial, configs=configs, plan=ev, parent_run_id=parent.run_id if parent else None),
-            {"CPU": 1.0})
-        experiment = f"{storage.path.rstrip('/')}/{name}"
-        try:
-            if tune.Tuner.can_restore(experiment, storage_filesystem=storage.filesystem):
-                log(f"[wmtp] study {spec.name}: resuming {experiment}")
-                tuner = tune.Tuner.restore(experiment, trainable, resume_errored=True,
-                                           storage_filesystem=storage.filesystem)
-            else:
-                tuner = tune.Tuner(
-                    trainable,
-                    param_space={"arm": tune.grid_search(list(spec.arms)), "seed": tune.grid_search(spec.seeds)},
-                    tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=spec.max_concurrent_trials,
-                                                scheduler=FIFOScheduler()),
-                    run_config=tune.RunConfig(name=name, storage_path=storage.path, storage_filesystem=storage.filesystem,
-                                              callbacks=[study_progress(spec.name, len(spec.arms) * len(spec.seeds), log,
-                                                                        measured_before)],
-                                              verbose=None if verbose else 0),
-                )
-            tuner.fit()
+        configs = {a: with_absolute_paths(c) for a, c in plan.configs.items()}
+
+        def finish(parent: Any) -> None:
+            nonlocal report
             report = build_report(plan, stages)
             if parent is not None:
                 parent.log_params({"study.arms": ",".join(spec.arms), "study.seeds": ",".join(map(str, spec.seeds))})
                 parent.log_metrics({f"{r.arm}/s{r.seed}/pass@1": r.scalars["pass@1"] for r in report.runs}, step=0)
-        finally:
-            if parent is not None:
-                parent.close()
+
+        grid = Grid(f"study-{spec.name}", list(spec.arms), list(spec.seeds), spec.max_concurrent_trials,
+                    next(iter(configs.values())), done_before=measured_before)
+        trial = partial(study_trial, configs={a: c.model_dump(mode="json") for a, c in configs.items()}, plan=ev)
+        run_grid(grid, trial, log=log, finish=finish)
     report.wall_s = time.perf_counter() - t0
     report.record = {"wall_s": report.wall_s, "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                      "loadavg": list(os.getloadavg()), "command": command, "machine": machine(),
