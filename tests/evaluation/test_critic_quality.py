@@ -157,3 +157,40 @@ def test_the_study_gate_accepts_the_oracle_and_refuses_a_random_critic(valid):
     args = ModelArgs(dim=32, n_layers=1, n_heads=2, vocab_size=tok.vocab_size, max_seq_len=SEQ, multiple_of=16)
     failed = gate(spec, "critic", figures(build_value_model(args, head="linear", seed=0)))
     assert failed and failed[0].startswith("final-value AUC")
+
+
+def test_decisive_weight_auc_matches_a_slow_reference(valid):
+    """Any target-indexed weights: the mean over incorrect solutions with a decisive span of the
+    AUC at the decisive tokens, counted pair by pair; a weighting that zeroes the decisive tokens
+    scores below 0.5 and its negation above."""
+    from wmtp.evaluation.decisive import decisive_weight_auc
+
+    data, tok = valid
+    def weights(batch):  # a fixed random weight per (row, position), whatever the batch's padding
+        s = batch.tokens.shape[1]
+        return torch.stack([torch.rand(SEQ, generator=torch.Generator().manual_seed(int(r)))[:s] for r in batch.row])
+
+    layout = DistEnv(0, 1, 0, torch.device("cpu"))
+    got = decisive_weight_auc(data, tok, weights, batch_size=5, layout=layout)
+    slow = []
+    for row in range(len(data)):
+        rec = data.records([row])[0]
+        if rec.is_correct or rec.decisive_span is None:
+            continue
+        batch = data.collate([row])
+        w = weights(batch)[0]
+        pos = decisive_token_mask(tok, batch.tokens, batch.response_start, batch.response_end, [rec.decisive_span])[0]
+        resp = batch.labels[0] != -100
+        a, b = w[pos & resp].tolist(), w[~pos & resp].tolist()
+        if a and b:
+            slow.append(sum((x > y) + 0.5 * (x == y) for x in a for y in b) / (len(a) * len(b)))
+    assert got["weights/decisive_solutions"] == len(slow) > 5
+    assert got["weights/decisive_auc"] == pytest.approx(sum(slow) / len(slow), abs=1e-12)
+
+    def against_bug(batch):
+        spans = [r.decisive_span for r in data.records(batch.row.tolist())]
+        return 1.0 - decisive_token_mask(tok, batch.tokens, batch.response_start, batch.response_end, spans).double()
+
+    low = decisive_weight_auc(data, tok, against_bug, batch_size=5, layout=layout)["weights/decisive_auc"]
+    high = decisive_weight_auc(data, tok, lambda b: -against_bug(b), batch_size=5, layout=layout)["weights/decisive_auc"]
+    assert low < 0.2 < 0.8 < high

@@ -111,3 +111,12 @@ def test_rho1_with_precomputed_reference_losses(shared_out, capsys):
     assert not (shared_out / "rho1_pre" / "rho1_weighted-local-light-ref_tuning").exists()  # no stage ran
     assert_close(series(pre, "train/loss"), series(live, "train/loss"), "precomputed vs live")
     assert_close(series(pre, "train/loss"), GOLDEN["rho1_live"]["train/loss"], "precomputed vs golden")
+    # With its live reference here the run also reads its weights at the validation set's decisive
+    # tokens (stored losses cover training rows only: no such figure); the summary prints it.
+    aucs, n = series(live, "weights/decisive_auc"), series(live, "weights/decisive_solutions")
+    assert aucs and all(0.0 < a < 1.0 for a in aucs) and n[-1] > 0
+    assert not series(pre, "weights/decisive_auc")
+    from wmtp.tracking.console import weights_line
+
+    line = weights_line({k: series(live, k)[-1] for k in ("train/weights/ess", "weights/decisive_auc")})
+    assert line is not None and f"decisive-token AUC {aucs[-1]:.4f}" in line, line

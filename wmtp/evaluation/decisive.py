@@ -1,15 +1,22 @@
 """Decisive tokens: the response tokens of a solution that overlap its `decisive_span`, the
 characters where a synthetic incorrect solution differs from its closest correct variant
-(docs/DATA.md). Used by the critic's quality report and the study's measures.
+(docs/DATA.md). Used by the critic's quality report, the Rho-1 recipe's weight diagnostics and the
+study's measures.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from wmtp.parallel import reduce
+from wmtp.parallel.reduce import DistEnv
+from wmtp.weighting.diagnostics import within_solution_auc
 
 
 def char_offsets(tokenizer: Any, ids: Sequence[int]) -> list[int]:
@@ -33,3 +40,41 @@ def decisive_token_mask(tokenizer: Any, tokens: Tensor, response_start: Tensor, 
             if offs[i] < span[1] and offs[i + 1] > span[0]:
                 out[b, s + i] = True
     return out
+
+
+@torch.no_grad()
+def decisive_weight_auc(data: Any, tokenizer: Any, weights: Callable[[Any], Tensor], *, batch_size: int,
+                        layout: DistEnv) -> dict[str, float]:
+    """`weights/decisive_auc`: over the incorrect solutions of `data` (a `TrainingData`) that carry
+    a decisive span, the mean within-solution AUC of the token weights `weights(batch) -> [B, S]`
+    (target-indexed) at the decisive tokens vs the solution's other response tokens (exact null 0.5;
+    below 0.5: the bug gets less weight), and `weights/decisive_solutions`, how many it averaged;
+    {} when `data` has no such solution. Each rank scores a strided share, pooled over ranks; every
+    rank calls `weights` equally often (a sharded model needs all of them)."""
+    rows = np.flatnonzero(~data.index.is_correct)
+    rows = np.array([r for r, rec in zip(rows, data.records(rows)) if rec.decisive_span is not None], dtype=np.int64)
+    if not len(rows):
+        return {}
+    mine = rows[layout.rank::layout.world_size]
+    n_batches = math.ceil(math.ceil(len(rows) / layout.world_size) / batch_size)
+    aucs = []
+    for i in range(n_batches):
+        chunk = mine[i * batch_size:(i + 1) * batch_size]
+        real = len(chunk)
+        if not real:  # this rank's share ran out: repeat a row so the forwards stay in step
+            chunk = rows[:1]
+        records = data.records(chunk)
+        batch = data.collator(records, chunk.tolist()).to(layout.device)
+        w = weights(batch).double().cpu()
+        if not real:
+            continue
+        response = (batch.labels != -100).cpu()
+        decisive = decisive_token_mask(tokenizer, batch.tokens.cpu(), batch.response_start.cpu(),
+                                       batch.response_end.cpu(), [r.decisive_span for r in records])
+        for b in range(real):
+            auc, used = within_solution_auc(w[b:b + 1], decisive[b:b + 1], response[b:b + 1])
+            if used:
+                aucs.append(auc)
+    pooled = reduce.gather_cat(torch.tensor(aucs, dtype=torch.float64, device=layout.device), layout)
+    return {"weights/decisive_auc": float(pooled.mean()) if pooled.numel() else float("nan"),
+            "weights/decisive_solutions": float(pooled.numel())}

@@ -16,6 +16,7 @@ import torch
 
 from wmtp.config.schema import WMTPConfig
 from wmtp.data import streams
+from wmtp.evaluation.decisive import decisive_weight_auc
 from wmtp.evaluation.metrics import evaluate_generation, generation_eval_tasks, validate_policy
 from wmtp.losses.alignment import valid_mask
 from wmtp.losses.mtp import mtp_cross_entropy, mtp_token_losses
@@ -221,6 +222,11 @@ class Rho1WeightedRecipe:
         generated = evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
                                         self.layout, step)
         metrics = generated | validate_policy(policy, self.valid, cfg, self.layout, cfg.data.samples)
+        if isinstance(self.scorer, LearnerScorer):  # a live reference here: the weights' decisive-token AUC
+            reference, shuffle = self.scorer.model, step_generator(cfg.run.seed, self.layout.rank, step)
+            metrics |= decisive_weight_auc(self.data.valid, self.data.tokenizer,
+                                           lambda batch: target_weights(cfg, policy, reference, batch, shuffle),
+                                           batch_size=cfg.data.batch_size, layout=self.layout)
         # Heatmap with the colocated live reference (stored losses cover training rows only).
         # Every rank runs the forward (a sharded policy needs all ranks); rank 0 logs.
         if cfg.train.heatmap_samples and isinstance(self.scorer, LearnerScorer):
@@ -262,3 +268,24 @@ class Rho1WeightedRecipe:
         # A setup() that failed part-way leaves no scorer: close what exists, hide nothing.
         if getattr(self, "scorer", None) is not None:
             self.scorer.close()
+
+
+@torch.no_grad()
+def target_weights(cfg: WMTPConfig, policy, reference, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Head 1's Rho-1 weights of every response target of `batch` as `cfg.rho1` sets them, with
+    this batch's statistics, target-indexed `[B, S]` (0 off the response): the weights as a
+    diagnostic (the recipe's `weights/decisive_auc`, the study's measures). `generator`: the
+    shuffled control's permutation (`rho1.shuffle`)."""
+    r = cfg.rho1
+    ref_losses = reference_token_losses(reference, batch, cfg.train.loss_chunk_size)
+    out = policy(batch.tokens)
+    losses = mtp_token_losses(out.hidden, policy.output.weight, batch.labels, cfg.train.loss_chunk_size)
+    W, _ = rho1_weights(losses, ref_losses, batch.labels, mode=r.mode, ratio=r.ratio, keep_first_head=r.keep_first_head,
+                        temperature=r.temperature, clip_min=r.clip_min, clip_max=r.clip_max)
+    if r.shuffle and generator is not None:
+        W = shuffle_within_rows(W, valid_mask(batch.labels, losses.shape[-1]), generator)
+    mask = batch.labels != -100
+    w = torch.zeros(mask.shape, dtype=W.dtype, device=W.device)
+    w[:, 1:] = W[:, :-1, 0]  # head 1 at position t predicts token t + 1
+    return torch.where(mask, w, torch.zeros_like(w))
+

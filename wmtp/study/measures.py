@@ -225,23 +225,9 @@ def run_token_weights(cfg: Any, batch: Any, policy: Any, critic: Any = None, ref
         assert scored.values_old is not None  # a critic-scored batch carries its values
         return run_weights(vw, scored.values_old, batch, mask, scored.advantages, step_generator(cfg.run.seed, 0, 0))
     if cfg.recipe == "rho1_weighted":
-        from wmtp.losses.alignment import valid_mask
-        from wmtp.losses.mtp import mtp_token_losses
-        from wmtp.recipes.experience import reference_token_losses
-        from wmtp.weighting.rho1 import rho1_weights
-        from wmtp.weighting.shuffle import shuffle_within_rows
+        from wmtp.recipes.rho1_weighted import target_weights
 
-        r = cfg.rho1
-        ref_losses = reference_token_losses(reference, batch, cfg.train.loss_chunk_size)
-        out = policy(batch.tokens)
-        losses = mtp_token_losses(out.hidden, policy.output.weight, batch.labels, cfg.train.loss_chunk_size)
-        W, _ = rho1_weights(losses, ref_losses, batch.labels, mode=r.mode, ratio=r.ratio, keep_first_head=r.keep_first_head,
-                            temperature=r.temperature, clip_min=r.clip_min, clip_max=r.clip_max)
-        if r.shuffle:
-            W = shuffle_within_rows(W, valid_mask(batch.labels, losses.shape[-1]), step_generator(cfg.run.seed, 0, 0))
-        w = torch.zeros(mask.shape, dtype=W.dtype)
-        w[:, 1:] = W[:, :-1, 0]  # head 1 at position t predicts token t + 1
-        return torch.where(mask, w, torch.zeros_like(w))
+        return target_weights(cfg, policy, reference, batch, step_generator(cfg.run.seed, 0, 0))
     return None
 
 

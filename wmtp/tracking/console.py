@@ -356,9 +356,11 @@ def weights_line(final: Mapping[str, Any]) -> str | None:
     if f"{WEIGHTS_PREFIX}ess" not in final:
         return None
     quarters = "/".join(_fmt(final.get(f"{WEIGHTS_PREFIX}quarter_{i}", float("nan"))) for i in range(1, 5))
+    auc = final.get("weights/decisive_auc")
+    decisive = "" if auc is None else f"  decisive-token AUC {_fmt(auc)} (low = the bug gets less weight)"
     return (f"ess {_fmt(final[f'{WEIGHTS_PREFIX}ess'])}  "
             f"spearman(position) {_fmt(final.get(f'{WEIGHTS_PREFIX}position_spearman', float('nan')))}  "
-            f"mean by quarter {quarters}")
+            f"mean by quarter {quarters}{decisive}")
 
 
 def critic_line(final: Mapping[str, Any]) -> str | None:
