@@ -228,9 +228,36 @@ def reading_lines(report: Any) -> list[str]:
         if math.isfinite(rho) and abs(rho) >= 0.5 and not control:
             out.append(f"- `{arm}`'s weights follow position (Spearman {rho:+.2f} with relative position): compare it "
                        "with the position-only control before crediting its critic.")
+    out += critic_reading(report)
     out.append("- pass@1 is greedy on the held-out test problems after the arms' common step budget; a longer budget or "
                "a larger model may order the arms differently. The CE columns are unweighted CE of each head on every "
                "correct validation solution: the uniform arms' own objective, a secondary measure.")
+    return out
+
+
+def critic_reading(report: Any) -> list[str]:
+    """Where the critic's knowledge goes, from the numbers: whether the trained weights keep what
+    the critic's TD error sees at the bug, and whether their placement beats the same weights
+    shuffled."""
+    spec, stage, out = report.plan.spec, report.stages.get("critic"), []
+    for setting, a, b in comparisons(report):
+        cfg = report.plan.configs[a]
+        vw = cfg.stage2.value_weighting
+        if spec.arms[a].recipe != "verifiable" or vw.source != "critic" or vw.shuffle:
+            continue
+        if b == next(x for x, y in spec.arms.items() if y.setting == setting) and stage is not None:
+            td, w = float(stage.get("decisive_td_auc", float("nan"))), mean_scalar(report.runs, a, "decisive/weights_auc_incorrect")
+            if td <= spec.stages.critic.max_decisive_td_auc and abs(w - 0.5) < 0.05:
+                out.append(f"- {setting}: the critic's TD error sees the bug (decisive AUC {td:.3f}) but the weights `{a}` "
+                           f"trained with do not ({w:.3f}; 0.5 = blind): GAE with λ = {vw.gae_lambda:g} sums δ over the "
+                           "tokens after each one, so the drop at the bug spreads over the tokens before it. An arm "
+                           "weighted by δ itself (λ = 0) is the control that would tell whether the critic's knowledge "
+                           "helps once it reaches the weights.")
+        c = paired(report, a, b, "pass@1")
+        shuffled = next((x for x in spec.arms if x == b and report.plan.configs[x].stage2.value_weighting.shuffle), None)
+        if shuffled and math.isfinite(c.ci_low) and c.ci_low <= 0 <= c.ci_high:
+            out.append(f"- {setting}: `{a}` − `{b}` = {c.mean * 100:+.1f} pp, CI across 0: where the critic puts its "
+                       "weight adds nothing measurable over the same weights at random places of each response.")
     return out
 
 
