@@ -114,9 +114,6 @@ RUN_BY: dict[str, str] = {
     "python benchmarks/trace_check.py --device cpu --recipe baseline model.params.dim=128 model.params.n_layers=5 "
     "model.params.n_heads=4 model.params.n_kv_heads=4 data.max_seq_len=64": BENCH,
     "wmtp train --local": CONSOLE_LOCAL,
-    "python benchmarks/decode.py [--device cuda]": BENCH,
-    "python benchmarks/mtp_memory.py [--device cuda]": BENCH,
-    "python benchmarks/gae.py [--device cuda]": BENCH,
     # docs/CLUSTER.md section 0 (the test runs the section's list, read from the doc)
     "wmtp train --recipe configs/recipe.verifiable.yaml --preset local-light --dry-run": WALKTHROUGH,
     ". .venv/bin/activate": WALKTHROUGH,
@@ -139,7 +136,6 @@ RUN_BY: dict[str, str] = {
     "mlflow ui --backend-store-uri sqlite:///runs/mlflow.db": WALKTHROUGH,
     "ray start --head": WALKTHROUGH,
     "ray job submit --runtime-env": WALKTHROUGH,
-    "ray start --head --metrics-export-port=8080": WALKTHROUGH,
     "mlflow ui --backend-store-uri sqlite:///$PWD/runs/mlflow.db": WALKTHROUGH,
     # The second head of "Ports": every one of its flags, with free ports (tests/orchestration/ray_head.py)
     "ray start --head --num-cpus=4 --num-gpus=0 --port=6380 --dashboard-port=8266 --dashboard-agent-listen-port=52366 "
@@ -174,6 +170,9 @@ RUN_BY: dict[str, str] = {
     "orchestration.fsdp_replicas=2": "tests/test_distributed_doc.py::test_the_doc_figures_are_what_the_quoted_dry_runs_print",
     "wmtp train --recipe configs/recipe.verifiable.yaml --preset a100x4 --dry-run model.checkpoint=s3://YOUR-BUCKET/meta/"
     "7B_1T_4": "tests/test_distributed_doc.py::test_the_rho1_reference_limitation_quotes_what_its_dry_run_prints",
+    "wmtp train --recipe configs/recipe.rho1_weighted.yaml --preset a100x4 --dry-run rho1.reference=s3://YOUR-BUCKET/ref "
+    "orchestration.placement=async":
+        "tests/test_distributed_doc.py::test_the_rho1_reference_limitation_quotes_what_its_dry_run_prints",
     "wmtp train ... --dry-run --cluster cluster/a100x4.yaml": HERE,
     "wmtp train --recipe configs/recipe.verifiable.yaml --preset a100x4 --dry-run --trace": TRACE,
     "wmtp train --recipe configs/recipe.<recipe>.yaml --preset a100x4 --dry-run --trace [orchestration.placement=async] "
@@ -190,10 +189,9 @@ RUN_BY: dict[str, str] = {
     "wmtp eval --checkpoint runs/<run>/export --benchmark synthetic": EVAL_CLI,
     "python -m wmtp study --spec configs/study.micro.yaml --report-only":
         "tests/study/test_study.py::test_tiny_study_end_to_end",
-    # docs/TRACKING.md
+    # docs/EVALUATION.md, docs/TRACKING.md
     "wmtp eval --samples samples.jsonl --benchmark humaneval --k 1,10":
         "tests/evaluation/test_runner.py::test_cli_samples_on_humaneval_as_the_docs_show",
-    "wmtp eval --samples": "tests/evaluation/test_runner.py::test_cli_scores_a_samples_file_like_human_eval",
     "python scripts/mlflow_screenshots.py --output-dir runs --out screenshots/ --width 1000": SCREENSHOTS,
     "python scripts/mlflow_screenshots.py --output-dir runs --run-dir runs/verifiable-local-light --out shots/":
         SCREENSHOTS,
@@ -222,7 +220,6 @@ NOT_RUN: dict[str, str] = {
     "orchestration.num_workers=2": CLOUD,
     "docker build -f cluster/Dockerfile -t YOUR-REGISTRY/wmtp:2.60.0-gpu . && docker push YOUR-REGISTRY/wmtp:2.60.0-gpu":
         K8S,
-    "docker build -f cluster/Dockerfile ...": K8S,
     "git archive -o wmtp.zip HEAD && aws s3 cp wmtp.zip s3://YOUR-BUCKET/wmtp/wmtp.zip": K8S,
     "kubectl create secret generic wmtp-aws --from-literal=AWS_ACCESS_KEY_ID=... "
     "--from-literal=AWS_SECRET_ACCESS_KEY=...": K8S,
@@ -232,7 +229,6 @@ NOT_RUN: dict[str, str] = {
     "kubectl get rayjob wmtp-verifiable -w": K8S,
     "kubectl port-forward svc/<raycluster>-head-svc 8265": K8S,
     "kubectl get secret wmtp-ray-token -o jsonpath='{.data.token}' | base64 -d": K8S,
-    "pip install /home/ray/wmtp": "the cluster files' install step on the nodes",
     "pip install \"torch>=2.8,<=2.14.1\" numpy --index-url https://download.pytorch.org/whl/cu128":
         "a CUDA torch install on a GPU machine",
     "apt-get install -y prometheus": "a system package install (test_dashboard.py uses the binary when present)",
@@ -242,11 +238,8 @@ NOT_RUN: dict[str, str] = {
     "grafana-server --config /tmp/ray/session_latest/metrics/grafana/grafana.ini web": "Grafana: as above",
     "ray start --address=<head> --resources='{\"wmtp_experience\": N}'": "needs a second machine to join the head",
     "python -I": "names the sandbox's interpreter flag, not a command to run",
-    "ls 7B_1T_4/": "needs Meta's 7B MTP checkpoint (a gated download)",
     "wmtp study --spec configs/study.a100x4.yaml":
         "hours on 4×A100; its dry run: tests/study/test_study.py::test_shipped_spec_dry_run",
-    "mlflow    run <id>  http://127.0.0.1:5000/#/experiments/1/runs/<id>?workflowType=machine_learning":
-        "a line of the summary the docs quote, not a command",
     "apt-get install -y chromium": "a system package install (the screenshot tests use it when present)",
     "wmtp tune --verbose": "a second sweep only to see Ray Tune's own tables costs CI minutes; "
                            "tests/orchestration/test_tune_console.py checks they are absent without the flag",

@@ -203,7 +203,7 @@ def test_cli_samples_errors_exit_2(tmp_path, capsys):
 
 
 def test_cli_samples_on_humaneval_as_the_docs_show(tmp_path, capsys, monkeypatch):
-    """docs/TRACKING.md: `wmtp eval --samples samples.jsonl --benchmark humaneval --k 1,10`
+    """docs/EVALUATION.md: `wmtp eval --samples samples.jsonl --benchmark humaneval --k 1,10`
     (here with --limit 2: the canonical solutions pass, an empty body fails)."""
     from wmtp.evaluation.benchmarks import load_humaneval
 
