@@ -118,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     if not tok_path.is_file():
         raise UsageError(f"tokenizer {tok_path} not found (pass --tokenizer)")
 
-    from wmtp.model.checkpoint import CheckpointError, load_model
+    from wmtp.checkpoint import CheckpointError, load_model
     from wmtp.model.tokenizer import Tokenizer
 
     try:

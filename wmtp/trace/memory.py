@@ -43,7 +43,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from wmtp.model.checkpoint import CheckpointReader
+from wmtp.checkpoint import CheckpointReader
 
 GIB = 1024**3
 RESULT_PREFIX = "WMTP_TRACE_RESULT "
@@ -405,7 +405,7 @@ class ShapeOnlyCheckpoints(CheckpointReader):
         self.value_head = value_head
 
     def _head(self, path) -> str:
-        from wmtp.model.checkpoint import VALUE_FILE
+        from wmtp.checkpoint import VALUE_FILE
 
         file = Path(path) / VALUE_FILE
         return json.loads(file.read_text()).get("head", self.value_head) if file.is_file() else self.value_head
@@ -494,8 +494,8 @@ def traced_config(cfg, workdir: Path):
     """The configuration the trace runs: the user's, with shapes pinned (the preset's vocabulary
     unless a tokenizer is configured), a stand-in reference/critic of the producing stage's shapes
     where none is configured, and run files in `workdir`."""
+    from wmtp.checkpoint import VALUE_FILE
     from wmtp.config.update import update_config
-    from wmtp.model.checkpoint import VALUE_FILE
     from wmtp.parallel.build import critic_args, policy_args
 
     updates: dict[str, Any] = {"run.output_dir": str(workdir), "tracking.backends": []}
