@@ -58,7 +58,7 @@ def export_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv, tokenizer=N
 def export_handoff_formats(model: Transformer, folder: Path, formats: Sequence[str]) -> None:
     """`folder/meta` (Meta's params.json + consolidated.00.pth) and `folder/hf` (HF LLaMA
     safetensors + config.json of head 1: the inverse of the HF import) for a plain (unsharded)
-    policy; tensors are converted one at a time (`wmtp.model.checkpoint.save_hf_llama`)."""
+    policy; tensors are converted one at a time (`wmtp.checkpoint.save_hf_llama`)."""
     from wmtp.checkpoint import save_hf_llama, save_meta_checkpoint
     from wmtp.parallel.gather import iter_full_tensors
 
