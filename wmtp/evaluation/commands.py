@@ -1,4 +1,6 @@
-"""`wmtp eval`: pass@k of a checkpoint on HumanEval, the bundled synthetic task or a JSONL file.
+"""CLI commands, the evaluation layer; the same concept as each package's commands.py.
+
+`wmtp eval`: pass@k of a checkpoint on HumanEval, the bundled synthetic task or a JSONL file.
 
     wmtp eval --checkpoint runs/micro/final --benchmark synthetic --n 20 --k 1,5,10 --limit 50
     wmtp eval --samples samples.jsonl --benchmark humaneval --k 1,10   # score existing completions

@@ -1,4 +1,6 @@
-"""Critic losses (docs/MATH.md). Pure tensors; every mean is a masked mean whose denominator may
+"""The critic, the losses layer; the same concept as wmtp.model.value: its losses.
+
+Critic losses (docs/MATH.md). Pure tensors; every mean is a masked mean whose denominator may
 be given explicitly (the global count of the optimizer step) so the loss does not change with
 world size or gradient accumulation. By name (`critic.loss`): `get_value_loss`.
 

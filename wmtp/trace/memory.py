@@ -1,4 +1,6 @@
-"""The traced memory plan (`wmtp train ... --dry-run --trace`): the recipe's real setup and two
+"""A run's memory, the tools layer; the same concept as wmtp.model.memory, measured by a trace.
+
+The traced memory plan (`wmtp train ... --dry-run --trace`): the recipe's real setup and two
 real optimizer steps of the configured shapes, on fake tensors, measured per rank.
 
 How (torchtitan's memory estimator, applied to a whole recipe):
