@@ -133,7 +133,7 @@ def main() -> None:
     final_loss = train(model, sequences, args.train_steps, args.batch_size, args.seq_len, device)
     print(f"trained {args.train_steps} steps in {time.perf_counter() - t0:.0f}s, final MTP loss {final_loss:.3f}")
     if args.save:
-        from wmtp.model.checkpoint import save_model
+        from wmtp.checkpoint import save_model
 
         save_model(model, args.save)
         if tokenizer_path is not None:

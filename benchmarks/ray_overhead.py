@@ -119,9 +119,9 @@ def run_bare(cfg, record: Path) -> None:
     """The recipe in this process with local seams (what `wmtp train --local` runs)."""
     import torch
 
+    from wmtp.checkpoint import LocalCheckpointSink
     from wmtp.config.paths import run_dir
     from wmtp.tracking import NullLogger
-    from wmtp.training.checkpoint import LocalCheckpointSink
 
     torch.set_num_threads(max(1, int(cfg.orchestration.cpus_per_worker)))
     logger = NullLogger()

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from wmtp.checkpoint import LocalCheckpointSink
     from wmtp.evaluation.generation import TextTokenizer
     from wmtp.evaluation.runner import MetricsSink
     from wmtp.model.tokenizer import Tokenizer
@@ -30,7 +31,6 @@ if TYPE_CHECKING:
     from wmtp.tracking.console import RunConsole
     from wmtp.tracking.jsonl import JsonlLogger
     from wmtp.tracking.mlflow_logger import MlflowLogger
-    from wmtp.training.checkpoint import LocalCheckpointSink
     from wmtp.weighting.normalize import EMANormalizer, IdentityNormalizer, Normalizer, ZScoreNormalizer
 
 

@@ -151,14 +151,13 @@ def test_other_teams_commands_are_registered_when_present():
 
 def test_user_error_classification():
     """One base (wmtp.errors.WMTPUserError) for every user error; anything else is a bug."""
+    from wmtp.checkpoint import CheckpointDamaged, CheckpointError, ModelIdentityError
     from wmtp.config.loader import ConfigError
     from wmtp.data.errors import DataError
     from wmtp.errors import WMTPUserError
     from wmtp.evaluation.benchmarks import BenchmarkError
     from wmtp.evaluation.commands import UsageError
-    from wmtp.model.checkpoint import CheckpointError, ModelIdentityError
     from wmtp.orchestration.resources import UnschedulableError
-    from wmtp.parallel.checkpointing import CheckpointDamaged
     from wmtp.recipes.chain import MissingInputError
     from wmtp.storage.errors import StorageError
     from wmtp.training.nonfinite import NonFiniteLossError

@@ -53,8 +53,8 @@ def test_a_drifted_protocol_implementation_fails(cache: Path, tmp_path: Path) ->
 
 
 def test_an_unannotated_function_in_a_strict_package_fails(cache: Path, tmp_path: Path) -> None:
-    module = ROOT / "wmtp" / "losses" / "registry.py"
-    edited = tmp_path / "registry.py"
+    module = ROOT / "wmtp" / "losses" / "value.py"
+    edited = tmp_path / "value.py"
     edited.write_text(module.read_text() + "\n\ndef unannotated(x):\n    return x\n")
     result = mypy(cache, "--shadow-file", str(module), str(edited), str(module))
     assert result.returncode == 1, result.stdout + result.stderr

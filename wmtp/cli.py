@@ -203,7 +203,7 @@ def build_plan(cfg: WMTPConfig) -> Plan:
     tokens = cfg.data.batch_size * cfg.data.max_seq_len * cfg.data.grad_accum * orch.num_workers
     notes = []
     if cfg.model.checkpoint:
-        from wmtp.model.checkpoint import describe_args
+        from wmtp.checkpoint import describe_args
 
         source = ("params.json of " if "://" not in cfg.model.checkpoint else
                   "the preset (an s3:// checkpoint is read when the run pulls it, not by the dry run): ")
@@ -289,8 +289,8 @@ def checkpoint_plan(cfg: WMTPConfig, policy_params: int, critic_params: int | No
     """One checkpoint's bytes, what a resume reads per rank and downloads per node, and the disk a
     node needs (`wmtp.parallel.checkpointing.checkpoint_io_cost`), for the models the recipe saves
     (`LoopState`: trained models with AdamW, the critic snapshot without)."""
+    from wmtp.checkpoint import checkpoint_io_cost, checkpointed_bytes_per_param
     from wmtp.model.memory import COMPUTE_BYTES
-    from wmtp.parallel.checkpointing import checkpoint_io_cost, checkpointed_bytes_per_param
 
     orch = cfg.orchestration
     models = []

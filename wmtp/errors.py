@@ -1,4 +1,6 @@
-"""The one base of every error that means "the user gave bad input" (a config key, a data line, a
+"""User errors, the base layer; the same concept as wmtp.data.errors and wmtp.storage.errors.
+
+The one base of every error that means "the user gave bad input" (a config key, a data line, a
 checkpoint path, storage, usage, a run that cannot be placed): the CLI prints its message in one
 paragraph and exits 2, with no traceback. Everything else is a bug and keeps its traceback.
 

@@ -59,7 +59,7 @@ def test_config_paths_that_are_not_text_files(bad_files, capsys, flag, name, mes
 
 
 def test_params_json_field_of_the_wrong_type_names_the_key(tmp_path, tiny_model):
-    from wmtp.model.checkpoint import CheckpointError, load_model, save_model
+    from wmtp.checkpoint import CheckpointError, load_model, save_model
 
     folder = save_model(tiny_model, tmp_path / "w")
     params = json.loads((folder / "params.json").read_text())

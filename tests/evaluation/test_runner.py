@@ -127,7 +127,7 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
 
 
 def test_cli_end_to_end_with_checkpoint_and_mlflow(tmp_path, tiny_args, capsys):
-    from wmtp.model.checkpoint import save_model
+    from wmtp.checkpoint import save_model
     from wmtp.model.tokenizer import train_tokenizer
 
     corpus = [f"def f{i}(x):\n    return x + {i}\n" for i in range(200)]

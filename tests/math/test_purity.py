@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 MODULES = [
-    "wmtp.losses.alignment", "wmtp.losses.mtp", "wmtp.losses.value", "wmtp.losses.registry",
+    "wmtp.losses.alignment", "wmtp.losses.mtp", "wmtp.losses.value",
     "wmtp.weighting.gae", "wmtp.weighting.normalize", "wmtp.weighting.weights", "wmtp.weighting.rho1",
 ]
 

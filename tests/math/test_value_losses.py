@@ -8,14 +8,16 @@ import pytest
 import torch
 
 from wmtp.losses.alignment import state_values
-from wmtp.losses.registry import VALUE_LOSSES, get_value_loss, register_value_loss
 from wmtp.losses.value import (
+    VALUE_LOSSES,
     clipped_value_loss,
     explained_variance,
+    get_value_loss,
     lambda_return_loss,
     masked_mean,
     mc_mse_loss,
     pairwise_loss,
+    register_value_loss,
 )
 from wmtp.weighting.gae import lambda_returns
 

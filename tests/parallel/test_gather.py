@@ -49,7 +49,7 @@ def _rank(rank: int, world_size: int, out: str) -> dict:
 
 
 def test_sharded_gather_and_export_equal_the_unsharded_model(tmp_path):
-    from wmtp.model.checkpoint import load_value_model
+    from wmtp.checkpoint import load_value_model
 
     reference = _critic().state_dict()
     ranks = run_distributed(_rank, 2, str(tmp_path))

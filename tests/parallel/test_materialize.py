@@ -10,15 +10,15 @@ import pytest
 import torch
 
 from tests.fixtures.distributed import run_distributed
-from wmtp.config.loader import load_config
-from wmtp.model.args import PRESETS
-from wmtp.model.checkpoint import (
+from wmtp.checkpoint import (
     ModelIdentityError,
     save_hf_llama,
     save_meta_checkpoint,
     save_model,
     save_value_model,
 )
+from wmtp.config.loader import load_config
+from wmtp.model.args import PRESETS
 from wmtp.model.transformer import build_model
 from wmtp.model.value import build_value_model, value_args_from_policy
 from wmtp.parallel.build import build_critic, build_policy, critic_model, is_fsdp_sharded, policy_model

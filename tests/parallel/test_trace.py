@@ -107,9 +107,9 @@ def test_the_trace_env_reads_checkpoint_shapes_only_and_builds_full_length_batch
     BOS a target."""
     import json
 
+    from wmtp.checkpoint import CHECKPOINT_FILES, CheckpointError
     from wmtp.data.streams import train_stream
     from wmtp.model.args import get_preset
-    from wmtp.model.checkpoint import CHECKPOINT_FILES, CheckpointError
     from wmtp.model.transformer import build_model
     from wmtp.parallel.reduce import DistEnv
     from wmtp.trace.memory import trace_env

@@ -164,11 +164,11 @@ def run_async_in_process(cfg, attempt: str, crash_after: int | None = None) -> N
     """`cfg` (placement async) in this process with experience actors on the test's Ray cluster:
     what a Ray Train worker builds (`wmtp.orchestration.launch`), without Ray Train. `attempt`
     names the actors (a killed attempt's names may not be free yet)."""
+    from wmtp.checkpoint import LocalCheckpointSink
     from wmtp.config.paths import run_dir
     from wmtp.orchestration.experience import async_scorer_factory
     from wmtp.recipes import build_recipe
     from wmtp.tracking.registry import build_run_logger
-    from wmtp.training.checkpoint import LocalCheckpointSink
 
     logger = build_run_logger(cfg)
     if crash_after is not None:

@@ -16,8 +16,8 @@ from tests.recipes.learner_runs import fingerprint, train
 
 def reference_export(folder: Path, output_dir: Path) -> Path:
     """A one-head reference of the tiny policy's shapes (what ref_tuning exports), seeded."""
+    from wmtp.checkpoint import save_model
     from wmtp.data.streams import load_data
-    from wmtp.model.checkpoint import save_model
     from wmtp.model.transformer import build_model
     from wmtp.parallel.build import policy_args
 
@@ -42,7 +42,7 @@ def rank_reference(rank: int, world_size: int, reference: str, output_dir: str) 
 
 @pytest.mark.distributed
 def test_the_sharded_reference_equals_the_whole_one_and_trains(tmp_path):
-    from wmtp.model.checkpoint import load_model
+    from wmtp.checkpoint import load_model
 
     reference = reference_export(tmp_path / "reference", tmp_path)
     ranks = run_distributed(rank_reference, 2, str(reference), str(tmp_path / "out"))

@@ -1,4 +1,6 @@
-"""Search spaces for `wmtp tune` (tune_spaces/*.yaml), validated before any trial starts.
+"""Tune sweeps, the config layer; the same concept as wmtp.orchestration.tune: the search space.
+
+Search spaces for `wmtp tune` (tune_spaces/*.yaml), validated before any trial starts.
 
 Format (every key documented in docs/CONFIG.md):
 

@@ -1,4 +1,6 @@
-"""``wmtp data ...`` subcommands: synth, index, import-codecontests, import-humaneval (score-reference,
+"""CLI commands, the data layer; the same concept as each package's commands.py.
+
+``wmtp data ...`` subcommands: synth, index, import-codecontests, import-humaneval (score-reference,
 which scores with a recipe's reference model, is `wmtp.recipes.commands`'s).
 
 ``register(subparsers)`` is called by ``wmtp.cli`` and returns the ``data`` actions; each handler is

@@ -1,4 +1,6 @@
-"""The one exception type for bad data input (the CLI maps it to exit code 2)."""
+"""User errors, the data layer; the same concept as wmtp.errors and wmtp.storage.errors.
+
+The one exception type for bad data input (the CLI maps it to exit code 2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""`wmtp eval`: pass@k of a checkpoint on HumanEval, the bundled synthetic task or a JSONL file.
+"""CLI commands, the evaluation layer; the same concept as each package's commands.py.
+
+`wmtp eval`: pass@k of a checkpoint on HumanEval, the bundled synthetic task or a JSONL file.
 
     wmtp eval --checkpoint runs/micro/final --benchmark synthetic --n 20 --k 1,5,10 --limit 50
     wmtp eval --samples samples.jsonl --benchmark humaneval --k 1,10   # score existing completions
@@ -118,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
     if not tok_path.is_file():
         raise UsageError(f"tokenizer {tok_path} not found (pass --tokenizer)")
 
-    from wmtp.model.checkpoint import CheckpointError, load_model
+    from wmtp.checkpoint import CheckpointError, load_model
     from wmtp.model.tokenizer import Tokenizer
 
     try:

@@ -1,2 +1,2 @@
 """Pure tensor math for losses (torch only): `alignment` (MTP head/label shifts), `mtp` (chunked weighted
-MTP cross-entropy), `value` (critic losses), `registry` (value losses by name). See docs/MATH.md."""
+MTP cross-entropy), `value` (critic losses, by name). See docs/MATH.md."""

@@ -1,6 +1,8 @@
-"""Critic losses (docs/MATH.md). Pure tensors; every mean is a masked mean whose denominator may
+"""The critic, the losses layer; the same concept as wmtp.model.value: its losses.
+
+Critic losses (docs/MATH.md). Pure tensors; every mean is a masked mean whose denominator may
 be given explicitly (the global count of the optimizer step) so the loss does not change with
-world size or gradient accumulation.
+world size or gradient accumulation. By name (`critic.loss`): `get_value_loss`.
 
 Indexing: pass values already aligned with their targets. For GAE/TD(λ) targets `G_j`, which live
 on response token j and belong to the state before it, pass
@@ -10,7 +12,9 @@ Sign convention: values estimate P(correct), higher = better; advantages are `G 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -114,3 +118,37 @@ def pairwise_loss(values_pos: Tensor, mask_pos: Tensor, values_neg: Tensor, mask
     ones = torch.ones_like(margin)
     loss = masked_mean(F.softplus(-margin), ones, denominator)
     return loss, (margin.detach() > 0).double().mean()
+
+
+# ---------------------------------------------------------------- by name (`critic.loss`)
+
+ValueLossFn = Callable[..., Any]  # signatures and results differ by objective (`get_value_loss`)
+VALUE_LOSSES: dict[str, ValueLossFn] = {}
+
+
+def register_value_loss(name: str) -> Callable[[ValueLossFn], ValueLossFn]:
+    """Decorator/registrar; a duplicate name is an error."""
+
+    def deco(fn: ValueLossFn) -> ValueLossFn:
+        if name in VALUE_LOSSES:
+            raise ValueError(f"value loss {name!r} is already registered")
+        VALUE_LOSSES[name] = fn
+        return fn
+
+    return deco
+
+
+def get_value_loss(name: str) -> ValueLossFn:
+    """The value loss `critic.loss` names. Signatures differ by objective: `clipped(v_new, v_old,
+    returns, mask, coef, clip_range)`, `mc_mse(values, mask, rewards)`, `lambda_return(values,
+    returns, mask)`, `pairwise(values_pos, mask_pos, values_neg, mask_neg)`; each also takes
+    `denominator=`."""
+    if name not in VALUE_LOSSES:
+        raise ValueError(f"unknown value loss {name!r}; allowed: {sorted(VALUE_LOSSES)}")
+    return VALUE_LOSSES[name]
+
+
+register_value_loss("clipped")(clipped_value_loss)
+register_value_loss("mc_mse")(mc_mse_loss)
+register_value_loss("lambda_return")(lambda_return_loss)
+register_value_loss("pairwise")(pairwise_loss)

@@ -1,4 +1,6 @@
-"""Analytic size, FLOPs and per-GPU memory of a LLaMA-MTP model (the dry run's plan).
+"""A run's memory, the model layer; the same concept as wmtp.trace.memory, computed by formula.
+
+Analytic size, FLOPs and per-GPU memory of a LLaMA-MTP model (the dry run's plan).
 
 Every formula is written beside its code and explained with the 7b-mtp4 / 4×A100 numbers in
 docs/MEMORY.md. `count_parameters` equals the real module's count (tested), so the estimate's

@@ -1,4 +1,6 @@
-"""Value model (critic): a separate LLaMA backbone (n_future_tokens=1, no vocab projection) plus
+"""The critic, the model layer; the same concept as wmtp.losses.value: its network.
+
+Value model (critic): a separate LLaMA backbone (n_future_tokens=1, no vocab projection) plus
 a value head mapping each position's hidden state to a scalar.
 
 `V_j` ≈ P(correct | x_{<=j}) (docs/MATH.md). The head emits an unsquashed scalar: the value losses

@@ -1,4 +1,6 @@
-"""`wmtp tune`: registered on the CLI by `register(subparsers)` (ray is imported only when it runs)."""
+"""CLI commands, the cluster layer; the same concept as each package's commands.py.
+
+`wmtp tune`: registered on the CLI by `register(subparsers)` (ray is imported only when it runs)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The driver's console on Ray: rank 0 forwards its console calls to the driver, which renders them.
+"""The run's console, the cluster layer; the same concept as wmtp.tracking.console, relayed over Ray.
+
+The driver's console on Ray: rank 0 forwards its console calls to the driver, which renders them.
 
     relay = DriverConsole.start(console)      # driver: an actor plus a polling thread
     ForwardingConsole(relay.handle)            # rank 0: the `stdout` backend of its logger

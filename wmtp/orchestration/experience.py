@@ -1,4 +1,6 @@
-"""`async` placement: experience actors score batches ahead of the learner (docs/DISTRIBUTED.md).
+"""Experience scoring, the cluster layer; the same concept as wmtp.recipes.experience, in Ray actors.
+
+`async` placement: experience actors score batches ahead of the learner (docs/DISTRIBUTED.md).
 
 Each learner rank owns a pool of `orchestration.num_experience_actors` named Ray actors
 (`wmtp-experience-<run>-r<rank>-<i>`), each holding a replica of the scoring model (the critic

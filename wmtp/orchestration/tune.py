@@ -1,4 +1,6 @@
-"""`wmtp tune`: a Ray Tune sweep whose trials are whole Ray Train runs (docs/DISTRIBUTED.md).
+"""Tune sweeps, the cluster layer; the same concept as wmtp.config.tune: the sweep run on Ray.
+
+`wmtp tune`: a Ray Tune sweep whose trials are whole Ray Train runs (docs/DISTRIBUTED.md).
 
     run_tune(cfg, space) -> TuneSummary
 

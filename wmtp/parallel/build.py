@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from wmtp.checkpoint import CHECKPOINT_FILES, CheckpointReader, describe_args
 from wmtp.config.schema import WMTPConfig
 from wmtp.model.args import ModelArgs, get_preset
-from wmtp.model.checkpoint import CHECKPOINT_FILES, CheckpointReader
 from wmtp.model.transformer import Transformer, build_model
 from wmtp.model.value import ValueModel, build_value_model, value_args_from_policy
 from wmtp.parallel.reduce import DistEnv
@@ -32,7 +32,8 @@ def policy_args(cfg: WMTPConfig, vocab_size: int | None = None, checkpoint: str 
     tokenizer's vocab. With one (`checkpoint`, or a local `model.checkpoint`): the checkpoint's
     params.json reconciled with `model.params`/`model.n_future_tokens` (docs/MODEL.md rule).
     `reader`: how checkpoint folders are read, here and in the builders below (the recipe's
-    `RecipeEnv.checkpoints`; the memory trace reads shapes only)."""
+    `RecipeEnv.checkpoints`; the memory trace reads shapes only): the one checkpoint API this
+    module calls (`wmtp.checkpoint.CheckpointReader`)."""
     from wmtp.config.loader import ConfigError
 
     changes = dict(cfg.model.params)
@@ -41,10 +42,7 @@ def policy_args(cfg: WMTPConfig, vocab_size: int | None = None, checkpoint: str 
     if checkpoint is None and cfg.model.checkpoint and "://" not in cfg.model.checkpoint:
         checkpoint = Path(cfg.model.checkpoint).expanduser()
     if checkpoint is not None:
-        from wmtp.model.checkpoint import reconcile_args
-
-        args = reconcile_args(reader.read_checkpoint_args(checkpoint), changes, checkpoint,
-                              what="model.params / model.n_future_tokens")
+        args = reader.reconciled_args(checkpoint, changes, what="model.params / model.n_future_tokens")
         if vocab_size is not None and vocab_size > args.vocab_size:
             raise ConfigError(f"model.tokenizer has {vocab_size} pieces but the checkpoint {checkpoint} has "
                               f"vocab_size={args.vocab_size}; use the tokenizer it was trained with")
@@ -72,8 +70,6 @@ def build_policy(cfg: WMTPConfig, vocab_size: int | None, device: torch.device,
     """From `model.checkpoint` when given (local folder or s3:// URI), reconciled with the config
     (`policy_args`), else initialised from the seed. Logs the shapes it built from a checkpoint."""
     if cfg.model.checkpoint:
-        from wmtp.model.checkpoint import describe_args
-
         folder = materialize(cfg.model.checkpoint, cfg)
         args = policy_args(cfg, vocab_size, checkpoint=folder, reader=reader)
         model = reader.load_model(folder, device=device, args=args)
@@ -120,8 +116,6 @@ def policy_model(cfg: WMTPConfig, vocab_size: int | None, layout: DistEnv,
     folder, args = from_rank0(lambda: _policy_source(cfg, vocab_size, reader), layout)
     model = build_model(args, device="meta")
     if folder is not None:
-        from wmtp.model.checkpoint import describe_args
-
         def source():
             return reader.read_model_state(folder, args)[1].pop
         if layout.is_main:
@@ -186,11 +180,9 @@ def critic_model(cfg: WMTPConfig, args: ModelArgs, layout: DistEnv, policy: Tran
     from wmtp.parallel.materialize import seeded_tensors
 
     if cfg.value_model.checkpoint:
-        from wmtp.model.checkpoint import read_value_args
-
         def shapes():
             folder = materialize(cfg.value_model.checkpoint, cfg)
-            return folder, *read_value_args(folder)
+            return folder, *reader.read_value_args(folder)
         folder, vargs, head = from_rank0(shapes, layout)
         model = build_value_model(vargs, head, device="meta")
 

@@ -31,7 +31,7 @@ def export_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv, tokenizer=N
     rename)."""
     import shutil
 
-    from wmtp.model.checkpoint import save_model, save_value_model
+    from wmtp.checkpoint import save_model, save_value_model
 
     # One tensor at a time onto rank 0's host (the others take part in the gathers).
     state = gather_state_dict(model, keep=layout.is_main)
@@ -58,8 +58,8 @@ def export_model(model: nn.Module, cfg: WMTPConfig, layout: DistEnv, tokenizer=N
 def export_handoff_formats(model: Transformer, folder: Path, formats: Sequence[str]) -> None:
     """`folder/meta` (Meta's params.json + consolidated.00.pth) and `folder/hf` (HF LLaMA
     safetensors + config.json of head 1: the inverse of the HF import) for a plain (unsharded)
-    policy; tensors are converted one at a time (`wmtp.model.checkpoint.save_hf_llama`)."""
-    from wmtp.model.checkpoint import save_hf_llama, save_meta_checkpoint
+    policy; tensors are converted one at a time (`wmtp.checkpoint.save_hf_llama`)."""
+    from wmtp.checkpoint import save_hf_llama, save_meta_checkpoint
     from wmtp.parallel.gather import iter_full_tensors
 
     if "meta" in formats:

@@ -58,11 +58,11 @@ def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[..., Any], brief: bool 
     (`brief`: such a producing stage, whose console summary is one line). `end_dead_attempt(run_dir,
     reason)`: called when this start takes over the stale lock of a killed one, before the logger
     continues its run (`wmtp.tracking.registry.end_dead_attempt`: MLflow marks it KILLED)."""
+    from wmtp.checkpoint import LocalCheckpointSink
     from wmtp.config.paths import run_dir, write_resolved_config
     from wmtp.recipes.chain import resolve_inputs
     from wmtp.tracking.console import end_run, status_of
     from wmtp.tracking.phases import timed
-    from wmtp.training.checkpoint import LocalCheckpointSink
     from wmtp.training.runlock import hold_run_lock
 
     cfg = resolve_inputs(cfg, lambda stage: run_recipe(stage, make_logger=make_logger, brief=True,

@@ -31,9 +31,9 @@ def register(data_actions: argparse._SubParsersAction) -> None:
 def run_score_reference(args: argparse.Namespace) -> int:
     """Score every training row once with the frozen reference; the rows, tokenizer and
     max_seq_len are the ones the configured rho1_weighted run will train on."""
+    from wmtp.checkpoint import load_model
     from wmtp.config.arguments import config_from_args
     from wmtp.data.streams import load_data
-    from wmtp.model.checkpoint import load_model
     from wmtp.recipes.experience import write_reference_losses
 
     cfg = config_from_args(args)

@@ -63,7 +63,7 @@ class CriticRecipe:
     def objective(self, batch, n_global: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss share of this micro-batch, pairwise accuracy or NaN)."""
         cfg, critic = self.cfg, self.critic.model
-        from wmtp.losses.registry import get_value_loss
+        from wmtp.losses.value import get_value_loss
 
         loss_fn = get_value_loss(cfg.critic.loss)
         if self.pairwise:

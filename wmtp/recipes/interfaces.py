@@ -20,9 +20,9 @@ from typing import Any, Protocol
 
 from torch import Tensor, nn
 
+from wmtp.checkpoint import CHECKPOINT_FILES, CheckpointReader
 from wmtp.config.schema import WMTPConfig
 from wmtp.data.streams import RecipeData, load_data
-from wmtp.model.checkpoint import CHECKPOINT_FILES, CheckpointReader
 from wmtp.parallel.reduce import DistEnv, gather_cat, process_layout
 
 

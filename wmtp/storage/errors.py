@@ -1,4 +1,6 @@
-"""Errors of the storage layer (user-facing: they name the URI or path)."""
+"""User errors, the storage layer; the same concept as wmtp.errors and wmtp.data.errors.
+
+Errors of the storage layer (user-facing: they name the URI or path)."""
 
 from wmtp.errors import WMTPUserError
 

@@ -126,7 +126,7 @@ def measure_ntp(cfg: WMTPConfig, plan: EvalPlan) -> dict[str, Any]:
     """Greedy pass@1 of the NTP export on the test tasks."""
     import numpy as np
 
-    from wmtp.model.checkpoint import load_model
+    from wmtp.checkpoint import load_model
     from wmtp.model.tokenizer import Tokenizer
     from wmtp.study.measures import greedy_pass_at_1, test_tasks
 
@@ -139,9 +139,9 @@ def measure_ntp(cfg: WMTPConfig, plan: EvalPlan) -> dict[str, Any]:
 def measure_critic_stage(cfg: WMTPConfig, plan: EvalPlan) -> dict[str, Any]:
     """The critic export's quality on every validation solution (`evaluation.critic_quality`; the
     first `max_valid_solutions` if set)."""
+    from wmtp.checkpoint import load_value_model
     from wmtp.data import streams
     from wmtp.evaluation.critic_quality import measure_critic
-    from wmtp.model.checkpoint import load_value_model
     from wmtp.parallel.reduce import process_layout
 
     vw = cfg.stage2.value_weighting

@@ -311,8 +311,8 @@ def read_curves(metrics_jsonl: str | Path, keys: Sequence[str], targets: Sequenc
 def measure_run(cfg: Any, arm: str, plan: EvalPlan, critic_dir: str | Path | None = None) -> RunMeasures:
     """Every measure of one finished run (its export in `<run_dir>/export`, its log in
     `<run_dir>/metrics.jsonl`)."""
+    from wmtp.checkpoint import load_model, load_value_model
     from wmtp.config.paths import export_dir, run_dir
-    from wmtp.model.checkpoint import load_model, load_value_model
     from wmtp.model.tokenizer import Tokenizer
 
     export = export_dir(cfg)

@@ -1,4 +1,6 @@
-"""The traced memory plan (`wmtp train ... --dry-run --trace`): the recipe's real setup and two
+"""A run's memory, the tools layer; the same concept as wmtp.model.memory, measured by a trace.
+
+The traced memory plan (`wmtp train ... --dry-run --trace`): the recipe's real setup and two
 real optimizer steps of the configured shapes, on fake tensors, measured per rank.
 
 How (torchtitan's memory estimator, applied to a whole recipe):
@@ -43,7 +45,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from wmtp.model.checkpoint import CheckpointReader
+from wmtp.checkpoint import CheckpointReader
 
 GIB = 1024**3
 RESULT_PREFIX = "WMTP_TRACE_RESULT "
@@ -405,7 +407,7 @@ class ShapeOnlyCheckpoints(CheckpointReader):
         self.value_head = value_head
 
     def _head(self, path) -> str:
-        from wmtp.model.checkpoint import VALUE_FILE
+        from wmtp.checkpoint import VALUE_FILE
 
         file = Path(path) / VALUE_FILE
         return json.loads(file.read_text()).get("head", self.value_head) if file.is_file() else self.value_head
@@ -494,8 +496,8 @@ def traced_config(cfg, workdir: Path):
     """The configuration the trace runs: the user's, with shapes pinned (the preset's vocabulary
     unless a tokenizer is configured), a stand-in reference/critic of the producing stage's shapes
     where none is configured, and run files in `workdir`."""
+    from wmtp.checkpoint import VALUE_FILE
     from wmtp.config.update import update_config
-    from wmtp.model.checkpoint import VALUE_FILE
     from wmtp.parallel.build import critic_args, policy_args
 
     updates: dict[str, Any] = {"run.output_dir": str(workdir), "tracking.backends": []}

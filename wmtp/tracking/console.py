@@ -1,4 +1,6 @@
-"""The researcher's console: one progress line per stage and the end-of-run summary block.
+"""The run's console, the tracking layer; the same concept as wmtp.orchestration.console (its Ray relay).
+
+The researcher's console: one progress line per stage and the end-of-run summary block.
 
 The same `RunConsole` serves both paths, so `--local` and Ray print the same thing:
 - in-process (`--local`) it is the `stdout` backend of the run's logger;

@@ -1,7 +1,6 @@
 """Training components shared by every recipe: optimizer, LR schedule, precision, seeding,
-the local checkpoint sink, non-finite loss policy, throughput (no ray, no mlflow)."""
+non-finite loss policy, throughput (no ray, no mlflow; checkpoints are `wmtp.checkpoint`'s)."""
 
-from wmtp.training.checkpoint import LocalCheckpointSink, checkpoint_step
 from wmtp.training.nonfinite import NonFiniteGuard, NonFiniteLossError
 from wmtp.training.optim import build_optimizer, param_groups
 from wmtp.training.precision import autocast_context
@@ -10,7 +9,6 @@ from wmtp.training.seeding import rng_state, seed_everything, set_rng_state
 from wmtp.training.throughput import ThroughputMeter, peak_flops
 
 __all__ = [
-    "LocalCheckpointSink",
     "NonFiniteGuard",
     "NonFiniteLossError",
     "ThroughputMeter",
@@ -18,7 +16,6 @@ __all__ = [
     "autocast_context",
     "build_optimizer",
     "build_scheduler",
-    "checkpoint_step",
     "param_groups",
     "peak_flops",
     "rng_state",

@@ -47,7 +47,7 @@ def resume_or_start(state: LoopState, cfg: WMTPConfig, sink, logger, layout: Dis
 def resumable_checkpoint(sink) -> Path | None:
     """The newest checkpoint of `sink` that verifies on every rank (a damaged one is named in a
     warning and skipped; none usable: CheckpointDamaged, exit 2). The sink then resumes from it."""
-    from wmtp.parallel.checkpointing import first_good_checkpoint
+    from wmtp.checkpoint import first_good_checkpoint
 
     candidates = sink.candidates() if hasattr(sink, "candidates") else [p for p in [sink.latest()] if p is not None]
     chosen = first_good_checkpoint(candidates)
@@ -74,7 +74,7 @@ class LoopState:
         return {**{n: t.model for n, t in self.trainables.items()}, **self.models}
 
     def write(self, path: Path, step: int) -> None:
-        from wmtp.parallel.checkpointing import save_sharded
+        from wmtp.checkpoint import save_sharded
         from wmtp.training.seeding import rng_state
 
         extra = {"step": step, "sampler": self.stream.state_dict(), "rng": rng_state(),
@@ -85,7 +85,7 @@ class LoopState:
 
     def restore(self, path: Path) -> int:
         """Load a checkpoint written by `write`; returns its step."""
-        from wmtp.parallel.checkpointing import load_sharded
+        from wmtp.checkpoint import load_sharded
         from wmtp.training.seeding import set_rng_state
 
         extra = load_sharded(path, self.all_models(), {n: t.optimizer for n, t in self.trainables.items()})

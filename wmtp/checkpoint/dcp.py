@@ -29,19 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
+import torch.distributed as dist
 from torch import nn
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
 from torch.optim import Optimizer
 
 from wmtp.errors import WMTPUserError
-from wmtp.parallel.reduce import barrier, rank, world_size
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +45,25 @@ class CheckpointDamaged(WMTPUserError, RuntimeError):
     """A checkpoint folder that fails verification; the message names the folder and the file."""
 
 
+# This process's place, read from torch.distributed as `wmtp.parallel.reduce` reads it (that
+# package builds models from checkpoints, so this one sits below it and cannot import it).
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if _distributed() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if _distributed() else 1
+
+
+def barrier() -> None:
+    if _distributed():
+        dist.barrier()
+
+
 def _check_names(models: dict[str, nn.Module], optimizers: dict[str, Optimizer]) -> None:
     orphans = sorted(set(optimizers) - set(models))
     if orphans:
@@ -60,6 +71,8 @@ def _check_names(models: dict[str, nn.Module], optimizers: dict[str, Optimizer])
 
 
 def _state(models: dict[str, nn.Module], optimizers: dict[str, Optimizer]) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
     state: dict[str, Any] = {}
     for name, model in models.items():
         state[f"model.{name}"] = get_model_state_dict(model)
@@ -79,6 +92,8 @@ def _single_process_quiet():
 def save_sharded(path: str | Path, models: dict[str, nn.Module], optimizers: dict[str, Optimizer],
                  extra_state: dict[str, Any]) -> Path:
     """Every rank calls it (a collective). Returns the folder once all ranks have written."""
+    import torch.distributed.checkpoint as dcp  # imported when used: loading it takes seconds
+
     _check_names(models, optimizers)
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
@@ -190,9 +205,7 @@ def first_good_checkpoint(candidates: Iterable[Path]) -> Path | None:
 
 def _any_rank(flag: bool) -> int:
     """1 if `flag` holds on any rank."""
-    import torch.distributed as dist
-
-    if not dist.is_available() or not dist.is_initialized():
+    if not _distributed():
         return int(flag)
     device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
     t = torch.tensor([int(flag)], device=device)
@@ -216,6 +229,13 @@ def load_sharded(path: str | Path, models: dict[str, nn.Module], optimizers: dic
     (resuming on more ranks than saved) gets rank 0's, with a warning: per-rank streams such as
     RNG states then repeat. `storage_reader`: a DCP StorageReader for `path` (tests count bytes).
     """
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
     _check_names(models, optimizers)
     folder = Path(path)
     if not (folder / ".metadata").is_file():

@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from wmtp.checkpoint import ModelIdentityError, save_meta_checkpoint
 from wmtp.cli import main
 from wmtp.config.loader import load_config
 from wmtp.model.args import PRESETS
-from wmtp.model.checkpoint import ModelIdentityError, save_meta_checkpoint
 from wmtp.model.transformer import build_model
 from wmtp.parallel.build import build_policy, policy_args
 

@@ -9,16 +9,16 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from wmtp.model.args import PRESETS
-from wmtp.model.checkpoint import (
+from wmtp.checkpoint import (
     CheckpointError,
-    hf_unpermute,
     load_model,
     load_value_model,
     save_meta_checkpoint,
     save_model,
     save_value_model,
 )
+from wmtp.checkpoint.formats import hf_unpermute
+from wmtp.model.args import PRESETS
 from wmtp.model.transformer import build_model
 from wmtp.model.value import build_value_model, value_args_from_policy
 

@@ -1,4 +1,4 @@
-"""Model checkpoint I/O: Meta's `consolidated*.pth`, wmtp's safetensors, HF LLaMA import.
+"""The model files a checkpoint folder holds: wmtp's safetensors, Meta's `consolidated*.pth`, HF LLaMA.
 
 Formats a folder may hold (checked in this order, see docs/MODEL.md):
 
@@ -10,7 +10,8 @@ Formats a folder may hold (checked in this order, see docs/MODEL.md):
 
 Every reader returns the model in Meta's key layout and checks the state dict against the model
 the params describe: a missing, unknown or mis-shaped key is a `CheckpointError` naming it.
-Local folders only; `s3://` URIs are pulled by `wmtp.storage` first.
+Local folders only; `s3://` URIs are pulled by `wmtp.storage` first. Loading a model (shapes
+reconciled with the config, heads adapted, weights placed) is `wmtp.checkpoint.load`.
 """
 # One module (over 300 lines): the checkpoint formats (Meta, safetensors, HF) share their key maps and shape checks; split by format they would import each other.
 
@@ -21,7 +22,7 @@ import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,8 +31,6 @@ from wmtp.errors import WMTPUserError
 from wmtp.model.args import ModelArgs
 from wmtp.model.transformer import Transformer
 from wmtp.model.value import ValueModel
-
-_Loaded = TypeVar("_Loaded", Transformer, ValueModel)
 
 PARAMS_FILE = "params.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -61,51 +60,14 @@ class CheckpointError(WMTPUserError, ValueError):
     """A checkpoint folder that cannot be read: names the path, the key and the shapes."""
 
 
-# ---------------------------------------------------------------- public API
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-               args: ModelArgs | None = None) -> Transformer:
-    """Load a policy from a wmtp, Meta or HF LLaMA folder.
-
-    dtype: parameter dtype; None means float32 (master weights for training). Pass
-        `torch.bfloat16` for inference.
-    args: the shapes to build, from `reconcile_args` (default: the checkpoint's own). Heads are
-        dropped or added from the last trunk block as `adapt_heads` says; any other difference
-        is a `ModelIdentityError`.
-    """
-    folder = _folder(path)
-    args, state = read_model_state(folder, args)
-    with torch.device("meta"):
-        model = Transformer(args)
-    return _materialise(model, device, dtype, state, folder)
-
-
-def read_model_state(path: str | Path, args: ModelArgs | None = None) -> tuple[ModelArgs, dict[str, Tensor]]:
-    """(shapes, state dict) that `load_model(path, args=args)` loads, checked against the model
-    `args` describes (heads adapted): what rank 0 reads for a sharded load (wmtp.parallel.materialize)."""
-    folder = _folder(path)
-    if (folder / VALUE_FILE).is_file():
-        raise CheckpointError(f"{folder} holds a value model ({VALUE_FILE}); load it with load_value_model")
-    ckpt_args, state = read_checkpoint(folder)
-    if args is None:
-        args = ckpt_args
-    else:
-        expected = reconcile_args(ckpt_args, {k: getattr(args, k) for k in _IDENTITY_KEYS}, folder)
-        if expected != args.replace(max_seq_len=expected.max_seq_len):
-            raise ModelIdentityError(f"{folder}: requested shapes {args} do not follow from the checkpoint's "
-                                     f"{ckpt_args}")
-        state = adapt_heads(state, ckpt_args, args)
-    with torch.device("meta"):
-        check_state_dict(Transformer(args), state, folder)
-    return args, state
+# ---------------------------------------------------------------- reading and writing whole folders
 
 
 def read_checkpoint(path: str | Path) -> tuple[ModelArgs, dict[str, Tensor]]:
     """(args, state dict in Meta's key layout) from any supported folder, unchecked against a model."""
-    folder = _folder(path)
+    folder = checkpoint_folder(path)
     if (folder / PARAMS_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
-        return _read_params(folder), _read_safetensors(folder / WEIGHTS_FILE)
+        return _read_params(folder), read_safetensors(folder / WEIGHTS_FILE)
     shards = sorted(folder.glob("consolidated*.pth"))
     if (folder / PARAMS_FILE).is_file() and shards:
         return _read_meta(folder, shards)
@@ -139,19 +101,9 @@ def save_value_model(model: nn.Module, path: str | Path, head: str | None = None
     return _write(path, model.args, _full_state_dict(model), extra={"head": kind})
 
 
-def load_value_model(path: str | Path, device: str | torch.device = "cpu",
-                     dtype: torch.dtype | None = None) -> ValueModel:
-    """Load a critic written by `save_value_model` (dtype None = float32)."""
-    folder = _folder(path)
-    args, head, state = read_value_state(folder)
-    with torch.device("meta"):
-        model = ValueModel(args, head=head)
-    return _materialise(model, device, dtype, state, folder)
-
-
 def read_value_args(path: str | Path) -> tuple[ModelArgs, str]:
     """(backbone shapes, value head kind) of a critic folder, without reading its weights."""
-    folder = _folder(path)
+    folder = checkpoint_folder(path)
     value_file = folder / VALUE_FILE
     if not value_file.is_file():
         raise CheckpointError(f"{value_file} not found: {folder} is not a value-model checkpoint "
@@ -167,45 +119,6 @@ def read_value_args(path: str | Path) -> tuple[ModelArgs, str]:
         raise CheckpointError(f"{value_file}: {e}") from None
     return args, meta["head"]
 
-
-def read_value_state(path: str | Path) -> tuple[ModelArgs, str, dict[str, Tensor]]:
-    """(shapes, head, state dict) that `load_value_model` loads, checked against the model."""
-    folder = _folder(path)
-    args, head = read_value_args(folder)
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
-        raise CheckpointError(f"{weights} not found")
-    state = _read_safetensors(weights)
-    with torch.device("meta"):
-        check_state_dict(ValueModel(args, head=head), state, folder)
-    return args, head, state
-
-
-class CheckpointReader:
-    """The reads that build models from checkpoint folders (`wmtp.parallel.build`, the recipes):
-    this module's functions. A recipe gets its reader from whatever runs it
-    (`wmtp.recipes.interfaces.RecipeEnv`); the memory trace's reads shapes only (`wmtp.trace`)."""
-
-    def read_checkpoint_args(self, path: str | Path) -> ModelArgs:
-        return read_checkpoint_args(path)
-
-    def load_model(self, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None,
-                   args: ModelArgs | None = None) -> Transformer:
-        return load_model(path, device, dtype, args)
-
-    def load_value_model(self, path: str | Path, device: str | torch.device = "cpu",
-                         dtype: torch.dtype | None = None) -> ValueModel:
-        return load_value_model(path, device, dtype)
-
-    def read_model_state(self, path: str | Path, args: ModelArgs | None = None) -> tuple[ModelArgs, dict[str, Tensor]]:
-        return read_model_state(path, args)
-
-    def read_value_state(self, path: str | Path) -> tuple[ModelArgs, str, dict[str, Tensor]]:
-        return read_value_state(path)
-
-
-# The reader of the files themselves (training, planning, tests).
-CHECKPOINT_FILES = CheckpointReader()
 
 def save_meta_checkpoint(model: nn.Module, path: str | Path, n_shards: int = 1,
                          dtype: torch.dtype | None = None) -> Path:
@@ -234,25 +147,14 @@ def save_meta_checkpoint(model: nn.Module, path: str | Path, n_shards: int = 1,
     return folder
 
 
-# ---------------------------------------------------------------- model identity (docs/MODEL.md)
-
-
-class ModelIdentityError(CheckpointError):
-    """The config asks for shapes the checkpoint's weights cannot have: names both values."""
-
-
-# params.json keys that shape no weight: a config may set them over the checkpoint's.
-_FREE_KEYS = frozenset({"max_seq_len"})
-# Keys compared by `load_model(args=...)` (everything that shapes or changes the weights' meaning).
-_IDENTITY_KEYS = ("dim", "n_layers", "n_heads", "n_kv_heads", "vocab_size", "multiple_of", "ffn_dim_multiplier",
-                  "norm_eps", "rope_theta", "n_future_tokens")
+# ---------------------------------------------------------------- shapes without weights
 
 
 def read_checkpoint_args(path: str | Path) -> ModelArgs:
     """The shapes a checkpoint folder holds, without reading its weights (the dry run's view).
 
     Meta's `"vocab_size": -1` is resolved from the shape of `output.weight` (memory-mapped)."""
-    folder = _folder(path)
+    folder = checkpoint_folder(path)
     if (folder / PARAMS_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
         return _read_params(folder)
     shards = sorted(folder.glob("consolidated*.pth"))
@@ -267,70 +169,11 @@ def read_checkpoint_args(path: str | Path) -> ModelArgs:
     return read_checkpoint(folder)[0]  # raises the "no checkpoint" error
 
 
-def reconcile_args(ckpt: ModelArgs, requested: dict[str, Any], source: str | Path, what: str = "model.params") -> ModelArgs:
-    """The shapes a run builds from a checkpoint whose params are `ckpt`, given the config's
-    explicit settings `requested` (`model.params` plus `model.n_future_tokens`).
-
-    Rule (docs/MODEL.md "Checkpoint and config"): the checkpoint's trunk is kept as it is.
-      - `n_future_tokens` may differ: fewer heads drop the extra heads past the new count; more
-        heads add blocks initialised from the last trunk block (head 1). `n_layers` follows
-        (trunk blocks + heads − 1); a `model.params.n_layers` that contradicts it is a conflict.
-      - `max_seq_len` (no weights) is taken from the config.
-      - any other key that differs is a `ModelIdentityError` listing every conflict, both values.
-    """
-    heads = requested.get("n_future_tokens", ckpt.n_future_tokens)
-    if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
-        raise ModelIdentityError(f"{what}.n_future_tokens must be an integer >= 1, got {heads!r}")
-    n_layers = ckpt.n_trunk_layers + heads - 1
-    conflicts = []
-    for key, value in requested.items():
-        if key in ("n_future_tokens", *_FREE_KEYS):
-            continue
-        if key == "n_layers":
-            if value != n_layers:
-                conflicts.append(f"n_layers: config {value!r}, checkpoint {ckpt.n_layers} ({ckpt.n_trunk_layers} "
-                                 f"trunk blocks + {heads - 1} extra heads = {n_layers})")
-            continue
-        if not hasattr(ckpt, key):
-            conflicts.append(f"{key}: not a params.json field")
-        elif getattr(ckpt, key) != value and not (key == "n_kv_heads" and (value or ckpt.n_heads) == ckpt.kv_heads):
-            conflicts.append(f"{key}: config {value!r}, checkpoint {getattr(ckpt, key)!r}")
-    if conflicts:
-        raise ModelIdentityError(
-            f"{what} conflicts with the checkpoint {source}: " + "; ".join(conflicts)
-            + ". A checkpoint's shapes are fixed (only n_future_tokens and max_seq_len may change, docs/MODEL.md); "
-              "remove the setting or use a checkpoint with those shapes")
-    free = {k: requested[k] for k in _FREE_KEYS if k in requested}
-    return ckpt.replace(n_future_tokens=heads, n_layers=n_layers, **free)
-
-
-def adapt_heads(state: dict[str, Tensor], ckpt: ModelArgs, args: ModelArgs) -> dict[str, Tensor]:
-    """A Meta-layout state dict of `ckpt`'s heads rewritten for `args.n_future_tokens` heads:
-    extra heads past the new count dropped; new extra heads copied from the last trunk block."""
-    old, new = ckpt.n_future_tokens, args.n_future_tokens
-    if old == new:
-        return state
-    out = {k: v for k, v in state.items()
-           if not (k.startswith("extra_heads.") and int(k.split(".")[1]) >= new - 1)}
-    last = f"layers.{ckpt.n_trunk_layers - 1}."
-    for j in range(old - 1, new - 1):
-        for key, tensor in state.items():
-            if key.startswith(last):
-                out[f"extra_heads.{j}.{key[len(last):]}"] = tensor.clone()
-    return out
-
-
-def describe_args(args: ModelArgs) -> str:
-    """One line of the shapes a run builds (logged when a run starts from a checkpoint)."""
-    return (f"dim={args.dim} n_layers={args.n_layers} (trunk {args.n_trunk_layers - 1} + {args.n_future_tokens} "
-            f"head(s)) n_heads={args.n_heads} n_kv_heads={args.kv_heads} vocab_size={args.vocab_size} "
-            f"ffn_hidden_dim={args.ffn_hidden_dim} rope_theta={args.rope_theta} max_seq_len={args.max_seq_len}")
-
-
 # ---------------------------------------------------------------- readers
 
 
-def _folder(path: str | Path) -> Path:
+def checkpoint_folder(path: str | Path) -> Path:
+    """`path` as a local checkpoint folder that exists (a `CheckpointError` naming it otherwise)."""
     text = str(path)
     if "://" in text:
         raise CheckpointError(f"{text}: remote URIs are pulled to a local folder by wmtp.storage first; "
@@ -374,7 +217,7 @@ def _read_params(folder: Path, vocab_size: int | None = None) -> ModelArgs:
         raise CheckpointError(f"{file}: {e}") from None
 
 
-def _read_safetensors(file: Path) -> dict[str, Tensor]:
+def read_safetensors(file: Path) -> dict[str, Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -531,7 +374,7 @@ def _read_hf_llama(folder: Path) -> tuple[ModelArgs, dict[str, Tensor]]:
     args = _hf_args(cfg, cfg_file)
     raw: dict[str, Tensor] = {}
     for f in sorted(folder.glob("*.safetensors")):
-        raw.update(_read_safetensors(f))
+        raw.update(read_safetensors(f))
     state: dict[str, Tensor] = {}
     for key in list(raw):  # popped as renamed: an unpermuted q/k below does not sit beside its original
         tensor = raw.pop(key)
@@ -689,19 +532,6 @@ def check_state_dict(model: nn.Module, state: dict[str, Tensor], source: str | P
                                   f"{tuple(expected[key].shape)}")
 
 
-def _materialise(model: _Loaded, device: str | torch.device, dtype: torch.dtype | None, state: dict[str, Tensor],
-                 source: Path) -> _Loaded:
-    """Meta-device model → allocated on `device` in `dtype`, filled from `state` (checked first)."""
-    check_state_dict(model, state, source)
-    model.to_empty(device=device)
-    model.to(dtype or torch.float32)
-    with torch.no_grad():
-        model.load_state_dict(state, strict=True)
-    backbone = model.backbone if isinstance(model, ValueModel) else model
-    backbone.init_rope()
-    return model
-
-
 # ---------------------------------------------------------------- writing
 
 
@@ -735,9 +565,8 @@ def _write(path: str | Path, args: ModelArgs, state: dict[str, Tensor], extra: d
 
 
 __all__ = [
-    "CHECKPOINT_FILES", "CheckpointReader",
-    "CheckpointError", "ModelIdentityError", "hf_config", "hf_permute", "save_hf_llama", "adapt_heads", "describe_args", "read_checkpoint_args",
-    "reconcile_args", "check_state_dict", "hf_unpermute", "load_model", "load_value_model", "read_checkpoint",
-    "read_model_state", "read_value_args", "read_value_state",
-    "save_meta_checkpoint", "save_model", "save_value_model",
+    "HF_INDEX_FILE", "PARAMS_FILE", "VALUE_FILE", "WEIGHTS_FILE", "CheckpointError", "check_state_dict",
+    "checkpoint_folder", "hf_config", "hf_key", "hf_permute", "hf_unpermute", "read_checkpoint",
+    "read_checkpoint_args", "read_safetensors", "read_value_args", "save_hf_llama", "save_meta_checkpoint", "save_model",
+    "save_value_model",
 ]

@@ -12,7 +12,7 @@ import time
 import pytest
 import torch
 
-from wmtp.training import LocalCheckpointSink
+from wmtp.checkpoint import LocalCheckpointSink
 
 
 def write_value(d, value):
@@ -91,7 +91,7 @@ def test_sigkill_mid_save_leaves_previous_checkpoint(tmp_path):
     ready = tmp_path / "ready"
     script = textwrap.dedent(f"""
         import time, pathlib, torch
-        from wmtp.training import LocalCheckpointSink
+        from wmtp.checkpoint import LocalCheckpointSink
         sink = LocalCheckpointSink({str(tmp_path)!r})
         sink.save(1, lambda d: torch.save({{"value": 1.0}}, d / "extra.pt"), {{}})
         def slow(d):

@@ -9,7 +9,7 @@ import json
 import pytest
 import torch
 
-from wmtp.model.checkpoint import CheckpointError, load_model
+from wmtp.checkpoint import CheckpointError, load_model
 
 transformers = pytest.importorskip("transformers")
 
@@ -97,7 +97,7 @@ def _mtp_model():
 def test_hf_export_round_trips_head_1(tmp_path, max_shard_bytes):
     """Head 1 of a 3-head model exported as HF LLaMA: the HF import and transformers both read
     back the same logits as head 1 (identical for the import, the inverse permutation exactly)."""
-    from wmtp.model.checkpoint import save_hf_llama
+    from wmtp.checkpoint import save_hf_llama
     from wmtp.parallel.gather import iter_full_tensors
 
     model = _mtp_model()
@@ -137,7 +137,7 @@ def _sharded_export(rank: int, world_size: int, folder: str) -> dict:
     held at once (proof that gathering is one tensor at a time)."""
     from pathlib import Path
 
-    from wmtp.model.checkpoint import save_hf_llama
+    from wmtp.checkpoint import save_hf_llama
     from wmtp.parallel.fsdp import apply_fsdp
     from wmtp.parallel.gather import iter_full_tensors
 

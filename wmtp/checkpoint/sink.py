@@ -1,7 +1,7 @@
 """The local `CheckpointSink`: `<run_dir>/checkpoints/step_NNNNNN`, published atomically.
 
 What a checkpoint holds is the recipe's (`wmtp.training.state.LoopState.write`: DCP shards plus
-per-rank extra state, `wmtp.parallel.checkpointing`); the sink gives it a fresh directory, then
+per-rank extra state, `wmtp.checkpoint.dcp`); the sink gives it a fresh directory, then
 publishes it. Atomicity: the checkpoint is written into a hidden temporary sibling directory and
 renamed into place, and the `latest` marker is rewritten only after that rename. A run killed at
 any moment (SIGKILL) leaves the previously marked checkpoint intact and still `latest`.
@@ -16,6 +16,8 @@ import re
 import shutil
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from wmtp.checkpoint.dcp import barrier, rank
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +109,6 @@ class LocalCheckpointSink:
     def resume_from(self, path: Path) -> None:
         """Resume from `path` (chosen after the newer ones failed verification): the newer ones
         are moved aside as `.damaged-step_NNNNNN` (kept for inspection) and `path` is marked latest."""
-        from wmtp.parallel.reduce import barrier, rank
-
         if rank() == 0:
             for newer in self._complete():
                 if checkpoint_step(newer) > checkpoint_step(path):

@@ -9,8 +9,8 @@ from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_
 
 from tests.fixtures.distributed import run_distributed
 from tests.parallel.common import ARGS, fresh_model, global_batch, mtp_loss, optimizer_for, shard
+from wmtp.checkpoint import load_sharded, save_sharded
 from wmtp.model.value import build_value_model, value_args_from_policy
-from wmtp.parallel.checkpointing import load_sharded, save_sharded
 from wmtp.parallel.fsdp import apply_fsdp
 from wmtp.parallel.materialize import load_full_tensors
 

@@ -15,10 +15,10 @@ import torch
 from torch.distributed.checkpoint import FileSystemReader
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+from tests.checkpoint.test_dcp import _step
 from tests.fixtures.distributed import run_distributed
 from tests.parallel.common import fresh_model, optimizer_for
-from tests.parallel.test_checkpointing import _step
-from wmtp.parallel.checkpointing import (
+from wmtp.checkpoint import (
     CheckpointDamaged,
     checkpoint_io_cost,
     checkpointed_bytes_per_param,
