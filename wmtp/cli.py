@@ -157,7 +157,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     weight_sync: dict[str, float | str] = field(default_factory=dict)  # wmtp.model.weight_sync
     loading: dict[str, float | str] = field(default_factory=dict)  # wmtp.parallel.materialize
-    checkpoint_io: dict[str, float | str] = field(default_factory=dict)  # wmtp.parallel.checkpointing
+    checkpoint_io: dict[str, float | str] = field(default_factory=dict)  # wmtp.checkpoint.dcp
     gradient_sync: dict[str, float | str] = field(default_factory=dict)  # wmtp.parallel.fsdp.hsdp_sync_cost
 
 
@@ -287,7 +287,7 @@ def extra_head_params(cfg: WMTPConfig) -> int:
 
 def checkpoint_plan(cfg: WMTPConfig, policy_params: int, critic_params: int | None) -> dict[str, float | str]:
     """One checkpoint's bytes, what a resume reads per rank and downloads per node, and the disk a
-    node needs (`wmtp.parallel.checkpointing.checkpoint_io_cost`), for the models the recipe saves
+    node needs (`wmtp.checkpoint.dcp.checkpoint_io_cost`), for the models the recipe saves
     (`LoopState`: trained models with AdamW, the critic snapshot without)."""
     from wmtp.checkpoint import checkpoint_io_cost, checkpointed_bytes_per_param
     from wmtp.model.memory import COMPUTE_BYTES
@@ -420,7 +420,7 @@ def format_plan(plan: Plan) -> str:
         lines.append("# weight sync (critic / reference → experience scoring; wmtp.model.weight_sync):")
         lines += [f"#   {k}: {v:.3f}" if isinstance(v, float) else f"#   {k}: {v}" for k, v in plan.weight_sync.items()]
     for title, section in (("loading (wmtp.parallel.materialize)", plan.loading),
-                           ("checkpoint I/O (wmtp.parallel.checkpointing.checkpoint_io_cost)", plan.checkpoint_io),
+                           ("checkpoint I/O (wmtp.checkpoint.dcp.checkpoint_io_cost)", plan.checkpoint_io),
                            ("HSDP gradient sync across nodes (wmtp.parallel.fsdp.hsdp_sync_cost)", plan.gradient_sync)):
         if section:
             lines.append(f"# {title}:")

@@ -5,7 +5,7 @@
    parameters become DTensors of meta shards.
 3. `to_empty(device)` allocates this rank's shards only (1/N of the model per rank).
 4. `load_full_tensors`: rank 0 produces the full tensors one at a time, in state-dict order —
-   read from a checkpoint (`wmtp.model.checkpoint.read_model_state` / `read_value_state`: rank 0
+   read from a checkpoint (`wmtp.checkpoint.read_model_state` / `read_value_state`: rank 0
    alone reads the files) or initialised from the seed on its device (`seeded_tensors`: the same
    draws, in the same order, as `init_weights` on one process, so the same seed gives the same
    full weights) — and `distribute_tensor` scatters each into the ranks' shards (HSDP: broadcast

@@ -1,7 +1,7 @@
 """Critic pre-training: a value model learns V_j ≈ P(correct | x_{≤j}) from execution outcomes
 (docs/MATH.md), then is exported for the verifiable recipe (`<run_dir>/export`).
 
-Objectives (`critic.loss`, registry `wmtp.losses.registry.VALUE_LOSSES`), on the value of the state
+Objectives (`critic.loss`, registry `wmtp.losses.value.VALUE_LOSSES`), on the value of the state
 before each response token, `V_{j−1}`:
   mc_mse         mean (V_{j−1} − R)²
   lambda_return  mean (V_{j−1} − G^λ_j)²,  G^λ from detached values, terminal reward R
