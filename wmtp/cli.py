@@ -155,7 +155,7 @@ class Plan:
     tokens_per_step: int
     resources: dict[str, float | int | str]
     notes: list[str] = field(default_factory=list)
-    weight_sync: dict[str, float | str] = field(default_factory=dict)  # wmtp.model.weight_sync
+    weight_sync: dict[str, float | str] = field(default_factory=dict)  # wmtp.parallel.weight_sync
     loading: dict[str, float | str] = field(default_factory=dict)  # wmtp.parallel.materialize
     checkpoint_io: dict[str, float | str] = field(default_factory=dict)  # wmtp.checkpoint.dcp
     gradient_sync: dict[str, float | str] = field(default_factory=dict)  # wmtp.parallel.fsdp.hsdp_sync_cost
@@ -216,7 +216,7 @@ def build_plan(cfg: WMTPConfig) -> Plan:
                      f"(seed {cfg.data.synth_seed}), generated on first training run")
     notes.append("memory excludes the CUDA context and allocator fragmentation (budget 1-3 GiB); "
                  "formulas: docs/MEMORY.md")
-    from wmtp.model.weight_sync import weight_sync_cost
+    from wmtp.parallel.weight_sync import weight_sync_cost
 
     # What a publish moves: the critic, or (Rho-1) the reference (the one-head policy's shape).
     synced = critic_params if critic_params is not None else total - sum(heads[1:])
@@ -417,7 +417,7 @@ def format_plan(plan: Plan) -> str:
     lines.append("# ray resources:")
     lines += [f"#   {k}: {v}" for k, v in plan.resources.items()]
     if plan.weight_sync:
-        lines.append("# weight sync (critic / reference → experience scoring; wmtp.model.weight_sync):")
+        lines.append("# weight sync (critic / reference → experience scoring; wmtp.parallel.weight_sync):")
         lines += [f"#   {k}: {v:.3f}" if isinstance(v, float) else f"#   {k}: {v}" for k, v in plan.weight_sync.items()]
     for title, section in (("loading (wmtp.parallel.materialize)", plan.loading),
                            ("checkpoint I/O (wmtp.checkpoint.dcp.checkpoint_io_cost)", plan.checkpoint_io),

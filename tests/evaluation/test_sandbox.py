@@ -320,7 +320,7 @@ def test_the_program_never_sees_the_expected_values():
 def test_values_keep_their_python_types_across_the_channel():
     """The parent's `==` on the decoded value is the program's `==` on the returned one (the slow
     reference: both evaluated here, in one interpreter)."""
-    from wmtp.evaluation.calls import calls_from_test
+    from wmtp.data.calls import calls_from_test
     from wmtp.evaluation.sandbox import run_calls
 
     cases = [("True", "1"), ("True", "True"), ("1", "1.0"), ("(1, 2)", "[1, 2]"), ("[1, 2]", "[1, 2]"),
@@ -359,7 +359,7 @@ def test_two_processes_sandboxing_at_once_never_kill_each_others_programs():
 
 
 def test_a_flooded_result_channel_is_cut_off():
-    from wmtp.evaluation.calls import calls_from_test
+    from wmtp.data.calls import calls_from_test
     from wmtp.evaluation.sandbox import run_calls
 
     calls = calls_from_test("def check(candidate):\n    assert candidate() == 1\n")

@@ -5,7 +5,7 @@
 - at interval > 1 the sharded snapshot and its version are checkpointed: a run that crashes
   between publishes and resumes equals the uninterrupted run (1e-6), 1 process and 2 gloo ranks;
 - a frozen critic has no optimizer and no optimizer state in its checkpoint;
-- the snapshot refresh moves the bytes `wmtp.model.weight_sync` states, per rank.
+- the snapshot refresh moves the bytes `wmtp.parallel.weight_sync` states, per rank.
 """
 
 from __future__ import annotations

@@ -256,8 +256,13 @@ def load_sharded(path: str | Path, models: dict[str, nn.Module], optimizers: dic
     return torch.load(extra_file, weights_only=False)
 
 
+def shard_numel(n_params: int, world_size: int) -> int:
+    """Elements of the largest rank's shard (FSDP2 pads each tensor's dim 0 to the world size)."""
+    return -(-n_params // world_size)
+
+
 __all__ = ["CheckpointDamaged", "CheckpointIO", "checkpoint_io_cost", "checkpointed_bytes_per_param", "first_good_checkpoint",
-           "load_sharded", "save_sharded", "saved_world_size", "verify_sharded", "write_manifest"]
+           "load_sharded", "save_sharded", "saved_world_size", "shard_numel", "verify_sharded", "write_manifest"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,7 +314,6 @@ def checkpoint_io_cost(models: list[tuple[int, int]], *, world_size: int, replic
       the staging copy.
     """
     from wmtp.config.topology import SHARED_SCHEMES
-    from wmtp.model.weight_sync import shard_numel
 
     group = max(world_size // max(replicas, 1), 1)
     total = sum(n * b for n, b in models)

@@ -7,7 +7,7 @@ Modes:
   function, program = completion + "\\n" + test + "\\ncheck(entry_point)";
 - `stdio` (records with `inputs`/`outputs` lists): the completion is a script, run once per case.
 
-Where the test is HumanEval-style `check(candidate)` code in call form (`wmtp.evaluation.calls`),
+Where the test is HumanEval-style `check(candidate)` code in call form (`wmtp.data.calls`),
 the task carries its call records and the sandbox runs only `code(completion)` (no test), the
 parent judging the returned values; other tests run inside the program (`program(completion)`).
 """
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from wmtp.data.calls import Call, calls_from_test
 from wmtp.errors import WMTPUserError
-from wmtp.evaluation.calls import Call, calls_from_test
 
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 

@@ -45,7 +45,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
-from wmtp.evaluation.calls import Call, ValueFormatError, decode_value, parse_line
+from wmtp.data.calls import Call, ValueFormatError, decode_value, parse_line
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +193,7 @@ def send(fd, obj):
 _SEQ = {list: "l", tuple: "t", set: "S", frozenset: "F"}
 
 def encode(v, depth=0, type=type, repr=repr, hex=hex):
-    """A returned value as tagged JSON (wmtp.evaluation.calls.decode_value reads it); exact types
+    """A returned value as tagged JSON (wmtp.data.calls.decode_value reads it); exact types
     only, so a subclass with its own __eq__ cannot ride along."""
     t = type(v)
     if v is None or v is True or v is False:

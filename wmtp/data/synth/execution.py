@@ -2,7 +2,7 @@
 
 The reference program (the family's first correct variant) is run on the test inputs to get the
 expected outputs; the hidden test is a HumanEval-style ``check(candidate)`` written from call
-records (one ``assert candidate(INPUT) == EXPECTED`` per input, ``wmtp.evaluation.calls``), so an
+records (one ``assert candidate(INPUT) == EXPECTED`` per input, ``wmtp.data.calls``), so an
 evaluation reads it back as call records and judges model samples outside their sandbox. Labels
 here run ``check`` in-process: the candidates are the generator's own template code, not a model's.
 Each candidate passes iff ``check`` returns without an exception within the time limit.
@@ -18,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 
-from wmtp.evaluation.calls import Call, check_source
+from wmtp.data.calls import Call, check_source
 
 
 @dataclass(frozen=True)

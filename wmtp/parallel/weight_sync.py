@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from wmtp.checkpoint.dcp import shard_numel
 from wmtp.config.schema import WMTPConfig
 from wmtp.model.memory import COMPUTE_BYTES
 
@@ -47,11 +48,6 @@ class WeightSync:
                 "per_step_per_rank_gib": self.bytes_per_step_per_rank / gib,
                 "per_step_total_gib": self.bytes_per_step_total / gib,
                 "object_store_per_publish_gib": self.object_store_bytes_per_publish / gib}
-
-
-def shard_numel(n_params: int, world_size: int) -> int:
-    """Elements of the largest rank's shard (FSDP2 pads each tensor's dim 0 to the world size)."""
-    return -(-n_params // world_size)
 
 
 def weight_sync_cost(cfg: WMTPConfig, n_params: int, *, nodes: int = 1) -> WeightSync:
@@ -92,4 +88,4 @@ def _one_publisher(mechanism: str, per_step: float, nbytes: int, world: int, sha
     return WeightSync(mechanism, per_step, per_rank, total, nbytes)
 
 
-__all__ = ["WeightSync", "shard_numel", "weight_sync_cost"]
+__all__ = ["WeightSync", "weight_sync_cost"]

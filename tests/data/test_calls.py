@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from wmtp.data.calls import Call, ValueFormatError, calls_from_test, check_source, decode_value
 from wmtp.evaluation.benchmarks import load_humaneval
-from wmtp.evaluation.calls import Call, ValueFormatError, calls_from_test, check_source, decode_value
 from wmtp.evaluation.runner import execute_completion
 from wmtp.evaluation.sandbox import SandboxConfig, run_program
 

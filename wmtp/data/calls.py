@@ -1,4 +1,4 @@
-"""Test calls judged by the trusted parent: HumanEval-style `check(candidate)` code as call records.
+"""A task's tests as call records, judged by the trusted parent: HumanEval-style `check(candidate)` code as data.
 
 A *call record* is one test call: the source of its arguments (sent to the sandboxed program) and
 the check on the value it returns (kept by the parent, never sent). The sandbox runs the program,

@@ -1,4 +1,4 @@
-"""The weight-sync cost of the plan (`wmtp.model.weight_sync`): which mechanism each recipe and
+"""The weight-sync cost of the plan (`wmtp.parallel.weight_sync`): which mechanism each recipe and
 placement uses and the bytes it moves; the dry run prints it. (That the bytes equal what the micro
 model moves is tested where it moves them: tests/parallel/test_gather.py for the snapshot copy,
 tests/orchestration/test_experience.py for the one `ray.put`.)"""
@@ -9,7 +9,7 @@ import pytest
 
 from tests.recipes.harness import REPO
 from wmtp.config.loader import load_config
-from wmtp.model.weight_sync import weight_sync_cost
+from wmtp.parallel.weight_sync import weight_sync_cost
 
 P = 6_000_197_633  # the 7b-mtp4 critic
 GIB = 1024 ** 3
