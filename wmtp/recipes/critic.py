@@ -102,8 +102,9 @@ class CriticRecipe:
             return None, count
         if not log_due(step, cfg.train):
             return {}, count
-        stats = {"train/value_loss": reduce.global_sum(loss, self.layout), "train/grad_norm": norms[0],
-                 **lr_metrics(self.state)}
+        stats: dict[str, torch.Tensor | float] = {
+            "train/value_loss": reduce.global_sum(loss, self.layout), "train/grad_norm": norms[0],
+            **lr_metrics(self.state)}
         if not self.pairwise:
             stats["train/truncated_samples"] = streams.truncated_samples(batches, self.layout)
         if self.pairwise:
