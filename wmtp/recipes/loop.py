@@ -1,9 +1,11 @@
-"""The run's life, written once: `claim` (the run lock), `run` (setup and resume → the resolved
-config as an artifact → train → close with the final status) and `run_steps` (the step schedule:
-for each step the recipe's `step()`, then metering, logging, validation and checkpoints at their
-cadences; then the recipe's export). `run_recipe` (in this process) and the Ray Train worker
-(`wmtp.orchestration.launch`) both end in `run`; every recipe's `train()` is `run_steps(self)`. A recipe file keeps what makes it
-that recipe: its models (`setup()`), its `step()`, its `evaluate()` and its `export()`.
+"""The run's life, written once: `claim` (the run lock), `run` (setup → the resolved config as an
+artifact → train → close with the final status) and `run_steps` (the step schedule: for each step
+the recipe's `step()`, then metering, logging, validation and checkpoints at their cadences; then
+the recipe's export). `run_recipe` (in this process) and the Ray Train worker
+(`wmtp.orchestration.launch`) both end in `run`; every recipe's `train()` is `run_steps(self)`.
+A recipe file keeps what makes it that recipe: its models and loop state (`setup()`, which ends
+by resuming through `wmtp.training.state.resume_or_start`: what follows a resume is the recipe's,
+e.g. verifiable publishes the restored critic), its `step()`, its `evaluate()` and its `export()`.
 
 Every rank runs the same loop, so every rank logs and checkpoints (Ray: reports) the same number
 of times. A step returns `(stats, count)`: `stats` are 0-dim tensors, not synced, or None when
