@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from wmtp.recipes.critic import CriticRecipe
     from wmtp.recipes.experience import LearnerScorer
     from wmtp.recipes.interfaces import CheckpointSink, ExperienceScorer, ScorerFactory
+    from wmtp.recipes.loop import Steps
     from wmtp.recipes.ref_tuning import RefTuningRecipe
     from wmtp.recipes.rho1_weighted import PrecomputedScorer, Rho1WeightedRecipe
     from wmtp.recipes.verifiable import VerifiableRecipe
@@ -58,6 +59,11 @@ def metrics_sinks(logger: MetricLogger) -> MetricsSink:
 
 def recipes() -> list[Callable[..., Recipe]]:
     return [BaselineRecipe, RefTuningRecipe, CriticRecipe, VerifiableRecipe, Rho1WeightedRecipe]
+
+
+def stepped_recipes(baseline: BaselineRecipe, critic: CriticRecipe, verifiable: VerifiableRecipe,
+                    rho1: Rho1WeightedRecipe) -> list[Steps]:
+    return [baseline, critic, verifiable, rho1]
 
 
 def normalizers(zscore: ZScoreNormalizer, ema: EMANormalizer, identity: IdentityNormalizer) -> list[Normalizer]:

@@ -91,7 +91,7 @@ def test_setup_failure_is_not_hidden_by_close_and_keeps_the_earlier_config(tmp_p
 
 
 def test_close_errors_after_a_failure_are_logged_not_raised(caplog):
-    from wmtp.recipes import close_all
+    from wmtp.recipes.loop import close_all
 
     calls = []
 

@@ -225,8 +225,8 @@ def test_publish_puts_the_compute_dtype_weights_once_the_bytes_the_plan_states(r
     import dataclasses
 
     from tests.recipes.harness import recipe_config
-    from wmtp.model.weight_sync import weight_sync_cost
     from wmtp.orchestration import experience
+    from wmtp.parallel.weight_sync import weight_sync_cost
 
     spec, state = critic_spec
     spec = dataclasses.replace(spec, precision="bf16")

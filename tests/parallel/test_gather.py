@@ -1,7 +1,7 @@
 """Publish and export one tensor at a time: on 2 gloo ranks with FSDP2, `gather_state_dict` and
 `export_model` give exactly the unsharded model's weights (rank 0 keeps them, rank 1 only takes
 part), cast to the compute dtype when asked; the snapshot refresh copies local shards only, the
-bytes `wmtp.model.weight_sync` states."""
+bytes `wmtp.parallel.weight_sync` states."""
 
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ def _critic():
 
 def _rank(rank: int, world_size: int, out: str) -> dict:
     from tests.recipes.harness import recipe_config
-    from wmtp.model.weight_sync import weight_sync_cost
     from wmtp.parallel.export import export_model
     from wmtp.parallel.fsdp import apply_fsdp
     from wmtp.parallel.reduce import DistEnv
+    from wmtp.parallel.weight_sync import weight_sync_cost
     from wmtp.recipes.experience import CriticSnapshot
 
     critic = apply_fsdp(_critic(), mixed_precision=False)

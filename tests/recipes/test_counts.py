@@ -1,8 +1,9 @@
 """One count for every recipe (`wmtp.training.throughput.count_step`): at `data.grad_accum=2`, on
 the same batches (`data.samples=all`: every recipe then draws the same rows), baseline, critic,
 verifiable and Rho-1 log the same real tokens and trained targets per step and in total, and
-they equal a slow count over the stream's batches; under `data.samples=correct` the verifiable
-policy's targets are those of the correct solutions only, while its tokens are all it forwarded."""
+they equal a slow count over the stream's batches; under `data.samples=correct` the policy's
+targets (verifiable's, and ref_tuning's, which always learns from correct solutions) are those of
+the correct solutions only, while its tokens are all it forwarded."""
 
 from __future__ import annotations
 
@@ -65,9 +66,11 @@ def test_every_recipe_counts_the_same_tokens_and_targets(runs):
         assert counts["perf/targets_seen"] == [float(sum(n for _, n in want[:s + 1])) for s in range(STEPS)], recipe
 
 
-def test_masked_solutions_are_forwarded_but_not_trained_targets(runs):
+@pytest.mark.parametrize("recipe", ["verifiable", "ref_tuning"])
+def test_masked_solutions_are_forwarded_but_not_trained_targets(runs, recipe):
     _, _, critic, out = runs
-    cfg = recipe_config("verifiable", out / "correct_only", *SAME, critic, "data.samples=correct")
+    given = critic if recipe == "verifiable" else "data.draw=all"  # ref_tuning draws what it learns from
+    cfg = recipe_config(recipe, out / f"correct_only_{recipe}", *SAME, given, "data.samples=correct")
     got = logged(run(cfg))
     want = slow_count(cfg, correct_only=True)
     assert got["train/tokens"] == [float(t) for t, _ in want]

@@ -61,6 +61,7 @@ def test_critic_recipe_validation_scores_trained_positions():
     recipe.critic = SimpleNamespace(model=HandCritic())
     recipe.valid = [hand_batch()]
     recipe.layout = DistEnv()
+    recipe.cfg = SimpleNamespace(train=SimpleNamespace(steps=4))  # step 1 is not the last: no quality report
     metrics = recipe.evaluate(step=1)
     assert metrics["val/critic_auc"] == 0.75
     # mean state value over s−1 … e−1: 0.5 everywhere but the e−1 score, so the order is SCORES'

@@ -21,7 +21,7 @@ deterministic: with `critic_sync_interval=1` and `queue_depth=0` it equals `colo
                          the gathers), `ray.put`s it ONCE and hands the reference to the other
                          ranks through a tiny board actor; every pool loads that one object, which
                          each node's object store fetches once (`publish_bytes` in
-                         wmtp.model.weight_sync counts it)
+                         wmtp.parallel.weight_sync counts it)
     in_flight()          the batches in flight with their scores, for the learner's checkpoint;
     resume_in_flight(s)  a resumed run queues them again as scored (no rescoring with a newer critic)
 Actor failures (process killed, node lost): actors restart (`max_restarts`); a call that failed is

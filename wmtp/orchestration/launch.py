@@ -2,10 +2,10 @@
 
     run_training(cfg) -> final metrics of rank 0
 
-Each worker builds the recipe with Ray-aware seams (wmtp/orchestration/reporting.py) and runs
-build → setup → train → close, exactly as the in-process path does. Ray Train creates the
-torch.distributed process group (gloo on CPU, NCCL on GPU) before the loop starts; the recipe
-detects it and shards models and data. Rerunning with the same run name and storage path resumes
+Each worker builds the recipe with Ray-aware seams (wmtp/orchestration/reporting.py: logger, sink,
+the final `ray.train.report`) and runs it through `wmtp.recipes.loop.run`, as the in-process path
+does. Ray Train creates the torch.distributed process group (gloo on CPU, NCCL on GPU) before the
+loop starts; the recipe detects it and shards models and data. Rerunning with the same run name and storage path resumes
 from the run's latest checkpoint.
 """
 
@@ -36,10 +36,7 @@ from wmtp.orchestration.reporting import (
 )
 from wmtp.orchestration.resources import check_fits, run_resources
 from wmtp.orchestration.storage import resolve_storage
-from wmtp.tracking.console import end_run, status_of
-from wmtp.tracking.phases import timed
 from wmtp.tracking.registry import GIT_COMMIT_ENV_VAR, git_commit
-from wmtp.training.runlock import hold_run_lock
 
 # The validation metric that ranks a recipe's checkpoints (keep-N best), as the recipe logs it at
 # every evaluation: unweighted validation CE of head 1 (comparable across weightings), or the
@@ -127,11 +124,10 @@ def run_training(cfg: WMTPConfig, *, recipe_builder: RecipeBuilder | None = None
 
         # A missing critic / reference is produced first (local presets), on Ray as well.
         cfg = resolve_inputs(cfg, functools.partial(run_training, brief=True))
-    lock = hold_run_lock(run_dir(cfg))  # a second start of the same run exits 2, naming this one
-    if lock.takeover_reason is not None:  # a killed driver's run: KILLED before it is continued
-        from wmtp.tracking.registry import end_dead_attempt
+    from wmtp.recipes.loop import claim
+    from wmtp.tracking.registry import end_dead_attempt
 
-        end_dead_attempt(run_dir(cfg), lock.takeover_reason)
+    lock = claim(cfg, end_dead_attempt)  # a killed driver's run: KILLED before it is continued
     try:
         storage = resolve_storage(cfg.orchestration.storage_path, cfg.run.output_dir)
         repair_checkpoint_snapshot(storage, run_name(cfg), *checkpoint_score(cfg))
@@ -206,26 +202,16 @@ def wmtp_learner_loop(loop_config: Mapping[str, Any]) -> None:
         scorer_factory = async_scorer_factory(cfg, run=name, rank=rank, on_stats=dashboard.set_values)
     builder = loop_config.get("recipe_builder") or _default_recipe_builder()
     recipe = builder(cfg, logger=logger, checkpoint_sink=sink, scorer_factory=scorer_factory)
-    from wmtp.recipes import close_all
 
-    error: BaseException | None = None
-    try:
-        with timed("setup"):
-            recipe.setup()
-        if rank == 0:  # the resolved config as an artifact (written on this node: it may be another)
-            logger.log_artifact(write_resolved_config(cfg))
-        final = recipe.train()
+    def report(final: dict[str, float]) -> None:
+        """The last report every rank makes: the run's result metrics."""
         state.update(final or {}, int(state.latest.get("step", cfg.train.steps)))
-        # The last report every rank makes: the run's result metrics.
         ray.train.report(state.payload(int(state.latest["step"])))
-    except BaseException as exc:
-        error = exc
-        raise
-    finally:
-        with timed("shutdown"):
-            # MLflow: FAILED + reason when this worker failed; a close error after a failure is
-            # logged, never hiding the error that ended the run.
-            close_all([recipe.close, lambda: end_run(logger, *status_of(error)), sink.close], error is not None)
+    from wmtp.recipes.loop import run
+
+    # The run's life as in one process; the resolved config is written on this node (it may be
+    # another one than the driver's), by rank 0.
+    run(recipe, cfg, logger, log_config=rank == 0, report=report, closers=[sink.close])
 
 
 def _tracking_logger(cfg: WMTPConfig, parent_run_id: str | None, console: Any | None = None,

@@ -3,6 +3,8 @@
 `build_recipe(cfg, logger=..., checkpoint_sink=..., scorer_factory=None, env=None)` picks a recipe by name;
 `run_recipe(cfg)` runs one in this process (tests, debugging: `wmtp train --local`). Ray workers
 call `build_recipe` with Ray's sink and logger (`wmtp.orchestration`); recipes never import ray.
+Both end in `wmtp.recipes.loop.run`, and every recipe's `train()` is the one step schedule
+(`wmtp.recipes.loop.train`) over its own `step()`, `evaluate()` and `export()`.
 """
 
 from __future__ import annotations
@@ -18,11 +20,19 @@ if TYPE_CHECKING:
 
 
 class Recipe(Protocol):
-    def setup(self) -> None: ...
+    """What runs a recipe sees (`build_recipe` makes one; `wmtp.recipes.loop.run` drives it)."""
 
-    def train(self) -> dict[str, float]: ...
+    def setup(self) -> None:
+        """Build the models, data and loop state; resume from the sink's newest good checkpoint."""
+        ...
 
-    def close(self) -> None: ...
+    def train(self) -> dict[str, float]:
+        """The steps after the resumed one, then the export; the last train and validation metrics."""
+        ...
+
+    def close(self) -> None:
+        """Release what setup() started (scorers, actors); also after a failed setup()."""
+        ...
 
 
 def _registry() -> dict[str, Callable[..., Recipe]]:
@@ -57,56 +67,17 @@ def run_recipe(cfg: WMTPConfig, *, make_logger: Callable[..., Any], brief: bool 
     never import a tracking service), and the producing stages first when an input is missing
     (`brief`: such a producing stage, whose console summary is one line). `end_dead_attempt(run_dir,
     reason)`: called when this start takes over the stale lock of a killed one, before the logger
-    continues its run (`wmtp.tracking.registry.end_dead_attempt`: MLflow marks it KILLED)."""
+    continues its run (`wmtp.recipes.loop.claim`)."""
     from wmtp.checkpoint import LocalCheckpointSink
-    from wmtp.config.paths import run_dir, write_resolved_config
+    from wmtp.config.paths import run_dir
     from wmtp.recipes.chain import resolve_inputs
-    from wmtp.tracking.console import end_run, status_of
-    from wmtp.tracking.phases import timed
-    from wmtp.training.runlock import hold_run_lock
+    from wmtp.recipes.loop import claim, run
+    from wmtp.tracking.console import report_failure
 
     cfg = resolve_inputs(cfg, lambda stage: run_recipe(stage, make_logger=make_logger, brief=True,
                                                        end_dead_attempt=end_dead_attempt))
-    lock = hold_run_lock(run_dir(cfg))  # a second start of the same run exits 2, naming this one
-    if lock.takeover_reason is not None and end_dead_attempt is not None:
-        end_dead_attempt(run_dir(cfg), lock.takeover_reason)  # the killed attempt could not end its run
+    lock = claim(cfg, end_dead_attempt)
     logger = make_logger(cfg, brief=brief) if brief else make_logger(cfg)
     recipe = build_recipe(cfg, logger=logger,
                           checkpoint_sink=LocalCheckpointSink(run_dir(cfg), keep=cfg.orchestration.keep_checkpoints))
-    error: BaseException | None = None
-    try:
-        with timed("setup"):
-            recipe.setup()
-        # Written once training starts: a run that fails before leaves an earlier run's config.yaml.
-        logger.log_artifact(write_resolved_config(cfg))
-        return recipe.train()
-    except BaseException as exc:
-        error = exc
-        from wmtp.tracking.console import report_failure
-
-        report_failure(exc)
-        raise
-    finally:
-        with timed("shutdown"):
-            # The console's summary and MLflow's status say how it ended (FAILED / KILLED + reason);
-            # a close error after a failure is logged, never hiding the error that ended the run.
-            close_all([recipe.close, lambda: end_run(logger, *status_of(error)), lock.release], error is not None)
-
-
-def close_all(closers: list[Callable[[], Any]], failed: bool) -> None:
-    """Call every closer. After a failure an error while closing is logged, not raised, so the
-    error that ended the run is the one the user sees (not e.g. an AttributeError of a part that
-    setup() never built)."""
-    import logging
-
-    first: BaseException | None = None
-    for close in closers:
-        try:
-            close()
-        except Exception as e:  # noqa: BLE001 - reported below
-            if failed:
-                logging.getLogger(__name__).warning("while closing after a failure: %s: %s", type(e).__name__, e)
-            elif first is None:
-                first = e
-    if first is not None:
-        raise first
+    return run(recipe, cfg, logger, on_failure=report_failure, closers=[lock.release])

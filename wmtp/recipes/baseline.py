@@ -1,6 +1,7 @@
 """Baseline MTP: every response token weighted 1 (docs/MATH.md, `W ≡ 1`).
 
-build → setup → train → close. One optimizer step:
+build → setup → train (`wmtp.recipes.loop.run_steps` over `step`, `evaluate`, `export`) → close.
+One optimizer step:
     N_k = Σ_{micro-batches, ranks} valid head-k targets
     L   = Σ_k c_k Σ_t ℓ_k(t) M_k(t) / N_k        (chunked CE, never [B, S, H, V] logits)
 """
@@ -18,9 +19,8 @@ from wmtp.parallel.build import policy_model
 from wmtp.parallel.export import export_model
 from wmtp.parallel.fsdp import accumulate
 from wmtp.recipes.interfaces import CheckpointSink, RecipeEnv
-from wmtp.recipes.loop import due, head_metrics, log_due, log_step, save_checkpoint, validation_due
+from wmtp.recipes.loop import StepResult, head_metrics, log_due, run_steps
 from wmtp.tracking.base import MetricLogger
-from wmtp.tracking.phases import timed
 from wmtp.training.precision import autocast_context
 from wmtp.training.state import LoopState, lr_metrics, nonfinite_guard, resume_or_start, throughput_meter
 from wmtp.training.step import (
@@ -53,7 +53,7 @@ class BaselineRecipe:
         self.state = LoopState(self.stream, nonfinite_guard(cfg, self.sink), self.meter, {"policy": self.policy})
         self.start = resume_or_start(self.state, cfg, self.sink, self.logger, self.layout)
 
-    def step(self, step: int):
+    def step(self, step: int) -> StepResult:
         cfg, policy = self.cfg, self.policy.model
         batches = [self.stream.next() for _ in range(cfg.data.grad_accum)]
         labels = [streams.policy_labels(b, cfg.data.samples) for b in batches]
@@ -84,27 +84,11 @@ class BaselineRecipe:
         return {**validate_policy(self.policy.model, self.valid, self.cfg, self.layout, self.cfg.data.samples),
                 **generated}
 
+    def export(self) -> None:
+        export_model(self.policy.model, self.cfg, self.layout, self.data.tokenizer)
+
     def train(self) -> dict[str, float]:
-        tcfg = self.cfg.train
-        last_train: dict[str, float] = {}
-        last_val: dict[str, float] = {}
-        with timed("loop"):
-            self.meter.start()
-            for step in range(self.start + 1, tcfg.steps + 1):
-                stats, count = self.step(step)
-                self.meter.update(count, trained=stats is not None)
-                if log_due(step, tcfg):
-                    last_train = log_step(self.logger, step, stats, last_train, self.state)
-                if validation_due(step, tcfg):
-                    with timed("validation"):
-                        last_val = self.evaluate(step)
-                    self.logger.log_metrics(last_val, step)
-                if due(step, tcfg.checkpoint_every, tcfg.steps):
-                    with timed("checkpoints"):
-                        save_checkpoint(self.sink, self.state, step, {**last_train, **last_val})
-        with timed("export"):
-            export_model(self.policy.model, self.cfg, self.layout, self.data.tokenizer)
-        return {**last_train, **last_val}
+        return run_steps(self)
 
     def close(self) -> None:
         pass

@@ -1,5 +1,7 @@
-"""Commands that run a recipe's own code outside training: ``wmtp data score-reference`` (Rho-1's
-reference losses of the training data, precomputed for ``data.reference_losses``).
+"""CLI commands, the recipes layer; the same concept as each package's commands.py.
+
+``wmtp data score-reference``: Rho-1's reference losses of the training data, precomputed for
+``data.reference_losses``.
 
 ``register(data_actions)`` is called by ``wmtp.cli`` with the ``wmtp data`` actions; handlers raise
 :class:`DataError` for user mistakes (the CLI exits 2).

@@ -25,9 +25,8 @@ from wmtp.parallel.build import critic_model, policy_args, source_policy
 from wmtp.parallel.export import export_model
 from wmtp.parallel.fsdp import accumulate
 from wmtp.recipes.interfaces import CheckpointSink, RecipeEnv
-from wmtp.recipes.loop import due, log_due, log_step, save_checkpoint, validation_due
+from wmtp.recipes.loop import StepResult, log_due, run_steps
 from wmtp.tracking.base import MetricLogger
-from wmtp.tracking.phases import timed
 from wmtp.training.precision import autocast_context
 from wmtp.training.state import LoopState, lr_metrics, nonfinite_guard, resume_or_start, throughput_meter
 from wmtp.training.step import build_trainable, optimizer_step
@@ -80,7 +79,7 @@ class CriticRecipe:
             loss = loss_fn(state_values(values), mask, rewards, denominator=n_global)
         return loss, torch.tensor(float("nan"), device=values.device)
 
-    def step(self, step: int):
+    def step(self, step: int) -> StepResult:
         cfg = self.cfg
         batches = [self.stream.next() for _ in range(cfg.data.grad_accum)]
         # Its trained targets are its response states (of both solutions of a pair).
@@ -103,8 +102,9 @@ class CriticRecipe:
             return None, count
         if not log_due(step, cfg.train):
             return {}, count
-        stats = {"train/value_loss": reduce.global_sum(loss, self.layout), "train/grad_norm": norms[0],
-                 **lr_metrics(self.state)}
+        stats: dict[str, torch.Tensor | float] = {
+            "train/value_loss": reduce.global_sum(loss, self.layout), "train/grad_norm": norms[0],
+            **lr_metrics(self.state)}
         if not self.pairwise:
             stats["train/truncated_samples"] = streams.truncated_samples(batches, self.layout)
         if self.pairwise:
@@ -125,35 +125,19 @@ class CriticRecipe:
         means = reduce.gather_cat(torch.cat(means).double(), self.layout)
         outcomes = reduce.gather_cat(torch.cat(outcomes).long(), self.layout).bool()
         ones = torch.ones_like(finals, dtype=torch.bool)
-        return {"val/critic_auc": roc_auc(finals, outcomes),
-                "val/critic_mean_value_auc": roc_auc(means, outcomes),
-                "val/pairwise_accuracy": pairwise_accuracy(means, outcomes),
-                "val/explained_variance": float(explained_variance(finals, outcomes.double(), ones))}
+        metrics = {"val/critic_auc": roc_auc(finals, outcomes),
+                   "val/critic_mean_value_auc": roc_auc(means, outcomes),
+                   "val/pairwise_accuracy": pairwise_accuracy(means, outcomes),
+                   "val/explained_variance": float(explained_variance(finals, outcomes.double(), ones))}
+        if step == self.cfg.train.steps:  # the quality report: is the critic worth its name?
+            metrics.update(critic_quality(self.cfg, self.critic.model, self.data, self.layout))
+        return metrics
+
+    def export(self) -> None:
+        export_model(self.critic.model, self.cfg, self.layout, self.data.tokenizer, value_head=self.cfg.value_model.head)
 
     def train(self) -> dict[str, float]:
-        tcfg = self.cfg.train
-        last_train: dict[str, float] = {}
-        last_val: dict[str, float] = {}
-        with timed("loop"):
-            self.meter.start()
-            for step in range(self.start + 1, tcfg.steps + 1):
-                stats, count = self.step(step)
-                self.meter.update(count, trained=stats is not None)
-                if log_due(step, tcfg):
-                    last_train = log_step(self.logger, step, stats, last_train, self.state)
-                if validation_due(step, tcfg):
-                    with timed("validation"):
-                        last_val = self.evaluate(step)
-                        if step == tcfg.steps:  # the quality report: is the critic worth its name?
-                            last_val.update(critic_quality(self.cfg, self.critic.model, self.data, self.layout))
-                    self.logger.log_metrics(last_val, step)
-                if due(step, tcfg.checkpoint_every, tcfg.steps):
-                    with timed("checkpoints"):
-                        save_checkpoint(self.sink, self.state, step, {**last_train, **last_val})
-        with timed("export"):
-            export_model(self.critic.model, self.cfg, self.layout, self.data.tokenizer,
-                         value_head=self.cfg.value_model.head)
-        return {**last_train, **last_val}
+        return run_steps(self)
 
     def close(self) -> None:
         pass

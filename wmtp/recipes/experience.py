@@ -1,4 +1,6 @@
-"""The experience phase (no grad): a raw batch becomes a `ScoredBatch` (docs/DISTRIBUTED.md).
+"""Experience scoring, the recipes layer; the same concept as wmtp.orchestration.experience, in the learner.
+
+The experience phase (no grad): a raw batch becomes a `ScoredBatch` (docs/DISTRIBUTED.md).
 
 verifiable: critic snapshot values `V_old` → GAE advantages and returns (per sample, so it can run
     anywhere: in the learner (`colocated`) or in Ray actors (`async`)).

@@ -1,5 +1,11 @@
-"""The small pieces every recipe's `train()` loop uses; the loop itself is written out in each
-recipe file (step → log → validate → checkpoint, then export).
+"""The run's life, written once: `claim` (the run lock), `run` (setup → the resolved config as an
+artifact → train → close with the final status) and `run_steps` (the step schedule: for each step
+the recipe's `step()`, then metering, logging, validation and checkpoints at their cadences; then
+the recipe's export). `run_recipe` (in this process) and the Ray Train worker
+(`wmtp.orchestration.launch`) both end in `run`; every recipe's `train()` is `run_steps(self)`.
+A recipe file keeps what makes it that recipe: its models and loop state (`setup()`, which ends
+by resuming through `wmtp.training.state.resume_or_start`: what follows a resume is the recipe's,
+e.g. verifiable publishes the restored critic), its `step()`, its `evaluate()` and its `export()`.
 
 Every rank runs the same loop, so every rank logs and checkpoints (Ray: reports) the same number
 of times. A step returns `(stats, count)`: `stats` are 0-dim tensors, not synced, or None when
@@ -7,14 +13,16 @@ the non-finite guard skipped the batch, or `{}` on a step that logs nothing (`lo
 collectives that only feed metrics (global sums for logging, gathers, per-rank values) run on
 logging steps alone, as in torchtitan, while those that change training (loss denominators, weight
 normalisation, gradient norms, the non-finite guard) run every step. `count` is the step's
-`wmtp.training.throughput.count_step` (tokens and trained targets, a device tensor).
+`wmtp.training.throughput.count_step` (tokens and trained targets, a device tensor), the one count
+of every recipe. The rest of this module: the pieces steps use to report their metrics.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
@@ -24,8 +32,142 @@ from wmtp.parallel import reduce
 from wmtp.parallel.reduce import DistEnv
 from wmtp.recipes.interfaces import CheckpointSink
 from wmtp.tracking.base import MetricLogger
+from wmtp.tracking.phases import timed
 from wmtp.training.state import LoopState
 from wmtp.weighting.diagnostics import pooled_diagnostics, relative_position
+
+if TYPE_CHECKING:
+    from wmtp.recipes import Recipe
+    from wmtp.training.runlock import RunLock
+
+# What `step()` returns: (unsynced 0-dim stats (floats: host values such as the learning rate),
+# None for a skipped batch, {} off logging steps; this rank's `count_step`).
+StepResult = tuple[Mapping[str, Tensor | float] | None, Tensor]
+
+
+class Steps(Protocol):
+    """What `run_steps` drives: a recipe after its setup()."""
+
+    @property
+    def cfg(self) -> WMTPConfig: ...
+
+    @property
+    def logger(self) -> MetricLogger: ...
+
+    @property
+    def sink(self) -> CheckpointSink: ...
+
+    @property
+    def state(self) -> LoopState:
+        """What a checkpoint holds (models, optimisers, stream, guard, meter)."""
+        ...
+
+    @property
+    def start(self) -> int:
+        """The step setup() resumed from (0: a fresh run)."""
+        ...
+
+    def step(self, step: int) -> StepResult: ...
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Validation metrics of `step` (every rank calls it at the same steps)."""
+        ...
+
+    def export(self) -> None:
+        """Write the trained model(s) for the next stage and `wmtp eval`."""
+        ...
+
+
+def claim(cfg: WMTPConfig, end_dead_attempt: Callable[[Path, str], Any] | None = None) -> RunLock:
+    """The run's lock: a second start of the same run exits 2, naming this one. When this start
+    takes over the stale lock of a killed one, `end_dead_attempt(run_dir, reason)` ends the killed
+    attempt's tracked run first (`wmtp.tracking.registry.end_dead_attempt`: MLflow marks it KILLED)."""
+    from wmtp.config.paths import run_dir
+    from wmtp.training.runlock import hold_run_lock
+
+    lock = hold_run_lock(run_dir(cfg))
+    if lock.takeover_reason is not None and end_dead_attempt is not None:
+        end_dead_attempt(run_dir(cfg), lock.takeover_reason)  # the killed attempt could not end its run
+    return lock
+
+
+def run(recipe: Recipe, cfg: WMTPConfig, logger: MetricLogger, *, log_config: bool = True,
+        report: Callable[[dict[str, float]], Any] | None = None,
+        on_failure: Callable[[BaseException], Any] | None = None,
+        closers: Sequence[Callable[[], Any]] = ()) -> dict[str, float]:
+    """The run's life: `recipe.setup()`, the resolved config as an artifact (`log_config`: the rank
+    that logs), `recipe.train()` and `report(final metrics)`; then, however it ended, close the
+    recipe, end the logger's run with its status (FAILED / KILLED + reason) and call `closers`
+    (`close_all`). `on_failure(error)` runs before closing (the console prints the traceback before
+    its summary). Returns the final metrics."""
+    from wmtp.config.paths import write_resolved_config
+    from wmtp.tracking.console import end_run, status_of
+
+    error: BaseException | None = None
+    try:
+        with timed("setup"):
+            recipe.setup()
+        # Written once training starts: a run that fails before leaves an earlier run's config.yaml.
+        if log_config:
+            logger.log_artifact(write_resolved_config(cfg))
+        final = recipe.train()
+        if report is not None:
+            report(final)
+        return final
+    except BaseException as exc:
+        error = exc
+        if on_failure is not None:
+            on_failure(exc)
+        raise
+    finally:
+        with timed("shutdown"):
+            close_all([recipe.close, lambda: end_run(logger, *status_of(error)), *closers], error is not None)
+
+
+def close_all(closers: Sequence[Callable[[], Any]], failed: bool) -> None:
+    """Call every closer. After a failure an error while closing is logged, not raised, so the
+    error that ended the run is the one the user sees (not e.g. an AttributeError of a part that
+    setup() never built)."""
+    import logging
+
+    first: BaseException | None = None
+    for close in closers:
+        try:
+            close()
+        except Exception as e:  # noqa: BLE001 - reported below
+            if failed:
+                logging.getLogger(__name__).warning("while closing after a failure: %s: %s", type(e).__name__, e)
+            elif first is None:
+                first = e
+    if first is not None:
+        raise first
+
+
+def run_steps(recipe: Steps) -> dict[str, float]:
+    """The step schedule, once for every recipe: steps `recipe.start + 1 .. train.steps`, each
+    metered, logged (`train.log_every`), validated (`validation_due`) and checkpointed
+    (`train.checkpoint_every`), the last step all three; then `recipe.export()`. Returns the last
+    train and validation metrics."""
+    tcfg, logger, state = recipe.cfg.train, recipe.logger, recipe.state
+    last_train: dict[str, float] = {}
+    last_val: dict[str, float] = {}
+    with timed("loop"):
+        state.meter.start()
+        for step in range(recipe.start + 1, tcfg.steps + 1):
+            stats, count = recipe.step(step)
+            state.meter.update(count, trained=stats is not None)
+            if log_due(step, tcfg):
+                last_train = log_step(logger, step, stats, last_train, state)
+            if validation_due(step, tcfg):
+                with timed("validation"):
+                    last_val = recipe.evaluate(step)
+                logger.log_metrics(last_val, step)
+            if due(step, tcfg.checkpoint_every, tcfg.steps):
+                with timed("checkpoints"):
+                    save_checkpoint(recipe.sink, state, step, {**last_train, **last_val})
+    with timed("export"):
+        recipe.export()
+    return {**last_train, **last_val}
 
 
 def due(step: int, every: int, last: int) -> bool:
@@ -54,7 +196,7 @@ def to_floats(stats: Mapping[str, torch.Tensor | float]) -> dict[str, float]:
     return out
 
 
-def log_step(logger: MetricLogger, step: int, stats: Mapping[str, Tensor] | None, last_train: dict[str, float],
+def log_step(logger: MetricLogger, step: int, stats: Mapping[str, Tensor | float] | None, last_train: dict[str, float],
              state: LoopState) -> dict[str, float]:
     """Log this step's train stats with the meter's and the loop's own metrics; returns the train
     stats to keep. A skipped (non-finite) step still logs the loop's metrics, e.g. the skip count."""

@@ -1,7 +1,8 @@
 """Reference tuning for Rho-1: a next-token (one head) model trained on correct solutions with the
 baseline objective; its export (`<run_dir>/export`) is the frozen reference of `rho1_weighted`.
 
-It *is* the baseline recipe with one head and correct-only data.
+It *is* the baseline recipe with one head and correct-only data: `self.loop`, the baseline recipe
+of that configuration, does everything (the memory trace and the benchmarks step it directly).
 """
 
 from __future__ import annotations

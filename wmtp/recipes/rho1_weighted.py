@@ -34,19 +34,16 @@ from wmtp.recipes.experience import (
 )
 from wmtp.recipes.interfaces import CheckpointSink, RecipeEnv, ScoredBatch
 from wmtp.recipes.loop import (
-    due,
+    StepResult,
     head_metrics,
     log_due,
-    log_step,
-    save_checkpoint,
+    run_steps,
     stat_tensors,
     step_capacity,
-    validation_due,
     weight_diagnostics,
 )
 from wmtp.tracking.base import MetricLogger
 from wmtp.tracking.heatmap import log_weight_heatmap
-from wmtp.tracking.phases import timed
 from wmtp.training.precision import autocast_context, compute_dtype
 from wmtp.training.state import LoopState, lr_metrics, nonfinite_guard, resume_or_start, throughput_meter
 from wmtp.training.step import (
@@ -161,7 +158,7 @@ class Rho1WeightedRecipe:
                             keep_first_head=r.keep_first_head, temperature=r.temperature, clip_min=r.clip_min,
                             clip_max=r.clip_max, **dist_kw)
 
-    def step(self, step: int):
+    def step(self, step: int) -> StepResult:
         cfg, policy, dev = self.cfg, self.policy.model, self.layout.device
         fed = [self.feed.next() for _ in range(cfg.data.grad_accum)]
         labels = [streams.policy_labels(s.batch, cfg.data.samples) for s in fed]
@@ -242,27 +239,11 @@ class Rho1WeightedRecipe:
                                    f"rho1 token weights (head 1), step {step}")
         return metrics
 
+    def export(self) -> None:
+        export_model(self.policy.model, self.cfg, self.layout, self.data.tokenizer)
+
     def train(self) -> dict[str, float]:
-        tcfg = self.cfg.train
-        last_train: dict[str, float] = {}
-        last_val: dict[str, float] = {}
-        with timed("loop"):
-            self.meter.start()
-            for step in range(self.start + 1, tcfg.steps + 1):
-                stats, count = self.step(step)
-                self.meter.update(count, trained=stats is not None)
-                if log_due(step, tcfg):
-                    last_train = log_step(self.logger, step, stats, last_train, self.state)
-                if validation_due(step, tcfg):
-                    with timed("validation"):
-                        last_val = self.evaluate(step)
-                    self.logger.log_metrics(last_val, step)
-                if due(step, tcfg.checkpoint_every, tcfg.steps):
-                    with timed("checkpoints"):
-                        save_checkpoint(self.sink, self.state, step, {**last_train, **last_val})
-        with timed("export"):
-            export_model(self.policy.model, self.cfg, self.layout, self.data.tokenizer)
-        return {**last_train, **last_val}
+        return run_steps(self)
 
     def close(self) -> None:
         # A setup() that failed part-way leaves no scorer: close what exists, hide nothing.

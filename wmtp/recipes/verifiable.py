@@ -58,14 +58,12 @@ from wmtp.recipes.experience import (
 )
 from wmtp.recipes.interfaces import CheckpointSink, RecipeEnv
 from wmtp.recipes.loop import (
-    due,
+    StepResult,
     head_metrics,
     log_due,
-    log_step,
-    save_checkpoint,
+    run_steps,
     stat_tensors,
     step_capacity,
-    validation_due,
     weight_diagnostics,
 )
 from wmtp.tracking.base import MetricLogger
@@ -92,6 +90,7 @@ class VerifiableRecipe:
                  scorer_factory=None, env: RecipeEnv) -> None:
         self.cfg, self.logger, self.sink, self.env = cfg, logger, checkpoint_sink, env
         self.scorer_factory = scorer_factory
+        self.quality: dict[str, float] = {}  # the critic's report before training, logged at every validation
 
     def setup(self) -> None:
         cfg, vw = self.cfg, self.cfg.stage2.value_weighting
@@ -185,7 +184,7 @@ class VerifiableRecipe:
                                   generator=step_generator(self.cfg.run.seed, self.layout.rank, step))
         return streams.split_padded(w, [lab.shape for lab in labels]), stat_tensors("train/weights", wstats)
 
-    def step(self, step: int):
+    def step(self, step: int) -> StepResult:
         cfg, vl = self.cfg, self.cfg.stage2.value_loss
         policy, critic = self.policy.model, self.critic_model
         scored_batches = [self.feed.next() for _ in range(cfg.data.grad_accum)]
@@ -270,12 +269,14 @@ class VerifiableRecipe:
 
     @torch.no_grad()
     def evaluate(self, step: int) -> dict[str, float]:
-        """Unweighted CE per head, critic AUC (value of the last trained state V_{e−1} vs R),
-        pairwise accuracy (mean state values), and a token-weight heatmap."""
+        """The critic's quality report before training (`check_critic`), unweighted CE per head,
+        critic AUC (value of the last trained state V_{e−1} vs R), pairwise accuracy (mean state
+        values), and a token-weight heatmap."""
         cfg, vw = self.cfg, self.cfg.stage2.value_weighting
         generated = evaluate_generation(self.policy.model, self.data.tokenizer, self.gen_tasks, cfg,
                                         self.layout, step)
-        metrics = generated | validate_policy(self.policy.model, self.valid, cfg, self.layout, cfg.data.samples)
+        metrics = {**self.quality,
+                   **(generated | validate_policy(self.policy.model, self.valid, cfg, self.layout, cfg.data.samples))}
         critic = self.critic_model.eval()
         finals, means, outcomes = [], [], []
         for batch in self.valid:
@@ -305,32 +306,16 @@ class VerifiableRecipe:
             tell(self.logger, message)
         return quality
 
-    def train(self) -> dict[str, float]:
-        tcfg = self.cfg.train
-        last_train: dict[str, float] = {}
-        last_val: dict[str, float] = {}
-        with timed("validation"):
-            quality = self.check_critic()
-        with timed("loop"):
-            self.meter.start()
-            for step in range(self.start + 1, tcfg.steps + 1):
-                stats, count = self.step(step)
-                self.meter.update(count, trained=stats is not None)
-                if log_due(step, tcfg):
-                    last_train = log_step(self.logger, step, stats, last_train, self.state)
-                if validation_due(step, tcfg):
-                    with timed("validation"):
-                        last_val = {**quality, **self.evaluate(step)}
-                    self.logger.log_metrics(last_val, step)
-                if due(step, tcfg.checkpoint_every, tcfg.steps):
-                    with timed("checkpoints"):
-                        save_checkpoint(self.sink, self.state, step, {**last_train, **last_val})
-        with timed("export"):
-            export_model(self.policy.model, self.cfg, self.layout, self.data.tokenizer)
+    def export(self) -> None:
+        export_model(self.policy.model, self.cfg, self.layout, self.data.tokenizer)
         if self.learn_critic:  # the critic it ended with (continual learning), beside the policy
             export_model(self.critic.model, self.cfg, self.layout, value_head=self.cfg.value_model.head,
                          out=critic_export_dir(self.cfg))
-        return {**last_train, **last_val}
+
+    def train(self) -> dict[str, float]:
+        with timed("validation"):
+            self.quality = self.check_critic()  # of the critic this attempt starts from
+        return run_steps(self)
 
     def close(self) -> None:
         # A setup() that failed part-way leaves no scorer: close what exists, hide nothing.
