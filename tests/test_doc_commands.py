@@ -82,6 +82,7 @@ RUN_BY: dict[str, str] = {
     "./scripts/setup.sh && .venv/bin/wmtp train --recipe configs/recipe.verifiable.yaml --preset local-light":
         CONSOLE_LOCAL,
     ".venv/bin/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db": WALKTHROUGH,
+    "python benchmarks/startup.py --main-job": "tests/benchmarks/test_scripts.py::test_startup_times_the_readme_main_job",
     "wmtp train --recipe configs/recipe.baseline.yaml --preset local-light":
         "tests/orchestration/test_recipes_on_ray.py::test_baseline_on_two_workers_equals_one_process",
     "wmtp train --recipe configs/recipe.critic.yaml --preset local-light":
