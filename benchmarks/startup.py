@@ -9,6 +9,7 @@ side by side, with the process's own wall time (imports and interpreter start in
     python benchmarks/startup.py --steps 10           # 3 rounds of both paths: ~6-8 min on 2 idle cores
     python benchmarks/startup.py --steps 150          # the full local-light budget
     python benchmarks/startup.py --paths ray          # the Ray path alone (A/B repeats)
+    python benchmarks/startup.py --main-job           # the README's main job, once (~4 min on 2 cores)
 
 Fixed overhead = process wall time − time in steps, validation, checkpoints and export (the work
 both paths share). The paths run round-robin `--repeats` times (the order rotates each round);
@@ -16,6 +17,12 @@ the table shows each phase's median over rounds. Last line: `ray_fixed_overhead_
 over rounds of (Ray's fixed overhead − in-process's, same round), or `ray_fixed_s: X` with
 `--paths ray`. The load average before and after is printed: on a shared machine the figures move
 with it.
+
+`--main-job` times the README's main job instead, as a new user runs it: `wmtp train --recipe
+configs/recipe.verifiable.yaml --preset local-light` in a fresh output folder (so the chained critic
+stage runs first, then the verifiable policy on its local Ray cluster), with the preset's steps
+unless `--steps` is given. It prints each stage's phases and ends with `main_job_s: X`, the
+process's wall time.
 """
 
 from __future__ import annotations
@@ -66,13 +73,54 @@ def run(path: str, steps: int, out: Path) -> dict:
     return phases
 
 
+MAIN_JOB = ["train", "--recipe", "configs/recipe.verifiable.yaml", "--preset", "local-light"]
+MAIN_STAGES = {"verifiable-local-light-critic": "critic", "verifiable-local-light": "policy"}  # run → title
+
+
+def main_job(steps: int | None) -> None:
+    """The README's main job once in a fresh output folder: each stage's phases, the process's wall."""
+    with tempfile.TemporaryDirectory(prefix="wmtp-main-job-") as tmp:
+        out = Path(tmp)
+        cmd = [sys.executable, "-m", "wmtp", *MAIN_JOB, f"run.output_dir={out}",
+               *([f"train.steps={steps}"] if steps else [])]
+        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+        ray_tmp = tempfile.mkdtemp(prefix="wsu", dir="/tmp")  # short: Ray's AF_UNIX socket paths
+        env["RAY_TMPDIR"] = ray_tmp
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
+            wall = time.perf_counter() - t0
+        finally:
+            shutil.rmtree(ray_tmp, ignore_errors=True)
+        if proc.returncode != 0:
+            sys.exit(f"main job failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        summaries = {name: json.loads((out / name / "summary.json").read_text()) for name in MAIN_STAGES}
+    print(f"loadavg after: {bench.loadavg()}")
+    print(f"wmtp {' '.join(MAIN_JOB)}" + (f" train.steps={steps}" if steps else "") + f", {os.cpu_count()} CPUs")
+    phases = list(dict.fromkeys(k for s in reversed(summaries.values()) for k in s["phases_s"]))  # the cluster's first
+    print(f"{'phase':<14}" + "".join(f" {title:>9}" for title in MAIN_STAGES.values()))
+    for phase in [*phases, "wall_s"]:
+        cells = [s["phases_s"].get(phase) if phase != "wall_s" else s["wall_s"] for s in summaries.values()]
+        print(f"{phase:<14}" + "".join(f" {'-' if c is None else f'{c:.1f}s':>9}" for c in cells))
+    for name, s in summaries.items():
+        print(f"{name}: {s['step']} steps, tokens/s {s['final'].get('perf/tokens_per_s', float('nan')):.0f}, "
+              f"train/loss {s['final'].get('train/loss', s['final'].get('train/value_loss', float('nan'))):.3f}")
+    print(f"process wall (imports, both stages, the cluster's start and stop): {wall:.1f}s")
+    print(f"main_job_s: {wall:.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=None, help="steps per run (default 20; --main-job: the preset's)")
     parser.add_argument("--repeats", type=int, default=3, help="round-robin rounds over the paths")
     parser.add_argument("--paths", nargs="+", choices=["local", "ray"], default=["local", "ray"])
+    parser.add_argument("--main-job", action="store_true", help="time the README's main job once instead")
     args = parser.parse_args()
     bench.print_header("startup", {"ray": bench.version("ray")})
+    if args.main_job:
+        main_job(args.steps)
+        return
+    args.steps = args.steps or 20
     order = [p for p in ("local", "ray") if p in args.paths]
     rounds: list[dict[str, dict]] = []
     for r in range(args.repeats):

@@ -1,7 +1,10 @@
-"""Headless-Chromium screenshots of the MLflow UI pages a wmtp run produces (docs/TRACKING.md).
+"""Headless-Chromium screenshots of the MLflow UI pages a wmtp run produces (docs/TRACKING.md), and
+of Prometheus's graph page of its `ray_wmtp_*` gauges (docs/DASHBOARD.md).
 
     python scripts/mlflow_screenshots.py --output-dir runs --out screenshots/
     python scripts/mlflow_screenshots.py --output-dir runs --run-dir runs/verifiable-local-light --out shots/
+    python scripts/mlflow_screenshots.py --output-dir runs --run-dir runs/verifiable-local-light --out shots/ \
+        --prometheus http://127.0.0.1:9090
 
 Serves `mlflow ui` on 127.0.0.1 (a free port) over `<output-dir>/mlflow.db` and opens, in one
 headless Chromium driven over the DevTools protocol, the pages of the run recorded in
@@ -10,14 +13,18 @@ model-training view:
 
     experiment.png  the experiment's runs table
     run.png         the run's overview: status, source + git commit, tags, metrics, params
-    metrics.png     the run's model-metrics charts
+    metrics.png     the run's training curves: loss and each head's CE, train and validation (`CURVES`)
     heatmap.png     the newest token-weight heatmap PNG in the artifact browser (weighted recipes)
+    prometheus.png  with --prometheus URL: that Prometheus's graph page of the run's gauges
+                    (`GAUGE_PANELS`, one line per rank) over the run's time window; it must have
+                    scraped the run's cluster while the run was live (DASHBOARD.md: Ray's own
+                    session config). --no-mlflow shoots this page alone.
 
 Each page is captured once its text shows what it must (the run name, the tag values, the metric
-names, the heatmap's file name) and saved with that text beside it (`<page>.txt`, the page's
-`innerText`). A capture of one flat colour (a blank or unrendered page) is an error. `--width`
-downscales the saved PNGs (the docs keep small ones). Needs a Chromium (`apt-get install -y
-chromium`); prints the PNG paths, one per line.
+names, the heatmap's file name, the gauges of both ranks) and saved with that text beside it
+(`<page>.txt`, the page's `innerText`). A capture of one flat colour (a blank or unrendered page)
+is an error. `--width` downscales the saved PNGs (the docs keep small ones). Needs a Chromium
+(`apt-get install -y chromium`); prints the PNG paths, one per line.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import asyncio
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -211,31 +219,43 @@ class Browser:
         return base64.b64decode(shot["data"]), await self.js("document.body.innerText")
 
 
-# Clicks the header of each named chart section that is still open; true once none is.
-FOLD_SECTIONS = """((names) => {
-  let open = 0;
-  for (const h of document.querySelectorAll('[class*="collapse-header"][aria-expanded="true"]')) {
-    const title = h.querySelector('[data-testid="experiment-view-compare-runs-section-header"]');
-    if (title && names.includes((title.innerText.match(/^[^(\\s]+/) || [''])[0])) { h.click(); open++; }
+# The metrics page shows the training curves alone: the run's loss and per-head CE charts, train and
+# validation (MLflow's chart search is a case-insensitive regular expression over metric keys).
+CURVES = r"^(train|val)/(loss|ce_head\d+)$"
+# Types `pattern` into the chart search box (React sees the input event); true once the page draws
+# exactly `want` charts.
+SEARCH_CHARTS = """((pattern, want) => {
+  const box = document.querySelector('input[placeholder="Search metric charts"]');
+  if (!box) return false;
+  if (box.value !== pattern) {
+    Object.getOwnPropertyDescriptor(HTMLInputElement.prototype, 'value').set.call(box, pattern);
+    box.dispatchEvent(new Event('input', {bubbles: true}));
+    return false;
   }
-  return open === 0;
+  return document.querySelectorAll('.js-plotly-plot').length === want;
 })"""
 
 
-def pages(record: dict, run_name: str, tags: dict[str, str], heatmap: str | None) -> dict:
+def curve_keys(metric_keys) -> list[str]:
+    """The metric keys the metrics page charts (`CURVES`), e.g. train/loss, train/ce_head1, val/ce_head2."""
+    return sorted(k for k in metric_keys if re.match(CURVES, k, re.I))
+
+
+def pages(record: dict, run_name: str, tags: dict[str, str], heatmap: str | None,
+          metric_keys=("train/loss",)) -> dict:
     """page → (URL fragment, texts the rendered page must show, JS readiness test, window height)."""
     exp, run = record["experiment_id"], record["run_id"]
     tag_texts = [tags[k] for k in ("wmtp.recipe", "wmtp.preset") if k in tags]
     commit = tags.get("mlflow.source.git.commit", "")[:7]
+    curves = curve_keys(metric_keys)
     out = {
         "experiment": (f"#/experiments/{exp}{VIEW}", [run_name, "matching runs"], "true", 700),
         "run": (f"#/experiments/{exp}/runs/{run}{VIEW}", [run_name, "wmtp.recipe", *tag_texts,
                                                            *([commit] if commit else []), "train/loss"], "true", 1500),
-        # Charts come in sections by prefix, alphabetically (perf, time, train, val) and only those in
-        # view are drawn: fold perf and time away so the loss curves are on screen.
-        "metrics": (f"#/experiments/{exp}/runs/{run}/model-metrics{VIEW}", [run_name, "(train/loss)"],
-                    f"{FOLD_SECTIONS}(['perf', 'time']) && document.querySelectorAll('.js-plotly-plot').length > 0",
-                    1000),
+        # Only the curves (`CURVES`): loss and each head's CE, train above validation, all in view.
+        "metrics": (f"#/experiments/{exp}/runs/{run}/model-metrics{VIEW}",
+                    [run_name, *(f"({k})" for k in curves)],
+                    f"{SEARCH_CHARTS}({json.dumps(CURVES)}, {len(curves)})", 1000),
     }
     if heatmap:
         name = heatmap.rsplit("/", 1)[-1]
@@ -245,17 +265,70 @@ def pages(record: dict, run_name: str, tags: dict[str, str], heatmap: str | None
     return out
 
 
-async def shoot(browser: str, port: int, record: dict, run_name: str, out: Path, width: int | None,
-                timeout: float) -> list[Path]:
-    run = api(port, f"runs/get?run_id={record['run_id']}")["run"]
-    tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
-    heatmap = newest_heatmap(port, record["run_id"])
+# The Prometheus graph page of wmtp's gauges (docs/DASHBOARD.md): one panel per series, one line
+# per rank, over the run's time window. What the Ray dashboard's Metrics page shows through Grafana
+# (cluster/grafana/wmtp_dashboard.json), here straight from Prometheus's own (classic) UI.
+# The Prometheus page: first a table of every wmtp series of the run at its end (one row per
+# gauge and rank), then graphs over the run's time window, one line per rank. What the Ray
+# dashboard's Metrics page shows through Grafana (cluster/grafana/wmtp_dashboard.json), here from
+# Prometheus's own (classic) UI. It draws each graph 400 px tall: 1000 px wide keeps it readable.
+PAGE_WIDTH = {"prometheus": 1000}
+GAUGE_TABLE = 'max by (__name__, rank) ({{__name__=~"ray_wmtp_.*",run="{run}"}})'
+GAUGE_PANELS = ("ray_wmtp_loss", "ray_wmtp_tokens_per_s")
+
+
+def run_window(run_dir: Path) -> tuple[float, int]:
+    """(end, minutes) of the run: when it ended (its summary.json, written last; else now, as a
+    Unix time) and its wall time in minutes, rounded up, plus one (else 15 minutes)."""
+    summary = run_dir / "summary.json"
+    if not summary.is_file():
+        return time.time(), 15
+    return summary.stat().st_mtime, int(json.loads(summary.read_text()).get("wall_s", 840) // 60) + 2
+
+
+def prometheus_page(url: str, end: float, minutes: int, run_name: str) -> tuple[str, list[str], str, int]:
+    """(URL, texts, JS readiness test, window height) of Prometheus's graph page for `run_name`:
+    `GAUGE_TABLE` at the run's end, then `GAUGE_PANELS` as `max by (rank)` (one line per rank, a
+    short legend: Ray's own labels, WorkerId, SessionName, ..., would fill the page) up to a minute
+    after it."""
+    query = {"g0.expr": GAUGE_TABLE.format(run=run_name), "g0.tab": "1",
+             "g0.moment_input": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(end))}
+    for i, name in enumerate(GAUGE_PANELS, start=1):
+        query.update({f"g{i}.expr": f'max by (rank) ({name}{{run="{run_name}"}})', f"g{i}.tab": "0",
+                      f"g{i}.stacked": "0", f"g{i}.range_input": f"{minutes}m",
+                      f"g{i}.end_input": time.strftime("%Y-%m-%d %H:%M", time.gmtime(end + 60))})
+    # the table has its rows and every graph its lines (Rickshaw: an svg path per series) and a
+    # legend of two ranks; back at the top (the page scrolls to the last expression box, which
+    # takes the focus)
+    n = len(GAUGE_PANELS)
+    ready = ("document.querySelectorAll('.console_table tr').length > 2"
+             f" && document.querySelectorAll('.graph_area svg path').length >= {2 * n}"
+             f" && document.querySelectorAll('.legend .line').length >= {2 * n}"
+             " && (document.activeElement.blur(), window.scrollTo(0, 0), window.scrollY === 0)")
+    return (f"{url.rstrip('/')}/graph?{urllib.parse.urlencode(query)}",
+            [*GAUGE_PANELS, "ray_wmtp_weight_std", "ray_wmtp_critic_staleness", 'rank="0"', 'rank="1"'],
+            ready, 720 * n + 900)
+
+
+async def shoot(browser: str, port: int | None, record: dict | None, run_name: str, out: Path, width: int | None,
+                timeout: float, prometheus: tuple[str, str, int] | None = None) -> list[Path]:
+    """The MLflow pages (when `port` serves the store) and the Prometheus page (`prometheus`: URL,
+    end time, minutes; `prometheus_page`)."""
+    todo = {}
+    if port is not None and record is not None:
+        run = api(port, f"runs/get?run_id={record['run_id']}")["run"]
+        tags = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+        keys = [m["key"] for m in run["data"].get("metrics", [])]
+        todo = {name: (f"http://127.0.0.1:{port}/{fragment}", *rest) for name, (fragment, *rest)
+                in pages(record, run_name, tags, newest_heatmap(port, record["run_id"]), keys).items()}
+    if prometheus is not None:
+        todo["prometheus"] = prometheus_page(*prometheus, run_name)
     saved = []
     async with Browser(browser, (1600, 1000)) as tab:
-        for name, (fragment, expect, ready, height) in pages(record, run_name, tags, heatmap).items():
-            await tab.call("Emulation.setDeviceMetricsOverride", width=1600, height=height, deviceScaleFactor=1,
-                           mobile=False)
-            png, text = await tab.capture(f"http://127.0.0.1:{port}/{fragment}", expect, timeout, ready)
+        for name, (url, expect, ready, height) in todo.items():
+            await tab.call("Emulation.setDeviceMetricsOverride", width=PAGE_WIDTH.get(name, 1600), height=height,
+                           deviceScaleFactor=1, mobile=False)
+            png, text = await tab.capture(url, expect, timeout, ready)
             saved.append(keep(name, png, text, out, width))
     return saved
 
@@ -278,27 +351,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="screenshots", help="folder for the PNGs and their page texts")
     parser.add_argument("--width", type=int, default=None, help="downscale the PNGs to this width (pixels)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per page and for the server start")
+    parser.add_argument("--prometheus", default=None, metavar="URL",
+                        help="also shoot this Prometheus's graph page of the run's ray_wmtp_* gauges (prometheus.png)")
+    parser.add_argument("--no-mlflow", action="store_true", help="only the Prometheus page (no mlflow ui)")
     args = parser.parse_args(argv)
+    if args.no_mlflow and not args.prometheus:
+        sys.exit("--no-mlflow leaves nothing to shoot without --prometheus URL")
     output_dir = Path(args.output_dir)
     db = output_dir / "mlflow.db"
-    if not db.is_file():
-        sys.exit(f"{db}: no MLflow store (run wmtp train with tracking.backends including mlflow first)")
-    records = [Path(args.run_dir) / "mlflow_run.json"] if args.run_dir else \
-        sorted(output_dir.glob("*/mlflow_run.json"), key=lambda p: p.stat().st_mtime)
-    if not records or not records[-1].is_file():
-        sys.exit(f"no mlflow_run.json under {args.run_dir or output_dir}")
-    record = json.loads(records[-1].read_text())
+    if args.no_mlflow:  # the run's folder names the run (the gauges' `run` tag) and its time window
+        runs = [Path(args.run_dir)] if args.run_dir else \
+            sorted((p.parent for p in output_dir.glob("*/config.yaml")), key=lambda p: p.stat().st_mtime)
+        if not runs or not runs[-1].is_dir():
+            sys.exit(f"no run folder under {args.run_dir or output_dir}")
+        run_dir, record = runs[-1], None
+    else:
+        if not db.is_file():
+            sys.exit(f"{db}: no MLflow store (run wmtp train with tracking.backends including mlflow first)")
+        records = [Path(args.run_dir) / "mlflow_run.json"] if args.run_dir else \
+            sorted(output_dir.glob("*/mlflow_run.json"), key=lambda p: p.stat().st_mtime)
+        if not records or not records[-1].is_file():
+            sys.exit(f"no mlflow_run.json under {args.run_dir or output_dir}")
+        run_dir, record = records[-1].parent, json.loads(records[-1].read_text())
     browser = find_browser()
     if browser is None:
         sys.exit(f"no Chromium found (looked for {', '.join(BROWSERS)}): apt-get install -y chromium")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    proc = serve(db, port, args.timeout)
+    prometheus = (args.prometheus, *run_window(run_dir)) if args.prometheus else None
+    port = None if args.no_mlflow else free_port()
+    proc = None if port is None else serve(db, port, args.timeout)
     try:
-        asyncio.run(shoot(browser, port, record, records[-1].parent.name, out, args.width, args.timeout))
+        asyncio.run(shoot(browser, port, record, run_dir.name, out, args.width, args.timeout, prometheus))
     finally:
-        stop(proc)
+        if proc is not None:
+            stop(proc)
     return 0
 
 

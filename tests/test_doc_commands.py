@@ -82,6 +82,7 @@ RUN_BY: dict[str, str] = {
     "./scripts/setup.sh && .venv/bin/wmtp train --recipe configs/recipe.verifiable.yaml --preset local-light":
         CONSOLE_LOCAL,
     ".venv/bin/mlflow ui --backend-store-uri sqlite:///runs/mlflow.db": WALKTHROUGH,
+    "python benchmarks/startup.py --main-job": "tests/benchmarks/test_scripts.py::test_startup_times_the_readme_main_job",
     "wmtp train --recipe configs/recipe.baseline.yaml --preset local-light":
         "tests/orchestration/test_recipes_on_ray.py::test_baseline_on_two_workers_equals_one_process",
     "wmtp train --recipe configs/recipe.critic.yaml --preset local-light":
@@ -148,7 +149,7 @@ RUN_BY: dict[str, str] = {
     "python -m wmtp.config.reference": "tests/config/test_reference_doc.py::test_config_doc_embeds_the_current_reference",
     # docs/DASHBOARD.md
     "prometheus --config.file=/tmp/ray/session_latest/metrics/prometheus/prometheus.yml":
-        "tests/orchestration/test_dashboard.py::test_prometheus_scrapes_every_wmtp_metric",
+        "tests/orchestration/test_dashboard.py::test_prometheus_on_rays_session_config_has_the_gauges_of_a_readme_run",
     "ray list tasks --filter state=FAILED --detail --limit 10000":
         "tests/orchestration/test_tune_console.py::test_a_three_trial_sweep_prints_at_most_40_lines",
     "ray summary tasks": "tests/orchestration/test_tune_console.py::test_a_three_trial_sweep_prints_at_most_40_lines",

@@ -78,6 +78,15 @@ def test_slow_benchmark_runs_tiny(name, tmp_path):
     _run(name, SLOW_TINY[name], tmp_path, timeout=1800)
 
 
+@pytest.mark.slow
+def test_startup_times_the_readme_main_job(tmp_path):
+    """`python benchmarks/startup.py --main-job` (README): the chained critic and policy stages of
+    the main job in a fresh folder, each stage's phases, the process's wall time last."""
+    out = _run("startup", ["--main-job", "--steps", "2"], tmp_path, timeout=1800)
+    assert "verifiable-local-light-critic: 2 steps" in out and "verifiable-local-light: 2 steps" in out
+    assert out.strip().splitlines()[-1].startswith("main_job_s: ")
+
+
 # Scripts whose tiny mode another test runs (gpu_check: under `python -S` with only its wheels).
 COVERED_ELSEWHERE = {"gpu_check": "tests/benchmarks/test_gpu_check.py",
                      "metric_collectives": "tests/recipes/test_metric_collectives.py"}

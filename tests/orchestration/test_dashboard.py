@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -15,6 +23,7 @@ from wmtp.orchestration.dashboard import _first_match
 from wmtp.orchestration.launch import run_training
 
 pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[2]
 
 
 def scrape(port: int) -> str:
@@ -65,11 +74,6 @@ def test_prometheus_scrapes_every_wmtp_metric(ray_cluster, tmp_path):
     """A real Prometheus (`apt-get install prometheus`; else this reads the export endpoint, as
     docs/DASHBOARD.md says) scrapes the node during a 2-worker run: every name the Grafana
     dashboard queries that the toy run sets is in its database, for both ranks. Slow: ~1 min."""
-    import json
-    import shutil
-    import subprocess
-    import urllib.parse
-
     from tests.fixtures.services import free_port
     from wmtp.orchestration.dashboard import prometheus_names
 
@@ -113,3 +117,78 @@ def test_prometheus_scrapes_every_wmtp_metric(ray_cluster, tmp_path):
         if proc is not None:
             proc.terminate()
             proc.wait(timeout=30)
+
+
+def _session_prometheus_config(ray_tmp: Path, proc: subprocess.Popen, timeout: float) -> Path:
+    """The Prometheus config the local cluster's head writes into its session (Ray's dashboard does,
+    with the service-discovery file of every node's export port beside it), once both exist."""
+    session = ray_tmp / "ray" / "session_latest"
+    config = session / "metrics" / "prometheus" / "prometheus.yml"
+    deadline = time.monotonic() + timeout
+    while not (config.is_file() and (session / "prom_metrics_service_discovery.json").is_file()):
+        assert proc.poll() is None, f"wmtp train ended ({proc.returncode}) before its cluster wrote {config}"
+        assert time.monotonic() < deadline, f"no {config} within {timeout:.0f} s"
+        time.sleep(0.5)
+    return config
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="no prometheus binary (apt-get install -y prometheus)")
+def test_prometheus_on_rays_session_config_has_the_gauges_of_a_readme_run(tmp_path):
+    """docs/DASHBOARD.md's way without Grafana, as a user runs it: plain `wmtp train` (its own local
+    cluster, dashboard included: 2 learners, verifiable with async experience actors) and the
+    packaged Prometheus on the config Ray writes into the session
+    (`prometheus --config.file=<ray tmp>/session_latest/metrics/prometheus/prometheus.yml`, scraping
+    through Ray's service-discovery file every 10 s). Afterwards Prometheus's database holds every
+    wmtp series a CPU run sets, for both ranks; with a Chromium, scripts/mlflow_screenshots.py
+    shoots its graph page of them. Slow: the chained critic + verifiable run, ~3-5 min on 2 cores."""
+    from tests.fixtures.services import free_port
+    from wmtp.orchestration.dashboard import prometheus_names
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="wpr", dir="/tmp"))  # short: Ray's AF_UNIX socket paths
+    out, port = tmp_path / "runs", free_port()
+    env = {**os.environ, "RAY_TMPDIR": str(ray_tmp), "WMTP_METRICS_PORT": str(free_port()),
+           "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
+    # 40 steps a stage: the policy stage's gauges live ~40 s or more, several of Ray's 10 s scrapes
+    train = subprocess.Popen(
+        [sys.executable, "-m", "wmtp", "train", "--recipe", "configs/recipe.verifiable.yaml", "--preset", "local-light",
+         "train.steps=40", "train.eval_every=20", "train.checkpoint_every=20", "tracking.backends=[stdout,jsonl]",
+         f"run.output_dir={out}"], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    prometheus = None
+    try:
+        config = _session_prometheus_config(ray_tmp, train, timeout=300)
+        prometheus = subprocess.Popen(
+            ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+             f"--web.listen-address=127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log, _ = train.communicate(timeout=1200)
+        assert train.returncode == 0, log[-3000:]
+        run = "verifiable-local-light"
+        # CPU: no MFU and no GPU memory; everything else the verifiable recipe and its actors set
+        wanted = {n for n in prometheus_names() if not n.startswith(("ray_wmtp_mfu", "ray_wmtp_gpu_mem"))}
+        ranks: dict[str, set[str]] = {}
+        for name in sorted(wanted):
+            query = urllib.parse.quote(f'count_over_time({name}{{run="{run}"}}[1h])')
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?query={query}", timeout=30) as resp:
+                result = json.loads(resp.read())["data"]["result"]
+            ranks[name] = {r["metric"].get("rank") for r in result}
+        assert all(ranks[name] == {"0", "1"} for name in wanted), ranks
+        script = REPO / "scripts" / "mlflow_screenshots.py"
+        if shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome"):
+            shots = tmp_path / "shots"
+            proc = subprocess.run([sys.executable, str(script), "--no-mlflow", "--output-dir", str(out),
+                                   "--run-dir", str(out / run), "--out", str(shots),
+                                   "--prometheus", f"http://127.0.0.1:{port}", "--width", "1000"],
+                                  cwd=REPO, capture_output=True, text=True, timeout=900)
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            assert proc.stdout.split() == [str(shots / "prometheus.png")]
+            text = (shots / "prometheus.txt").read_text()
+            assert "ray_wmtp_loss" in text and 'rank="0"' in text and 'rank="1"' in text
+    finally:
+        if train.poll() is None:
+            train.terminate()
+            train.wait(timeout=120)
+        if prometheus is not None:
+            prometheus.terminate()
+            prometheus.wait(timeout=30)
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -270,3 +270,28 @@ def test_async_placement_that_cannot_fit_is_refused_naming_one_that_fits():
     assert "num_experience_actors=1" in async_fit_problem(two, 4)  # 2 learners + 2 actors fit on 4
     colocated = cfg.model_copy(update={"orchestration": cfg.orchestration.model_copy(update={"placement": "colocated"})})
     assert experience_actor_resources(colocated)[0] == 0 and async_fit_problem(colocated, 4) is None
+
+
+def test_one_weight_board_serves_every_publish_of_a_run(ray_cluster, critic_spec):
+    """Rank 0 hands the published weights to the other ranks through the run's named board actor:
+    the scorer keeps one handle to it, so the board lives for the run. (A handle taken per publish
+    let Ray end the board when the publish returned and start a new worker process for the next:
+    0.8 s a publish on an idle Ray, most of a local-light policy step on 2 cores.)"""
+
+    class OneRank:  # the barriers of a group whose other ranks have already arrived
+        def barrier(self) -> None:
+            pass
+
+    spec, state = critic_spec
+    pool = AsyncExperienceScorer(spec, state, name_prefix="wmtp-experience-t9-r0", num_actors=1,
+                                 queue_depth=0, max_staleness=0, board_name="wmtp-weights-t9")
+    try:
+        boards = []
+        for version in range(1, 4):
+            ref = ray.put(trained(state, version))
+            assert pool._share(ref, OneRank()) == ref  # the reference every rank reads back
+            time.sleep(0.5)  # time enough for Ray to end an unreferenced actor
+            boards.append(ray.get_actor("wmtp-weights-t9")._actor_id)
+        assert boards[0] == boards[1] == boards[2]
+    finally:
+        pool.close()

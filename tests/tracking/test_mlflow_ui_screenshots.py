@@ -12,7 +12,6 @@ import importlib.util
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -20,6 +19,8 @@ from tests.recipes.harness import REPO, cli_command, subprocess_env
 
 SCRIPT = REPO / "scripts" / "mlflow_screenshots.py"
 PAGES = ("experiment", "run", "metrics", "heatmap")
+# Prometheus's graph page of the README main job's gauges (--prometheus; no Grafana on this machine)
+PROMETHEUS_PICTURE = REPO / "docs" / "img" / "prometheus_wmtp_gauges.png"
 
 
 def _script():
@@ -39,7 +40,8 @@ def test_the_docs_screenshot_command_is_this_script():
         args = command.split()[1:]
         assert (REPO / command.split()[0]).is_file()
         options = {a for a in args if a.startswith("--")}
-        assert options <= {"--output-dir", "--run-dir", "--out", "--width", "--timeout"}, command
+        assert options <= {"--output-dir", "--run-dir", "--out", "--width", "--timeout", "--prometheus",
+                           "--no-mlflow"}, command
     proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--output-dir" in proc.stdout
     for name in PAGES:  # every committed picture the docs show is one the script makes
@@ -52,6 +54,44 @@ def test_the_script_refuses_a_folder_without_a_store(tmp_path):
     proc = subprocess.run([sys.executable, str(SCRIPT), "--output-dir", str(tmp_path), "--out", str(tmp_path / "s")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "no MLflow store" in proc.stderr
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--no-mlflow", "--output-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "without --prometheus" in proc.stderr
+
+
+def test_the_metrics_page_charts_the_loss_and_each_heads_ce_of_train_and_validation():
+    script = _script()
+    keys = ["train/loss", "train/ce_head1", "train/ce_head2", "train/weighted_ce_head1", "train/grad_norm",
+            "val/ce", "val/ce_head1", "val/ce_head2", "val/critic_auc", "worker/0/train/tokens", "perf/tokens_per_s"]
+    assert script.curve_keys(keys) == ["train/ce_head1", "train/ce_head2", "train/loss", "val/ce_head1", "val/ce_head2"]
+    page = script.pages({"experiment_id": "1", "run_id": "r"}, "x", {}, None, keys)["metrics"]
+    assert {"(train/loss)", "(train/ce_head2)", "(val/ce_head2)"} <= set(page[1]) and page[2].endswith(", 5)")
+
+
+def test_the_prometheus_page_tables_every_gauge_and_graphs_them_per_rank_over_the_run(tmp_path):
+    import json
+    import os
+    import urllib.parse
+
+    from wmtp.orchestration.dashboard import prometheus_names
+
+    script = _script()
+    assert set(script.GAUGE_PANELS) <= prometheus_names()
+    (tmp_path / "summary.json").write_text(json.dumps({"wall_s": 250.0}))
+    os.utime(tmp_path / "summary.json", (1_800_000_000, 1_800_000_000))  # 2027-01-15 08:00:00 UTC
+    end, minutes = script.run_window(tmp_path)
+    assert (end, minutes) == (1_800_000_000, 6)
+    url, expect, ready, _ = script.prometheus_page("http://127.0.0.1:9090/", end, minutes, "verifiable-local-light")
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+    assert url.startswith("http://127.0.0.1:9090/graph?")
+    # a table of every wmtp series of the run, by gauge and rank, at the run's end
+    assert query["g0.expr"] == ['max by (__name__, rank) ({__name__=~"ray_wmtp_.*",run="verifiable-local-light"})']
+    assert query["g0.tab"] == ["1"] and query["g0.moment_input"] == ["2027-01-15 08:00:00"]
+    for i, name in enumerate(script.GAUGE_PANELS, start=1):  # then graphs, one line per rank
+        assert query[f"g{i}.expr"] == [f'max by (rank) ({name}{{run="verifiable-local-light"}})']
+        assert query[f"g{i}.tab"] == ["0"] and query[f"g{i}.range_input"] == ["6m"]
+        assert query[f"g{i}.end_input"] == ["2027-01-15 08:01"]
+    assert 'rank="1"' in expect and "ray_wmtp_weight_std" in expect and "svg path" in ready
 
 
 def test_a_flat_capture_is_blank_and_a_page_is_not(tmp_path):
@@ -108,7 +148,8 @@ def test_screenshots_of_the_experiment_run_metrics_and_heatmap_pages(tmp_path):
         assert expected in text["run"], expected
     if commit:
         assert commit[:7] in text["run"]
-    assert "(train/loss)" in text["metrics"]
+    assert "(train/loss)" in text["metrics"] and "(train/ce_head1)" in text["metrics"]
+    assert "(train/grad_norm)" not in text["metrics"]  # the curves alone
     assert "heatmaps/token_weights_step000004.png" in text["heatmap"]
 
     for name in PAGES:
@@ -127,6 +168,6 @@ def test_the_committed_pictures_are_not_blank():
     from PIL import Image
 
     script = _script()
-    for name in PAGES:
-        path = Path(REPO / "docs" / "img" / f"mlflow_{name}.png")
-        assert not script.flat(path.read_bytes()) and Image.open(path).width == 1000, name
+    for path in [*(REPO / "docs" / "img" / f"mlflow_{name}.png" for name in PAGES), PROMETHEUS_PICTURE]:
+        assert not script.flat(path.read_bytes()) and Image.open(path).width == 1000, path
+        assert path.stat().st_size < 150_000, path

@@ -191,6 +191,7 @@ class AsyncExperienceScorer:
         self._next_actor = 0
         self._version = 0
         self._weights_ref: ray.ObjectRef | None = None
+        self._board: Any = None  # the run's WeightBoard (multi-rank publishes), once the first publish made it
         self.rescored = 0
         self.recovered = 0
         self._actors = [self._create_actor(name) for name in self._names]
@@ -355,8 +356,14 @@ class AsyncExperienceScorer:
     def _share(self, ref: ray.ObjectRef | None, dist) -> ray.ObjectRef:
         """Rank 0's reference on every rank: set on the board, barrier, read, barrier (so the next
         publish cannot overwrite it before every rank has read it)."""
-        board = _remote_board_class().options(name=self._board_name or "wmtp-weights", get_if_exists=True,
-                                              num_cpus=0).remote()
+        if self._board is None:
+            # One handle for the run, kept: a named actor lives while a handle to it does, so a
+            # handle taken per publish let Ray end the board after each publish and start a new
+            # worker process for the next (0.8 s a publish on an idle Ray, 2-3 s beside training
+            # on 2 cores).
+            self._board = _remote_board_class().options(name=self._board_name or "wmtp-weights",
+                                                        get_if_exists=True, num_cpus=0).remote()
+        board = self._board
         if ref is not None:
             ray.get(board.set.remote([ref]))
         dist.barrier()
@@ -369,6 +376,7 @@ class AsyncExperienceScorer:
         for actor in self._actors:
             ray.kill(actor, no_restart=True)
         self._actors = []
+        self._board = None
         dist = _process_group()
         if dist is not None and dist.get_rank() == 0:
             try:
