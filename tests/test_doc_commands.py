@@ -196,6 +196,9 @@ RUN_BY: dict[str, str] = {
     "python scripts/mlflow_screenshots.py --output-dir runs --out screenshots/ --width 1000": SCREENSHOTS,
     "python scripts/mlflow_screenshots.py --output-dir runs --run-dir runs/verifiable-local-light --out shots/":
         SCREENSHOTS,
+    "python scripts/mlflow_screenshots.py --no-mlflow --run-dir runs/verifiable-local-light --prometheus "
+    "http://127.0.0.1:9090 --out shots/":
+        "tests/orchestration/test_dashboard.py::test_prometheus_on_rays_session_config_has_the_gauges_of_a_readme_run",
     "mlflow server --serve-artifacts": "tests/tracking/test_tracking_outage.py::test_mlflow_server_killed_mid_run_then_restarted",
 }
 
