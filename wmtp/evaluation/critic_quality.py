@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from wmtp.evaluation.decisive import decisive_token_mask
+from wmtp.evaluation.decisive import decisive_token_mask, strided_batches
 from wmtp.evaluation.metrics import final_values
 from wmtp.parallel import reduce
 from wmtp.parallel.reduce import DistEnv
@@ -36,19 +36,10 @@ def measure_critic(critic, data, tokenizer, *, gamma: float, reward_mode: str, b
     value model over the validation `data` (a `TrainingData`), and `decisive_weight_auc` when
     `weights(values [B, S], batch, response [B, S]) -> [B, S]` gives the run's token weights."""
     n = len(data) if max_solutions is None else min(len(data), max_solutions)
-    rows = np.arange(layout.rank, n, layout.world_size)
-    per_rank = math.ceil(n / layout.world_size)
-    n_batches = math.ceil(per_rank / batch_size) if per_rank else 0
     was_training = critic.training
     critic.eval()
     finals, outcomes, td_aucs, w_aucs = [], [], [], []
-    for i in range(n_batches):
-        chunk = rows[i * batch_size:(i + 1) * batch_size]
-        real = len(chunk)
-        if real == 0:  # this rank's share ran out: repeat a row so the forwards stay in step
-            chunk = rows[:1] if len(rows) else np.zeros(1, dtype=np.int64)
-        records = data.records(chunk)
-        batch = data.collator(records, chunk.tolist()).to(layout.device)
+    for records, batch, real in strided_batches(data, np.arange(n), batch_size, layout):
         values = critic(batch.tokens).float()
         if not real:
             continue

@@ -7,7 +7,7 @@ study's measures.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,21 @@ def decisive_token_mask(tokenizer: Any, tokens: Tensor, response_start: Tensor, 
     return out
 
 
+def strided_batches(data: Any, rows: np.ndarray, batch_size: int, layout: DistEnv) -> Iterator[tuple[list, Any, int]]:
+    """This rank's strided share of `rows` of `data` (a `TrainingData`) as `(records, batch on the
+    device, real)` chunks. Every rank yields the same number of chunks (a sharded model needs all
+    ranks in each forward): a rank whose share ran out repeats a row, with `real` = 0."""
+    mine = rows[layout.rank::layout.world_size]
+    n_batches = math.ceil(math.ceil(len(rows) / layout.world_size) / batch_size) if len(rows) else 0
+    for i in range(n_batches):
+        chunk = mine[i * batch_size:(i + 1) * batch_size]
+        real = len(chunk)
+        if not real:
+            chunk = rows[:1]
+        records = data.records(chunk)
+        yield records, data.collator(records, chunk.tolist()).to(layout.device), real
+
+
 @torch.no_grad()
 def decisive_weight_auc(data: Any, tokenizer: Any, weights: Callable[[Any], Tensor], *, batch_size: int,
                         layout: DistEnv) -> dict[str, float]:
@@ -49,32 +64,20 @@ def decisive_weight_auc(data: Any, tokenizer: Any, weights: Callable[[Any], Tens
     a decisive span, the mean within-solution AUC of the token weights `weights(batch) -> [B, S]`
     (target-indexed) at the decisive tokens vs the solution's other response tokens (exact null 0.5;
     below 0.5: the bug gets less weight), and `weights/decisive_solutions`, how many it averaged;
-    {} when `data` has no such solution. Each rank scores a strided share, pooled over ranks; every
-    rank calls `weights` equally often (a sharded model needs all of them)."""
+    {} when `data` has no such solution. Each rank scores a strided share; one all-reduce pools them."""
     rows = np.flatnonzero(~data.index.is_correct)
     rows = np.array([r for r, rec in zip(rows, data.records(rows)) if rec.decisive_span is not None], dtype=np.int64)
     if not len(rows):
         return {}
-    mine = rows[layout.rank::layout.world_size]
-    n_batches = math.ceil(math.ceil(len(rows) / layout.world_size) / batch_size)
-    aucs = []
-    for i in range(n_batches):
-        chunk = mine[i * batch_size:(i + 1) * batch_size]
-        real = len(chunk)
-        if not real:  # this rank's share ran out: repeat a row so the forwards stay in step
-            chunk = rows[:1]
-        records = data.records(chunk)
-        batch = data.collator(records, chunk.tolist()).to(layout.device)
-        w = weights(batch).double().cpu()
+    total = torch.zeros(2, dtype=torch.float64)  # (Σ AUC over solutions, solutions)
+    for records, batch, real in strided_batches(data, rows, batch_size, layout):
+        w = weights(batch).double().cpu()  # every rank calls it, also on a repeated row
         if not real:
             continue
-        response = (batch.labels != -100).cpu()
         decisive = decisive_token_mask(tokenizer, batch.tokens.cpu(), batch.response_start.cpu(),
                                        batch.response_end.cpu(), [r.decisive_span for r in records])
-        for b in range(real):
-            auc, used = within_solution_auc(w[b:b + 1], decisive[b:b + 1], response[b:b + 1])
-            if used:
-                aucs.append(auc)
-    pooled = reduce.gather_cat(torch.tensor(aucs, dtype=torch.float64, device=layout.device), layout)
-    return {"weights/decisive_auc": float(pooled.mean()) if pooled.numel() else float("nan"),
-            "weights/decisive_solutions": float(pooled.numel())}
+        auc, used = within_solution_auc(w, decisive, (batch.labels != -100).cpu())
+        if used:
+            total += torch.tensor([auc * used, used], dtype=torch.float64)
+    auc_sum, n = reduce.global_sum(total.to(layout.device), layout).tolist()
+    return {"weights/decisive_auc": auc_sum / n if n else float("nan"), "weights/decisive_solutions": float(n)}
