@@ -181,7 +181,7 @@ class VerifiableRecipe:
         w, wstats = value_weights(vw, advantages, mask, normalizer=self.normalizer, update=True,
                                   reduce_fn=reduce.reduce_fn(self.layout),
                                   reduce_max_fn=reduce.reduce_max_fn(self.layout),
-                                  generator=step_generator(self.cfg.run.seed, self.layout.rank, step))
+                                  generator=step_generator(self.cfg.run.seed, self.layout.rank, step) if vw.shuffle else None)
         return streams.split_padded(w, [lab.shape for lab in labels]), stat_tensors("train/weights", wstats)
 
     def step(self, step: int) -> StepResult:

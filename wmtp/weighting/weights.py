@@ -59,16 +59,16 @@ def weight_stats(w: Tensor, mask: Tensor, mean_before: Tensor, frac_clipped: Ten
     if reduce_max_fn is not None:
         lo_hi = reduce_max_fn(lo_hi)
     total, total_sq, total_wlogw, n = sums.unbind()
+    # No host sync (this runs every training step): the empty and one-target cases by torch.where.
     z = torch.zeros((), dtype=torch.float64, device=w.device)
-    if float(n) == 0:
-        return WeightStats(mean_before, z, z, z, z, frac_clipped, z)
-    mean = total / n
-    std = (total_sq / n - mean * mean).clamp_min(0.0).sqrt()
+    some = n > 0
+    mean = torch.where(some, total / n.clamp_min(1), z)
+    std = torch.where(some, (total_sq / n.clamp_min(1) - mean * mean).clamp_min(0.0).sqrt(), z)
     s_pos = total.clamp_min(1e-300)
     ent = torch.log(s_pos) - total_wlogw / s_pos
-    norm_ent = ent / math.log(float(n)) if float(n) > 1 else torch.ones((), dtype=torch.float64, device=w.device)
-    return WeightStats(mean_before_renorm=mean_before, mean=mean, std=std, min=-lo_hi[1], max=lo_hi[0],
-                       frac_clipped=frac_clipped, entropy=norm_ent)
+    norm_ent = torch.where(n > 1, ent / torch.log(n.clamp_min(2)), torch.where(some, z + 1, z))
+    return WeightStats(mean_before_renorm=mean_before, mean=mean, std=std, min=torch.where(some, -lo_hi[1], z),
+                       max=torch.where(some, lo_hi[0], z), frac_clipped=frac_clipped, entropy=norm_ent)
 
 
 def _global_mean(x: Tensor, mask: Tensor, reduce_fn: ReduceFn | None) -> tuple[Tensor, Tensor]:
@@ -125,7 +125,8 @@ def advantage_weights(
 
 class WeightingKnobs(Protocol):
     """What `value_weights` reads of `stage2.value_weighting` (config.schema.ValueWeightingConfig;
-    a Protocol so this package stays pure torch)."""
+    a Protocol so this package stays pure torch). Read-only properties, not attributes: a mutable
+    protocol attribute is invariant, so the config's `Literal` source would not satisfy `str`."""
 
     @property
     def source(self) -> str: ...
