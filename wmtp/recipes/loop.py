@@ -48,24 +48,11 @@ StepResult = tuple[Mapping[str, Tensor | float] | None, Tensor]
 class Steps(Protocol):
     """What `run_steps` drives: a recipe after its setup()."""
 
-    @property
-    def cfg(self) -> WMTPConfig: ...
-
-    @property
-    def logger(self) -> MetricLogger: ...
-
-    @property
-    def sink(self) -> CheckpointSink: ...
-
-    @property
-    def state(self) -> LoopState:
-        """What a checkpoint holds (models, optimisers, stream, guard, meter)."""
-        ...
-
-    @property
-    def start(self) -> int:
-        """The step setup() resumed from (0: a fresh run)."""
-        ...
+    cfg: WMTPConfig
+    logger: MetricLogger
+    sink: CheckpointSink
+    state: LoopState  # what a checkpoint holds (models, optimisers, stream, guard, meter)
+    start: int  # the step setup() resumed from (0: a fresh run)
 
     def step(self, step: int) -> StepResult: ...
 
