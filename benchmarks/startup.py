@@ -46,15 +46,13 @@ import _common as bench  # noqa: E402
 WORK = ("steps", "validation", "checkpoints", "export")
 
 
-def run(path: str, steps: int, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "wmtp", "train", "--recipe", "configs/recipe.baseline.yaml", "--preset",
-           "local-light", f"train.steps={steps}", f"run.output_dir={out}", "run.name=startup"]
-    if path == "local":
-        cmd.insert(4, "--local")
+def timed_wmtp(cmd: list[str], *, ray: bool, what: str) -> float:
+    """Run a `wmtp` command as a user would (telemetry off); its process wall time in seconds, or
+    exit naming `what` with the end of its output. `ray`: the run's session files in a short private
+    folder (Ray's sockets live there and AF_UNIX paths stop at 107 bytes; a deep TMPDIR, e.g.
+    pytest's, is too long), removed afterwards."""
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    # The Ray run's session files in a short private folder: Ray's sockets live there and AF_UNIX
-    # paths stop at 107 bytes (a deep TMPDIR, e.g. pytest's, is too long).
-    ray_tmp = tempfile.mkdtemp(prefix="wsu", dir="/tmp") if path == "ray" else None
+    ray_tmp = tempfile.mkdtemp(prefix="wsu", dir="/tmp") if ray else None
     if ray_tmp:
         env["RAY_TMPDIR"] = ray_tmp
     t0 = time.perf_counter()
@@ -65,7 +63,16 @@ def run(path: str, steps: int, out: Path) -> dict:
         if ray_tmp:
             shutil.rmtree(ray_tmp, ignore_errors=True)
     if proc.returncode != 0:
-        sys.exit(f"{path} run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        sys.exit(f"{what} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return wall
+
+
+def run(path: str, steps: int, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "wmtp", "train", "--recipe", "configs/recipe.baseline.yaml", "--preset",
+           "local-light", f"train.steps={steps}", f"run.output_dir={out}", "run.name=startup"]
+    if path == "local":
+        cmd.insert(4, "--local")
+    wall = timed_wmtp(cmd, ray=path == "ray", what=f"{path} run")
     summary = json.loads((out / "startup" / "summary.json").read_text())
     phases = dict(summary["phases_s"])
     phases["process"] = wall
@@ -83,17 +90,7 @@ def main_job(steps: int | None) -> None:
         out = Path(tmp)
         cmd = [sys.executable, "-m", "wmtp", *MAIN_JOB, f"run.output_dir={out}",
                *([f"train.steps={steps}"] if steps else [])]
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "MLFLOW_DISABLE_TELEMETRY": "true"}
-        ray_tmp = tempfile.mkdtemp(prefix="wsu", dir="/tmp")  # short: Ray's AF_UNIX socket paths
-        env["RAY_TMPDIR"] = ray_tmp
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
-            wall = time.perf_counter() - t0
-        finally:
-            shutil.rmtree(ray_tmp, ignore_errors=True)
-        if proc.returncode != 0:
-            sys.exit(f"main job failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+        wall = timed_wmtp(cmd, ray=True, what="main job")
         summaries = {name: json.loads((out / name / "summary.json").read_text()) for name in MAIN_STAGES}
     print(f"loadavg after: {bench.loadavg()}")
     print(f"wmtp {' '.join(MAIN_JOB)}" + (f" train.steps={steps}" if steps else "") + f", {os.cpu_count()} CPUs")
